@@ -1,0 +1,69 @@
+"""Validation of the names and paths that peers ask us to store or read.
+
+Pure functions: no file system access.  The rules are those of
+PROTOCOL.md section 1.3.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+
+from filexfer._errors import TransferError
+
+STATE_DIR = ".filexfer"
+"""The hidden directory under the root where the server keeps its own state."""
+
+MAX_COMPONENT_BYTES = 255
+
+
+def _check_component(component: str) -> None:
+    encoded = component.encode("utf-8")
+    if not 1 <= len(encoded) <= MAX_COMPONENT_BYTES:
+        raise TransferError(400, "each path component must be 1-255 bytes")
+    if component in (".", ".."):
+        raise TransferError(400, f"path component {component!r} is not allowed")
+    if "\\" in component:
+        raise TransferError(400, "backslash is not allowed in a name")
+    for char in component:
+        if unicodedata.category(char) == "Cc":  # C0, DEL and C1 controls, NUL included
+            raise TransferError(400, "control characters are not allowed in a name")
+
+
+def _decode(raw: bytes | str) -> str:
+    if isinstance(raw, str):
+        return raw
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise TransferError(400, "name is not valid UTF-8") from None
+
+
+def validate_name(raw: bytes | str) -> str:
+    """Check a single name component (the classic form's file name).
+
+    @return: the name as text.
+    @raise TransferError: 400 when the name breaks a rule.
+    """
+    name = _decode(raw)
+    if "/" in name:
+        raise TransferError(400, "a classic-form name cannot contain '/'")
+    _check_component(name)
+    return name
+
+
+def validate_path(raw: bytes | str) -> str:
+    """Check a relative, C{/}-separated path (FX/1 and TFTP).
+
+    @return: the path as text, unchanged.
+    @raise TransferError: 400 when the path breaks a rule, 403 when it
+        points into the server's state directory.
+    """
+    path = _decode(raw)
+    if path.startswith("/"):
+        raise TransferError(400, "absolute paths are not allowed")
+    components = path.split("/")
+    for component in components:
+        _check_component(component)
+    if components[0] == STATE_DIR:
+        raise TransferError(403, "that directory is reserved for the server")
+    return path

@@ -1,0 +1,539 @@
+"""Where received bytes touch the disk.
+
+L{IStorage} is what the TCP receiver and the TFTP server store through;
+L{DirectoryStorage} keeps files under one root directory:
+
+ - every path is validated (L{filexfer._names}) and every directory is
+   opened relative to its parent with C{O_NOFOLLOW}, so nothing is created,
+   opened for writing or followed outside the root;
+ - bytes go to a temporary file in the hidden state directory and are
+   linked into place only when complete, fsynced and verified;
+ - an interrupted FX/1 upload keeps its partial for a later resume;
+ - an existing file is never silently destroyed (policy C{rename},
+   C{overwrite} or C{refuse}).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import stat
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, BinaryIO, Literal, TypeVar
+
+import attrs
+from twisted.internet.defer import Deferred, maybeDeferred
+from zope.interface import Attribute, Interface, implementer
+
+from filexfer._errors import TransferError
+from filexfer._names import STATE_DIR, validate_path
+
+ConflictPolicy = Literal["rename", "overwrite", "refuse"]
+CONFLICT_POLICIES: tuple[ConflictPolicy, ...] = ("rename", "overwrite", "refuse")
+
+_T = TypeVar("_T")
+BlockingRunner = Callable[[Callable[[], _T]], "Deferred[_T]"]
+
+_COMPOUND_SUFFIXES = (".tar.gz", ".tar.bz2", ".tar.xz", ".tar.zst")
+_HASH_CHUNK = 1 << 20
+_MAX_RENAME_TRIES = 10_000
+
+
+@attrs.frozen
+class Receipt:
+    """What a finished upload stored: the server's C{done} line."""
+
+    size: int
+    sha256: str
+    path: str
+
+
+class IUpload(Interface):
+    """One file being received."""
+
+    path = Attribute("The relative path that was asked for.")
+    offset = Attribute("Bytes already held from an interrupted upload; data continues here.")
+    received = Attribute("Bytes held so far, the offset included.")
+    expected_size = Attribute("The announced size, or None.")
+    stored = Attribute("A Receipt when this exact file is already stored, else None.")
+
+    def write(data: bytes) -> None:
+        """Append C{data}; raise L{TransferError} (413, 422, 507) to stop."""
+
+    def finish() -> Deferred[Receipt]:
+        """Verify, fsync and move the file into place; fire with its receipt.
+
+        Fails with L{TransferError} (422 short or mismatched, 409 exists).
+        """
+
+    def abort(keep_partial: bool) -> None:
+        """Stop: discard the bytes, or keep them for a later resume."""
+
+
+class IStorage(Interface):
+    """A place that stores uploads and serves downloads by relative path."""
+
+    def begin(
+        path: str, size: int | None, sha256: str | None, mtime_ns: int | None
+    ) -> IUpload:
+        """Start receiving C{path}; raise L{TransferError} to refuse."""
+
+    def open_read(path: str) -> tuple[BinaryIO, int]:
+        """Open a stored file for reading: (file, size); L{TransferError} 404/403."""
+
+
+def _run_here(work: Callable[[], _T]) -> Deferred[_T]:
+    return maybeDeferred(work)
+
+
+def _hash_file(handle: BinaryIO, limit: int | None = None) -> Any:
+    digest = hashlib.sha256()
+    remaining = limit
+    while remaining is None or remaining > 0:
+        chunk = handle.read(_HASH_CHUNK if remaining is None else min(_HASH_CHUNK, remaining))
+        if not chunk:
+            break
+        digest.update(chunk)
+        if remaining is not None:
+            remaining -= len(chunk)
+    return digest
+
+
+def numbered_name(name: str, number: int) -> str:
+    """C{report.pdf} -> C{report (1).pdf}; C{a.tar.gz} -> C{a (1).tar.gz}."""
+    lower = name.lower()
+    suffix = next((s for s in _COMPOUND_SUFFIXES if lower.endswith(s) and len(name) > len(s)), None)
+    if suffix is None:
+        stem, dot, ext = name[1:].rpartition(".") if name.startswith(".") else name.rpartition(".")
+        if name.startswith("."):
+            stem = "." + stem if dot else ""
+        if not dot or not stem:
+            stem, suffix = name, ""
+        else:
+            suffix = "." + ext
+    else:
+        stem = name[: -len(suffix)]
+    tag = f" ({number})"
+    budget = 255 - len((tag + suffix).encode())
+    stem = stem.encode()[:budget].decode("utf-8", "ignore")
+    return f"{stem}{tag}{suffix}"
+
+
+def _os_error(exc: OSError, action: str) -> TransferError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return TransferError(507, "no space left on the server")
+    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+        return TransferError(403, f"cannot {action}: the path crosses a symlink or a file")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return TransferError(403, f"cannot {action}: permission denied")
+    return TransferError(500, f"cannot {action}: {exc.strerror}")
+
+
+@implementer(IUpload)
+class _Upload:
+    """A file being received into the state directory of a L{DirectoryStorage}."""
+
+    def __init__(
+        self,
+        storage: DirectoryStorage,
+        path: str,
+        size: int | None,
+        sha256: str | None,
+        mtime_ns: int | None,
+        temp_name: str,
+        handle: BinaryIO,
+        resumable: bool,
+    ) -> None:
+        self.path = path
+        self.expected_size = size
+        self._sha256 = sha256
+        self._mtime_ns = mtime_ns
+        self._storage = storage
+        self._temp_name = temp_name
+        self._handle = handle
+        self._resumable = resumable
+        handle.seek(0, os.SEEK_END)
+        self.offset = handle.tell()
+        if size is not None and self.offset > size:
+            handle.truncate(0)
+            handle.seek(0)
+            self.offset = 0
+        handle.seek(0)
+        self._digest = _hash_file(handle, self.offset)
+        self.received = self.offset
+        self.stored: Receipt | None = None
+        self._closed = False
+
+    def write(self, data: bytes) -> None:
+        if self.expected_size is not None and self.received + len(data) > self.expected_size:
+            raise TransferError(422, f"more bytes than the announced Size {self.expected_size}")
+        self._storage.check_space(len(data))
+        try:
+            self._handle.write(data)
+        except OSError as exc:
+            raise _os_error(exc, "write") from exc
+        self._digest.update(data)
+        self.received += len(data)
+
+    def finish(self) -> Deferred[Receipt]:
+        if self.expected_size is not None and self.received < self.expected_size:
+            return Deferred.fromFailure(
+                TransferError(
+                    422, f"short upload: {self.received} of {self.expected_size} bytes arrived"
+                )
+            )
+        digest = self._digest.hexdigest()
+        if self._sha256 is not None and digest != self._sha256:
+            self.abort(keep_partial=False)
+            return Deferred.fromFailure(
+                TransferError(422, f"SHA256 mismatch: received data hashes to {digest}")
+            )
+        return self._storage.run_blocking(lambda: self._make_durable(digest))
+
+    def _make_durable(self, digest: str) -> Receipt:
+        try:
+            self._handle.flush()
+            if self._mtime_ns is not None:
+                os.utime(self._handle.fileno(), ns=(time.time_ns(), self._mtime_ns))
+            os.fsync(self._handle.fileno())
+            stored_path = self._storage.place(self._temp_name, self.path)
+        except TransferError:
+            self.abort(keep_partial=False)
+            raise
+        except OSError as exc:
+            self.abort(keep_partial=False)
+            raise _os_error(exc, "store the file") from exc
+        self._close()
+        receipt = Receipt(self.received, digest, stored_path)
+        self._storage.remember_digest(receipt)
+        return receipt
+
+    def abort(self, keep_partial: bool) -> None:
+        if self._closed:
+            return
+        if keep_partial and self._resumable:
+            self._handle.flush()
+        else:
+            self._storage.discard(self._temp_name)
+        self._close()
+
+    def _close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._handle.close()  # also releases the resume lock
+
+
+@implementer(IUpload)
+class _AlreadyStored:
+    """The exact file is already in place: nothing to receive."""
+
+    def __init__(self, receipt: Receipt) -> None:
+        self.path = receipt.path
+        self.expected_size = receipt.size
+        self.offset = self.received = receipt.size
+        self.stored: Receipt | None = receipt
+
+    def write(self, data: bytes) -> None:
+        raise TransferError(422, "the file is already stored; no bytes expected")
+
+    def finish(self) -> Deferred[Receipt]:
+        assert self.stored is not None
+        return Deferred.fromResult(self.stored)
+
+    def abort(self, keep_partial: bool) -> None:
+        pass
+
+
+@implementer(IStorage)
+class DirectoryStorage:
+    """Store files under C{root}, safely.
+
+    @param on_conflict: what to do when the final name exists: C{"rename"}
+        keeps both (C{name (1).ext}), C{"overwrite"} replaces it atomically,
+        C{"refuse"} answers 409.
+    @param run_blocking: runs fsync and rename, e.g. in a thread pool;
+        by default inline.
+    @param min_free: bytes of free space to keep; uploads that would eat
+        into it are refused with 507.
+    @param max_size: largest accepted file, or None.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        on_conflict: ConflictPolicy = "rename",
+        *,
+        run_blocking: BlockingRunner[Any] = _run_here,
+        min_free: int = 0,
+        max_size: int | None = None,
+    ) -> None:
+        if on_conflict not in CONFLICT_POLICIES:
+            raise ValueError(f"on_conflict must be one of {', '.join(CONFLICT_POLICIES)}")
+        self.root = os.path.abspath(os.fspath(root))
+        self.on_conflict = on_conflict
+        self.run_blocking = run_blocking
+        self.min_free = min_free
+        self.max_size = max_size
+        os.makedirs(self.root, exist_ok=True)
+        self._state = os.path.join(self.root, STATE_DIR)
+        for sub in ("partial", "tmp", "digests"):
+            os.makedirs(os.path.join(self._state, sub), exist_ok=True)
+
+    # -- receiving ---------------------------------------------------------
+
+    def begin(
+        self,
+        path: str,
+        size: int | None = None,
+        sha256: str | None = None,
+        mtime_ns: int | None = None,
+    ) -> IUpload:
+        path = validate_path(path)
+        if size is not None:
+            if self.max_size is not None and size > self.max_size:
+                raise TransferError(413, f"file is larger than the server allows ({self.max_size})")
+            self.check_space(size)
+        existing = self._lookup(path)
+        if existing is not None:
+            stored = self._quick_check(path, existing, size, sha256, mtime_ns)
+            if stored is not None:
+                return _AlreadyStored(stored)
+            if self.on_conflict == "refuse":
+                raise TransferError(409, f"{path} already exists")
+        resumable = size is not None and (sha256 is not None or mtime_ns is not None)
+        if resumable:
+            key = hashlib.sha256(
+                f"{path}\0{size}\0{sha256 or ''}\0{'' if sha256 else mtime_ns}".encode()
+            ).hexdigest()
+            temp_name = os.path.join("partial", key)
+        else:
+            temp_name = os.path.join("tmp", secrets.token_hex(16))
+        handle = self._open_temp(temp_name)
+        return _Upload(self, path, size, sha256, mtime_ns, temp_name, handle, resumable)
+
+    def _open_temp(self, temp_name: str) -> BinaryIO:
+        full = os.path.join(self._state, temp_name)
+        try:
+            fd = os.open(full, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise _os_error(exc, "create a temporary file") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise TransferError(409, "an upload of this file is already in progress") from None
+        return os.fdopen(fd, "r+b", buffering=0)
+
+    def check_space(self, incoming: int) -> None:
+        """Refuse with 507 when C{incoming} more bytes would eat the reserve."""
+        if incoming <= 0 or (self.min_free <= 0 and incoming < 1 << 20):
+            return
+        free = shutil.disk_usage(self._state).free
+        if incoming > free - self.min_free:
+            raise TransferError(507, "not enough free space on the server")
+
+    def _quick_check(
+        self,
+        path: str,
+        existing: os.stat_result,
+        size: int | None,
+        sha256: str | None,
+        mtime_ns: int | None,
+    ) -> Receipt | None:
+        if size is None or existing.st_size != size:
+            return None
+        if sha256 is None:
+            same_mtime = (
+                mtime_ns is not None and existing.st_mtime_ns // 10**9 == mtime_ns // 10**9
+            )
+            if not same_mtime:
+                return None
+        digest = self._stored_digest(path, existing)
+        if sha256 is not None and digest != sha256:
+            return None
+        return Receipt(size, digest, path)
+
+    def _stored_digest(self, path: str, existing: os.stat_result) -> str:
+        cached = self._digest_record(path)
+        if cached is not None and cached.get("key") == _stat_key(existing):
+            return str(cached["sha256"])
+        handle, _ = self.open_read(path)
+        with handle:
+            digest: str = _hash_file(handle).hexdigest()
+        self._write_digest_record(path, existing, digest)
+        return digest
+
+    def remember_digest(self, receipt: Receipt) -> None:
+        """Cache the digest of a stored file so a quick check need not re-read it."""
+        existing = self._lookup(receipt.path)
+        if existing is not None:
+            self._write_digest_record(receipt.path, existing, receipt.sha256)
+
+    def _digest_file(self, path: str) -> str:
+        name = hashlib.sha256(path.encode()).hexdigest()
+        return os.path.join(self._state, "digests", name)
+
+    def _digest_record(self, path: str) -> dict[str, Any] | None:
+        try:
+            with open(self._digest_file(path)) as handle:
+                record: dict[str, Any] = json.load(handle)
+        except (OSError, ValueError):
+            return None
+        return record if record.get("path") == path else None
+
+    def _write_digest_record(self, path: str, existing: os.stat_result, digest: str) -> None:
+        record = {"path": path, "key": _stat_key(existing), "sha256": digest}
+        target = self._digest_file(path)
+        temp = f"{target}.{secrets.token_hex(4)}"
+        try:
+            with open(temp, "w") as handle:
+                json.dump(record, handle)
+            os.replace(temp, target)
+        except OSError:
+            pass  # the cache is an optimisation only
+
+    def discard(self, temp_name: str) -> None:
+        """Remove a temporary or partial file."""
+        try:
+            os.unlink(os.path.join(self._state, temp_name))
+        except FileNotFoundError:
+            pass
+
+    def place(self, temp_name: str, path: str) -> str:
+        """Link the finished temporary file into place by the conflict policy.
+
+        @return: the relative path it was stored under.
+        """
+        *parents, name = path.split("/")
+        with self._directory(parents, create=True) as parent_fd, self._state_fd() as state_fd:
+            stored_name = self._link_by_policy(state_fd, temp_name, parent_fd, name)
+            try:
+                os.unlink(temp_name, dir_fd=state_fd)
+            except FileNotFoundError:
+                pass  # "overwrite" renamed it rather than linking it
+            os.fsync(parent_fd)
+        return "/".join([*parents, stored_name])
+
+    def _link_by_policy(self, state_fd: int, temp_name: str, parent_fd: int, name: str) -> str:
+        if self.on_conflict == "overwrite":
+            try:
+                if stat.S_ISDIR(os.stat(name, dir_fd=parent_fd, follow_symlinks=False).st_mode):
+                    raise TransferError(409, f"{name} exists and is a directory")
+            except FileNotFoundError:
+                pass
+            os.rename(temp_name, name, src_dir_fd=state_fd, dst_dir_fd=parent_fd)
+            return name
+        for number in range(_MAX_RENAME_TRIES):
+            candidate = name if number == 0 else numbered_name(name, number)
+            try:
+                os.link(
+                    temp_name,
+                    candidate,
+                    src_dir_fd=state_fd,
+                    dst_dir_fd=parent_fd,
+                    follow_symlinks=False,
+                )
+            except FileExistsError:
+                if self.on_conflict == "refuse":
+                    raise TransferError(409, f"{name} already exists") from None
+                continue
+            return candidate
+        raise TransferError(409, f"no free name for {name}")
+
+    # -- reading -----------------------------------------------------------
+
+    def open_read(self, path: str) -> tuple[BinaryIO, int]:
+        path = validate_path(path)
+        *parents, name = path.split("/")
+        try:
+            with self._directory(parents, create=False) as parent_fd:
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent_fd)
+        except FileNotFoundError:
+            raise TransferError(404, f"{path} not found") from None
+        except OSError as exc:
+            raise _os_error(exc, "open the file") from exc
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            os.close(fd)
+            raise TransferError(403, f"{path} is not a regular file")
+        return os.fdopen(fd, "rb"), info.st_size
+
+    def _lookup(self, path: str) -> os.stat_result | None:
+        """lstat C{path} without following links; None when it does not exist."""
+        *parents, name = path.split("/")
+        try:
+            with self._directory(parents, create=False) as parent_fd:
+                info = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise _os_error(exc, "look up the file") from exc
+        return info if stat.S_ISREG(info.st_mode) else None
+
+    @contextmanager
+    def _directory(self, parents: list[str], create: bool) -> Iterator[int]:
+        """Open the directory C{root/parents...}, never following a symlink."""
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            for part in parents:
+                if create:
+                    try:
+                        os.mkdir(part, 0o755, dir_fd=fd)
+                    except FileExistsError:
+                        pass
+                child = os.open(
+                    part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd
+                )
+                os.close(fd)
+                fd = child
+            yield fd
+        finally:
+            os.close(fd)
+
+    @contextmanager
+    def _state_fd(self) -> Iterator[int]:
+        fd = os.open(self._state, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            yield fd
+        finally:
+            os.close(fd)
+
+    # -- housekeeping ------------------------------------------------------
+
+    def remove_stale(self, max_age: float, now: float | None = None) -> int:
+        """Delete temporary and partial files untouched for C{max_age} seconds.
+
+        Files another upload holds locked are left alone.
+        @return: how many were removed.
+        """
+        now = time.time() if now is None else now
+        removed = 0
+        for sub in ("tmp", "partial"):
+            folder = os.path.join(self._state, sub)
+            for entry in os.scandir(folder):
+                try:
+                    if now - entry.stat(follow_symlinks=False).st_mtime < max_age:
+                        continue
+                    fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW)
+                except OSError:
+                    continue
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    os.unlink(entry.path)
+                    removed += 1
+                except OSError:
+                    pass
+                finally:
+                    os.close(fd)
+        return removed
+
+
+def _stat_key(info: os.stat_result) -> list[int]:
+    return [info.st_size, info.st_mtime_ns, info.st_ino]
