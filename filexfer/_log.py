@@ -1,0 +1,30 @@
+"""One log line per transfer, the same for TCP and TFTP."""
+
+from __future__ import annotations
+
+from twisted.logger import Logger
+
+log = Logger(namespace="filexfer")
+
+
+def log_transfer(
+    *,
+    protocol: str,
+    peer: str,
+    path: str,
+    nbytes: int,
+    seconds: float,
+    outcome: str,
+) -> None:
+    """Log a finished (or failed) transfer: peer, path, bytes, seconds, rate, outcome."""
+    rate = nbytes / seconds / 1e6 if seconds > 0 else 0.0
+    log.info(
+        "{protocol} {peer} {path!r} {nbytes} bytes in {seconds:.3f}s ({rate:.1f} MB/s): {outcome}",
+        protocol=protocol,
+        peer=peer,
+        path=path,
+        nbytes=nbytes,
+        seconds=seconds,
+        rate=rate,
+        outcome=outcome,
+    )
