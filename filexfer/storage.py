@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from typing import Any, BinaryIO, Literal, TypeVar
 
 import attrs
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from zope.interface import Attribute, Interface, implementer
 
 from filexfer._errors import TransferError
@@ -80,9 +80,7 @@ class IUpload(Interface):
 class IStorage(Interface):
     """A place that stores uploads and serves downloads by relative path."""
 
-    def begin(
-        path: str, size: int | None, sha256: str | None, mtime_ns: int | None
-    ) -> IUpload:
+    def begin(path: str, size: int | None, sha256: str | None, mtime_ns: int | None) -> IUpload:
         """Start receiving C{path}; raise L{TransferError} to refuse."""
 
     def open_read(path: str) -> tuple[BinaryIO, int]:
@@ -184,7 +182,8 @@ class _Upload:
 
     def finish(self) -> Deferred[Receipt]:
         if self.expected_size is not None and self.received < self.expected_size:
-            return Deferred.fromFailure(
+            self.abort(keep_partial=True)
+            return fail(
                 TransferError(
                     422, f"short upload: {self.received} of {self.expected_size} bytes arrived"
                 )
@@ -192,9 +191,7 @@ class _Upload:
         digest = self._digest.hexdigest()
         if self._sha256 is not None and digest != self._sha256:
             self.abort(keep_partial=False)
-            return Deferred.fromFailure(
-                TransferError(422, f"SHA256 mismatch: received data hashes to {digest}")
-            )
+            return fail(TransferError(422, f"SHA256 mismatch: received data hashes to {digest}"))
         return self._storage.run_blocking(lambda: self._make_durable(digest))
 
     def _make_durable(self, digest: str) -> Receipt:
@@ -245,7 +242,7 @@ class _AlreadyStored:
 
     def finish(self) -> Deferred[Receipt]:
         assert self.stored is not None
-        return Deferred.fromResult(self.stored)
+        return succeed(self.stored)
 
     def abort(self, keep_partial: bool) -> None:
         pass
@@ -350,9 +347,7 @@ class DirectoryStorage:
         if size is None or existing.st_size != size:
             return None
         if sha256 is None:
-            same_mtime = (
-                mtime_ns is not None and existing.st_mtime_ns // 10**9 == mtime_ns // 10**9
-            )
+            same_mtime = mtime_ns is not None and existing.st_mtime_ns // 10**9 == mtime_ns // 10**9
             if not same_mtime:
                 return None
         digest = self._stored_digest(path, existing)

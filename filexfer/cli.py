@@ -1,0 +1,403 @@
+"""The C{filexfer} command: send, get, serve.
+
+Exit codes: 0 when everything asked for was done and verified, 1 when a
+transfer failed, 2 for a usage mistake.  Every failure is one line on
+stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TextIO
+
+import attrs
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.error import (
+    ConnectError,
+    ConnectionRefusedError,
+    DNSLookupError,
+    TimeoutError,
+)
+from twisted.python import usage
+from twisted.python.failure import Failure
+
+from filexfer import __version__
+from filexfer.tcp.sender import SendError, send_file
+
+PROG = "filexfer"
+
+_HOST_PORT = re.compile(
+    r"^(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^:/\[\]]+)):(?P<port>\d+)(?P<path>/.*)?$"
+)
+
+
+class UserError(Exception):
+    """A mistake to report in one line, with exit status 2 (usage) or 1."""
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@attrs.frozen
+class Destination:
+    """Where to send: C{HOST:PORT[/dir]} or C{tftp://HOST:PORT/NAME}."""
+
+    scheme: str  # "tcp" or "tftp"
+    host: str
+    port: int
+    path: str  # remote path ("" for none); a trailing "/" means a directory
+
+
+def parse_destination(text: str) -> Destination:
+    """Parse C{HOST:PORT}, C{HOST:PORT/remote/dir}, C{[::1]:PORT} or C{tftp://...}."""
+    scheme = "tcp"
+    rest = text
+    if "://" in text:
+        scheme, _, rest = text.partition("://")
+        if scheme not in ("tftp", "tcp"):
+            raise UserError(f"unknown scheme {scheme!r} in {text!r} (use HOST:PORT or tftp://)", 2)
+        if scheme == "tftp" and re.match(r"^(\[[^\]]+\]|[^:/\[\]]+)(/|$)", rest):
+            host, slash, path = rest.partition("/")
+            rest = f"{host}:69{slash}{path}"
+    match = _HOST_PORT.match(rest)
+    if match is None:
+        raise UserError(f"bad destination {text!r}: expected HOST:PORT, [IPv6]:PORT or tftp://", 2)
+    port = int(match["port"])
+    if not 0 < port < 65536:
+        raise UserError(f"bad port {port} in {text!r}", 2)
+    return Destination(scheme, match["v6"] or match["host"], port, (match["path"] or "")[1:])
+
+
+def files_to_send(sources: Sequence[str], remote_dir: str) -> Iterator[tuple[str, str]]:
+    """(local file, remote relative path) for every file; directories recursively."""
+    prefix = remote_dir.strip("/")
+    for source in sources:
+        if os.path.isdir(source):
+            top = os.path.basename(os.path.normpath(os.path.abspath(source)))
+            for folder, subdirs, names in os.walk(source):
+                subdirs.sort()
+                for name in sorted(names):
+                    local = os.path.join(folder, name)
+                    relative = os.path.relpath(local, source).replace(os.sep, "/")
+                    yield local, _join(prefix, top, relative)
+        elif os.path.exists(source):
+            yield source, _join(prefix, os.path.basename(source))
+        else:
+            raise UserError(f"{source}: no such file or directory")
+
+
+def _join(*parts: str) -> str:
+    return "/".join(part for part in parts if part)
+
+
+def describe_failure(failure: Failure) -> str:
+    """One line for a person, whatever went wrong."""
+    error = failure.value
+    if isinstance(error, ConnectionRefusedError):
+        return "connection refused (is the server running on that port?)"
+    if isinstance(error, DNSLookupError):
+        return "cannot resolve the host name"
+    if isinstance(error, TimeoutError):
+        return "timed out connecting"
+    if isinstance(error, ConnectError):
+        return f"cannot connect: {error.osError or error}"
+    if isinstance(error, SendError | UserError):
+        return str(error)
+    text = str(error) or error.__class__.__name__
+    return " ".join(text.split())
+
+
+ProgressCallback = Callable[[int, int | None], None]
+
+
+class ProgressBars:
+    """One tqdm bar per file, on stderr, only when it is a terminal."""
+
+    def __init__(self, enabled: bool, stream: TextIO) -> None:
+        self.enabled = enabled and stream.isatty()
+        self._stream = stream
+
+    def for_file(
+        self, label: str, total: int | None
+    ) -> tuple[Callable[[int, int | None], None], Callable[[], None]]:
+        """A progress callback and a closer for one file."""
+        if not self.enabled:
+            return (lambda done, total: None), (lambda: None)
+        from tqdm import tqdm
+
+        bar = tqdm(
+            total=total,
+            desc=label,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            file=self._stream,
+            leave=True,
+            dynamic_ncols=True,
+        )
+
+        def update(done: int, total: int | None) -> None:
+            if total is not None and bar.total != total:
+                bar.total = total
+            bar.update(done - bar.n)
+
+        return update, bar.close
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Send and receive files over TCP (classic push or verified FX/1) and TFTP.",
+        epilog="Run 'filexfer COMMAND --help' for a command's options.",
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    send = commands.add_parser(
+        "send",
+        help="send files or directories to a filexfer server (or any TFTP server)",
+        description="Send FILEs to DEST. Directories are sent recursively, keeping relative "
+        "paths. Exit 0 only when every file was stored and verified by the server.",
+        epilog="examples:\n"
+        "  filexfer send build.tar.gz backup.example.org:8000\n"
+        "  filexfer send logs/ 10.0.0.5:8000/hosts/web1\n"
+        "  filexfer send --plain image.bin [::1]:9000\n"
+        "  filexfer send firmware.bin tftp://192.0.2.7:69/boot/\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    send.add_argument("files", nargs="+", metavar="FILE", help="files or directories")
+    send.add_argument(
+        "dest",
+        metavar="DEST",
+        help="HOST:PORT, HOST:PORT/remote/dir, [IPv6]:PORT, or tftp://HOST:PORT/NAME "
+        "(a trailing / means a directory)",
+    )
+    send.add_argument(
+        "--plain",
+        action="store_true",
+        help="classic form (name, ok, bytes, close) for receivers that speak nothing else; "
+        "no receipt, single files only",
+    )
+    send.add_argument(
+        "--token",
+        default=os.environ.get("FILEXFER_TOKEN"),
+        help="shared secret the server requires (default: $FILEXFER_TOKEN)",
+    )
+    _add_common(send)
+
+    get = commands.add_parser(
+        "get",
+        help="download a file from a TFTP server",
+        description="Download NAME from a TFTP server into LOCAL (default: the name's last "
+        "component in the current directory). The file appears only once complete.",
+        epilog="example:\n  filexfer get tftp://127.0.0.1:8000/boot/pxelinux.0\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    get.add_argument("url", metavar="tftp://HOST:PORT/NAME")
+    get.add_argument("local", metavar="LOCAL", nargs="?", help="where to save it")
+    _add_common(get)
+
+    commands.add_parser(
+        "serve",
+        help="run the receiver in the foreground (same options as 'twistd filexfer'; "
+        "see 'filexfer serve --help')",
+    )
+    return parser
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    tftp = parser.add_argument_group("TFTP options")
+    tftp.add_argument("--blksize", type=int, default=None, help="TFTP block size (8-65464)")
+    tftp.add_argument("--windowsize", type=int, default=None, help="TFTP window size (1-65535)")
+    tftp.add_argument(
+        "--timeout", type=float, default=None, help="TFTP retransmission timeout in seconds"
+    )
+
+
+def _tftp_options(args: argparse.Namespace) -> dict[str, Any]:
+    options = {
+        "blksize": args.blksize,
+        "windowsize": args.windowsize,
+        "timeout": args.timeout,
+    }
+    return {key: value for key, value in options.items() if value is not None}
+
+
+async def _send(reactor: Any, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    dest = parse_destination(args.dest)
+    bars = ProgressBars(not args.no_progress, err)
+    if dest.scheme == "tftp":
+        return await _send_tftp(reactor, args, dest, bars, out, err)
+    if args.plain and any(os.path.isdir(source) for source in args.files):
+        raise UserError("--plain sends single files only; send directories with FX/1", 2)
+    plan = list(files_to_send(args.files, dest.path))
+    from twisted.internet.endpoints import HostnameEndpoint
+
+    failures = 0
+    for local, remote in plan:
+        endpoint = HostnameEndpoint(reactor, dest.host, dest.port, timeout=30)
+        update, close = bars.for_file(remote, os.path.getsize(local))
+        try:
+            receipt = await send_file(
+                reactor,
+                endpoint,
+                local,
+                name=os.path.basename(remote) if args.plain else remote,
+                plain=args.plain,
+                token=args.token,
+                progress=update,
+            )
+        except Exception:
+            close()
+            failure = Failure()
+            print(f"{PROG}: {local}: {describe_failure(failure)}", file=err)
+            failures += 1
+            if failure.check(ConnectError, DNSLookupError):
+                break
+            continue
+        close()
+        how = "sent (classic form, not verified)" if args.plain else "stored and verified"
+        print(f"{local} -> {receipt.path}: {receipt.size} bytes {how}", file=out)
+    return 1 if failures else 0
+
+
+async def _send_tftp(
+    reactor: Any,
+    args: argparse.Namespace,
+    dest: Destination,
+    bars: ProgressBars,
+    out: TextIO,
+    err: TextIO,
+) -> int:
+    from filexfer import tftp
+
+    if args.plain or any(os.path.isdir(source) for source in args.files):
+        raise UserError("TFTP sends single files; --plain and directories are for TCP", 2)
+    if len(args.files) > 1 and dest.path and not dest.path.endswith("/"):
+        raise UserError("several files need a directory: end the tftp:// path with /", 2)
+    failures = 0
+    for local in args.files:
+        if not os.path.isfile(local):
+            raise UserError(f"{local}: no such file")
+        remote = dest.path
+        if not remote or remote.endswith("/"):
+            remote += os.path.basename(local)
+        update, close = bars.for_file(remote, os.path.getsize(local))
+        try:
+            size = await tftp.upload(
+                reactor, dest.host, dest.port, local, remote, progress=update, **_tftp_options(args)
+            )
+        except Exception:
+            close()
+            print(f"{PROG}: {local}: {describe_failure(Failure())}", file=err)
+            failures += 1
+            continue
+        close()
+        print(f"{local} -> tftp://{dest.host}:{dest.port}/{remote}: {size} bytes", file=out)
+    return 1 if failures else 0
+
+
+async def _get(reactor: Any, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from filexfer import tftp
+
+    dest = parse_destination(args.url)
+    if dest.scheme != "tftp":
+        raise UserError("get takes a tftp:// URL (the TCP push only sends)", 2)
+    if not dest.path or dest.path.endswith("/"):
+        raise UserError("name the file to get: tftp://HOST:PORT/NAME", 2)
+    local = args.local or os.path.basename(dest.path)
+    if os.path.isdir(local):
+        local = os.path.join(local, os.path.basename(dest.path))
+    bars = ProgressBars(not args.no_progress, err)
+    update, close = bars.for_file(dest.path, None)
+    try:
+        size = await tftp.download(
+            reactor, dest.host, dest.port, dest.path, local, progress=update, **_tftp_options(args)
+        )
+    except Exception:
+        close()
+        print(f"{PROG}: {args.url}: {describe_failure(Failure())}", file=err)
+        return 1
+    close()
+    print(f"tftp://{dest.host}:{dest.port}/{dest.path} -> {local}: {size} bytes", file=out)
+    return 0
+
+
+def _serve(reactor: Any, argv: list[str], err: TextIO) -> Deferred[int]:
+    from twisted.internet.error import CannotListenError
+    from twisted.logger import globalLogBeginner, textFileLogObserver
+
+    from filexfer.service import Options, make_service
+
+    options = Options()
+    try:
+        options.parseOptions(argv)
+    except usage.UsageError as error:
+        raise UserError(f"serve: {error}", 2) from None
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)], redirectStandardIO=False)
+    service = make_service(options, reactor)
+    try:
+        service.startService()
+    except CannotListenError as error:
+        raise UserError(f"cannot listen on port {error.port}: {error.socketError}") from None
+    except OSError as error:
+        raise UserError(f"cannot start: {error}") from None
+    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    return Deferred()  # runs until interrupted
+
+
+def _run(reactor: Any, args: argparse.Namespace, argv: list[str]) -> Deferred[int]:
+    out, err = sys.stdout, sys.stderr
+
+    async def guarded() -> int:
+        try:
+            if args.command == "send":
+                return await _send(reactor, args, out, err)
+            if args.command == "get":
+                return await _get(reactor, args, out, err)
+            return await _serve(reactor, argv, err)
+        except UserError as error:
+            print(f"{PROG}: {error}", file=err)
+            return error.status
+
+    return ensureDeferred(guarded())
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the C{filexfer} console script."""
+    from twisted.internet import task
+
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    serve_argv: list[str] = []
+    if arguments[:1] == ["serve"]:
+        # serve takes the twistd plugin's options, parsed by the plugin's own Options
+        args = argparse.Namespace(command="serve")
+        serve_argv = arguments[1:]
+        if any(flag in serve_argv for flag in ("-h", "--help")):
+            _print_serve_help()
+            return
+    else:
+        args = _build_parser().parse_args(arguments)
+
+    def run(reactor: Any) -> Deferred[None]:
+        return _run(reactor, args, serve_argv).addCallback(_exit)
+
+    task.react(run)
+
+
+def _print_serve_help() -> None:
+    from filexfer.service import Options
+
+    usage_text = str(Options()).split("\n", 1)[1].lstrip("\n")
+    print(f"Usage: {PROG} serve {Options.synopsis}\n{usage_text}")
+
+
+def _exit(status: int) -> None:
+    if status:
+        raise SystemExit(status)

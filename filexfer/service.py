@@ -1,0 +1,213 @@
+"""The filexfer service: the TCP receiver and the TFTP server under one MultiService.
+
+Used by the twistd plugin (C{twistd filexfer}) and by C{filexfer serve}.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.application import internet
+from twisted.application.service import MultiService
+from twisted.internet import endpoints
+from twisted.internet.threads import deferToThreadPool
+from twisted.python import usage
+
+from filexfer.storage import CONFLICT_POLICIES, DirectoryStorage
+from filexfer.tcp._guard import AccessPolicy, ConnectionLimits
+from filexfer.tcp.receiver import ReceiverFactory
+
+DEFAULT_PORT = 8000
+DEFAULT_ROOT = "received"
+
+
+def _size(text: str) -> int:
+    """C{"10G"} -> bytes; plain digits are bytes."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    text = text.strip().upper().removesuffix("B").removesuffix("I")
+    scale = units.get(text[-1:], 1)
+    number = text[:-1] if text[-1:] in units else text
+    try:
+        value = int(float(number) * scale)
+    except ValueError:
+        raise ValueError(f"not a size: {text!r} (use e.g. 500M, 10G)") from None
+    if value < 0:
+        raise ValueError("a size cannot be negative")
+    return value
+
+
+def _positive(kind: type) -> Any:
+    def convert(text: str) -> Any:
+        value = kind(text)
+        if value <= 0:
+            raise ValueError(f"must be greater than zero, not {text}")
+        return value
+
+    return convert
+
+
+class Options(usage.Options):
+    """Options of C{twistd filexfer} and C{filexfer serve}."""
+
+    synopsis = "[options]"
+    longdesc = (
+        "Receive files over TCP (the classic 'name / ok / bytes' push and the "
+        "verified, resumable FX/1 form) and serve TFTP on UDP, storing everything "
+        "under --root. Example: twistd -n filexfer --port 8000 --root /srv/incoming"
+    )
+
+    optParameters: list[list[Any]] = [
+        [
+            "port",
+            "p",
+            None,
+            f"TCP port on all interfaces (default {DEFAULT_PORT} "
+            "unless --listen is given); TFTP uses the same number on UDP",
+            _positive(int),
+        ],
+        ["root", "r", DEFAULT_ROOT, "directory to store into (created if missing)"],
+        [
+            "on-conflict",
+            None,
+            "rename",
+            "when the name exists: rename (keep both, 'name (1).ext'), overwrite, refuse (409)",
+        ],
+        [
+            "partial-max-age",
+            None,
+            2 * 86400,
+            "seconds to keep the partial of an interrupted upload for resume",
+            _positive(float),
+        ],
+        [
+            "tftp-port",
+            None,
+            None,
+            "UDP port for TFTP (default: the TCP port number)",
+            _positive(int),
+        ],
+        ["tftp-interface", None, "", "address for TFTP to bind (default all IPv4; '::' for IPv6)"],
+        ["tftp-max-blksize", None, 65464, "largest TFTP blksize granted (8-65464)", int],
+        ["tftp-max-windowsize", None, 64, "largest TFTP windowsize granted", _positive(int)],
+        ["max-size", None, None, "largest file accepted, e.g. 10G (413)", _size],
+        ["min-free", None, 0, "free space to keep on the disk, e.g. 1G (507)", _size],
+        ["max-connections", None, 1000, "TCP connections at once (503 past that)", _positive(int)],
+        ["max-per-ip", None, 64, "TCP connections at once from one address (503)", _positive(int)],
+        [
+            "handshake-timeout",
+            None,
+            30.0,
+            "seconds to complete a handshake (408)",
+            _positive(float),
+        ],
+        ["idle-timeout", None, 300.0, "seconds a transfer may stall (408)", _positive(float)],
+        ["token", None, None, "shared secret FX/1 clients must send (classic form refused)"],
+        ["token-file", None, None, "read the shared secret from this file"],
+    ]
+    optFlags = [
+        ["no-tftp", None, "do not serve TFTP"],
+        ["tftp-read-only", None, "refuse TFTP uploads (WRQ)"],
+        ["tftp-no-read", None, "refuse TFTP downloads (RRQ)"],
+    ]
+    compData = usage.Completions(
+        optActions={"root": usage.CompleteDirs(), "token-file": usage.CompleteFiles()}
+    )
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+        self["allow"] = []
+
+    def opt_listen(self, description: str) -> None:
+        """Listen on a Twisted server endpoint, e.g. tcp6:8000,
+        unix:/run/fx.sock, ssl:8443:privateKey=key.pem:certKey=cert.pem (repeatable)."""
+        self["listen"].append(description)
+
+    def opt_allow(self, network: str) -> None:
+        """Accept only peers in this network, e.g. 10.0.0.0/8 or ::1/128
+        (repeatable; TCP and TFTP)."""
+        AccessPolicy([network])  # raises ValueError for a bad network
+        self["allow"].append(network)
+
+    def postOptions(self) -> None:
+        if self["on-conflict"] not in CONFLICT_POLICIES:
+            raise usage.UsageError(f"--on-conflict must be one of {', '.join(CONFLICT_POLICIES)}")
+        if not self["listen"] and self["port"] is None:
+            self["port"] = DEFAULT_PORT
+        if self["token-file"] is not None:
+            try:
+                with open(self["token-file"]) as handle:
+                    self["token"] = handle.read().strip()
+            except OSError as exc:
+                raise usage.UsageError(f"cannot read --token-file: {exc.strerror}") from exc
+        if self["token"] == "":
+            raise usage.UsageError("the token must not be empty")
+        if not 8 <= self["tftp-max-blksize"] <= 65464:
+            raise usage.UsageError("--tftp-max-blksize must be between 8 and 65464")
+
+    def endpoints(self) -> list[str]:
+        """The server endpoint descriptions for the TCP receiver."""
+        listen = list(self["listen"])
+        if self["port"] is not None:
+            listen.insert(0, f"tcp:{self['port']}")
+        return listen
+
+    def tftp_port(self) -> int | None:
+        """The UDP port for TFTP, or None when TFTP is off or has no port."""
+        if self["no-tftp"]:
+            return None
+        port: int | None = self["tftp-port"] if self["tftp-port"] is not None else self["port"]
+        return port
+
+
+def make_service(options: Options, reactor: Any) -> MultiService:
+    """Build the service tree for C{options}, on C{reactor}."""
+    pool = reactor.getThreadPool()
+
+    def in_thread(work: Any) -> Any:
+        return deferToThreadPool(reactor, pool, work)
+
+    storage = DirectoryStorage(
+        os.path.abspath(options["root"]),
+        options["on-conflict"],
+        run_blocking=in_thread,
+        min_free=options["min-free"],
+        max_size=options["max-size"],
+    )
+    access = AccessPolicy(options["allow"])
+    top = MultiService()
+    factory = ReceiverFactory(
+        storage,
+        clock=reactor,
+        token=options["token"],
+        handshake_timeout=options["handshake-timeout"],
+        idle_timeout=options["idle-timeout"],
+        limits=ConnectionLimits(options["max-connections"], options["max-per-ip"]),
+        access=access,
+    )
+    for description in options.endpoints():
+        endpoint = endpoints.serverFromString(reactor, description)
+        listening = internet.StreamServerEndpointService(endpoint, factory)
+        listening._raiseSynchronously = True  # fail at start-up when the port is taken
+        listening.setServiceParent(top)
+    tftp_port = options.tftp_port()
+    if tftp_port is not None:
+        from filexfer.tftp.server import TFTPServerProtocol
+
+        tftp = TFTPServerProtocol(
+            storage=storage,
+            reactor=reactor,
+            allow_read=not options["tftp-no-read"],
+            allow_write=not options["tftp-read-only"],
+            max_blksize=options["tftp-max-blksize"],
+            max_windowsize=options["tftp-max-windowsize"],
+        )
+        udp = internet.UDPServer(
+            tftp_port, tftp, interface=options["tftp-interface"], reactor=reactor
+        )
+        udp.setServiceParent(top)
+    cleanup = internet.TimerService(3600, storage.remove_stale, options["partial-max-age"])
+    cleanup.clock = reactor
+    cleanup.setServiceParent(top)
+    return top

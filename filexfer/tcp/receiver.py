@@ -1,0 +1,427 @@
+"""The receiving end of the TCP push: thin glue from bytes to parser to storage.
+
+A connection moves through a declared state machine::
+
+    handshake --accepted--> streaming --all bytes / EOF--> finishing --> closed
+        |                       |                              |
+        +--refused--> closed    +--failed / lost--> closed     +--failed--> closed
+        +--already stored--> closed (ok + done at once)
+
+The handshake is parsed by L{filexfer.tcp._wire}; bytes are stored through
+an L{IStorage}; the clock is injected so that timeouts are testable.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from automat import MethodicalMachine
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IAddress, IDelayedCall, IHalfCloseableProtocol, IReactorTime
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from filexfer._errors import TransferError
+from filexfer._log import log, log_transfer
+from filexfer.storage import IStorage, IUpload, Receipt
+from filexfer.tcp import _wire
+from filexfer.tcp._guard import AccessPolicy, ConnectionLimits
+
+PREFIX_WAIT = 0.5
+"""Seconds to wait for more when the first chunk is a strict prefix of C{FX/}."""
+
+READ_SIZE = 256 * 1024
+"""Bytes read from the socket at a time: large reads mean fewer Python calls."""
+
+
+def describe_peer(address: IAddress) -> str:
+    """C{host:port} (C{[host]:port} for IPv6) or the address's own text."""
+    host = getattr(address, "host", None)
+    port = getattr(address, "port", None)
+    if host is None:
+        return str(address)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@implementer(IHalfCloseableProtocol)
+class ReceiverProtocol(Protocol):
+    """Receives one file per connection, in the classic or the FX/1 form."""
+
+    _machine = MethodicalMachine()
+
+    def __init__(self, factory: ReceiverFactory) -> None:
+        self.factory = factory
+        self._clock = factory.clock
+        self._buffer = b""
+        self._timer: IDelayedCall | None = None
+        self._prefix_timer: IDelayedCall | None = None
+        self._prefix_expired = False
+        self._form = "tcp"
+        self._upload: IUpload | None = None
+        self._peer = "?"
+        self._path = ""
+        self._started = 0.0
+
+    # -- Twisted's calls -----------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self._peer = describe_peer(self.transport.getPeer())  # type: ignore[union-attr]
+        self._started = self._clock.seconds()
+        refusal = self.factory.admit(self)
+        if refusal is not None:
+            self.refused(refusal)
+            return
+        if hasattr(self.transport, "bufferSize"):
+            self.transport.bufferSize = READ_SIZE  # type: ignore[union-attr]
+        self._arm(self.factory.handshake_timeout)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data_received(data)
+
+    def readConnectionLost(self) -> None:
+        self.end_of_stream()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._disarm()
+        self.factory.release(self)
+        self.connection_lost(reason)
+
+    # -- states ----------------------------------------------------------------
+
+    @_machine.state(initial=True)
+    def handshake(self) -> None:
+        """Reading the name or the FX/1 header block."""
+
+    @_machine.state()
+    def streaming(self) -> None:
+        """Storing the file's bytes."""
+
+    @_machine.state()
+    def finishing(self) -> None:
+        """All bytes are in; waiting for verify, fsync and rename."""
+
+    @_machine.state()
+    def closed(self) -> None:
+        """Nothing more to do on this connection."""
+
+    # -- inputs ----------------------------------------------------------------
+
+    @_machine.input()
+    def data_received(self, data: bytes) -> None:
+        "Bytes from the peer."
+
+    @_machine.input()
+    def accepted(self, upload: IUpload) -> None:
+        "The storage took the request."
+
+    @_machine.input()
+    def already_stored(self, upload: IUpload) -> None:
+        "The exact file is in place already."
+
+    @_machine.input()
+    def refused(self, error: TransferError) -> None:
+        "The request, or a byte of the stream, was refused."
+
+    @_machine.input()
+    def all_bytes_in(self) -> None:
+        "Size bytes have arrived."
+
+    @_machine.input()
+    def end_of_stream(self) -> None:
+        "The peer half-closed or closed cleanly."
+
+    @_machine.input()
+    def stored(self, receipt: Receipt) -> None:
+        "The file is durable under its final name."
+
+    @_machine.input()
+    def timed_out(self) -> None:
+        "The handshake took too long, or the stream went idle."
+
+    @_machine.input()
+    def connection_lost(self, reason: Failure) -> None:
+        "The connection is gone."
+
+    # -- outputs: handshake ----------------------------------------------------
+
+    @_machine.output()
+    def _parse_handshake(self, data: bytes) -> None:
+        self._buffer += data
+        try:
+            request, rest = self._parse_buffer()
+        except TransferError as error:
+            self.refused(error)
+            return
+        if request is None:
+            return
+        self._disarm()
+        if rest:
+            self.refused(TransferError(400, "data arrived before the server's ok"))
+            return
+        self._start(request)
+
+    def _parse_buffer(self) -> tuple[_wire.Request | None, bytes]:
+        form = _wire.classify(self._buffer)
+        if form is _wire.Form.UNDECIDED:
+            if self._prefix_expired:
+                return _wire.parse_seed(self._buffer), b""
+            if self._prefix_timer is None:
+                self._prefix_timer = self._clock.callLater(PREFIX_WAIT, self._prefix_wait_over)
+            return None, b""
+        if form is _wire.Form.SEED:
+            return _wire.parse_seed(self._buffer), b""
+        self._form = "fx/1"
+        return _wire.parse_header_block(self._buffer)
+
+    def _prefix_wait_over(self) -> None:
+        self._prefix_expired = True
+        self.data_received(b"")
+
+    def _start(self, request: _wire.Request) -> None:
+        self._buffer = b""
+        self._path = request.name if isinstance(request, _wire.SeedRequest) else request.path
+        try:
+            self.factory.check_token(request)
+            if isinstance(request, _wire.SeedRequest):
+                upload = self.factory.storage.begin(request.name)
+            else:
+                upload = self.factory.storage.begin(
+                    request.path, request.size, request.sha256, request.mtime_ns
+                )
+        except TransferError as error:
+            self.refused(error)
+            return
+        except Exception:
+            log.failure("storage failed to start an upload")
+            self.refused(TransferError(500, "internal server error"))
+            return
+        if upload.stored is not None:
+            self.already_stored(upload)
+        else:
+            self.accepted(upload)
+
+    @_machine.output()
+    def _send_ok(self, upload: IUpload) -> None:
+        self._upload = upload
+        if self._form == "tcp":
+            self.transport.write(_wire.SEED_OK)  # type: ignore[union-attr]
+        else:
+            self.transport.write(_wire.encode_ok(upload.offset))  # type: ignore[union-attr]
+        self._arm(self.factory.idle_timeout)
+        if upload.expected_size is not None and upload.received >= upload.expected_size:
+            self.all_bytes_in()
+
+    @_machine.output()
+    def _send_ok_and_done(self, upload: IUpload) -> None:
+        assert upload.stored is not None
+        self._upload = upload
+        self.transport.write(_wire.encode_ok(upload.offset))  # type: ignore[union-attr]
+        self._reply_done(upload.stored, "already stored as")
+
+    # -- outputs: streaming ----------------------------------------------------
+
+    @_machine.output()
+    def _write(self, data: bytes) -> None:
+        upload = self._upload
+        assert upload is not None
+        try:
+            upload.write(data)
+        except TransferError as error:
+            self.refused(error)
+            return
+        self._rearm(self.factory.idle_timeout)
+        if upload.expected_size is not None and upload.received == upload.expected_size:
+            self.all_bytes_in()
+
+    @_machine.output()
+    def _finish(self) -> None:
+        self._disarm()
+        self.transport.pauseProducing()  # type: ignore[union-attr]
+        upload = self._upload
+        assert upload is not None
+        result: Deferred[Receipt] = upload.finish()
+        result.addCallbacks(self.stored, self._finish_failed)
+
+    def _finish_failed(self, failure: Failure) -> None:
+        error = failure.value if failure.check(TransferError) else None
+        if error is None:
+            error = TransferError(500, f"could not store the file: {failure.getErrorMessage()}")
+        self.refused(error)
+
+    # -- outputs: endings --------------------------------------------------------
+
+    @_machine.output()
+    def _report_stored(self, receipt: Receipt) -> None:
+        self._reply_done(receipt, "stored as")
+
+    def _reply_done(self, receipt: Receipt, outcome: str) -> None:
+        if self._form != "tcp":
+            line = _wire.encode_done(receipt.size, receipt.sha256, receipt.path)
+            self.transport.write(line)  # type: ignore[union-attr]
+        self._log(self._received(), f"{outcome} {receipt.path!r}")
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+    @_machine.output()
+    def _send_error(self, error: TransferError) -> None:
+        self._disarm()
+        if self._upload is not None:
+            self._upload.abort(keep_partial=False)  # a no-op once finish() kept a short partial
+        if self._form != "tcp" or self._upload is None:
+            self.transport.write(_wire.encode_error(error))  # type: ignore[union-attr]
+        self._log(self._received(), f"refused: {error.code} {error.reason}")
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+    @_machine.output()
+    def _refuse_timeout(self) -> None:
+        stage = "handshake" if self._upload is None else "transfer"
+        if self._upload is not None:
+            self._upload.abort(keep_partial=True)  # a stalled upload may be resumed
+        self.refused(TransferError(408, f"{stage} timed out"))
+
+    @_machine.output()
+    def _keep_partial(self, reason: Failure) -> None:
+        if self._upload is not None:
+            self._upload.abort(keep_partial=True)
+        self._log(self._received(), f"connection lost: {reason.getErrorMessage()}")
+
+    @_machine.output()
+    def _log_vanished(self, reason: Failure) -> None:
+        if self._buffer:
+            self._log(0, "connection closed during the handshake")
+
+    @_machine.output()
+    def _refuse_bytes_after_size(self, data: bytes) -> None:
+        if data:
+            self.refused(TransferError(422, "more bytes than the announced Size"))
+
+    # -- transitions ---------------------------------------------------------------
+
+    handshake.upon(data_received, enter=handshake, outputs=[_parse_handshake])
+    handshake.upon(end_of_stream, enter=handshake, outputs=[])
+    handshake.upon(accepted, enter=streaming, outputs=[_send_ok])
+    handshake.upon(already_stored, enter=closed, outputs=[_send_ok_and_done])
+    handshake.upon(refused, enter=closed, outputs=[_send_error])
+    handshake.upon(timed_out, enter=handshake, outputs=[_refuse_timeout])
+    handshake.upon(connection_lost, enter=closed, outputs=[_log_vanished])
+
+    streaming.upon(data_received, enter=streaming, outputs=[_write])
+    streaming.upon(all_bytes_in, enter=finishing, outputs=[_finish])
+    streaming.upon(end_of_stream, enter=finishing, outputs=[_finish])
+    streaming.upon(refused, enter=closed, outputs=[_send_error])
+    streaming.upon(timed_out, enter=streaming, outputs=[_refuse_timeout])
+    streaming.upon(connection_lost, enter=closed, outputs=[_keep_partial])
+
+    finishing.upon(data_received, enter=finishing, outputs=[_refuse_bytes_after_size])
+    finishing.upon(end_of_stream, enter=finishing, outputs=[])
+    finishing.upon(stored, enter=closed, outputs=[_report_stored])
+    finishing.upon(refused, enter=closed, outputs=[_send_error])
+    finishing.upon(connection_lost, enter=finishing, outputs=[])
+
+    closed.upon(data_received, enter=closed, outputs=[])
+    closed.upon(end_of_stream, enter=closed, outputs=[])
+    closed.upon(refused, enter=closed, outputs=[])
+    closed.upon(timed_out, enter=closed, outputs=[])
+    closed.upon(connection_lost, enter=closed, outputs=[])
+
+    # -- helpers -------------------------------------------------------------------
+
+    def _timeout_fired(self) -> None:
+        self._timer = None
+        self.timed_out()
+
+    def _arm(self, seconds: float) -> None:
+        self._disarm()
+        self._timer = self._clock.callLater(seconds, self._timeout_fired)
+
+    def _rearm(self, seconds: float) -> None:
+        """Restart the running timer (cheap: no new delayed call)."""
+        if self._timer is not None and self._timer.active():
+            self._timer.reset(seconds)
+        else:
+            self._arm(seconds)
+
+    def _disarm(self) -> None:
+        for timer in (self._timer, self._prefix_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._timer = None
+
+    def _received(self) -> int:
+        if self._upload is None:
+            return 0
+        return int(self._upload.received - self._upload.offset)
+
+    def _log(self, nbytes: int, outcome: str) -> None:
+        log_transfer(
+            protocol=self._form,
+            peer=self._peer,
+            path=self._path,
+            nbytes=nbytes,
+            seconds=self._clock.seconds() - self._started,
+            outcome=outcome,
+        )
+
+
+class ReceiverFactory(Factory):
+    """Makes a L{ReceiverProtocol} per connection, all storing into C{storage}.
+
+    @param clock: the reactor's clock (injected for tests).
+    @param token: when set, FX/1 uploads must carry it; classic ones are refused.
+    @param handshake_timeout: seconds a peer has to finish its handshake.
+    @param idle_timeout: seconds the stream may stall before it is dropped.
+    @param limits: caps on connections in total and per address.
+    @param access: which peer addresses may connect.
+    """
+
+    protocol = ReceiverProtocol
+
+    def __init__(
+        self,
+        storage: IStorage,
+        *,
+        clock: IReactorTime,
+        token: str | None = None,
+        handshake_timeout: float = 30.0,
+        idle_timeout: float = 300.0,
+        limits: ConnectionLimits | None = None,
+        access: AccessPolicy | None = None,
+    ) -> None:
+        self.storage = storage
+        self.clock = clock
+        self.token = token
+        self.handshake_timeout = handshake_timeout
+        self.idle_timeout = idle_timeout
+        self.limits = limits if limits is not None else ConnectionLimits()
+        self.access = access if access is not None else AccessPolicy()
+
+    def buildProtocol(self, addr: IAddress | None) -> ReceiverProtocol:
+        return ReceiverProtocol(self)
+
+    def admit(self, connection: ReceiverProtocol) -> TransferError | None:
+        """Count a new connection in, or say why it may not stay."""
+        peer = connection.transport.getPeer()  # type: ignore[union-attr]
+        host = getattr(peer, "host", None)
+        if not self.access.allows(host):
+            return TransferError(403, "your address is not allowed")
+        return self.limits.enter(connection, host)
+
+    def release(self, connection: ReceiverProtocol) -> None:
+        """Count a closed connection out."""
+        self.limits.leave(connection)
+
+    def check_token(self, request: _wire.Request) -> None:
+        """Refuse with 401 unless the request carries the shared secret."""
+        if self.token is None:
+            return
+        if isinstance(request, _wire.SeedRequest):
+            raise TransferError(401, "this server requires a token: use the FX/1 form")
+        if request.token is None or not _constant_time_equal(request.token, self.token):
+            raise TransferError(401, "bad or missing token")
+
+
+def _constant_time_equal(given: str, expected: str) -> bool:
+    return hmac.compare_digest(given.encode(), expected.encode())

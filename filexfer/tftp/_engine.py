@@ -1,0 +1,302 @@
+"""The two halves of a TFTP data transfer, shared by the server and the client.
+
+L{BlockSender} sends DATA blocks a window at a time and slides on ACKs;
+L{BlockReceiver} takes DATA blocks in order and ACKs every window.  Both
+retransmit on timeout only (never on a duplicate packet: no Sorcerer's
+Apprentice), through a L{Retransmitter}.  They know nothing about sockets:
+they are given a C{send(datagram)} callable and a clock.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import BinaryIO
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+
+from filexfer.tftp._packets import NetasciiEncoder, encode_ack, encode_data
+
+Send = Callable[[bytes], None]
+
+
+class Retransmitter:
+    """A retransmission timer with a bounded number of retries.
+
+    L{progress} (re)arms it with a fresh retry budget; when it fires it
+    calls C{resend} and re-arms, up to C{retries} times, then C{give_up}.
+    """
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        timeout: float,
+        retries: int,
+        resend: Callable[[], None],
+        give_up: Callable[[], None],
+    ) -> None:
+        self.timeout = timeout
+        self._clock = clock
+        self._retries = retries
+        self._left = retries
+        self._resend = resend
+        self._give_up = give_up
+        self._call: IDelayedCall | None = None
+
+    def progress(self) -> None:
+        """Something moved forward: reset the retry budget and the deadline."""
+        self._left = self._retries
+        if self._call is not None and self._call.active():
+            self._call.reset(self.timeout)
+        else:
+            self._call = self._clock.callLater(self.timeout, self._fire)
+
+    def stop(self) -> None:
+        """Disarm."""
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+
+    def _fire(self) -> None:
+        self._call = None
+        if self._left <= 0:
+            self._give_up()
+            return
+        self._left -= 1
+        self._call = self._clock.callLater(self.timeout, self._fire)
+        self._resend()
+
+
+class FileBlocks:
+    """Reads a file as a sequence of blocks of C{blksize} bytes."""
+
+    def __init__(self, handle: BinaryIO, blksize: int) -> None:
+        self._handle = handle
+        self._blksize = blksize
+        self._chunk = b""
+        self._offset = 0
+        self._chunk_size = blksize * max(1, (256 * 1024) // blksize)
+
+    def next_block(self) -> bytes:
+        """The next block; shorter than C{blksize} (maybe empty) at the end."""
+        start = self._offset
+        end = start + self._blksize
+        if end > len(self._chunk):
+            rest = self._chunk[start:]
+            self._chunk = rest + self._handle.read(self._chunk_size)
+            self._offset = start = 0
+            end = self._blksize
+        self._offset = end
+        return self._chunk[start:end]
+
+
+class NetasciiBlocks:
+    """Reads a file as netascii blocks of C{blksize} bytes."""
+
+    def __init__(self, handle: BinaryIO, blksize: int) -> None:
+        self._handle = handle
+        self._blksize = blksize
+        self._encoder = NetasciiEncoder()
+        self._buffer = b""
+        self._eof = False
+
+    def next_block(self) -> bytes:
+        """The next block; shorter than C{blksize} (maybe empty) at the end."""
+        while len(self._buffer) < self._blksize and not self._eof:
+            chunk = self._handle.read(64 * 1024)
+            if not chunk:
+                self._eof = True
+            self._buffer += self._encoder.encode(chunk)
+        block, self._buffer = self._buffer[: self._blksize], self._buffer[self._blksize :]
+        return block
+
+
+class BlockSender:
+    """Send DATA blocks, C{windowsize} at a time (RFC 1350, RFC 7440).
+
+    An ACK of any block inside the window slides the window past it; if
+    blocks after it were already sent (the receiver saw a gap), the window
+    is sent again from there.  A duplicate ACK is ignored.  On timeout the
+    whole unacknowledged window is sent again.
+
+    @ivar acked_bytes: payload bytes the receiver has acknowledged.
+    """
+
+    def __init__(
+        self,
+        *,
+        clock: IReactorTime,
+        send: Send,
+        next_block: Callable[[], bytes],
+        blksize: int,
+        windowsize: int,
+        timeout: float,
+        retries: int,
+        on_done: Callable[[], None],
+        on_timeout: Callable[[], None],
+        on_progress: Callable[[int], None] | None = None,
+    ) -> None:
+        self._send = send
+        self._next_block = next_block
+        self._blksize = blksize
+        self._windowsize = windowsize
+        self._on_done = on_done
+        self._on_progress = on_progress
+        self.timer = Retransmitter(clock, timeout, retries, self._resend_window, on_timeout)
+        self._window: deque[bytes] = deque()
+        self._base = 1  # the (unwrapped) block number of _window[0]
+        self._next = 1  # the (unwrapped) block number of the next block to read
+        self._last_read = False
+        self._handshake = False
+        self.acked_bytes = 0
+        self.finished = False
+
+    def start(self, handshake: bytes | None = None) -> None:
+        """Begin; with C{handshake} (an OACK), send it and wait for ACK 0 first."""
+        if handshake is not None:
+            self._handshake = True
+            self._window.append(handshake)
+            self._base = 0
+            self._send(handshake)
+        else:
+            self._fill_and_send()
+        self.timer.progress()
+
+    def ack_received(self, block: int) -> None:
+        """Handle an ACK of (wire) block number C{block}."""
+        window = self._window
+        index = (block - self._base) & 0xFFFF
+        if index >= len(window):
+            return  # a duplicate or stray ACK: never resend because of it
+        acked = 0
+        for _ in range(index + 1):
+            acked += len(window.popleft()) - 4
+        if self._handshake:
+            self._handshake = False
+            acked = 0
+        self._base += index + 1
+        self.acked_bytes += acked
+        if self._on_progress is not None and acked:
+            self._on_progress(self.acked_bytes)
+        if not window and self._last_read:
+            self.finished = True
+            self.timer.stop()
+            self._on_done()
+            return
+        self.timer.progress()
+        # Blocks still in the window were sent after the one acked: the
+        # receiver saw a gap (RFC 7440), so go back and send them again.
+        for datagram in window:
+            self._send(datagram)
+        self._fill_and_send()
+
+    def _fill_and_send(self) -> None:
+        window = self._window
+        send = self._send
+        while len(window) < self._windowsize and not self._last_read:
+            payload = self._next_block()
+            if len(payload) < self._blksize:
+                self._last_read = True
+            datagram = encode_data(self._next, payload)
+            self._next += 1
+            window.append(datagram)
+            send(datagram)
+
+    def _resend_window(self) -> None:
+        for datagram in self._window:
+            self._send(datagram)
+
+    def stop(self) -> None:
+        """Stop retransmitting."""
+        self.timer.stop()
+
+
+class BlockReceiver:
+    """Receive DATA blocks in order, ACKing every C{windowsize} blocks.
+
+    A block ahead of the expected one (a gap) makes it ACK the last block it
+    has in order, once per gap (RFC 7440); a duplicate is ignored.  On
+    timeout it sends its last ACK (or the handshake) again.  After the final
+    (short) block the owner calls L{ack_final}; from then on a repeated final
+    block is answered with the final ACK again (the RFC 1350 dally).
+
+    @ivar received_bytes: payload bytes taken in order.
+    """
+
+    def __init__(
+        self,
+        *,
+        clock: IReactorTime,
+        send: Send,
+        deliver: Callable[[bytes], None],
+        blksize: int,
+        windowsize: int,
+        timeout: float,
+        retries: int,
+        on_last: Callable[[], None],
+        on_timeout: Callable[[], None],
+    ) -> None:
+        self._send = send
+        self._deliver = deliver
+        self._blksize = blksize
+        self._windowsize = windowsize
+        self._on_last = on_last
+        self.timer = Retransmitter(clock, timeout, retries, self._resend_ack, on_timeout)
+        self._expected = 1  # unwrapped number of the next block wanted
+        self._since_ack = 0
+        self._gap_acked = False
+        self._handshake = encode_ack(0)
+        self._final_ack: bytes | None = None
+        self.complete = False
+        self.received_bytes = 0
+
+    def start(self, handshake: bytes | None = None) -> None:
+        """Begin; C{handshake} (ACK 0 or an OACK) is sent now and on timeout."""
+        if handshake is not None:
+            self._handshake = handshake
+            self._send(handshake)
+        self.timer.progress()
+
+    def data_received(self, block: int, payload: bytes) -> None:
+        """Handle DATA with (wire) block number C{block}."""
+        expected = self._expected
+        if block == expected & 0xFFFF and not self.complete:
+            self._expected = expected + 1
+            self.received_bytes += len(payload)
+            self._gap_acked = False
+            self._deliver(payload)
+            if len(payload) < self._blksize:
+                self.complete = True
+                self.timer.stop()
+                self._on_last()
+                return
+            self._since_ack += 1
+            if self._since_ack >= self._windowsize:
+                self._since_ack = 0
+                self._send(encode_ack(expected))
+            self.timer.progress()
+        elif self.complete:
+            if self._final_ack is not None and block == (expected - 1) & 0xFFFF:
+                self._send(self._final_ack)  # our final ACK was lost: dally
+        elif (block - expected) & 0xFFFF < 0x8000:
+            if not self._gap_acked:
+                self._gap_acked = True
+                self._since_ack = 0
+                self._send(encode_ack(expected - 1))
+        # else: a duplicate of a block we have; the timer re-ACKs if needed
+
+    def ack_final(self) -> None:
+        """Acknowledge the final block (after the data is safely stored)."""
+        self._final_ack = encode_ack(self._expected - 1)
+        self._send(self._final_ack)
+
+    def _resend_ack(self) -> None:
+        self._since_ack = 0
+        if self._expected == 1:
+            self._send(self._handshake)
+        else:
+            self._send(encode_ack(self._expected - 1))
+
+    def stop(self) -> None:
+        """Stop retransmitting."""
+        self.timer.stop()

@@ -1,0 +1,535 @@
+"""The TFTP server: one listening port, one object (and port, the TID) per transfer.
+
+L{TFTPServerProtocol} listens on the well-known port and only parses
+requests.  Each accepted request gets a L{_ReadTransfer} (RRQ) or
+L{_WriteTransfer} (WRQ) on a fresh UDP port of its own; that object owns the
+port, the retransmission timer and the retry budget, and closes the port
+when it is done.  Storage refusals become ERROR packets through
+L{error_code_for}.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any, BinaryIO
+
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.protocol import DatagramProtocol
+from twisted.python.failure import Failure
+
+from filexfer._errors import TransferError
+from filexfer._log import log, log_transfer
+from filexfer.storage import IStorage, IUpload, Receipt
+from filexfer.tftp._engine import BlockReceiver, BlockSender, FileBlocks, NetasciiBlocks
+from filexfer.tftp._packets import (
+    ACCESS_VIOLATION,
+    DEFAULT_BLKSIZE,
+    ILLEGAL_OPERATION,
+    MAX_BLKSIZE,
+    NOT_DEFINED,
+    OP_ERROR,
+    OP_RRQ,
+    OP_WRQ,
+    UNKNOWN_TID,
+    Ack,
+    Data,
+    Error,
+    MalformedPacket,
+    Negotiated,
+    NetasciiDecoder,
+    OptionAck,
+    ReadRequest,
+    ServerCaps,
+    WriteRequest,
+    decode,
+    encode,
+    encode_ack,
+    encode_error,
+    error_code_for,
+    negotiate,
+)
+
+Address = tuple[str, int]
+
+MAX_DATAGRAM = MAX_BLKSIZE + 4
+"""Pass this as C{maxPacketSize} to C{listenUDP} so that large blocks fit."""
+
+_SOCKET_BUFFER = 4 * 1024 * 1024
+_WRITE_BUFFER = 256 * 1024
+
+
+def _peer_text(addr: Address) -> str:
+    host, port = addr[0], addr[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _enlarge_buffers(port: object) -> None:
+    """Ask for big socket buffers so a window of large blocks is not dropped."""
+    sock = getattr(port, "socket", None)
+    if not isinstance(sock, socket.socket):
+        return
+    for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, option, _SOCKET_BUFFER)
+        except OSError:
+            pass
+
+
+class _Transfer(DatagramProtocol):
+    """What both kinds of transfer share: the peer (TID) check, sending, ending."""
+
+    kind = "tftp"
+
+    def __init__(
+        self,
+        server: TFTPServerProtocol,
+        peer: Address,
+        path: str,
+        settings: Negotiated,
+        timeout: float,
+    ) -> None:
+        self.server = server
+        self.peer = peer
+        self.path = path
+        self.settings = settings
+        self.timeout = float(settings.timeout) if settings.timeout is not None else timeout
+        self.started = server.reactor.seconds()
+        self.port: Any = None
+        self.key: tuple[Address, bytes] = (peer, b"")
+        self.done = False
+        self.outcome = ""
+
+    # -- helpers --------------------------------------------------------------
+
+    def send(self, datagram: bytes) -> None:
+        """Send to the peer; a full socket buffer counts as a lost packet."""
+        try:
+            self.transport.write(datagram, self.peer)  # type: ignore[union-attr]
+        except OSError:
+            pass
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        if (addr[0], addr[1]) != self.peer:
+            self._unknown_tid(addr)
+            return
+        if self.done:
+            self.after_done(datagram)
+            return
+        try:
+            packet = decode(datagram)
+        except MalformedPacket:
+            return
+        if isinstance(packet, Error):
+            self.finish(f"peer error {packet.code} {packet.message}", send_error=None)
+            return
+        self.packet_received(packet)
+
+    def _unknown_tid(self, addr: Address) -> None:
+        try:
+            self.transport.write(  # type: ignore[union-attr]
+                encode_error(UNKNOWN_TID, "unknown transfer ID"), addr
+            )
+        except OSError:
+            pass
+
+    def packet_received(self, packet: object) -> None:
+        """Handle a decoded packet from the peer."""
+        raise NotImplementedError
+
+    def after_done(self, datagram: bytes) -> None:
+        """A datagram from the peer after the transfer ended (the dally)."""
+
+    def illegal(self, packet: object) -> None:
+        """A packet that has no place in this transfer: ERROR 4 and end."""
+        name = type(packet).__name__
+        self.finish(
+            f"illegal {name} from peer", send_error=(ILLEGAL_OPERATION, f"unexpected {name}")
+        )
+
+    def finish(
+        self,
+        outcome: str,
+        send_error: tuple[int, str] | None = None,
+        linger: float = 0.0,
+    ) -> None:
+        """End the transfer: maybe send an ERROR, log, and close the port."""
+        if self.done:
+            return
+        self.done = True
+        self.outcome = outcome
+        self.server.forget_request(self)
+        if send_error is not None:
+            self.send(encode_error(*send_error))
+        self.cleanup()
+        log_transfer(
+            protocol=self.kind,
+            peer=_peer_text(self.peer),
+            path=self.path,
+            nbytes=self.nbytes(),
+            seconds=self.server.reactor.seconds() - self.started,
+            outcome=outcome,
+        )
+        if linger > 0:
+            self._linger = self.server.reactor.callLater(linger, self.close)
+        else:
+            self.close()
+
+    def cleanup(self) -> None:
+        """Release what the transfer holds (files, uploads, timers)."""
+
+    def nbytes(self) -> int:
+        """Bytes transferred so far."""
+        return 0
+
+    def close(self) -> Deferred[None]:
+        """Stop listening on the transfer's port and forget the transfer."""
+        linger = getattr(self, "_linger", None)
+        if linger is not None and linger.active():
+            linger.cancel()
+        self.server.forget(self)
+        port, self.port = self.port, None
+        if port is None:
+            return succeed(None)
+        result = port.stopListening()
+        if isinstance(result, Deferred):
+            return result
+        return succeed(None)
+
+    def abandon(self) -> Deferred[None]:
+        """The server is stopping: end at once."""
+        self.finish("server stopped", send_error=(NOT_DEFINED, "server shutting down"))
+        return self.close()
+
+
+class _ReadTransfer(_Transfer):
+    """Serve one RRQ: send a file from storage, a window of blocks at a time."""
+
+    kind = "tftp-rrq"
+
+    def __init__(
+        self,
+        server: TFTPServerProtocol,
+        peer: Address,
+        path: str,
+        settings: Negotiated,
+        timeout: float,
+        retries: int,
+        handle: BinaryIO,
+        netascii: bool,
+    ) -> None:
+        super().__init__(server, peer, path, settings, timeout)
+        self.handle = handle
+        blocks = (NetasciiBlocks if netascii else FileBlocks)(handle, settings.blksize)
+        self.sender = BlockSender(
+            clock=server.reactor,
+            send=self.send,
+            next_block=blocks.next_block,
+            blksize=settings.blksize,
+            windowsize=settings.windowsize,
+            timeout=self.timeout,
+            retries=retries,
+            on_done=self._sent,
+            on_timeout=self._timed_out,
+        )
+
+    def startProtocol(self) -> None:
+        oack = encode(OptionAck(self.settings.options)) if self.settings.options else None
+        try:
+            self.sender.start(oack)
+        except OSError as exc:
+            self.finish(f"read error: {exc}", send_error=(NOT_DEFINED, "cannot read the file"))
+
+    def packet_received(self, packet: object) -> None:
+        if isinstance(packet, Ack):
+            try:
+                self.sender.ack_received(packet.block)
+            except OSError as exc:
+                self.finish(f"read error: {exc}", send_error=(NOT_DEFINED, "cannot read the file"))
+        else:
+            self.illegal(packet)
+
+    def _sent(self) -> None:
+        self.finish("ok")
+
+    def _timed_out(self) -> None:
+        self.finish("timed out", send_error=(NOT_DEFINED, "timed out"))
+
+    def nbytes(self) -> int:
+        return self.sender.acked_bytes
+
+    def cleanup(self) -> None:
+        self.sender.stop()
+        self.handle.close()
+
+
+class _WriteTransfer(_Transfer):
+    """Serve one WRQ: store the blocks through an upload, ACK the last one when durable."""
+
+    kind = "tftp-wrq"
+
+    def __init__(
+        self,
+        server: TFTPServerProtocol,
+        peer: Address,
+        path: str,
+        settings: Negotiated,
+        timeout: float,
+        retries: int,
+        upload: IUpload,
+        netascii: bool,
+    ) -> None:
+        super().__init__(server, peer, path, settings, timeout)
+        self.upload = upload
+        self.decoder = NetasciiDecoder() if netascii else None
+        self.buffer = bytearray()
+        self.receiver = BlockReceiver(
+            clock=server.reactor,
+            send=self.send,
+            deliver=self._deliver,
+            blksize=settings.blksize,
+            windowsize=settings.windowsize,
+            timeout=self.timeout,
+            retries=retries,
+            on_last=self._last_block,
+            on_timeout=self._timed_out,
+        )
+        self.dally = self.timeout * max(1, retries)
+        self.receipt: Receipt | None = None
+
+    def startProtocol(self) -> None:
+        options = self.settings.options
+        self.receiver.start(encode(OptionAck(options)) if options else encode_ack(0))
+
+    def packet_received(self, packet: object) -> None:
+        if isinstance(packet, Data):
+            try:
+                self.receiver.data_received(packet.block, packet.payload)
+            except TransferError as exc:
+                self._refused(exc)
+        else:
+            self.illegal(packet)
+
+    def after_done(self, datagram: bytes) -> None:
+        if self.receipt is not None and datagram[:2] == b"\x00\x03" and len(datagram) >= 4:
+            self.receiver.data_received((datagram[2] << 8) | datagram[3], datagram[4:])
+
+    def _deliver(self, payload: bytes) -> None:
+        if self.decoder is not None:
+            payload = self.decoder.decode(payload)
+        self.buffer += payload
+        if len(self.buffer) >= _WRITE_BUFFER:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.decoder is not None and self.receiver.complete:
+            self.buffer += self.decoder.flush()
+        if self.buffer and self.upload.stored is None:
+            self.upload.write(bytes(self.buffer))
+        del self.buffer[:]
+
+    def _last_block(self) -> None:
+        try:
+            self._flush()
+        except TransferError as exc:
+            self._refused(exc)
+            return
+        self.upload.finish().addCallbacks(self._stored, self._not_stored)
+
+    def _stored(self, receipt: Receipt) -> None:
+        if self.done:
+            return
+        self.receipt = receipt
+        self.receiver.ack_final()
+        self.finish(f"ok stored as {receipt.path!r}", linger=self.dally)
+
+    def _not_stored(self, failure: Failure) -> None:
+        exc = failure.value
+        if isinstance(exc, TransferError):
+            self._refused(exc)
+        else:
+            log.failure("storing a TFTP upload failed", failure)
+            self.finish(
+                f"failed: {exc}", send_error=(NOT_DEFINED, "the server could not store the file")
+            )
+
+    def _refused(self, exc: TransferError) -> None:
+        self.finish(
+            f"error {exc.code} {exc.reason}", send_error=(error_code_for(exc.code), exc.reason)
+        )
+
+    def _timed_out(self) -> None:
+        self.finish("timed out", send_error=(NOT_DEFINED, "timed out"))
+
+    def nbytes(self) -> int:
+        return self.receiver.received_bytes
+
+    def cleanup(self) -> None:
+        self.receiver.stop()
+        if self.receipt is None:
+            self.upload.abort(False)
+
+
+class TFTPServerProtocol(DatagramProtocol):
+    """A TFTP server (RFC 1350, 2347, 2348, 2349, 7440) storing through an L{IStorage}.
+
+    Listen with C{reactor.listenUDP(port, protocol, interface=...)}.  Every
+    accepted request is served on a fresh UDP port bound on C{interface}
+    (by default the address of the listening port).
+
+    @param storage: where uploads are stored and downloads are read.
+    @param reactor: provides C{listenUDP}, C{callLater} and C{seconds}.
+    @param allow_read: serve RRQ (downloads).
+    @param allow_write: serve WRQ (uploads).
+    @param max_blksize: the largest C{blksize} accepted (8-65464).
+    @param max_windowsize: the largest C{windowsize} accepted (1-65535).
+    @param timeout: the retransmission timeout in seconds, unless the
+        client negotiates C{timeout}.
+    @param retries: retransmissions before a transfer is abandoned.
+    @param interface: the address transfer ports are bound on.
+    """
+
+    def __init__(
+        self,
+        *,
+        storage: IStorage,
+        reactor: Any,
+        allow_read: bool = True,
+        allow_write: bool = True,
+        max_blksize: int = MAX_BLKSIZE,
+        max_windowsize: int = 64,
+        timeout: float = 1.0,
+        retries: int = 5,
+        interface: str | None = None,
+    ) -> None:
+        if not 8 <= max_blksize <= MAX_BLKSIZE:
+            raise ValueError(f"max_blksize must be 8-{MAX_BLKSIZE}")
+        if not 1 <= max_windowsize <= 65535:
+            raise ValueError("max_windowsize must be 1-65535")
+        self.storage = storage
+        self.reactor = reactor
+        self.allow_read = allow_read
+        self.allow_write = allow_write
+        self.caps = ServerCaps(max_blksize=max_blksize, max_windowsize=max_windowsize)
+        self.timeout = timeout
+        self.retries = retries
+        self.interface = interface
+        self.transfers: set[_Transfer] = set()
+        self._requests: dict[tuple[Address, bytes], _Transfer] = {}
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        """A datagram on the well-known port: a new request, or noise."""
+        peer: Address = (addr[0], addr[1])
+        try:
+            self._request(datagram, peer)
+        except Exception:
+            log.failure("unexpected error handling a TFTP request from {peer}", peer=peer)
+
+    def _request(self, datagram: bytes, peer: Address) -> None:
+        if (peer, datagram) in self._requests:
+            return  # the client repeated its request; the transfer answers it
+        if len(datagram) < 2:
+            return
+        opcode = (datagram[0] << 8) | datagram[1]
+        if opcode not in (OP_RRQ, OP_WRQ):
+            if opcode != OP_ERROR:
+                self._error(peer, ILLEGAL_OPERATION, "expected a read or write request")
+            return
+        try:
+            request = decode(datagram)
+        except MalformedPacket:
+            return
+        assert isinstance(request, ReadRequest | WriteRequest)
+        if request.mode not in ("octet", "netascii"):
+            self._error(peer, ILLEGAL_OPERATION, f"unsupported mode {request.mode!r}")
+            return
+        try:
+            path = request.filename.decode("utf-8")
+        except UnicodeDecodeError:
+            self._error(peer, ACCESS_VIOLATION, "the file name is not valid UTF-8")
+            return
+        try:
+            if isinstance(request, ReadRequest):
+                transfer = self._start_read(request, path, peer)
+            else:
+                transfer = self._start_write(request, path, peer)
+        except TransferError as exc:
+            self._error(peer, error_code_for(exc.code), exc.reason)
+            log_transfer(
+                protocol="tftp-rrq" if isinstance(request, ReadRequest) else "tftp-wrq",
+                peer=_peer_text(peer),
+                path=path,
+                nbytes=0,
+                seconds=0.0,
+                outcome=f"refused: error {exc.code} {exc.reason}",
+            )
+            return
+        self._listen(transfer, datagram)
+
+    def _start_read(self, request: ReadRequest, path: str, peer: Address) -> _Transfer:
+        if not self.allow_read:
+            raise TransferError(403, "this server does not serve downloads")
+        netascii = request.mode == "netascii"
+        handle, size = self.storage.open_read(path)
+        settings = negotiate(
+            request.options, self.caps, kind="read", file_size=None if netascii else size
+        )
+        return _ReadTransfer(
+            self, peer, path, settings, self.timeout, self.retries, handle, netascii
+        )
+
+    def _start_write(self, request: WriteRequest, path: str, peer: Address) -> _Transfer:
+        if not self.allow_write:
+            raise TransferError(403, "this server does not accept uploads")
+        netascii = request.mode == "netascii"
+        settings = negotiate(request.options, self.caps, kind="write")
+        size = None if netascii else settings.tsize
+        upload = self.storage.begin(path, size=size, sha256=None, mtime_ns=None)
+        return _WriteTransfer(
+            self, peer, path, settings, self.timeout, self.retries, upload, netascii
+        )
+
+    def _listen(self, transfer: _Transfer, request: bytes) -> None:
+        interface = self.interface
+        if interface is None:
+            interface = self.transport.getHost().host if self.transport is not None else ""
+        transfer.key = (transfer.peer, request)
+        self._requests[transfer.key] = transfer
+        self.transfers.add(transfer)
+        size = MAX_DATAGRAM if transfer.settings.blksize > DEFAULT_BLKSIZE else 8192
+        try:
+            transfer.port = self.reactor.listenUDP(
+                0, transfer, interface=interface, maxPacketSize=size
+            )
+        except Exception as exc:
+            self.forget(transfer)
+            transfer.done = True
+            transfer.cleanup()
+            self._error(transfer.peer, NOT_DEFINED, "the server cannot open a transfer port")
+            log.failure("cannot open a TFTP transfer port: {exc}", exc=exc)
+            return
+        _enlarge_buffers(transfer.port)
+
+    def forget_request(self, transfer: _Transfer) -> None:
+        """A transfer has ended: a repeat of its request is a new request."""
+        if self._requests.get(transfer.key) is transfer:
+            del self._requests[transfer.key]
+
+    def forget(self, transfer: _Transfer) -> None:
+        """A transfer has closed its port."""
+        self.forget_request(transfer)
+        self.transfers.discard(transfer)
+
+    def _error(self, peer: Address, code: int, message: str) -> None:
+        try:
+            self.transport.write(encode_error(code, message), peer)  # type: ignore[union-attr]
+        except OSError:
+            pass
+
+    def stopProtocol(self) -> None:
+        """The listening port closed: abandon every transfer."""
+        self.stop_transfers()
+
+    def stop_transfers(self) -> Deferred[Any]:
+        """End every running transfer; fires when their ports are closed."""
+        closing = [transfer.abandon() for transfer in list(self.transfers)]
+        return DeferredList(closing, consumeErrors=True)
