@@ -1,0 +1,561 @@
+"""A TFTP client: L{upload} and L{download}, each returning a Deferred.
+
+Both ask for C{blksize}, C{windowsize}, C{timeout} and C{tsize} and fall back
+to plain RFC 1350 (512-byte blocks, one block per ACK) when the server
+ignores options.  A download is written to a temporary file next to the
+target and renamed into place only when complete.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+from collections.abc import Callable
+from typing import Any, BinaryIO, Literal
+
+from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.protocol import DatagramProtocol
+from twisted.python.failure import Failure
+
+from filexfer.tftp._engine import (
+    BlockReceiver,
+    BlockSender,
+    FileBlocks,
+    NetasciiBlocks,
+    Retransmitter,
+)
+from filexfer.tftp._packets import (
+    DEFAULT_BLKSIZE,
+    ILLEGAL_OPERATION,
+    MAX_BLKSIZE,
+    MAX_TIMEOUT,
+    MAX_WINDOWSIZE,
+    MIN_BLKSIZE,
+    MIN_TIMEOUT,
+    NOT_DEFINED,
+    OPTION_REFUSED,
+    UNKNOWN_TID,
+    Ack,
+    Data,
+    ErrorCode,
+    MalformedPacket,
+    Negotiated,
+    NetasciiDecoder,
+    OptionAck,
+    OptionRefused,
+    ReadRequest,
+    WriteRequest,
+    check_oack,
+    decode,
+    encode,
+    encode_ack,
+    encode_error,
+)
+from filexfer.tftp._packets import Error as ErrorPacket
+
+DEFAULT_CLIENT_BLKSIZE = 1428
+"""Fits one 1500-byte Ethernet frame: 1428 + 4 (TFTP) + 8 (UDP) + 40 (IPv6) < 1500."""
+
+DEFAULT_CLIENT_WINDOWSIZE = 16
+DEFAULT_CLIENT_TIMEOUT = 1.0
+DEFAULT_CLIENT_RETRIES = 5
+
+Progress = Callable[[int, int | None], object]
+"""C{progress(done_bytes, total_bytes_or_None)}."""
+
+_PROGRESS_STEP = 256 * 1024
+_SOCKET_BUFFER = 4 * 1024 * 1024
+
+
+class TFTPError(Exception):
+    """The transfer failed: the server sent an ERROR, or it stopped answering.
+
+    @ivar code: the TFTP error code (0-8).
+    @ivar message: the server's (or our) one-line explanation.
+    """
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(code, message)
+        self.code = code
+        self.message = " ".join(message.split())
+
+    def __str__(self) -> str:
+        try:
+            name = ErrorCode(self.code).name.lower().replace("_", " ")
+        except ValueError:
+            name = "unknown error"
+        detail = f": {self.message}" if self.message else ""
+        return f"TFTP error {self.code} ({name}){detail}"
+
+
+class TFTPTimeout(TFTPError):
+    """The peer stopped answering after the allowed retries."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(NOT_DEFINED, message)
+
+    def __str__(self) -> str:
+        return f"TFTP timeout: {self.message}"
+
+
+def _same_host(a: str, b: str) -> bool:
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            return socket.inet_pton(family, a) == socket.inet_pton(family, b)
+        except OSError:
+            continue
+    return a == b
+
+
+def _requested_options(
+    blksize: int, windowsize: int, timeout: float, tsize: int | None
+) -> dict[str, str]:
+    options: dict[str, str] = {}
+    if blksize != DEFAULT_BLKSIZE:
+        options["blksize"] = str(blksize)
+    if windowsize != 1:
+        options["windowsize"] = str(windowsize)
+    if float(timeout).is_integer() and MIN_TIMEOUT <= timeout <= MAX_TIMEOUT:
+        options["timeout"] = str(int(timeout))
+    options["tsize"] = str(tsize if tsize is not None else 0)
+    return options
+
+
+class _ClientTransfer(DatagramProtocol):
+    """One client transfer on its own port: request phase, then data phase."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        server: tuple[str, int],
+        request: bytes,
+        options: dict[str, str],
+        timeout: float,
+        retries: int,
+        progress: Progress | None,
+    ) -> None:
+        self.reactor = reactor
+        self.server = server
+        self.request = request
+        self.options = options
+        self.timeout = timeout
+        self.retries = retries
+        self.progress = progress
+        self.peer: tuple[str, int] | None = None
+        self.result: Deferred[int] = Deferred(lambda _: self.fail(TFTPError(0, "cancelled")))
+        self.port: Any = None
+        self.done = False
+        self.request_timer = Retransmitter(
+            reactor, timeout, retries, self._send_request, self._no_answer
+        )
+        self._reported = 0
+
+    # -- plumbing -------------------------------------------------------------
+
+    def send(self, datagram: bytes) -> None:
+        """Send to the server's transfer port (a full buffer counts as a loss)."""
+        assert self.peer is not None
+        try:
+            self.transport.write(datagram, self.peer)  # type: ignore[union-attr]
+        except OSError:
+            pass
+
+    def _send_request(self) -> None:
+        try:
+            self.transport.write(self.request, self.server)  # type: ignore[union-attr]
+        except OSError:
+            pass
+
+    def startProtocol(self) -> None:
+        self._send_request()
+        self.request_timer.progress()
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        if self.done:
+            return
+        source = (addr[0], addr[1])
+        if self.peer is None:
+            if not _same_host(source[0], self.server[0]):
+                return
+        elif source != self.peer:
+            try:
+                self.transport.write(  # type: ignore[union-attr]
+                    encode_error(UNKNOWN_TID, "unknown transfer ID"), addr
+                )
+            except OSError:
+                pass
+            return
+        try:
+            packet = decode(datagram)
+        except MalformedPacket:
+            return
+        if isinstance(packet, ErrorPacket):
+            self.fail(TFTPError(packet.code, packet.message))
+            return
+        try:
+            if self.peer is None:
+                self.peer = source
+                self.request_timer.stop()
+                self.first_reply(packet)
+            else:
+                self.packet_received(packet)
+        except OSError as exc:
+            self.abort(NOT_DEFINED, f"local I/O error: {exc}")
+
+    def negotiated(self, packet: OptionAck) -> Negotiated | None:
+        """Check an OACK; on a bad one send ERROR 8, fail, and return None."""
+        try:
+            return check_oack(self.options, packet.options)
+        except OptionRefused as exc:
+            self.abort(OPTION_REFUSED, str(exc))
+            return None
+
+    def abort(self, code: int, message: str) -> None:
+        """Tell the server we give up, and fail."""
+        if self.peer is not None:
+            self.send(encode_error(code, message))
+        self.fail(TFTPError(code, message))
+
+    def report(self, done: int, total: int | None, final: bool = False) -> None:
+        """Call the progress callback, at most every 256 KiB and at the end."""
+        if self.progress is not None and (final or done - self._reported >= _PROGRESS_STEP):
+            self._reported = done
+            self.progress(done, total)
+
+    def _no_answer(self) -> None:
+        host, port = self.server
+        self.fail(TFTPTimeout(f"no answer from {host} port {port} after {self.retries} retries"))
+
+    def timed_out(self) -> None:
+        """The data phase gave up."""
+        self.send(encode_error(NOT_DEFINED, "timed out"))
+        self.fail(TFTPTimeout(f"the server stopped answering after {self.retries} retries"))
+
+    def succeed(self, nbytes: int) -> None:
+        """The transfer completed."""
+        self._end()
+        self.closed().addCallback(lambda _: self.result.callback(nbytes))
+
+    def fail(self, exc: Exception) -> None:
+        """The transfer failed."""
+        if self.done:
+            return
+        self._end()
+        failure = Failure(exc)
+        self.closed().addCallback(lambda _: self._errback(failure))
+
+    def _errback(self, failure: Failure) -> None:
+        if not self.result.called:
+            self.result.errback(failure)
+
+    def _end(self) -> None:
+        self.done = True
+        self.request_timer.stop()
+        self.cleanup()
+
+    def closed(self) -> Deferred[None]:
+        """Close the port; fires once it is closed."""
+        port, self.port = self.port, None
+        if port is None:
+            return succeed(None)
+        result = port.stopListening()
+        return result if isinstance(result, Deferred) else succeed(None)
+
+    # -- for subclasses -----------------------------------------------------
+
+    def first_reply(self, packet: object) -> None:
+        """The server's first answer (OACK, ACK 0 or DATA 1)."""
+        raise NotImplementedError
+
+    def packet_received(self, packet: object) -> None:
+        """A later packet from the server's transfer port."""
+        raise NotImplementedError
+
+    def cleanup(self) -> None:
+        """Release files and timers."""
+
+
+class _Uploader(_ClientTransfer):
+    """Send a local file with WRQ."""
+
+    def __init__(self, handle: BinaryIO, size: int, netascii: bool, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.handle = handle
+        self.size = size
+        self.netascii = netascii
+        self.sender: BlockSender | None = None
+
+    def first_reply(self, packet: object) -> None:
+        if isinstance(packet, OptionAck):
+            settings = self.negotiated(packet)
+            if settings is None:
+                return
+        elif isinstance(packet, Ack) and packet.block == 0:
+            settings = Negotiated()
+        else:
+            self.abort(ILLEGAL_OPERATION, f"unexpected {type(packet).__name__} after WRQ")
+            return
+        blocks = (NetasciiBlocks if self.netascii else FileBlocks)(self.handle, settings.blksize)
+        self.sender = BlockSender(
+            clock=self.reactor,
+            send=self.send,
+            next_block=blocks.next_block,
+            blksize=settings.blksize,
+            windowsize=settings.windowsize,
+            timeout=self.timeout,
+            retries=self.retries,
+            on_done=self._sent,
+            on_timeout=self.timed_out,
+            on_progress=self._progress if self.progress is not None else None,
+        )
+        self.sender.start()
+
+    def packet_received(self, packet: object) -> None:
+        if isinstance(packet, Ack):
+            assert self.sender is not None
+            self.sender.ack_received(packet.block)
+        elif not isinstance(packet, OptionAck):  # a repeated OACK is harmless
+            self.abort(ILLEGAL_OPERATION, f"unexpected {type(packet).__name__}")
+
+    def _progress(self, done: int) -> None:
+        self.report(done, None if self.netascii else self.size)
+
+    def _sent(self) -> None:
+        assert self.sender is not None
+        done = self.sender.acked_bytes
+        self.report(done, None if self.netascii else self.size, final=True)
+        self.succeed(self.size if not self.netascii else done)
+
+    def cleanup(self) -> None:
+        if self.sender is not None:
+            self.sender.stop()
+        self.handle.close()
+
+
+class _Downloader(_ClientTransfer):
+    """Receive a remote file with RRQ into a temporary file, then rename it."""
+
+    def __init__(self, local_path: str, netascii: bool, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.local_path = local_path
+        directory = os.path.dirname(os.path.abspath(local_path))
+        fd, self.temp_path = tempfile.mkstemp(
+            dir=directory, prefix=f".{os.path.basename(local_path)}.", suffix=".part"
+        )
+        self.handle: BinaryIO = os.fdopen(fd, "wb", buffering=1 << 20)
+        self.decoder = NetasciiDecoder() if netascii else None
+        self.receiver: BlockReceiver | None = None
+        self.total: int | None = None
+        self.written = 0
+        self.renamed = False
+
+    def first_reply(self, packet: object) -> None:
+        if isinstance(packet, OptionAck):
+            settings = self.negotiated(packet)
+            if settings is None:
+                return
+            handshake: bytes | None = encode_ack(0)
+        elif isinstance(packet, Data):
+            settings = Negotiated()
+            handshake = None
+        else:
+            self.abort(ILLEGAL_OPERATION, f"unexpected {type(packet).__name__} after RRQ")
+            return
+        self.total = settings.tsize if self.decoder is None else None
+        self.receiver = BlockReceiver(
+            clock=self.reactor,
+            send=self.send,
+            deliver=self._deliver,
+            blksize=settings.blksize,
+            windowsize=settings.windowsize,
+            timeout=self.timeout,
+            retries=self.retries,
+            on_last=self._last_block,
+            on_timeout=self.timed_out,
+        )
+        self.receiver.start(handshake)
+        if isinstance(packet, Data):
+            self.receiver.data_received(packet.block, packet.payload)
+
+    def packet_received(self, packet: object) -> None:
+        if isinstance(packet, Data):
+            assert self.receiver is not None
+            self.receiver.data_received(packet.block, packet.payload)
+        elif not isinstance(packet, OptionAck):  # a repeated OACK: the timer re-ACKs
+            self.abort(ILLEGAL_OPERATION, f"unexpected {type(packet).__name__}")
+
+    def _deliver(self, payload: bytes) -> None:
+        if self.decoder is not None:
+            payload = self.decoder.decode(payload)
+        self.handle.write(payload)
+        self.written += len(payload)
+        if self.progress is not None:
+            self.report(self.written, self.total)
+
+    def _last_block(self) -> None:
+        assert self.receiver is not None
+        if self.decoder is not None:
+            tail = self.decoder.flush()
+            self.handle.write(tail)
+            self.written += len(tail)
+        self.handle.close()
+        os.replace(self.temp_path, self.local_path)
+        self.renamed = True
+        self.receiver.ack_final()
+        self.report(self.written, self.total, final=True)
+        self.succeed(self.written)
+
+    def cleanup(self) -> None:
+        if self.receiver is not None:
+            self.receiver.stop()
+        if not self.handle.closed:
+            self.handle.close()
+        if not self.renamed:
+            try:
+                os.unlink(self.temp_path)
+            except FileNotFoundError:
+                pass
+
+
+def _check(blksize: int, windowsize: int, timeout: float, retries: int, mode: str) -> None:
+    if not MIN_BLKSIZE <= blksize <= MAX_BLKSIZE:
+        raise ValueError(f"blksize must be {MIN_BLKSIZE}-{MAX_BLKSIZE}")
+    if not 1 <= windowsize <= MAX_WINDOWSIZE:
+        raise ValueError(f"windowsize must be 1-{MAX_WINDOWSIZE}")
+    if timeout <= 0 or retries < 0:
+        raise ValueError("timeout must be positive and retries not negative")
+    if mode not in ("octet", "netascii"):
+        raise ValueError("mode must be 'octet' or 'netascii'")
+
+
+def _resolve(reactor: Any, host: str) -> Deferred[str]:
+    if isIPAddress(host) or isIPv6Address(host):
+        return succeed(host)
+    resolved: Deferred[str] = reactor.resolve(host)
+    return resolved
+
+
+def _run(
+    reactor: Any, host: str, port: int, make: Callable[[str], _ClientTransfer]
+) -> Deferred[int]:
+    def start(address: str) -> Deferred[int]:
+        transfer = make(address)
+        interface = "::" if isIPv6Address(address) else ""
+        blksize = int(transfer.options.get("blksize", DEFAULT_BLKSIZE))
+        size = MAX_BLKSIZE + 4 if blksize > 8188 else 8192
+        try:
+            transfer.port = reactor.listenUDP(0, transfer, interface=interface, maxPacketSize=size)
+        except Exception:
+            transfer.done = True
+            transfer.cleanup()
+            raise
+        sock = getattr(transfer.port, "socket", None)
+        if isinstance(sock, socket.socket):
+            for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, option, _SOCKET_BUFFER)
+                except OSError:
+                    pass
+        return transfer.result
+
+    return _resolve(reactor, host).addCallback(start)
+
+
+def upload(
+    reactor: Any,
+    host: str,
+    port: int,
+    local_path: str | os.PathLike[str],
+    remote_name: str,
+    *,
+    blksize: int = DEFAULT_CLIENT_BLKSIZE,
+    windowsize: int = DEFAULT_CLIENT_WINDOWSIZE,
+    timeout: float = DEFAULT_CLIENT_TIMEOUT,
+    retries: int = DEFAULT_CLIENT_RETRIES,
+    mode: Literal["octet", "netascii"] = "octet",
+    progress: Progress | None = None,
+) -> Deferred[int]:
+    """Upload C{local_path} to C{host}:C{port} as C{remote_name} (WRQ).
+
+    @return: fires with the number of bytes sent, or fails with
+        L{TFTPError} (L{TFTPTimeout} when the server stops answering).
+    """
+    _check(blksize, windowsize, timeout, retries, mode)
+    handle = open(local_path, "rb")  # noqa: SIM115 - closed by the transfer
+    size = os.fstat(handle.fileno()).st_size
+    netascii = mode == "netascii"
+    options = _requested_options(blksize, windowsize, timeout, None if netascii else size)
+    if netascii:
+        del options["tsize"]
+    request = encode(WriteRequest(remote_name.encode("utf-8"), mode, options))
+
+    def make(address: str) -> _ClientTransfer:
+        return _Uploader(
+            handle,
+            size,
+            netascii,
+            reactor=reactor,
+            server=(address, port),
+            request=request,
+            options=options,
+            timeout=timeout,
+            retries=retries,
+            progress=progress,
+        )
+
+    result = _run(reactor, host, port, make)
+    result.addErrback(_close_on_failure, handle)
+    return result
+
+
+def _close_on_failure(failure: Failure, handle: BinaryIO) -> Failure:
+    handle.close()
+    return failure
+
+
+def download(
+    reactor: Any,
+    host: str,
+    port: int,
+    remote_name: str,
+    local_path: str | os.PathLike[str],
+    *,
+    blksize: int = DEFAULT_CLIENT_BLKSIZE,
+    windowsize: int = DEFAULT_CLIENT_WINDOWSIZE,
+    timeout: float = DEFAULT_CLIENT_TIMEOUT,
+    retries: int = DEFAULT_CLIENT_RETRIES,
+    mode: Literal["octet", "netascii"] = "octet",
+    progress: Progress | None = None,
+) -> Deferred[int]:
+    """Download C{remote_name} from C{host}:C{port} into C{local_path} (RRQ).
+
+    The data goes to a temporary file next to C{local_path}, renamed into
+    place when complete and removed on failure.
+
+    @return: fires with the number of bytes written, or fails with
+        L{TFTPError} (L{TFTPTimeout} when the server stops answering).
+    """
+    _check(blksize, windowsize, timeout, retries, mode)
+    netascii = mode == "netascii"
+    options = _requested_options(blksize, windowsize, timeout, 0)
+    if netascii:
+        del options["tsize"]
+    request = encode(ReadRequest(remote_name.encode("utf-8"), mode, options))
+    target = os.fspath(local_path)
+
+    def make(address: str) -> _ClientTransfer:
+        return _Downloader(
+            target,
+            netascii,
+            reactor=reactor,
+            server=(address, port),
+            request=request,
+            options=options,
+            timeout=timeout,
+            retries=retries,
+            progress=progress,
+        )
+
+    return _run(reactor, host, port, make)
