@@ -184,6 +184,16 @@ def _build_parser() -> argparse.ArgumentParser:
         "no receipt, single files only",
     )
     send.add_argument(
+        "--tls",
+        action="store_true",
+        help="connect with TLS, verifying the server's certificate and host name",
+    )
+    send.add_argument(
+        "--cacert",
+        metavar="FILE",
+        help="PEM certificate of the authority to trust with --tls (default: the system's)",
+    )
+    send.add_argument(
         "--token",
         default=os.environ.get("FILEXFER_TOKEN"),
         help="shared secret the server requires (default: $FILEXFER_TOKEN)",
@@ -237,11 +247,10 @@ async def _send(reactor: Any, args: argparse.Namespace, out: TextIO, err: TextIO
     if args.plain and any(os.path.isdir(source) for source in args.files):
         raise UserError("--plain sends single files only; send directories with FX/1", 2)
     plan = list(files_to_send(args.files, dest.path))
-    from twisted.internet.endpoints import HostnameEndpoint
-
+    make_endpoint = _endpoint_maker(reactor, dest, args)
     failures = 0
     for local, remote in plan:
-        endpoint = HostnameEndpoint(reactor, dest.host, dest.port, timeout=30)
+        endpoint = make_endpoint()
         update, close = bars.for_file(remote, os.path.getsize(local))
         try:
             receipt = await send_file(
@@ -265,6 +274,31 @@ async def _send(reactor: Any, args: argparse.Namespace, out: TextIO, err: TextIO
         how = "sent (classic form, not verified)" if args.plain else "stored and verified"
         print(f"{local} -> {receipt.path}: {receipt.size} bytes {how}", file=out)
     return 1 if failures else 0
+
+
+def _endpoint_maker(reactor: Any, dest: Destination, args: argparse.Namespace) -> Callable[[], Any]:
+    """A factory of client endpoints for C{dest}: TCP, or TLS with --tls."""
+    from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+
+    if args.cacert and not args.tls:
+        raise UserError("--cacert goes with --tls", 2)
+    if not args.tls:
+        return lambda: HostnameEndpoint(reactor, dest.host, dest.port, timeout=30)
+    try:
+        from twisted.internet.ssl import Certificate, optionsForClientTLS, platformTrust
+    except ImportError:
+        raise UserError("--tls needs pyOpenSSL: pip install 'filexfer[tls]'") from None
+    trust: Any = platformTrust()
+    if args.cacert:
+        try:
+            with open(args.cacert, "rb") as handle:
+                trust = Certificate.loadPEM(handle.read())
+        except (OSError, ValueError) as exc:
+            raise UserError(f"cannot load --cacert {args.cacert}: {exc}") from None
+    options = optionsForClientTLS(dest.host, trustRoot=trust)
+    return lambda: wrapClientTLS(
+        options, HostnameEndpoint(reactor, dest.host, dest.port, timeout=30)
+    )
 
 
 async def _send_tftp(

@@ -6,6 +6,7 @@ Used by the twistd plugin (C{twistd filexfer}) and by C{filexfer serve}.
 from __future__ import annotations
 
 import os
+import resource
 from typing import Any
 
 from twisted.application import internet
@@ -161,8 +162,22 @@ class Options(usage.Options):
         return port
 
 
+def raise_open_files_limit() -> int:
+    """Raise the soft limit on open files to the hard limit; return the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
 def make_service(options: Options, reactor: Any) -> MultiService:
     """Build the service tree for C{options}, on C{reactor}."""
+    raise_open_files_limit()
     pool = reactor.getThreadPool()
 
     def in_thread(work: Any) -> Any:
