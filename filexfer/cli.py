@@ -284,10 +284,8 @@ def _endpoint_maker(reactor: Any, dest: Destination, args: argparse.Namespace) -
         raise UserError("--cacert goes with --tls", 2)
     if not args.tls:
         return lambda: HostnameEndpoint(reactor, dest.host, dest.port, timeout=30)
-    try:
-        from twisted.internet.ssl import Certificate, optionsForClientTLS, platformTrust
-    except ImportError:
-        raise UserError("--tls needs pyOpenSSL: pip install 'filexfer[tls]'") from None
+    from twisted.internet.ssl import Certificate, optionsForClientTLS, platformTrust
+
     trust: Any = platformTrust()
     if args.cacert:
         try:

@@ -55,7 +55,10 @@ class Options(usage.Options):
     longdesc = (
         "Receive files over TCP (the classic 'name / ok / bytes' push and the "
         "verified, resumable FX/1 form) and serve TFTP on UDP, storing everything "
-        "under --root. Example: twistd -n filexfer --port 8000 --root /srv/incoming"
+        "under --root. Examples:\n"
+        "  twistd -n filexfer --port 8000 --root /srv/incoming\n"
+        "  twistd -n filexfer --listen tcp6:8000 --listen "
+        "ssl:8443:privateKey=key.pem:certKey=cert.pem --no-tftp"
     )
 
     optParameters: list[list[Any]] = [
@@ -121,13 +124,11 @@ class Options(usage.Options):
         self["allow"] = []
 
     def opt_listen(self, description: str) -> None:
-        """Listen on a Twisted server endpoint, e.g. tcp6:8000,
-        unix:/run/fx.sock, ssl:8443:privateKey=key.pem:certKey=cert.pem (repeatable)."""
+        """Twisted endpoint to listen on (repeatable): tcp6:8000, unix:/run/fx.sock, ..."""
         self["listen"].append(description)
 
     def opt_allow(self, network: str) -> None:
-        """Accept only peers in this network, e.g. 10.0.0.0/8 or ::1/128
-        (repeatable; TCP and TFTP)."""
+        """Accept only peers in this network (repeatable): 10.0.0.0/8, ::1/128"""
         AccessPolicy([network])  # raises ValueError for a bad network
         self["allow"].append(network)
 
