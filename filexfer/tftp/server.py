@@ -505,7 +505,7 @@ class TFTPServerProtocol(DatagramProtocol):
             transfer.done = True
             transfer.cleanup()
             self._error(transfer.peer, NOT_DEFINED, "the server cannot open a transfer port")
-            log.failure("cannot open a TFTP transfer port: {exc}", exc=exc)
+            log.warn("cannot open a TFTP transfer port: {exc}", exc=exc)
             return
         _enlarge_buffers(transfer.port)
 

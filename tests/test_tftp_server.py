@@ -1,0 +1,741 @@
+"""The TFTP server's transfer states, driven deterministically with a fake reactor."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.protocol import DatagramProtocol
+from twisted.internet.task import Clock
+from twisted.logger import LogEvent, globalLogPublisher
+from twisted.trial import unittest
+
+from filexfer.storage import DirectoryStorage
+from filexfer.tftp import TFTPServerProtocol
+from filexfer.tftp import _packets as p
+
+CLIENT = ("127.0.0.1", 50000)
+OTHER = ("127.0.0.1", 50001)
+
+
+class FakePort:
+    """A UDP port that records what is written to it."""
+
+    def __init__(self, number: int, protocol: DatagramProtocol, interface: str) -> None:
+        self.number = number
+        self.protocol = protocol
+        self.interface = interface
+        self.sent: list[tuple[bytes, tuple[str, int]]] = []
+        self.closed = False
+
+    def write(self, datagram: bytes, addr: tuple[str, int]) -> None:
+        self.sent.append((bytes(datagram), (addr[0], addr[1])))
+
+    def getHost(self) -> IPv4Address | IPv6Address:
+        if ":" in self.interface:
+            return IPv6Address("UDP", self.interface, self.number)
+        return IPv4Address("UDP", self.interface or "0.0.0.0", self.number)
+
+    def stopListening(self) -> None:
+        self.closed = True
+        self.protocol.doStop()
+
+
+class FakeReactor(Clock):
+    """A Clock that also provides listenUDP with FakePorts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ports: list[FakePort] = []
+        self.failing = False
+
+    def listenUDP(
+        self,
+        port: int,
+        protocol: DatagramProtocol,
+        interface: str = "",
+        maxPacketSize: int = 8192,
+    ) -> FakePort:
+        if self.failing:
+            raise OSError("no ports left")
+        fake = FakePort(port or 40000 + len(self.ports), protocol, interface)
+        self.ports.append(fake)
+        protocol.makeConnection(fake)  # type: ignore[arg-type]
+        return fake
+
+
+class Harness:
+    """A server on a fake reactor, and helpers to play the client."""
+
+    def __init__(
+        self,
+        test: unittest.TestCase,
+        on_conflict: Any = "rename",
+        interface: str = "127.0.0.1",
+        max_size: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.reactor = FakeReactor()
+        self.root = os.path.abspath(test.mktemp())
+        self.storage = DirectoryStorage(self.root, on_conflict, max_size=max_size)
+        self.server = TFTPServerProtocol(storage=self.storage, reactor=self.reactor, **kwargs)
+        self.main = self.reactor.listenUDP(69, self.server, interface=interface)
+
+    def put_file(self, name: str, data: bytes) -> None:
+        with open(os.path.join(self.root, name), "wb") as handle:
+            handle.write(data)
+
+    def stored(self, name: str) -> bytes | None:
+        try:
+            with open(os.path.join(self.root, name), "rb") as handle:
+                return handle.read()
+        except FileNotFoundError:
+            return None
+
+    def temp_files(self) -> list[str]:
+        state = os.path.join(self.root, ".filexfer")
+        return [name for sub in ("tmp", "partial") for name in os.listdir(os.path.join(state, sub))]
+
+    def request(self, packet: p.Packet, client: tuple[str, int] = CLIENT) -> FakePort | None:
+        """Send a request to the main port; return the new transfer port, if any."""
+        before = len(self.reactor.ports)
+        self.server.datagramReceived(p.encode(packet), client)
+        if len(self.reactor.ports) > before:
+            return self.reactor.ports[-1]
+        return None
+
+    def send(self, port: FakePort, packet: p.Packet, client: tuple[str, int] = CLIENT) -> None:
+        port.protocol.datagramReceived(p.encode(packet), client)
+
+    def take(self, port: FakePort, to: tuple[str, int] = CLIENT) -> list[p.Packet]:
+        """The packets sent to C{to} since the last call, decoded."""
+        packets = [p.decode(d) for d, addr in port.sent if addr == to]
+        port.sent[:] = [(d, addr) for d, addr in port.sent if addr != to]
+        return packets
+
+
+def _blocks(data: bytes, size: int) -> list[bytes]:
+    chunks = [data[i : i + size] for i in range(0, len(data), size)]
+    if not chunks or len(chunks[-1]) == size:
+        chunks.append(b"")
+    return chunks
+
+
+class ReadRequestTests(unittest.TestCase):
+    """RRQ: serving files."""
+
+    def test_small_file(self) -> None:
+        """A file smaller than a block goes in one DATA; its ACK ends the transfer."""
+        h = Harness(self)
+        h.put_file("a.txt", b"hello")
+        port = h.request(p.ReadRequest(b"a.txt", "octet"))
+        assert port is not None
+        self.assertEqual(h.take(port), [p.Data(1, b"hello")])
+        h.send(port, p.Ack(1))
+        self.assertTrue(port.closed)
+        self.assertEqual(h.take(port), [])
+
+    def test_empty_file(self) -> None:
+        """An empty file is one empty DATA block."""
+        h = Harness(self)
+        h.put_file("empty", b"")
+        port = h.request(p.ReadRequest(b"empty", "octet"))
+        assert port is not None
+        self.assertEqual(h.take(port), [p.Data(1, b"")])
+        h.send(port, p.Ack(1))
+        self.assertTrue(port.closed)
+
+    def test_exact_multiple_of_blksize(self) -> None:
+        """A file of exactly two blocks ends with a third, empty block."""
+        h = Harness(self)
+        data = os.urandom(1024)
+        h.put_file("f", data)
+        port = h.request(p.ReadRequest(b"f", "octet"))
+        assert port is not None
+        got = []
+        for block in (1, 2, 3):
+            (packet,) = h.take(port)
+            assert isinstance(packet, p.Data)
+            self.assertEqual(packet.block, block)
+            got.append(packet.payload)
+            h.send(port, p.Ack(block))
+        self.assertEqual(got, [data[:512], data[512:], b""])
+        self.assertTrue(port.closed)
+
+    def test_rollover(self) -> None:
+        """Past block 65535 the block number wraps to 0 and the data stays in order."""
+        h = Harness(self)
+        data = os.urandom(8 * 65540 + 3)
+        h.put_file("big", data)
+        options = {"blksize": "8", "windowsize": "64"}
+        port = h.request(p.ReadRequest(b"big", "octet", options))
+        assert port is not None
+        self.assertEqual(h.take(port), [p.OptionAck(options)])
+        h.send(port, p.Ack(0))
+        received: list[bytes] = []
+        numbers: list[int] = []
+        for _ in range(2000):
+            window = h.take(port)
+            if not window:
+                break
+            for packet in window:
+                assert isinstance(packet, p.Data)
+                numbers.append(packet.block)
+                received.append(packet.payload)
+            h.send(port, p.Ack(numbers[-1]))
+        self.assertEqual(b"".join(received), data)
+        self.assertEqual(numbers[65534:65538], [65535, 0, 1, 2])
+        self.assertTrue(port.closed)
+
+    def test_oack_negotiation(self) -> None:
+        """Options are answered with an OACK; DATA 1 waits for ACK 0."""
+        h = Harness(self, max_blksize=1024)
+        h.put_file("f", b"x" * 3000)
+        request = {"blksize": "1428", "tsize": "0", "windowsize": "2", "timeout": "3", "x": "1"}
+        port = h.request(p.ReadRequest(b"f", "octet", request))
+        assert port is not None
+        expected = {"blksize": "1024", "tsize": "3000", "windowsize": "2", "timeout": "3"}
+        self.assertEqual(h.take(port), [p.OptionAck(expected)])
+        h.send(port, p.Ack(1))  # not the ACK of the OACK: ignored
+        self.assertEqual(h.take(port), [])
+        h.send(port, p.Ack(0))
+        self.assertEqual(h.take(port), [p.Data(1, b"x" * 1024), p.Data(2, b"x" * 1024)])
+
+    def test_negotiated_timeout_used(self) -> None:
+        """The retransmission timeout the client negotiated replaces the server's."""
+        h = Harness(self, timeout=1.0)
+        h.put_file("f", b"data")
+        port = h.request(p.ReadRequest(b"f", "octet", {"timeout": "3"}))
+        assert port is not None
+        h.take(port)
+        h.reactor.advance(2.9)
+        self.assertEqual(h.take(port), [])
+        h.reactor.advance(0.1)
+        self.assertEqual(h.take(port), [p.OptionAck({"timeout": "3"})])
+
+    def test_windowsize(self) -> None:
+        """A window of blocks goes out at once; an ACK of its end sends the next window."""
+        h = Harness(self)
+        data = os.urandom(512 * 9 + 100)
+        h.put_file("f", data)
+        port = h.request(p.ReadRequest(b"f", "octet", {"windowsize": "4"}))
+        assert port is not None
+        h.take(port)
+        h.send(port, p.Ack(0))
+        self.assertEqual([pk.block for pk in h.take(port)], [1, 2, 3, 4])  # type: ignore[union-attr]
+        h.send(port, p.Ack(4))
+        self.assertEqual([pk.block for pk in h.take(port)], [5, 6, 7, 8])  # type: ignore[union-attr]
+
+    def test_window_gap_goes_back(self) -> None:
+        """An ACK inside the window (the client saw a gap) resends from the block after it."""
+        h = Harness(self)
+        h.put_file("f", os.urandom(512 * 20))
+        port = h.request(p.ReadRequest(b"f", "octet", {"windowsize": "4"}))
+        assert port is not None
+        h.send(port, p.Ack(0))
+        h.take(port)
+        h.send(port, p.Ack(2))
+        self.assertEqual([pk.block for pk in h.take(port)], [3, 4, 5, 6])  # type: ignore[union-attr]
+
+    def test_window_timeout_resends_window(self) -> None:
+        """On timeout the whole unacknowledged window is sent again."""
+        h = Harness(self)
+        h.put_file("f", os.urandom(512 * 20))
+        port = h.request(p.ReadRequest(b"f", "octet", {"windowsize": "3"}))
+        assert port is not None
+        h.take(port)
+        h.send(port, p.Ack(0))
+        first = h.take(port)
+        h.reactor.advance(1.0)
+        self.assertEqual(h.take(port), first)
+
+    def test_lost_data_resent_after_timeout_only(self) -> None:
+        """A lost DATA is sent again when the timeout expires, not before."""
+        h = Harness(self, timeout=1.0)
+        h.put_file("f", b"z" * 600)
+        port = h.request(p.ReadRequest(b"f", "octet"))
+        assert port is not None
+        self.assertEqual(h.take(port), [p.Data(1, b"z" * 512)])
+        h.reactor.advance(0.99)
+        self.assertEqual(h.take(port), [])
+        h.reactor.advance(0.01)
+        self.assertEqual(h.take(port), [p.Data(1, b"z" * 512)])
+
+    def test_duplicate_ack_no_resend(self) -> None:
+        """A duplicate ACK does not make the server resend (no Sorcerer's Apprentice)."""
+        h = Harness(self)
+        h.put_file("f", b"q" * 1500)
+        port = h.request(p.ReadRequest(b"f", "octet"))
+        assert port is not None
+        h.take(port)
+        h.send(port, p.Ack(1))
+        self.assertEqual(h.take(port), [p.Data(2, b"q" * 512)])
+        h.send(port, p.Ack(1))
+        h.send(port, p.Ack(1))
+        self.assertEqual(h.take(port), [])
+
+    def test_reordered_late_ack_ignored(self) -> None:
+        """A late ACK of an earlier block, arriving after a later one, changes nothing."""
+        h = Harness(self)
+        h.put_file("f", os.urandom(512 * 20))
+        port = h.request(p.ReadRequest(b"f", "octet", {"windowsize": "4"}))
+        assert port is not None
+        h.send(port, p.Ack(0))
+        h.send(port, p.Ack(4))
+        h.take(port)
+        h.send(port, p.Ack(2))
+        self.assertEqual(h.take(port), [])
+        h.send(port, p.Ack(8))
+        self.assertEqual([pk.block for pk in h.take(port)], [9, 10, 11, 12])  # type: ignore[union-attr]
+
+    def test_bounded_retries(self) -> None:
+        """After the retries run out the server sends an ERROR and closes the port."""
+        h = Harness(self, timeout=1.0, retries=3)
+        h.put_file("f", b"r" * 100)
+        port = h.request(p.ReadRequest(b"f", "octet"))
+        assert port is not None
+        h.reactor.advance(1.0)
+        h.reactor.advance(1.0)
+        h.reactor.advance(1.0)
+        self.assertFalse(port.closed)
+        h.reactor.advance(1.0)
+        packets = h.take(port)
+        self.assertEqual(packets[:4], [p.Data(1, b"r" * 100)] * 4)
+        self.assertIsInstance(packets[4], p.Error)
+        self.assertTrue(port.closed)
+        self.assertEqual(h.reactor.getDelayedCalls(), [])
+
+    def test_unknown_tid(self) -> None:
+        """A packet from another port gets ERROR 5 there and the transfer goes on."""
+        h = Harness(self)
+        h.put_file("f", b"s" * 700)
+        port = h.request(p.ReadRequest(b"f", "octet"))
+        assert port is not None
+        h.take(port)
+        h.send(port, p.Ack(1), client=OTHER)
+        (error,) = h.take(port, to=OTHER)
+        self.assertEqual((error.code, port.closed), (p.UNKNOWN_TID, False))  # type: ignore[union-attr]
+        self.assertEqual(h.take(port), [])
+        h.send(port, p.Ack(1))
+        self.assertEqual(h.take(port), [p.Data(2, b"s" * 188)])
+
+    def test_peer_error_ends_transfer(self) -> None:
+        """An ERROR from the client ends the transfer without a reply."""
+        h = Harness(self)
+        h.put_file("f", b"s" * 700)
+        port = h.request(p.ReadRequest(b"f", "octet"))
+        assert port is not None
+        h.take(port)
+        h.send(port, p.Error(0, "user cancelled"))
+        self.assertEqual((port.closed, h.take(port)), (True, []))
+
+    def test_wrong_packet_is_illegal(self) -> None:
+        """A DATA sent to a read transfer gets ERROR 4 and ends it."""
+        h = Harness(self)
+        h.put_file("f", b"s" * 700)
+        port = h.request(p.ReadRequest(b"f", "octet"))
+        assert port is not None
+        h.take(port)
+        h.send(port, p.Data(1, b"x"))
+        (error,) = h.take(port)
+        self.assertEqual((error.code, port.closed), (p.ILLEGAL_OPERATION, True))  # type: ignore[union-attr]
+
+    def test_garbage_on_transfer_port_ignored(self) -> None:
+        """A malformed datagram from the peer is dropped and the transfer goes on."""
+        h = Harness(self)
+        h.put_file("f", b"s" * 700)
+        port = h.request(p.ReadRequest(b"f", "octet"))
+        assert port is not None
+        h.take(port)
+        port.protocol.datagramReceived(b"\x00", CLIENT)
+        self.assertFalse(port.closed)
+        h.send(port, p.Ack(1))
+        self.assertEqual(h.take(port), [p.Data(2, b"s" * 188)])
+
+    def test_missing_file(self) -> None:
+        """A missing file is ERROR 1 from the main port, and no transfer port opens."""
+        h = Harness(self)
+        self.assertIsNone(h.request(p.ReadRequest(b"nope", "octet")))
+        (error,) = h.take(h.main)
+        self.assertEqual(error.code, p.FILE_NOT_FOUND)  # type: ignore[union-attr]
+
+    def test_escaping_paths(self) -> None:
+        """../etc/passwd, /etc/passwd and non-UTF-8 names are ERROR 2."""
+        h = Harness(self)
+        for name in (b"../etc/passwd", b"/etc/passwd", b"a/../../x", b"\xff", b".filexfer/tmp"):
+            self.assertIsNone(h.request(p.ReadRequest(name, "octet")))
+            self.assertIsNone(h.request(p.WriteRequest(name, "octet")))
+            errors = h.take(h.main)
+            self.assertEqual([e.code for e in errors], [2, 2], name)  # type: ignore[union-attr]
+
+    def test_reading_disabled(self) -> None:
+        """With allow_read=False an RRQ is ERROR 2."""
+        h = Harness(self, allow_read=False)
+        h.put_file("f", b"secret")
+        self.assertIsNone(h.request(p.ReadRequest(b"f", "octet")))
+        (error,) = h.take(h.main)
+        self.assertEqual(error.code, p.ACCESS_VIOLATION)  # type: ignore[union-attr]
+
+    def test_netascii(self) -> None:
+        """In netascii mode LF is sent as CR LF and CR as CR NUL, and tsize is not offered."""
+        h = Harness(self)
+        h.put_file("t", b"a\nb\rc")
+        port = h.request(p.ReadRequest(b"t", "NetASCII", {"tsize": "0"}))
+        assert port is not None
+        self.assertEqual(h.take(port), [p.Data(1, b"a\r\nb\r\0c")])
+
+    def test_netascii_block_boundaries(self) -> None:
+        """Netascii expansion is cut into full blocks."""
+        h = Harness(self)
+        h.put_file("t", b"\n" * 300)
+        port = h.request(p.ReadRequest(b"t", "netascii"))
+        assert port is not None
+        self.assertEqual(h.take(port), [p.Data(1, b"\r\n" * 256)])
+        h.send(port, p.Ack(1))
+        self.assertEqual(h.take(port), [p.Data(2, b"\r\n" * 44)])
+
+    def test_duplicate_request_ignored(self) -> None:
+        """A retransmitted request does not start a second transfer."""
+        h = Harness(self)
+        h.put_file("f", b"once")
+        first = h.request(p.ReadRequest(b"f", "octet"))
+        second = h.request(p.ReadRequest(b"f", "octet"))
+        self.assertIsNotNone(first)
+        self.assertIsNone(second)
+        self.assertEqual(len(h.server.transfers), 1)
+
+    def test_concurrent_transfers_independent(self) -> None:
+        """Two transfers from two clients progress independently."""
+        h = Harness(self)
+        h.put_file("a", b"A" * 600)
+        h.put_file("b", b"B" * 600)
+        port_a = h.request(p.ReadRequest(b"a", "octet"), client=CLIENT)
+        port_b = h.request(p.ReadRequest(b"b", "octet"), client=OTHER)
+        assert port_a is not None and port_b is not None
+        self.assertIsNot(port_a, port_b)
+        h.send(port_b, p.Ack(1), client=OTHER)
+        self.assertEqual(h.take(port_b, to=OTHER)[-1], p.Data(2, b"B" * 88))
+        self.assertEqual(h.take(port_a), [p.Data(1, b"A" * 512)])
+        h.send(port_b, p.Ack(2), client=OTHER)
+        self.assertTrue(port_b.closed)
+        self.assertFalse(port_a.closed)
+
+    def test_logs_transfer(self) -> None:
+        """A finished transfer is logged once with its protocol, path, bytes and outcome."""
+        events: list[LogEvent] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        h = Harness(self)
+        h.put_file("f", b"12345")
+        port = h.request(p.ReadRequest(b"f", "octet"))
+        assert port is not None
+        h.send(port, p.Ack(1))
+        logged = [e for e in events if e.get("protocol") == "tftp-rrq"]
+        self.assertEqual(len(logged), 1)
+        self.assertEqual(
+            (logged[0]["path"], logged[0]["nbytes"], logged[0]["outcome"]), ("f", 5, "ok")
+        )
+
+
+class WriteRequestTests(unittest.TestCase):
+    """WRQ: storing uploads."""
+
+    def test_small_upload(self) -> None:
+        """ACK 0, then the last DATA is stored and ACKed."""
+        h = Harness(self)
+        port = h.request(p.WriteRequest(b"new.bin", "octet"))
+        assert port is not None
+        self.assertEqual(h.take(port), [p.Ack(0)])
+        h.send(port, p.Data(1, b"payload"))
+        self.assertEqual(h.take(port), [p.Ack(1)])
+        self.assertEqual(h.stored("new.bin"), b"payload")
+        self.assertEqual(h.temp_files(), [])
+
+    def test_atomic_store(self) -> None:
+        """The final name appears only with the last block, before its ACK is sent."""
+        h = Harness(self)
+        data = os.urandom(512 * 3 + 10)
+        port = h.request(p.WriteRequest(b"atomic.bin", "octet"))
+        assert port is not None
+        h.take(port)
+        chunks = _blocks(data, 512)
+        for number, chunk in enumerate(chunks[:-1], start=1):
+            h.send(port, p.Data(number, chunk))
+            self.assertEqual(h.take(port), [p.Ack(number)])
+            self.assertNotIn("atomic.bin", os.listdir(h.root))
+        h.send(port, p.Data(len(chunks), chunks[-1]))
+        self.assertEqual(h.stored("atomic.bin"), data)
+        self.assertEqual(h.take(port), [p.Ack(len(chunks))])
+
+    def test_upload_exact_multiple(self) -> None:
+        """An upload of exactly one block ends with an empty DATA 2."""
+        h = Harness(self)
+        port = h.request(p.WriteRequest(b"one", "octet"))
+        assert port is not None
+        h.send(port, p.Data(1, b"o" * 512))
+        self.assertIsNone(h.stored("one"))
+        h.send(port, p.Data(2, b""))
+        self.assertEqual(h.stored("one"), b"o" * 512)
+
+    def test_oack_then_data(self) -> None:
+        """With options the server OACKs, resends the OACK on timeout, and takes DATA 1."""
+        h = Harness(self)
+        options = {"blksize": "16", "tsize": "20"}
+        port = h.request(p.WriteRequest(b"w", "octet", options))
+        assert port is not None
+        self.assertEqual(h.take(port), [p.OptionAck(options)])
+        h.reactor.advance(1.0)
+        self.assertEqual(h.take(port), [p.OptionAck(options)])
+        h.send(port, p.Data(1, b"0123456789abcdef"))
+        h.send(port, p.Data(2, b"wxyz"))
+        self.assertEqual(h.take(port), [p.Ack(1), p.Ack(2)])
+        self.assertEqual(h.stored("w"), b"0123456789abcdefwxyz")
+
+    def test_windowed_upload_acks_per_window(self) -> None:
+        """With windowsize 4 the server ACKs every fourth block, and the last."""
+        h = Harness(self)
+        data = os.urandom(512 * 9 + 1)
+        port = h.request(p.WriteRequest(b"win", "octet", {"windowsize": "4"}))
+        assert port is not None
+        h.take(port)
+        for number, chunk in enumerate(_blocks(data, 512), start=1):
+            h.send(port, p.Data(number, chunk))
+        self.assertEqual(h.take(port), [p.Ack(4), p.Ack(8), p.Ack(10)])
+        self.assertEqual(h.stored("win"), data)
+
+    def test_reordering_reacks_last_in_order(self) -> None:
+        """A block ahead of the expected one re-ACKs the last in-order block, once."""
+        h = Harness(self)
+        data = os.urandom(512 * 6 + 3)
+        chunks = _blocks(data, 512)
+        port = h.request(p.WriteRequest(b"reord", "octet", {"windowsize": "4"}))
+        assert port is not None
+        h.take(port)
+        h.send(port, p.Data(1, chunks[0]))
+        h.send(port, p.Data(3, chunks[2]))
+        h.send(port, p.Data(4, chunks[3]))
+        self.assertEqual(h.take(port), [p.Ack(1)])
+        for number in (2, 3, 4, 5):
+            h.send(port, p.Data(number, chunks[number - 1]))
+        self.assertEqual(h.take(port), [p.Ack(5)])
+        h.send(port, p.Data(6, chunks[5]))
+        h.send(port, p.Data(7, chunks[6]))
+        self.assertEqual(h.take(port), [p.Ack(7)])
+        self.assertEqual(h.stored("reord"), data)
+
+    def test_duplicate_data_not_reacked(self) -> None:
+        """A duplicate DATA is not ACKed at once; the timeout re-ACKs."""
+        h = Harness(self)
+        port = h.request(p.WriteRequest(b"dup", "octet"))
+        assert port is not None
+        h.take(port)
+        h.send(port, p.Data(1, b"d" * 512))
+        self.assertEqual(h.take(port), [p.Ack(1)])
+        h.send(port, p.Data(1, b"d" * 512))
+        self.assertEqual(h.take(port), [])
+        h.reactor.advance(1.0)
+        self.assertEqual(h.take(port), [p.Ack(1)])
+
+    def test_final_ack_repeated_while_dallying(self) -> None:
+        """A repeat of the final DATA (our ACK was lost) is answered with the final ACK."""
+        h = Harness(self, timeout=1.0, retries=2)
+        port = h.request(p.WriteRequest(b"dally", "octet"))
+        assert port is not None
+        h.send(port, p.Data(1, b"end"))
+        h.take(port)
+        h.send(port, p.Data(1, b"end"))
+        self.assertEqual(h.take(port), [p.Ack(1)])
+        self.assertFalse(port.closed)
+        h.reactor.advance(2.0)
+        self.assertTrue(port.closed)
+        self.assertEqual(h.stored("dally"), b"end")
+
+    def test_rollover_upload(self) -> None:
+        """An upload past block 65535 wraps to 0 and is stored intact."""
+        h = Harness(self)
+        data = os.urandom(8 * 65537 + 5)
+        port = h.request(p.WriteRequest(b"wrap", "octet", {"blksize": "8", "windowsize": "256"}))
+        assert port is not None
+        h.take(port)
+        for number, chunk in enumerate(_blocks(data, 8), start=1):
+            h.send(port, p.Data(number & 0xFFFF, chunk))
+        acks = h.take(port)
+        self.assertIn(p.Ack(0), acks)  # 65536 = 256 * 256: a window ends on the wrap
+        self.assertEqual(acks[-1], p.Ack((65537 + 1) & 0xFFFF))
+        self.assertEqual(h.stored("wrap"), data)
+
+    def test_bounded_retries_abort_upload(self) -> None:
+        """A silent client: ERROR after the retries, port closed, no file, no temp file."""
+        h = Harness(self, timeout=1.0, retries=2)
+        port = h.request(p.WriteRequest(b"lost", "octet"))
+        assert port is not None
+        h.send(port, p.Data(1, b"l" * 512))
+        self.assertEqual(len(h.temp_files()), 1)
+        for _ in range(3):
+            h.reactor.advance(1.0)
+        packets = h.take(port)
+        self.assertEqual(packets[:3], [p.Ack(0), p.Ack(1), p.Ack(1)])
+        self.assertIsInstance(packets[-1], p.Error)
+        self.assertTrue(port.closed)
+        self.assertIsNone(h.stored("lost"))
+        self.assertEqual(h.temp_files(), [])
+        self.assertEqual(h.reactor.getDelayedCalls(), [])
+
+    def test_peer_error_aborts_upload(self) -> None:
+        """An ERROR from the client discards the partial upload."""
+        h = Harness(self)
+        port = h.request(p.WriteRequest(b"gone", "octet"))
+        assert port is not None
+        h.send(port, p.Data(1, b"g" * 512))
+        h.send(port, p.Error(0, "bye"))
+        self.assertTrue(port.closed)
+        self.assertEqual((h.stored("gone"), h.temp_files()), (None, []))
+
+    def test_unknown_tid_during_upload(self) -> None:
+        """DATA from another port gets ERROR 5 and is not stored."""
+        h = Harness(self)
+        port = h.request(p.WriteRequest(b"tid", "octet"))
+        assert port is not None
+        h.send(port, p.Data(1, b"intruder"), client=OTHER)
+        (error,) = h.take(port, to=OTHER)
+        self.assertEqual(error.code, p.UNKNOWN_TID)  # type: ignore[union-attr]
+        h.send(port, p.Data(1, b"real"))
+        self.assertEqual(h.stored("tid"), b"real")
+
+    def test_refuse_policy(self) -> None:
+        """With the refuse policy an existing name is ERROR 6, and the file is kept."""
+        h = Harness(self, on_conflict="refuse")
+        h.put_file("exists", b"old")
+        self.assertIsNone(h.request(p.WriteRequest(b"exists", "octet")))
+        (error,) = h.take(h.main)
+        self.assertEqual(error.code, p.FILE_EXISTS)  # type: ignore[union-attr]
+        self.assertEqual(h.stored("exists"), b"old")
+
+    def test_rename_policy_keeps_both(self) -> None:
+        """With the default policy an existing name is kept and the upload gets a new name."""
+        h = Harness(self)
+        h.put_file("r.txt", b"old")
+        port = h.request(p.WriteRequest(b"r.txt", "octet"))
+        assert port is not None
+        h.send(port, p.Data(1, b"new"))
+        self.assertEqual((h.stored("r.txt"), h.stored("r (1).txt")), (b"old", b"new"))
+
+    def test_too_large(self) -> None:
+        """A tsize above the storage's limit is ERROR 3 before any data."""
+        h = Harness(self, max_size=100)
+        self.assertIsNone(h.request(p.WriteRequest(b"big", "octet", {"tsize": "101"})))
+        (error,) = h.take(h.main)
+        self.assertEqual(error.code, p.DISK_FULL)  # type: ignore[union-attr]
+
+    def test_more_than_tsize(self) -> None:
+        """More data than the announced tsize is an ERROR and nothing is stored."""
+        h = Harness(self)
+        port = h.request(p.WriteRequest(b"liar", "octet", {"tsize": "3"}))
+        assert port is not None
+        h.send(port, p.Data(1, b"four"))
+        packets = h.take(port)
+        self.assertIsInstance(packets[-1], p.Error)
+        self.assertEqual((h.stored("liar"), h.temp_files(), port.closed), (None, [], True))
+
+    def test_writing_disabled(self) -> None:
+        """With allow_write=False a WRQ is ERROR 2."""
+        h = Harness(self, allow_write=False)
+        self.assertIsNone(h.request(p.WriteRequest(b"f", "octet")))
+        (error,) = h.take(h.main)
+        self.assertEqual(error.code, p.ACCESS_VIOLATION)  # type: ignore[union-attr]
+
+    def test_netascii_upload(self) -> None:
+        """A netascii upload is stored with local newlines, CR LF cut across blocks."""
+        h = Harness(self)
+        port = h.request(p.WriteRequest(b"n.txt", "netascii", {"blksize": "8"}))
+        assert port is not None
+        h.send(port, p.Data(1, b"line1\r\nx"))
+        h.send(port, p.Data(2, b"\r"))
+        self.assertEqual(h.stored("n.txt"), b"line1\nx\r")
+        port2 = h.request(p.WriteRequest(b"m.txt", "netascii", {"blksize": "8"}))
+        assert port2 is not None
+        h.send(port2, p.Data(1, b"abcdefg\r"))
+        h.send(port2, p.Data(2, b"\nz\r\0"))
+        self.assertEqual(h.stored("m.txt"), b"abcdefg\nz\r")
+
+
+class MainPortTests(unittest.TestCase):
+    """The well-known port: requests only."""
+
+    def test_mail_mode(self) -> None:
+        """Mode mail (or any other) is ERROR 4."""
+        h = Harness(self)
+        h.put_file("f", b"x")
+        for mode in ("mail", "binary"):
+            self.assertIsNone(h.request(p.ReadRequest(b"f", mode)))
+        self.assertEqual([e.code for e in h.take(h.main)], [4, 4])  # type: ignore[union-attr]
+
+    def test_malformed_dropped(self) -> None:
+        """Truncated requests and runts are dropped silently, without an exception."""
+        h = Harness(self)
+        for datagram in (b"", b"\x00", b"\x00\x01", b"\x00\x01name", b"\x00\x02\0octet\0"):
+            h.server.datagramReceived(datagram, CLIENT)
+        self.assertEqual((h.main.sent, len(h.reactor.ports)), ([], 1))
+
+    def test_non_request_opcodes(self) -> None:
+        """DATA, ACK, OACK and unknown opcodes are ERROR 4; an ERROR is not answered."""
+        h = Harness(self)
+        for packet in (p.encode(p.Data(1, b"")), p.encode(p.Ack(0)), b"\x00\x06", b"\x00\x09"):
+            h.server.datagramReceived(packet, CLIENT)
+        h.server.datagramReceived(p.encode(p.Error(0, "x")), CLIENT)
+        self.assertEqual([e.code for e in h.take(h.main)], [4, 4, 4, 4])  # type: ignore[union-attr]
+
+    def test_transfer_port_interface_follows_listener(self) -> None:
+        """Transfer ports are bound on the listening port's address, IPv6 included."""
+        for interface in ("127.0.0.1", "::1", "::"):
+            h = Harness(self, interface=interface)
+            h.put_file("f", b"x")
+            port = h.request(p.ReadRequest(b"f", "octet"), client=("::1", 5555))
+            assert port is not None
+            self.assertEqual(port.interface, interface)
+            self.assertEqual(h.take(port, to=("::1", 5555)), [p.Data(1, b"x")])
+
+    def test_explicit_interface(self) -> None:
+        """The interface argument overrides the listening address for transfer ports."""
+        reactor = FakeReactor()
+        root = self.mktemp()
+        server = TFTPServerProtocol(
+            storage=DirectoryStorage(root), reactor=reactor, interface="127.0.0.2"
+        )
+        reactor.listenUDP(69, server, interface="")
+        server.datagramReceived(p.encode(p.WriteRequest(b"f", "octet")), CLIENT)
+        self.assertEqual(reactor.ports[-1].interface, "127.0.0.2")
+
+    def test_no_transfer_port(self) -> None:
+        """When no transfer port can be opened the client gets ERROR 0 and nothing leaks."""
+        h = Harness(self)
+        h.reactor.failing = True
+        h.put_file("f", b"x")
+        self.assertIsNone(h.request(p.ReadRequest(b"f", "octet")))
+        self.assertIsNone(h.request(p.WriteRequest(b"g", "octet")))
+        self.assertEqual([e.code for e in h.take(h.main)], [0, 0])  # type: ignore[union-attr]
+        self.assertEqual((h.server.transfers, h.temp_files()), (set(), []))
+
+    def test_stop_abandons_transfers(self) -> None:
+        """Stopping the server ends every transfer and discards partial uploads."""
+        h = Harness(self)
+        h.put_file("f", b"x" * 2000)
+        read = h.request(p.ReadRequest(b"f", "octet"))
+        write = h.request(p.WriteRequest(b"w", "octet"))
+        assert read is not None and write is not None
+        h.send(write, p.Data(1, b"w" * 512))
+        h.main.stopListening()
+        self.assertEqual((read.closed, write.closed), (True, True))
+        self.assertEqual((h.server.transfers, h.temp_files()), (set(), []))
+        self.assertEqual(h.reactor.getDelayedCalls(), [])
+
+    def test_bad_caps_rejected(self) -> None:
+        """max_blksize and max_windowsize outside the RFC ranges are refused."""
+        storage = DirectoryStorage(self.mktemp())
+        self.assertRaises(
+            ValueError, TFTPServerProtocol, storage=storage, reactor=Clock(), max_blksize=70000
+        )
+        self.assertRaises(
+            ValueError, TFTPServerProtocol, storage=storage, reactor=Clock(), max_windowsize=0
+        )
