@@ -17,7 +17,10 @@ MAX_COMPONENT_BYTES = 255
 
 
 def _check_component(component: str) -> None:
-    encoded = component.encode("utf-8")
+    try:
+        encoded = component.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates, e.g. from an undecodable file name
+        raise TransferError(400, "name is not valid UTF-8") from None
     if not 1 <= len(encoded) <= MAX_COMPONENT_BYTES:
         raise TransferError(400, "each path component must be 1-255 bytes")
     if component in (".", ".."):

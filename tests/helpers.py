@@ -1,0 +1,350 @@
+"""Shared test utilities: file fixtures, in-memory connections, bounded processes.
+
+Nothing here sleeps to synchronise: processes are awaited with timeouts and
+their logs are read line by line by a thread that wakes waiters on a
+condition variable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+from twisted.test import iosim
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+"""The repository root (where the twisted/plugins directory lives)."""
+
+LOOPBACK = "127.0.0.1"
+PROCESS_TIMEOUT = 30.0
+
+
+# -- files -----------------------------------------------------------------------
+
+
+def payload(size: int, seed: int = 0) -> bytes:
+    """Deterministic pseudo-random bytes."""
+    return random.Random(seed).randbytes(size)
+
+
+def write_file(path: str, data: bytes) -> str:
+    """Write C{data} to C{path} (creating parents) and return the path."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "wb") as handle:
+        handle.write(data)
+    return path
+
+
+def sha256_bytes(data: bytes) -> str:
+    """The hex SHA-256 of C{data}."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str) -> str:
+    """The hex SHA-256 of the file at C{path}."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def visible_files(root: str) -> list[str]:
+    """Relative paths of all files under C{root}, the state directory excluded."""
+    found = []
+    for folder, subdirs, names in os.walk(root):
+        subdirs[:] = sorted(d for d in subdirs if d != ".filexfer")
+        for name in names:
+            found.append(os.path.relpath(os.path.join(folder, name), root).replace(os.sep, "/"))
+    return sorted(found)
+
+
+def state_files(root: str, sub: str) -> list[str]:
+    """Names in the storage's state sub-directory (C{tmp}, C{partial}, C{digests})."""
+    return sorted(os.listdir(os.path.join(root, ".filexfer", sub)))
+
+
+# -- in-memory connections ---------------------------------------------------
+
+
+class HalfCloseFakeTransport(iosim.FakeTransport):
+    """An iosim transport that delivers a clean close like a real TCP FIN.
+
+    Real TCP transports tell an L{IHalfCloseableProtocol} about the peer's
+    FIN with C{readConnectionLost} before C{connectionLost}; plain iosim
+    only calls C{connectionLost}.
+    """
+
+    def reportDisconnect(self) -> None:
+        reason = self.disconnectReason
+        if (
+            self.tls is None
+            and isinstance(reason, ConnectionDone)
+            and IHalfCloseableProtocol.providedBy(self.protocol)
+        ):
+            self.protocol.readConnectionLost()
+        super().reportDisconnect()
+
+
+def connect_in_memory(server: Any, client: Any, clock: Clock | None = None) -> iosim.IOPump:
+    """Connect two protocols with half-close-aware fake transports."""
+    server_transport = HalfCloseFakeTransport(
+        server, isServer=True, peerAddress=iosim.FakeAddress()
+    )
+    client_transport = HalfCloseFakeTransport(client, isServer=False)
+    return iosim.connect(
+        server, server_transport, client, client_transport, greet=True, clock=clock
+    )
+
+
+class ManualRunner:
+    """A C{run_blocking} for storage that runs work only when told to."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[Callable[[], Any], Deferred[Any]]] = []
+
+    def __call__(self, work: Callable[[], Any]) -> Deferred[Any]:
+        result: Deferred[Any] = Deferred()
+        self.pending.append((work, result))
+        return result
+
+    def run_all(self) -> None:
+        """Run the queued work now, firing each Deferred."""
+        while self.pending:
+            work, result = self.pending.pop(0)
+            try:
+                value = work()
+            except Exception:
+                result.errback(Failure())
+            else:
+                result.callback(value)
+
+
+# -- sockets -----------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A TCP port on the loopback address that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((LOOPBACK, 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def reset_socket(sock: socket.socket) -> None:
+    """Close C{sock} with an RST instead of a FIN (SO_LINGER 1, 0)."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    sock.close()
+
+
+def recv_exactly(sock: socket.socket, count: int) -> bytes:
+    """Read exactly C{count} bytes (or fewer if the peer closes)."""
+    data = b""
+    while len(data) < count:
+        chunk = sock.recv(count - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def recv_all(sock: socket.socket) -> bytes:
+    """Read until the peer closes."""
+    chunks = []
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+# -- processes -------------------------------------------------------------------
+
+
+def child_env() -> dict[str, str]:
+    """The environment for child Pythons: the repository first on the path."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH")) if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.pop("FILEXFER_TOKEN", None)
+    return env
+
+
+def run_filexfer(
+    *args: str, timeout: float = PROCESS_TIMEOUT, cwd: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run C{python -m filexfer ARGS} to completion, bounded in time."""
+    return subprocess.run(
+        [sys.executable, "-m", "filexfer", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=child_env(),
+        cwd=cwd or ROOT,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+class LineLog:
+    """Collects a stream's lines in a thread; lets tests wait for a line."""
+
+    def __init__(self, stream: Any) -> None:
+        self.lines: list[str] = []
+        self._condition = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream: Any) -> None:
+        for line in stream:
+            with self._condition:
+                self.lines.append(line.rstrip("\n"))
+                self._condition.notify_all()
+        with self._condition:
+            self._closed = True
+            self._condition.notify_all()
+
+    def wait_for(
+        self, pattern: str, timeout: float = PROCESS_TIMEOUT, start: int = 0
+    ) -> re.Match[str]:
+        """The first match of C{pattern} in a line at index C{start} or later.
+
+        @raise AssertionError: when no such line appears within C{timeout}.
+        """
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        index = start
+        with self._condition:
+            while True:
+                while index < len(self.lines):
+                    match = regex.search(self.lines[index])
+                    if match:
+                        return match
+                    index += 1
+                remaining = deadline - time.monotonic()
+                if self._closed or remaining <= 0:
+                    raise AssertionError(
+                        f"no line matching {pattern!r} in:\n" + "\n".join(self.lines)
+                    )
+                self._condition.wait(remaining)
+
+    def count(self, pattern: str) -> int:
+        """How many lines so far match C{pattern}."""
+        regex = re.compile(pattern)
+        with self._condition:
+            return sum(1 for line in self.lines if regex.search(line))
+
+    def join(self, timeout: float) -> None:
+        """Wait (bounded) for the stream to end."""
+        self._thread.join(timeout)
+
+    def text(self) -> str:
+        """Everything read so far."""
+        with self._condition:
+            return "\n".join(self.lines)
+
+
+class ServerProcess:
+    """A server child process whose output is one merged log."""
+
+    def __init__(self, command: Sequence[str], cwd: str) -> None:
+        self.process = subprocess.Popen(
+            list(command),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            env=child_env(),
+            cwd=cwd,
+        )
+        self.log = LineLog(self.process.stdout)
+        self.port = 0
+
+    def wait_listening(self, timeout: float = PROCESS_TIMEOUT) -> int:
+        """Wait for the receiver's "starting on PORT" log line; return the port."""
+        match = self.log.wait_for(r"ReceiverFactory starting on (\d+)", timeout)
+        self.port = int(match.group(1))
+        return self.port
+
+    def signal(self, signum: int) -> None:
+        """Send C{signum} to the process, if it still runs."""
+        if self.process.poll() is None:
+            self.process.send_signal(signum)
+
+    def wait(self, timeout: float) -> int:
+        """Wait (bounded) for the process to exit; return its status."""
+        status = self.process.wait(timeout)
+        self.log.join(timeout)
+        return status
+
+    def stop(self) -> None:
+        """SIGTERM, wait a bounded time, then SIGKILL; always reap."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        self.log.join(5)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+
+
+def twistd_command(*args: str) -> list[str]:
+    """C{twistd -n --pidfile= ARGS} run by this Python."""
+    return [
+        sys.executable,
+        "-c",
+        "from twisted.scripts.twistd import run; run()",
+        "-n",
+        "--pidfile=",
+        *args,
+    ]
+
+
+def start_twistd(testcase: Any, root: str, *extra: str) -> ServerProcess:
+    """C{twistd filexfer} on an ephemeral loopback port, storing into C{root}."""
+    cwd = os.path.abspath(testcase.mktemp())
+    os.makedirs(cwd)
+    command = twistd_command(
+        "filexfer", "--listen", f"tcp:0:interface={LOOPBACK}", "--no-tftp", "--root", root, *extra
+    )
+    server = ServerProcess(command, cwd=cwd)
+    testcase.addCleanup(server.stop)
+    server.wait_listening()
+    return server
+
+
+def start_serve(testcase: Any, root: str, *extra: str) -> ServerProcess:
+    """C{filexfer serve} on an ephemeral loopback port, storing into C{root}."""
+    cwd = os.path.abspath(testcase.mktemp())
+    os.makedirs(cwd)
+    command = [
+        sys.executable,
+        "-m",
+        "filexfer",
+        "serve",
+        "--listen",
+        f"tcp:0:interface={LOOPBACK}",
+        "--no-tftp",
+        "--root",
+        root,
+        *extra,
+    ]
+    server = ServerProcess(command, cwd=cwd)
+    testcase.addCleanup(server.stop)
+    server.wait_listening()
+    return server
