@@ -1,0 +1,377 @@
+"""Our TFTP client against our server (and small fakes) over real loopback UDP."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+from collections.abc import Callable, Generator
+from typing import Any
+
+from twisted.internet import defer, reactor
+from twisted.internet.protocol import DatagramProtocol
+from twisted.trial import unittest
+
+import filexfer.tftp
+from filexfer.storage import DirectoryStorage
+from filexfer.tftp import TFTPError, TFTPServerProtocol, TFTPTimeout, download, upload
+from filexfer.tftp import _packets as p
+
+
+def _sha256(path: str) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.sha256(handle.read()).hexdigest()
+
+
+def _ipv6_available() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+class _PlainServer(DatagramProtocol):
+    """An RFC 1350-only server that ignores options and answers from its own port.
+
+    It serves C{content} for any RRQ and records the blocks of any WRQ.
+    With C{oack} it answers requests with that OACK instead (to test bad OACKs);
+    with C{intruder} a second port also sends a DATA to the client.
+    """
+
+    def __init__(self, content: bytes = b"", oack: bytes | None = None) -> None:
+        self.content = content
+        self.oack = oack
+        self.requests: list[p.Packet] = []
+        self.received: list[bytes] = []
+        self.errors: list[p.Error] = []
+        self.intruder: Any = None
+
+    def _block(self, number: int) -> bytes:
+        return self.content[(number - 1) * 512 : number * 512]
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        packet = p.decode(datagram)
+        send = self.transport.write  # type: ignore[union-attr]
+        if isinstance(packet, p.ReadRequest | p.WriteRequest):
+            self.requests.append(packet)
+            if self.oack is not None:
+                send(self.oack, addr)
+            elif isinstance(packet, p.ReadRequest):
+                send(p.encode_data(1, self._block(1)), addr)
+                if self.intruder is not None:
+                    self.intruder.write(p.encode_data(2, b"evil"), addr)
+            else:
+                send(p.encode_ack(0), addr)
+        elif isinstance(packet, p.Ack):
+            if packet.block * 512 <= len(self.content):
+                send(p.encode_data(packet.block + 1, self._block(packet.block + 1)), addr)
+        elif isinstance(packet, p.Data):
+            self.received.append(packet.payload)
+            send(p.encode_ack(packet.block), addr)
+        elif isinstance(packet, p.Error):
+            self.errors.append(packet)
+
+
+class _Silent(DatagramProtocol):
+    """Receives everything and answers nothing."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        self.count += 1
+
+
+class ClientServerTests(unittest.TestCase):
+    """Round trips between our client and our server."""
+
+    host = "127.0.0.1"
+    timeout = 20
+
+    def setUp(self) -> None:
+        if self.host == "::1" and not _ipv6_available():
+            raise unittest.SkipTest("no IPv6 loopback")  # pragma: no cover
+        self.root = os.path.abspath(self.mktemp())
+        self.local = os.path.abspath(self.mktemp())
+        os.makedirs(self.local)
+        self.server = self.make_server()
+        self.port = reactor.listenUDP(0, self.server, interface=self.host)
+        self.addCleanup(self._stop)
+        self.number = self.port.getHost().port
+
+    def make_server(self, **kwargs: Any) -> TFTPServerProtocol:
+        self.storage = DirectoryStorage(self.root, kwargs.pop("on_conflict", "overwrite"))
+        return TFTPServerProtocol(storage=self.storage, reactor=reactor, **kwargs)
+
+    @defer.inlineCallbacks
+    def _stop(self) -> Generator[Any, Any, None]:
+        yield self.server.stop_transfers()
+        yield self.port.stopListening()
+
+    def write_local(self, name: str, data: bytes) -> str:
+        path = os.path.join(self.local, name)
+        with open(path, "wb") as handle:
+            handle.write(data)
+        return path
+
+    @defer.inlineCallbacks
+    def round_trip(self, size: int, **options: Any) -> Generator[Any, Any, None]:
+        """Upload a random file of C{size} bytes, download it, compare digests."""
+        source = self.write_local(f"src-{size}", os.urandom(size))
+        sent = yield upload(reactor, self.host, self.number, source, f"up/{size}.bin", **options)
+        self.assertEqual(sent, size)
+        stored = os.path.join(self.root, "up", f"{size}.bin")
+        self.assertEqual(_sha256(stored), _sha256(source))
+        target = os.path.join(self.local, f"back-{size}")
+        got = yield download(reactor, self.host, self.number, f"up/{size}.bin", target, **options)
+        self.assertEqual(got, size)
+        self.assertEqual(_sha256(target), _sha256(source))
+        self.assertEqual(sorted(os.listdir(self.local)), sorted([f"src-{size}", f"back-{size}"]))
+
+    def test_empty(self) -> None:
+        """A 0-byte file goes up and comes back."""
+        return self.round_trip(0)
+
+    def test_one_byte(self) -> None:
+        """A 1-byte file goes up and comes back."""
+        return self.round_trip(1)
+
+    def test_exactly_512(self) -> None:
+        """Exactly 512 bytes (one classic block) round-trips."""
+        return self.round_trip(512, blksize=512, windowsize=1)
+
+    def test_exact_blocks_default(self) -> None:
+        """A whole number of default blocks round-trips (final empty block)."""
+        return self.round_trip(1428 * 16)
+
+    def test_few_megabytes(self) -> None:
+        """A few MB round-trip with the default options."""
+        return self.round_trip(3 * 1024 * 1024 + 7)
+
+    def test_classic_options(self) -> None:
+        """blksize 512 and windowsize 1 (plain lock-step) round-trip."""
+        return self.round_trip(200_000, blksize=512, windowsize=1)
+
+    def test_big_blocks(self) -> None:
+        """The largest blksize with a window round-trips."""
+        return self.round_trip(1_000_000, blksize=65464, windowsize=4)
+
+    def test_tiny_blocks_big_window(self) -> None:
+        """Tiny blocks with a wide window round-trip."""
+        return self.round_trip(50_000, blksize=8, windowsize=64)
+
+    @defer.inlineCallbacks
+    def test_server_caps_lower_options(self) -> None:
+        """A server capping blksize and windowsize still serves the file correctly."""
+        yield self._stop()
+        self.server = self.make_server(max_blksize=1000, max_windowsize=2)
+        self.port = reactor.listenUDP(0, self.server, interface=self.host)
+        self.number = self.port.getHost().port
+        yield self.round_trip(100_000, blksize=4096, windowsize=32)
+
+    @defer.inlineCallbacks
+    def test_progress(self) -> None:
+        """progress() is called with growing counts, and the total from tsize on download."""
+        data = os.urandom(1_000_000)
+        source = self.write_local("p", data)
+        up_calls: list[tuple[int, int | None]] = []
+        down_calls: list[tuple[int, int | None]] = []
+        yield upload(
+            reactor, self.host, self.number, source, "p", progress=lambda *a: up_calls.append(a)
+        )
+        target = os.path.join(self.local, "p2")
+        yield download(
+            reactor, self.host, self.number, "p", target, progress=lambda *a: down_calls.append(a)
+        )
+        for calls in (up_calls, down_calls):
+            self.assertEqual(calls[-1], (len(data), len(data)))
+            done = [c[0] for c in calls]
+            self.assertEqual(done, sorted(done))
+            self.assertGreater(len(calls), 2)
+
+    @defer.inlineCallbacks
+    def test_netascii(self) -> None:
+        """A netascii upload and download keep local newlines and CRs intact."""
+        text = b"line one\nline two\r\nbare\rend\n" * 100
+        source = self.write_local("t.txt", text)
+        yield upload(reactor, self.host, self.number, source, "t.txt", mode="netascii")
+        with open(os.path.join(self.root, "t.txt"), "rb") as handle:
+            self.assertEqual(handle.read(), text)
+        target = os.path.join(self.local, "t2.txt")
+        got = yield download(reactor, self.host, self.number, "t.txt", target, mode="netascii")
+        self.assertEqual(got, len(text))
+        with open(target, "rb") as handle:
+            self.assertEqual(handle.read(), text)
+
+    @defer.inlineCallbacks
+    def test_concurrent(self) -> None:
+        """Several uploads and downloads at once all complete intact."""
+        sources = [self.write_local(f"c{i}", os.urandom(300_000 + i)) for i in range(4)]
+        yield defer.gatherResults(
+            [upload(reactor, self.host, self.number, s, f"c{i}") for i, s in enumerate(sources)]
+        )
+        targets = [os.path.join(self.local, f"d{i}") for i in range(4)]
+        yield defer.gatherResults(
+            [download(reactor, self.host, self.number, f"c{i}", t) for i, t in enumerate(targets)]
+        )
+        for source, target in zip(sources, targets, strict=True):
+            self.assertEqual(_sha256(source), _sha256(target))
+
+    @defer.inlineCallbacks
+    def test_missing_file(self) -> None:
+        """A missing file fails with TFTPError 1, one clear line, and leaves nothing behind."""
+        target = os.path.join(self.local, "never")
+        failure = yield self.assertFailure(
+            download(reactor, self.host, self.number, "nope", target), TFTPError
+        )
+        self.assertEqual(failure.code, p.FILE_NOT_FOUND)
+        self.assertNotIn("\n", str(failure))
+        self.assertIn("file not found", str(failure))
+        self.assertEqual(os.listdir(self.local), [])
+
+    @defer.inlineCallbacks
+    def test_refused_upload(self) -> None:
+        """An upload the server refuses (name exists, refuse policy) fails with TFTPError 6."""
+        yield self._stop()
+        self.server = self.make_server(on_conflict="refuse")
+        self.port = reactor.listenUDP(0, self.server, interface=self.host)
+        self.number = self.port.getHost().port
+        source = self.write_local("x", b"x")
+        yield upload(reactor, self.host, self.number, source, "x")
+        failure = yield self.assertFailure(
+            upload(reactor, self.host, self.number, source, "x"), TFTPError
+        )
+        self.assertEqual(failure.code, p.FILE_EXISTS)
+
+    @defer.inlineCallbacks
+    def test_escaping_name(self) -> None:
+        """An upload to ../name fails with TFTPError 2 and creates nothing."""
+        source = self.write_local("e", b"e")
+        failure = yield self.assertFailure(
+            upload(reactor, self.host, self.number, source, "../escape"), TFTPError
+        )
+        self.assertEqual(failure.code, p.ACCESS_VIOLATION)
+        self.assertFalse(os.path.exists(os.path.join(os.path.dirname(self.root), "escape")))
+
+
+class IPv6ClientServerTests(ClientServerTests):
+    """The same round trips over IPv6 loopback (::1)."""
+
+    host = "::1"
+
+
+class ClientAgainstFakesTests(unittest.TestCase):
+    """The client against servers that behave differently from ours."""
+
+    timeout = 20
+
+    def listen(self, protocol: DatagramProtocol) -> int:
+        port = reactor.listenUDP(0, protocol, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        number: int = port.getHost().port
+        return number
+
+    def test_exports(self) -> None:
+        """The package exports the server, the client calls and the error."""
+        self.assertEqual(
+            set(filexfer.tftp.__all__),
+            {"TFTPServerProtocol", "upload", "download", "TFTPError", "TFTPTimeout"},
+        )
+
+    @defer.inlineCallbacks
+    def test_fallback_download(self) -> None:
+        """A server that ignores options (DATA 1 instead of OACK) is read in 512-byte blocks."""
+        content = os.urandom(512 * 5 + 100)
+        server = _PlainServer(content)
+        number = self.listen(server)
+        target = os.path.abspath(self.mktemp())
+        got = yield download(reactor, "127.0.0.1", number, "any", target)
+        self.assertEqual(got, len(content))
+        with open(target, "rb") as handle:
+            self.assertEqual(handle.read(), content)
+        self.assertIn(("blksize", "1428"), server.requests[0].options)  # type: ignore[union-attr]
+
+    @defer.inlineCallbacks
+    def test_fallback_upload(self) -> None:
+        """A server that answers a WRQ with ACK 0 gets 512-byte blocks, one per ACK."""
+        server = _PlainServer()
+        number = self.listen(server)
+        source = os.path.abspath(self.mktemp())
+        data = os.urandom(512 * 3 + 5)
+        with open(source, "wb") as handle:
+            handle.write(data)
+        sent = yield upload(reactor, "127.0.0.1", number, source, "any")
+        self.assertEqual(sent, len(data))
+        self.assertEqual([len(b) for b in server.received], [512, 512, 512, 5])
+        self.assertEqual(b"".join(server.received), data)
+
+    @defer.inlineCallbacks
+    def test_bad_oack_refused(self) -> None:
+        """An OACK with a larger blksize than asked gets ERROR 8 and fails with TFTPError 8."""
+        server = _PlainServer(oack=p.encode(p.OptionAck({"blksize": "9000"})))
+        number = self.listen(server)
+        target = os.path.abspath(self.mktemp())
+        failure = yield self.assertFailure(
+            download(reactor, "127.0.0.1", number, "f", target, blksize=1428), TFTPError
+        )
+        self.assertEqual(failure.code, p.OPTION_REFUSED)
+        yield _until(lambda: bool(server.errors))
+        self.assertEqual([e.code for e in server.errors], [p.OPTION_REFUSED])
+        self.assertFalse(os.path.exists(target))
+
+    @defer.inlineCallbacks
+    def test_unknown_tid(self) -> None:
+        """DATA from a second port gets ERROR 5 and does not disturb the download."""
+        content = os.urandom(2000)
+        server = _PlainServer(content)
+        intruder = _PlainServer()
+        number = self.listen(server)
+        self.listen(intruder)
+        server.intruder = intruder.transport
+        target = os.path.abspath(self.mktemp())
+        d = download(reactor, "127.0.0.1", number, "f", target)
+        yield d
+        with open(target, "rb") as handle:
+            self.assertEqual(handle.read(), content)
+        yield _until(lambda: bool(intruder.errors))
+        self.assertEqual([e.code for e in intruder.errors], [p.UNKNOWN_TID])
+
+    @defer.inlineCallbacks
+    def test_timeout(self) -> None:
+        """A server that never answers fails with TFTPTimeout after the retries; no file left."""
+        silent = _Silent()
+        number = self.listen(silent)
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        target = os.path.join(directory, "never")
+        failure = yield self.assertFailure(
+            download(reactor, "127.0.0.1", number, "f", target, timeout=0.05, retries=2),
+            TFTPTimeout,
+        )
+        self.assertIsInstance(failure, TFTPError)
+        self.assertEqual(silent.count, 3)
+        self.assertEqual(os.listdir(directory), [])
+        self.assertIn("no answer", str(failure))
+
+    def test_bad_arguments(self) -> None:
+        """Out-of-range blksize, windowsize or mode are ValueErrors before anything is sent."""
+        for kwargs in ({"blksize": 7}, {"windowsize": 0}, {"mode": "mail"}, {"timeout": 0}):
+            self.assertRaises(
+                ValueError, download, reactor, "127.0.0.1", 9, "f", "/nonexistent/x", **kwargs
+            )
+
+
+@defer.inlineCallbacks
+def _until(condition: Callable[[], bool]) -> Generator[Any, Any, None]:
+    """Let the reactor run (a bounded number of turns) until C{condition} holds.
+
+    For a datagram still in flight on loopback; the caller asserts afterwards.
+    """
+    for _ in range(500):
+        if condition():
+            return
+        d: defer.Deferred[None] = defer.Deferred()
+        reactor.callLater(0, d.callback, None)
+        yield d
