@@ -117,7 +117,7 @@ def numbered_name(name: str, number: int) -> str:
         else:
             suffix = "." + ext
     else:
-        stem = name[: -len(suffix)]
+        stem, suffix = name[: -len(suffix)], name[-len(suffix) :]  # keep the name's own case
     tag = f" ({number})"
     budget = 255 - len((tag + suffix).encode())
     stem = stem.encode()[:budget].decode("utf-8", "ignore")
