@@ -31,6 +31,9 @@ from filexfer.tcp._guard import AccessPolicy, ConnectionLimits
 PREFIX_WAIT = 0.5
 """Seconds to wait for more when the first chunk is a strict prefix of C{FX/}."""
 
+LINGER = 5.0
+"""Seconds to keep reading (and discarding) after refusing a peer mid-stream."""
+
 READ_SIZE = 256 * 1024
 """Bytes read from the socket at a time: large reads mean fewer Python calls."""
 
@@ -256,7 +259,8 @@ class ReceiverProtocol(Protocol):
 
     @_machine.output()
     def _report_stored(self, receipt: Receipt) -> None:
-        self._reply_done(receipt, "stored as")
+        offset = self._upload.offset if self._upload is not None else 0
+        self._reply_done(receipt, f"resumed at byte {offset}, stored as" if offset else "stored as")
 
     def _reply_done(self, receipt: Receipt, outcome: str) -> None:
         if self._form != "tcp":
@@ -273,6 +277,18 @@ class ReceiverProtocol(Protocol):
         if self._form != "tcp" or self._upload is None:
             self.transport.write(_wire.encode_error(error))  # type: ignore[union-attr]
         self._log(self._received(), f"refused: {error.code} {error.reason}")
+        if self._upload is not None and self._form != "tcp":
+            # The peer may still be streaming.  Closing with its bytes unread
+            # would reset the connection and could destroy the error line
+            # before the peer reads it, so read and discard until it closes.
+            self.transport.resumeProducing()  # type: ignore[union-attr]
+            self._arm(LINGER)
+        else:
+            self.transport.loseConnection()  # type: ignore[union-attr]
+
+    @_machine.output()
+    def _close(self) -> None:
+        self._disarm()
         self.transport.loseConnection()  # type: ignore[union-attr]
 
     @_machine.output()
@@ -322,9 +338,9 @@ class ReceiverProtocol(Protocol):
     finishing.upon(connection_lost, enter=finishing, outputs=[])
 
     closed.upon(data_received, enter=closed, outputs=[])
-    closed.upon(end_of_stream, enter=closed, outputs=[])
+    closed.upon(end_of_stream, enter=closed, outputs=[_close])
     closed.upon(refused, enter=closed, outputs=[])
-    closed.upon(timed_out, enter=closed, outputs=[])
+    closed.upon(timed_out, enter=closed, outputs=[_close])
     closed.upon(connection_lost, enter=closed, outputs=[])
 
     # -- helpers -------------------------------------------------------------------
