@@ -219,6 +219,10 @@ class SenderProtocol(Protocol):
         ):
             self.result.callback(Receipt(self._size, self._digest.hexdigest(), self._request_path))
         else:
+            tls_problem = _describe_tls_failure(reason)
+            if tls_problem is not None:
+                self.result.errback(Failure(SendError(tls_problem)))
+                return
             stage = "before the server confirmed" if self._streaming else "during the handshake"
             self.result.errback(
                 Failure(SendError(f"connection closed {stage}: {reason.getErrorMessage()}"))
@@ -228,6 +232,18 @@ class SenderProtocol(Protocol):
     def _request_path(self) -> str:
         request = self._request
         return request.name if isinstance(request, _wire.SeedRequest) else request.path
+
+
+def _describe_tls_failure(reason: Failure) -> str | None:
+    """One line for a failed TLS handshake, or None when it is something else."""
+    if reason.check("service_identity.exceptions.VerificationError"):
+        return "TLS: the server's certificate is not valid for this host name or address"
+    if reason.check("OpenSSL.SSL.Error"):
+        args = getattr(reason.value, "args", ())
+        details = [str(part[-1]) for part in args[0] if part] if args else []
+        text = "; ".join(d for d in details if d) or "handshake failed"
+        return f"TLS: {text} (use --cacert for a private authority)"
+    return None
 
 
 def _hash_prefix(handle: BinaryIO, length: int) -> Any:
