@@ -1,0 +1,578 @@
+"""ReceiverProtocol against a StringTransport and a Clock: deterministic."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.logger import formatEvent, globalLogPublisher
+from twisted.python.failure import Failure
+from twisted.trial import unittest
+
+from filexfer._errors import TransferError
+from filexfer.storage import DirectoryStorage
+from filexfer.tcp import _wire, receiver
+from filexfer.tcp._guard import AccessPolicy, ConnectionLimits
+from filexfer.tcp.receiver import PREFIX_WAIT, ReceiverFactory, ReceiverProtocol
+
+from .helpers import ManualRunner, payload, sha256_bytes, state_files, visible_files
+
+MTIME_NS = 1_650_000_000_000_000_000
+
+
+def put(path: str, **headers: Any) -> bytes:
+    """An FX/1 handshake."""
+    return _wire.encode_put(_wire.PutRequest(path, **headers))
+
+
+class ReceiverTestCase(unittest.TestCase):
+    factory_options: dict[str, Any] = {}
+
+    def setUp(self) -> None:
+        self.root = os.path.abspath(self.mktemp())
+        self.runner: ManualRunner | None = None
+        self.storage = DirectoryStorage(self.root)
+        self.clock = Clock()
+        self.factory = self.make_factory()
+        self.events: list[str] = []
+        observer = lambda event: self.events.append(formatEvent(event))  # noqa: E731
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+
+    def make_factory(self, **options: Any) -> ReceiverFactory:
+        merged = {"handshake_timeout": 30.0, "idle_timeout": 300.0, **self.factory_options}
+        merged.update(options)
+        return ReceiverFactory(self.storage, clock=self.clock, **merged)
+
+    def use_manual_runner(self) -> ManualRunner:
+        self.runner = ManualRunner()
+        self.storage.run_blocking = self.runner
+        return self.runner
+
+    def connect(
+        self, host: str = "192.0.2.10", factory: ReceiverFactory | None = None
+    ) -> tuple[ReceiverProtocol, StringTransport]:
+        factory = factory or self.factory
+        protocol = factory.buildProtocol(None)
+        address = (IPv6Address if ":" in host else IPv4Address)("TCP", host, 40000)
+        transport = StringTransport(peerAddress=address)
+        protocol.makeConnection(transport)
+        return protocol, transport
+
+    def feed(self, protocol: ReceiverProtocol, data: bytes, bytewise: bool = True) -> None:
+        if bytewise:
+            for index in range(len(data)):
+                protocol.dataReceived(data[index : index + 1])
+        else:
+            protocol.dataReceived(data)
+
+    def close(self, protocol: ReceiverProtocol, clean: bool = True) -> None:
+        """The peer closes: a FIN (half-close, then the connection goes) or a reset."""
+        if clean:
+            protocol.readConnectionLost()
+            protocol.connectionLost(Failure(ConnectionDone()))
+        else:
+            protocol.connectionLost(Failure(ConnectionLost()))
+
+    def read(self, path: str) -> bytes:
+        with open(os.path.join(self.root, path), "rb") as handle:
+            return handle.read()
+
+    def assertRefusedWith(self, transport: StringTransport, code: int) -> None:
+        value = transport.value()
+        self.assertTrue(value.startswith(b"error %d " % code), value)
+        self.assertTrue(value.endswith(b"\n"), value)
+        self.assertEqual(value.count(b"\n"), 1, value)
+
+    def done_line(self, data: bytes, path: str) -> bytes:
+        return _wire.encode_done(len(data), sha256_bytes(data), path)
+
+
+class SeedFormTests(ReceiverTestCase):
+    def test_half_closeable(self) -> None:
+        """The protocol provides IHalfCloseableProtocol (a FIN ends the stream)."""
+        self.assertTrue(IHalfCloseableProtocol.providedBy(self.factory.buildProtocol(None)))
+
+    def test_first_chunk_is_the_whole_name(self) -> None:
+        """The first chunk is the name: C{ok} goes out at once (2 bytes, nothing else)."""
+        protocol, transport = self.connect()
+        self.feed(protocol, b"report.pdf", bytewise=False)
+        self.assertEqual(transport.value(), b"ok")
+
+    def test_later_chunks_are_data(self) -> None:
+        """Bytes after the first chunk are file content (a name cannot span chunks by design)."""
+        protocol, transport = self.connect()
+        self.feed(protocol, b"rep", bytewise=False)
+        self.feed(protocol, b"ort.pdf")
+        self.close(protocol)
+        self.assertEqual(self.read("rep"), b"ort.pdf")
+
+    def test_stream_and_clean_close(self) -> None:
+        """Name, C{ok}, bytes one at a time, FIN: the file is stored and nothing more is said."""
+        data = payload(3000)
+        protocol, transport = self.connect()
+        self.feed(protocol, b"a.bin", bytewise=False)
+        self.feed(protocol, data)
+        self.assertEqual(visible_files(self.root), [])
+        protocol.readConnectionLost()
+        self.assertEqual(self.read("a.bin"), data)
+        self.assertEqual(transport.value(), b"ok")
+        self.assertTrue(transport.disconnecting)
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(state_files(self.root, "tmp"), [])
+
+    def test_newline_stripped(self) -> None:
+        """One trailing newline (C{echo name | nc}) is not part of the name."""
+        protocol, transport = self.connect()
+        self.feed(protocol, b"n.txt\n", bytewise=False)
+        self.feed(protocol, b"data")
+        self.close(protocol)
+        self.assertEqual(self.read("n.txt"), b"data")
+
+    def test_reset_stores_nothing(self) -> None:
+        """A reset mid-stream stores nothing and leaves no temporary file."""
+        protocol, transport = self.connect()
+        self.feed(protocol, b"a.bin", bytewise=False)
+        self.feed(protocol, b"partial data")
+        self.close(protocol, clean=False)
+        self.assertEqual(visible_files(self.root), [])
+        self.assertEqual(state_files(self.root, "tmp"), [])
+
+    def test_empty_file(self) -> None:
+        """Name, C{ok}, then an immediate FIN stores an empty file."""
+        protocol, transport = self.connect()
+        self.feed(protocol, b"empty", bytewise=False)
+        self.close(protocol)
+        self.assertEqual(self.read("empty"), b"")
+
+    def test_bad_name_refused(self) -> None:
+        """A bad classic name gets C{error 400 ...} and the connection closes; nothing stored."""
+        for name in [b"../x", b"a/b", b"..", b"\xff\xfe", b".filexfer"]:
+            protocol, transport = self.connect()
+            self.feed(protocol, name, bytewise=False)
+            self.assertTrue(transport.value().startswith(b"error 40"), (name, transport.value()))
+            self.assertTrue(transport.disconnecting)
+            protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(visible_files(self.root), [])
+
+    def test_state_dir_name_forbidden(self) -> None:
+        """The state directory's name as a classic name is refused with 403."""
+        protocol, transport = self.connect()
+        self.feed(protocol, b".filexfer", bytewise=False)
+        self.assertRefusedWith(transport, 403)
+
+    def test_rename_on_conflict(self) -> None:
+        """A second classic upload of a name is stored under a new name."""
+        for content in (b"one", b"two"):
+            protocol, transport = self.connect()
+            self.feed(protocol, b"same.txt", bytewise=False)
+            self.feed(protocol, content)
+            self.close(protocol)
+        self.assertEqual(self.read("same.txt"), b"one")
+        self.assertEqual(self.read("same (1).txt"), b"two")
+
+
+class PrefixWaitTests(ReceiverTestCase):
+    def test_f_waits_then_is_a_name(self) -> None:
+        """A first chunk C{F} waits 0.5 s for more, then is taken as the classic name C{F}."""
+        for name in (b"F", b"FX"):
+            protocol, transport = self.connect()
+            self.feed(protocol, name, bytewise=False)
+            self.assertEqual(transport.value(), b"")
+            self.clock.advance(PREFIX_WAIT - 0.01)
+            self.assertEqual(transport.value(), b"")
+            self.clock.advance(0.01)
+            self.assertEqual(transport.value(), b"ok")
+            self.feed(protocol, b"content")
+            self.close(protocol)
+            self.assertEqual(self.read(name.decode()), b"content")
+
+    def test_prefix_then_more_is_extended(self) -> None:
+        """C{F}, C{X} and the rest of an FX/1 handshake within the wait are one FX/1 request."""
+        protocol, transport = self.connect()
+        self.feed(protocol, put("x.txt", size=2))
+        self.assertEqual(transport.value(), b"ok 0\n")
+        self.clock.advance(PREFIX_WAIT * 4)
+        self.feed(protocol, b"hi")
+        self.assertEqual(transport.value(), b"ok 0\n" + self.done_line(b"hi", "x.txt"))
+
+    def test_prefix_then_other_bytes_is_seed(self) -> None:
+        """C{F} then C{oo} within the wait is the classic name C{Foo}."""
+        protocol, transport = self.connect()
+        self.feed(protocol, b"F", bytewise=False)
+        self.feed(protocol, b"oo", bytewise=False)
+        self.assertEqual(transport.value(), b"ok")
+        self.clock.advance(PREFIX_WAIT)
+        self.assertEqual(transport.value(), b"ok")
+        self.feed(protocol, b"z")
+        self.close(protocol)
+        self.assertEqual(self.read("Foo"), b"z")
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class ExtendedFormTests(ReceiverTestCase):
+    def test_header_byte_by_byte(self) -> None:
+        """The FX/1 header block fed one byte at a time: silence, then exactly C{ok 0\\n}."""
+        block = put("dir/a b.txt", size=3, mtime_ns=MTIME_NS)
+        protocol, transport = self.connect()
+        self.feed(protocol, block[:-1])
+        self.assertEqual(transport.value(), b"")
+        self.feed(protocol, block[-1:])
+        self.assertEqual(transport.value(), b"ok 0\n")
+
+    def test_crlf_header(self) -> None:
+        """A header block with CRLF line ends is accepted."""
+        protocol, transport = self.connect()
+        self.feed(protocol, b"FX/1 PUT c.txt\r\nSize: 1\r\n\r\n")
+        self.assertEqual(transport.value(), b"ok 0\n")
+
+    def test_finalises_at_size_without_eof(self) -> None:
+        """With Size the file is stored and C{done} sent at exactly Size bytes, no FIN needed."""
+        data = payload(1000)
+        protocol, transport = self.connect()
+        self.feed(protocol, put("sized.bin", size=len(data)))
+        self.feed(protocol, data[:-1])
+        self.assertEqual(visible_files(self.root), [])
+        self.assertEqual(transport.value(), b"ok 0\n")
+        self.feed(protocol, data[-1:])
+        self.assertEqual(transport.value(), b"ok 0\n" + self.done_line(data, "sized.bin"))
+        self.assertEqual(self.read("sized.bin"), data)
+        self.assertTrue(transport.disconnecting)
+
+    def test_without_size_until_half_close(self) -> None:
+        """Without Size the stream ends at the half-close; C{done} carries size, digest, path."""
+        data = payload(5000, seed=3)
+        protocol, transport = self.connect()
+        self.feed(protocol, put("d/no size.bin"))
+        self.feed(protocol, data, bytewise=False)
+        self.assertEqual(transport.value(), b"ok 0\n")
+        protocol.readConnectionLost()
+        self.assertEqual(transport.value(), b"ok 0\n" + self.done_line(data, "d/no size.bin"))
+        reply = _wire.parse_reply(transport.value().split(b"\n")[1])
+        self.assertEqual(reply, _wire.Done(len(data), sha256_bytes(data), "d/no size.bin"))
+
+    def test_done_only_after_durable(self) -> None:
+        """C{done} is sent only once the file is in place (fsync and rename done)."""
+        runner = self.use_manual_runner()
+        protocol, transport = self.connect()
+        self.feed(protocol, put("slow.bin", size=3))
+        self.feed(protocol, b"abc")
+        self.assertEqual(transport.value(), b"ok 0\n")
+        self.assertEqual(visible_files(self.root), [])
+        self.assertEqual(transport.producerState, "paused")
+        runner.run_all()
+        self.assertEqual(transport.value(), b"ok 0\n" + self.done_line(b"abc", "slow.bin"))
+        self.assertEqual(self.read("slow.bin"), b"abc")
+
+    def test_lost_while_finishing(self) -> None:
+        """If the peer vanishes during the final fsync the file is still stored, once."""
+        runner = self.use_manual_runner()
+        protocol, transport = self.connect()
+        self.feed(protocol, put("f.bin", size=3))
+        self.feed(protocol, b"abc")
+        protocol.connectionLost(Failure(ConnectionLost()))
+        runner.run_all()
+        self.assertEqual(visible_files(self.root), ["f.bin"])
+        self.assertEqual(self.factory.limits.open, 0)
+
+    def test_empty_file(self) -> None:
+        """Size 0: C{ok 0} and C{done} at once."""
+        protocol, transport = self.connect()
+        self.feed(protocol, put("zero", size=0))
+        self.assertEqual(transport.value(), b"ok 0\n" + self.done_line(b"", "zero"))
+        self.assertEqual(self.read("zero"), b"")
+
+    def test_sha256_verified(self) -> None:
+        """With SHA256 the bytes are verified: a match is stored, a mismatch is a 422."""
+        protocol, transport = self.connect()
+        self.feed(protocol, put("good", size=3, sha256=sha256_bytes(b"abc")))
+        self.feed(protocol, b"abc")
+        self.assertTrue(transport.value().endswith(self.done_line(b"abc", "good")))
+        protocol, transport = self.connect()
+        self.feed(protocol, put("bad", size=3, sha256=sha256_bytes(b"xyz")))
+        self.feed(protocol, b"abc")
+        self.assertTrue(transport.value().startswith(b"ok 0\nerror 422 "), transport.value())
+        self.assertEqual(visible_files(self.root), ["good"])
+        self.assertEqual(state_files(self.root, "partial"), [])
+
+    def test_data_before_ok(self) -> None:
+        """Bytes right after the header block, before C{ok}, get C{error 400}; nothing stored."""
+        protocol, transport = self.connect()
+        self.feed(protocol, put("early", size=4) + b"data", bytewise=False)
+        self.assertRefusedWith(transport, 400)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(visible_files(self.root), [])
+        self.assertEqual(state_files(self.root, "tmp"), [])
+
+    def test_more_than_size(self) -> None:
+        """More bytes than Size: C{error 422}, nothing stored and nothing kept."""
+        protocol, transport = self.connect()
+        self.feed(protocol, put("over", size=3, mtime_ns=MTIME_NS))
+        self.feed(protocol, b"abcd", bytewise=False)
+        self.assertTrue(transport.value().startswith(b"ok 0\nerror 422 "), transport.value())
+        protocol.readConnectionLost()
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(visible_files(self.root), [])
+        self.assertEqual(state_files(self.root, "partial"), [])
+
+    def test_refused_mid_stream_closes_after_linger(self) -> None:
+        """After a mid-stream refusal, a peer that keeps the connection open is cut off in time."""
+        protocol, transport = self.connect()
+        self.feed(protocol, put("over", size=1))
+        self.feed(protocol, b"ab", bytewise=False)
+        self.assertFalse(transport.disconnecting)
+        self.feed(protocol, b"more bytes the peer had in flight")
+        self.clock.advance(receiver.LINGER)
+        self.assertTrue(transport.disconnecting)
+
+    def test_short_then_eof(self) -> None:
+        """FIN before Size bytes: C{error 422}, the partial is kept and a retry resumes from it."""
+        data = payload(100)
+        protocol, transport = self.connect()
+        self.feed(protocol, put("short.bin", size=100, mtime_ns=MTIME_NS))
+        self.feed(protocol, data[:40], bytewise=False)
+        protocol.readConnectionLost()
+        self.assertTrue(transport.value().startswith(b"ok 0\nerror 422 "), transport.value())
+        self.assertEqual(visible_files(self.root), [])
+        self.assertEqual(len(state_files(self.root, "partial")), 1)
+        protocol.connectionLost(Failure(ConnectionDone()))
+
+        protocol, transport = self.connect()
+        self.feed(protocol, put("short.bin", size=100, mtime_ns=MTIME_NS))
+        self.assertEqual(transport.value(), b"ok 40\n")
+        self.feed(protocol, data[40:], bytewise=False)
+        self.assertEqual(transport.value(), b"ok 40\n" + self.done_line(data, "short.bin"))
+        self.assertEqual(self.read("short.bin"), data)
+
+    def test_connection_lost_mid_stream(self) -> None:
+        """A lost connection leaves nothing under the final name (a resumable partial is kept)."""
+        protocol, transport = self.connect()
+        self.feed(protocol, put("lost.bin", size=10, sha256=sha256_bytes(b"0123456789")))
+        self.feed(protocol, b"01234")
+        protocol.connectionLost(Failure(ConnectionLost()))
+        self.assertEqual(visible_files(self.root), [])
+        self.assertEqual(len(state_files(self.root, "partial")), 1)
+
+        protocol, transport = self.connect()
+        self.feed(protocol, put("plain.bin"))
+        self.feed(protocol, b"01234")
+        protocol.connectionLost(Failure(ConnectionLost()))
+        self.assertEqual(visible_files(self.root), [])
+        self.assertEqual(state_files(self.root, "tmp"), [])
+
+    def test_already_stored(self) -> None:
+        """The exact file already stored: C{ok <size>} then C{done} at once, and close."""
+        data = b"0123456789"
+        digest = sha256_bytes(data)
+        protocol, transport = self.connect()
+        self.feed(protocol, put("same", size=10, sha256=digest))
+        self.feed(protocol, data, bytewise=False)
+        protocol.connectionLost(Failure(ConnectionDone()))
+        for headers in ({"sha256": digest}, {"mtime_ns": None}):
+            if "mtime_ns" in headers:
+                mtime = os.stat(os.path.join(self.root, "same")).st_mtime_ns
+                headers = {"mtime_ns": mtime}
+            protocol, transport = self.connect()
+            self.feed(protocol, put("same", size=10, **headers))
+            self.assertEqual(transport.value(), b"ok 10\n" + self.done_line(data, "same"))
+            self.assertTrue(transport.disconnecting)
+            protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(visible_files(self.root), ["same"])
+
+    def test_storage_refusal(self) -> None:
+        """A storage refusal is sent as C{error <code> <reason>} and the connection closes."""
+        factory = ReceiverFactory(
+            DirectoryStorage(self.root, "refuse", max_size=5), clock=self.clock
+        )
+        protocol, transport = self.connect(factory=factory)
+        self.feed(protocol, put("big", size=6))
+        self.assertRefusedWith(transport, 413)
+        self.assertTrue(transport.disconnecting)
+
+    def test_bad_handshakes(self) -> None:
+        """Garbage handshakes get a 400 line and a close; the next client is served."""
+        for garbage in [
+            b"FX/2 PUT a\n\n",
+            b"FX/1 GET a\n\n",
+            b"FX/1 PUT ../x\n\n",
+            b"FX/1 PUT a\nSize: x\n\n",
+            b"FX/1 PUT a\nSize: 1\nSize: 1\n\n",
+            b"FX/" + b"A" * 9000,
+        ]:
+            protocol, transport = self.connect()
+            self.feed(protocol, garbage, bytewise=False)
+            self.assertRefusedWith(transport, 400)
+            self.assertTrue(transport.disconnecting)
+            protocol.connectionLost(Failure(ConnectionDone()))
+        protocol, transport = self.connect()
+        self.feed(protocol, put("after", size=1) + b"")
+        self.feed(protocol, b"!")
+        self.assertEqual(self.read("after"), b"!")
+        self.assertEqual(self.factory.limits.open, 1)
+
+    def test_unexpected_storage_failure(self) -> None:
+        """A storage bug becomes a 500 for that peer and is logged; the factory goes on."""
+
+        class Broken:
+            def begin(self, *args: object) -> None:
+                raise RuntimeError("disk on fire")
+
+        factory = ReceiverFactory(Broken(), clock=self.clock)  # type: ignore[arg-type]
+        protocol, transport = self.connect(factory=factory)
+        self.feed(protocol, put("a", size=1))
+        self.assertRefusedWith(transport, 500)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_log_line_per_transfer(self) -> None:
+        """Each transfer logs one line with peer, path, bytes, seconds, rate and outcome."""
+        protocol, transport = self.connect()
+        self.feed(protocol, put("logged.txt", size=4))
+        self.clock.advance(2)
+        self.feed(protocol, b"abcd", bytewise=False)
+        lines = [line for line in self.events if "logged.txt" in line]
+        self.assertEqual(len(lines), 1, self.events)
+        self.assertIn("fx/1 192.0.2.10:40000 'logged.txt' 4 bytes in 2.000s", lines[0])
+        self.assertIn("MB/s", lines[0])
+        self.assertIn("stored as 'logged.txt'", lines[0])
+
+
+class TimeoutTests(ReceiverTestCase):
+    factory_options = {"handshake_timeout": 10.0, "idle_timeout": 60.0}
+
+    def test_handshake_timeout(self) -> None:
+        """No complete handshake within the timeout: C{error 408} and close."""
+        protocol, transport = self.connect()
+        self.feed(protocol, b"FX/1 PUT slow")
+        self.clock.advance(9.9)
+        self.assertEqual(transport.value(), b"")
+        self.clock.advance(0.1)
+        self.assertRefusedWith(transport, 408)
+        self.assertTrue(transport.disconnecting)
+
+    def test_silent_peer_times_out(self) -> None:
+        """A peer that sends nothing at all is dropped after the handshake timeout."""
+        protocol, transport = self.connect()
+        self.clock.advance(10)
+        self.assertRefusedWith(transport, 408)
+
+    def test_idle_timeout(self) -> None:
+        """A stream that stalls for the idle timeout gets C{error 408}; the partial is kept."""
+        protocol, transport = self.connect()
+        self.feed(protocol, put("idle.bin", size=10, mtime_ns=MTIME_NS))
+        self.feed(protocol, b"0123")
+        self.clock.advance(59)
+        self.feed(protocol, b"4")  # activity restarts the timer
+        self.clock.advance(59)
+        self.assertEqual(transport.value(), b"ok 0\n")
+        self.clock.advance(1)
+        self.assertTrue(transport.value().startswith(b"ok 0\nerror 408 "), transport.value())
+        self.clock.advance(receiver.LINGER)
+        self.assertTrue(transport.disconnecting)
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(visible_files(self.root), [])
+        self.assertEqual(self.storage.begin("idle.bin", 10, None, MTIME_NS).offset, 5)
+
+    def test_classic_idle_timeout(self) -> None:
+        """A stalled classic upload is dropped without a reply (it already had C{ok})."""
+        protocol, transport = self.connect()
+        self.feed(protocol, b"c.bin", bytewise=False)
+        self.feed(protocol, b"abc")
+        self.clock.advance(60)
+        self.assertEqual(transport.value(), b"ok")
+        self.assertTrue(transport.disconnecting)
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(visible_files(self.root), [])
+
+    def test_no_timers_left(self) -> None:
+        """A finished transfer leaves no delayed calls behind."""
+        protocol, transport = self.connect()
+        self.feed(protocol, put("t", size=1))
+        self.feed(protocol, b"x")
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class TokenTests(ReceiverTestCase):
+    factory_options = {"token": "s3cret"}
+
+    def test_missing_token(self) -> None:
+        """FX/1 without a token is refused with 401."""
+        protocol, transport = self.connect()
+        self.feed(protocol, put("a", size=1))
+        self.assertRefusedWith(transport, 401)
+
+    def test_bad_token(self) -> None:
+        """A wrong token is refused with 401."""
+        protocol, transport = self.connect()
+        self.feed(protocol, put("a", size=1, token="guess"))
+        self.assertRefusedWith(transport, 401)
+
+    def test_classic_refused(self) -> None:
+        """The classic form cannot carry a token: 401."""
+        protocol, transport = self.connect()
+        self.feed(protocol, b"a.txt", bytewise=False)
+        self.assertRefusedWith(transport, 401)
+        self.assertEqual(visible_files(self.root), [])
+
+    def test_good_token(self) -> None:
+        """The right token gets C{ok 0} and the file is stored."""
+        protocol, transport = self.connect()
+        self.feed(protocol, put("a", size=1, token="s3cret"))
+        self.feed(protocol, b"x")
+        self.assertTrue(transport.value().startswith(b"ok 0\ndone 1 "))
+        self.assertEqual(self.read("a"), b"x")
+
+
+class AdmissionTests(ReceiverTestCase):
+    def test_access_policy(self) -> None:
+        """A peer outside the allowed networks gets C{error 403} at once, before any byte."""
+        factory = self.make_factory(access=AccessPolicy(["10.0.0.0/8", "::1/128"]))
+        protocol, transport = self.connect("192.0.2.1", factory=factory)
+        self.assertRefusedWith(transport, 403)
+        self.assertTrue(transport.disconnecting)
+        protocol.connectionLost(Failure(ConnectionDone()))
+        for host in ("10.1.1.1", "::1", "::ffff:10.2.3.4"):
+            protocol, transport = self.connect(host, factory=factory)
+            self.feed(protocol, b"name", bytewise=False)
+            self.assertEqual(transport.value(), b"ok", host)
+
+    def test_connection_limits(self) -> None:
+        """Past the limits peers get C{error 503}; counts return to zero after close."""
+        limits = ConnectionLimits(max_connections=3, max_per_ip=2)
+        factory = self.make_factory(limits=limits)
+        first = self.connect("10.0.0.1", factory=factory)
+        second = self.connect("10.0.0.1", factory=factory)
+        third = self.connect("10.0.0.1", factory=factory)
+        self.assertRefusedWith(third[1], 503)
+        fourth = self.connect("10.0.0.2", factory=factory)
+        fifth = self.connect("10.0.0.3", factory=factory)
+        self.assertRefusedWith(fifth[1], 503)
+        self.assertEqual(limits.open, 3)
+        for protocol, _transport in (first, second, third, fourth, fifth):
+            protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(limits.open, 0)
+        protocol, transport = self.connect("10.0.0.1", factory=factory)
+        self.assertEqual(transport.value(), b"")
+        self.assertFalse(transport.disconnecting)
+
+    def test_serves_others_after_bad_client(self) -> None:
+        """A client that sends garbage and vanishes does not disturb one running alongside."""
+        good, good_transport = self.connect("10.0.0.1")
+        self.feed(good, put("good.bin", size=6))
+        bad, bad_transport = self.connect("10.0.0.2")
+        self.feed(bad, b"\x00\xff garbage\n", bytewise=False)
+        bad.connectionLost(Failure(ConnectionLost()))
+        self.feed(good, b"abcdef")
+        self.assertEqual(self.read("good.bin"), b"abcdef")
+        self.assertEqual(self.factory.limits.open, 1)
+
+    def test_error_reason_is_one_line(self) -> None:
+        """Refusal lines are single lines even when the reason had newlines."""
+        self.assertEqual(
+            _wire.encode_error(TransferError(400, "two\nlines")), b"error 400 two lines\n"
+        )
