@@ -9,15 +9,62 @@ they are given a C{send(datagram)} callable and a clock.
 
 from __future__ import annotations
 
+import socket
 from collections import deque
 from collections.abc import Callable
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from filexfer.tftp._packets import NetasciiEncoder, encode_ack, encode_data
 
 Send = Callable[[bytes], None]
+
+_SOCKET_BUFFER = 4 * 1024 * 1024
+
+
+def make_send(transport: Any, peer: tuple[str, int]) -> Send:
+    """A fast C{send(datagram)} to C{peer} through a UDP C{transport}.
+
+    With a real Twisted UDP port this calls the socket's C{sendto} directly,
+    skipping the per-datagram address validation of C{Port.write}; any other
+    transport (a test fake) is written to.  A full socket buffer or an ICMP
+    error counts as a lost datagram: the retransmission timer recovers.
+    """
+    get_handle = getattr(transport, "getHandle", None)
+    sock = get_handle() if get_handle is not None else None
+    if isinstance(sock, socket.socket):
+        sendto = sock.sendto
+
+        def send(datagram: bytes) -> None:
+            try:
+                sendto(datagram, peer)
+            except OSError:
+                pass
+
+    else:
+        write = transport.write
+
+        def send(datagram: bytes) -> None:
+            try:
+                write(datagram, peer)
+            except OSError:
+                pass
+
+    return send
+
+
+def enlarge_buffers(transport: Any) -> None:
+    """Ask for big socket buffers so a window of large blocks is not dropped."""
+    get_handle = getattr(transport, "getHandle", None)
+    sock = get_handle() if get_handle is not None else None
+    if not isinstance(sock, socket.socket):
+        return
+    for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, option, _SOCKET_BUFFER)
+        except OSError:
+            pass
 
 
 class Retransmitter:

@@ -25,6 +25,9 @@ from filexfer.tftp._engine import (
     FileBlocks,
     NetasciiBlocks,
     Retransmitter,
+    Send,
+    enlarge_buffers,
+    make_send,
 )
 from filexfer.tftp._packets import (
     DEFAULT_BLKSIZE,
@@ -35,6 +38,8 @@ from filexfer.tftp._packets import (
     MIN_BLKSIZE,
     MIN_TIMEOUT,
     NOT_DEFINED,
+    OP_ACK,
+    OP_DATA,
     OPTION_REFUSED,
     UNKNOWN_TID,
     Ack,
@@ -66,7 +71,6 @@ Progress = Callable[[int, int | None], object]
 """C{progress(done_bytes, total_bytes_or_None)}."""
 
 _PROGRESS_STEP = 256 * 1024
-_SOCKET_BUFFER = 4 * 1024 * 1024
 
 
 class TFTPError(Exception):
@@ -126,6 +130,8 @@ def _requested_options(
 class _ClientTransfer(DatagramProtocol):
     """One client transfer on its own port: request phase, then data phase."""
 
+    noisy = False
+
     def __init__(
         self,
         reactor: Any,
@@ -152,15 +158,12 @@ class _ClientTransfer(DatagramProtocol):
         )
         self._reported = 0
 
+        self.send: Send = self._not_pinned
+
     # -- plumbing -------------------------------------------------------------
 
-    def send(self, datagram: bytes) -> None:
-        """Send to the server's transfer port (a full buffer counts as a loss)."""
-        assert self.peer is not None
-        try:
-            self.transport.write(datagram, self.peer)  # type: ignore[union-attr]
-        except OSError:
-            pass
+    def _not_pinned(self, datagram: bytes) -> None:
+        pass
 
     def _send_request(self) -> None:
         try:
@@ -174,6 +177,20 @@ class _ClientTransfer(DatagramProtocol):
 
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
         if self.done:
+            return
+        peer = self.peer
+        if (
+            peer is not None
+            and addr[1] == peer[1]
+            and addr[0] == peer[0]
+            and len(datagram) >= 4
+            and datagram[1] == self.fast_opcode
+            and datagram[0] == 0
+        ):
+            try:
+                self.fast_packet((datagram[2] << 8) | datagram[3], datagram)
+            except OSError as exc:
+                self.abort(NOT_DEFINED, f"local I/O error: {exc}")
             return
         source = (addr[0], addr[1])
         if self.peer is None:
@@ -197,6 +214,7 @@ class _ClientTransfer(DatagramProtocol):
         try:
             if self.peer is None:
                 self.peer = source
+                self.send = make_send(self.transport, source)
                 self.request_timer.stop()
                 self.first_reply(packet)
             else:
@@ -265,6 +283,13 @@ class _ClientTransfer(DatagramProtocol):
 
     # -- for subclasses -----------------------------------------------------
 
+    fast_opcode = -1
+    """Once the transfer runs, packets with this opcode skip L{decode}."""
+
+    def fast_packet(self, block: int, datagram: bytes) -> None:
+        """A datagram with opcode L{fast_opcode} from the server's transfer port."""
+        raise NotImplementedError
+
     def first_reply(self, packet: object) -> None:
         """The server's first answer (OACK, ACK 0 or DATA 1)."""
         raise NotImplementedError
@@ -279,6 +304,8 @@ class _ClientTransfer(DatagramProtocol):
 
 class _Uploader(_ClientTransfer):
     """Send a local file with WRQ."""
+
+    fast_opcode = OP_ACK
 
     def __init__(self, handle: BinaryIO, size: int, netascii: bool, **kw: Any) -> None:
         super().__init__(**kw)
@@ -312,11 +339,12 @@ class _Uploader(_ClientTransfer):
         )
         self.sender.start()
 
+    def fast_packet(self, block: int, datagram: bytes) -> None:
+        if self.sender is not None:
+            self.sender.ack_received(block)
+
     def packet_received(self, packet: object) -> None:
-        if isinstance(packet, Ack):
-            assert self.sender is not None
-            self.sender.ack_received(packet.block)
-        elif not isinstance(packet, OptionAck):  # a repeated OACK is harmless
+        if not isinstance(packet, OptionAck):  # a repeated OACK is harmless
             self.abort(ILLEGAL_OPERATION, f"unexpected {type(packet).__name__}")
 
     def _progress(self, done: int) -> None:
@@ -336,6 +364,8 @@ class _Uploader(_ClientTransfer):
 
 class _Downloader(_ClientTransfer):
     """Receive a remote file with RRQ into a temporary file, then rename it."""
+
+    fast_opcode = OP_DATA
 
     def __init__(self, local_path: str, netascii: bool, **kw: Any) -> None:
         super().__init__(**kw)
@@ -379,11 +409,12 @@ class _Downloader(_ClientTransfer):
         if isinstance(packet, Data):
             self.receiver.data_received(packet.block, packet.payload)
 
+    def fast_packet(self, block: int, datagram: bytes) -> None:
+        if self.receiver is not None:
+            self.receiver.data_received(block, datagram[4:])
+
     def packet_received(self, packet: object) -> None:
-        if isinstance(packet, Data):
-            assert self.receiver is not None
-            self.receiver.data_received(packet.block, packet.payload)
-        elif not isinstance(packet, OptionAck):  # a repeated OACK: the timer re-ACKs
+        if not isinstance(packet, OptionAck):  # a repeated OACK: the timer re-ACKs
             self.abort(ILLEGAL_OPERATION, f"unexpected {type(packet).__name__}")
 
     def _deliver(self, payload: bytes) -> None:
@@ -451,13 +482,7 @@ def _run(
             transfer.done = True
             transfer.cleanup()
             raise
-        sock = getattr(transfer.port, "socket", None)
-        if isinstance(sock, socket.socket):
-            for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-                try:
-                    sock.setsockopt(socket.SOL_SOCKET, option, _SOCKET_BUFFER)
-                except OSError:
-                    pass
+        enlarge_buffers(transfer.port)
         return transfer.result
 
     return _resolve(reactor, host).addCallback(start)

@@ -10,7 +10,6 @@ L{error_code_for}.
 
 from __future__ import annotations
 
-import socket
 from typing import Any, BinaryIO
 
 from twisted.internet.defer import Deferred, DeferredList, succeed
@@ -20,19 +19,27 @@ from twisted.python.failure import Failure
 from filexfer._errors import TransferError
 from filexfer._log import log, log_transfer
 from filexfer.storage import IStorage, IUpload, Receipt
-from filexfer.tftp._engine import BlockReceiver, BlockSender, FileBlocks, NetasciiBlocks
+from filexfer.tftp._engine import (
+    BlockReceiver,
+    BlockSender,
+    FileBlocks,
+    NetasciiBlocks,
+    Send,
+    enlarge_buffers,
+    make_send,
+)
 from filexfer.tftp._packets import (
     ACCESS_VIOLATION,
     DEFAULT_BLKSIZE,
     ILLEGAL_OPERATION,
     MAX_BLKSIZE,
     NOT_DEFINED,
+    OP_ACK,
+    OP_DATA,
     OP_ERROR,
     OP_RRQ,
     OP_WRQ,
     UNKNOWN_TID,
-    Ack,
-    Data,
     Error,
     MalformedPacket,
     Negotiated,
@@ -54,7 +61,6 @@ Address = tuple[str, int]
 MAX_DATAGRAM = MAX_BLKSIZE + 4
 """Pass this as C{maxPacketSize} to C{listenUDP} so that large blocks fit."""
 
-_SOCKET_BUFFER = 4 * 1024 * 1024
 _WRITE_BUFFER = 256 * 1024
 
 
@@ -63,22 +69,13 @@ def _peer_text(addr: Address) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _enlarge_buffers(port: object) -> None:
-    """Ask for big socket buffers so a window of large blocks is not dropped."""
-    sock = getattr(port, "socket", None)
-    if not isinstance(sock, socket.socket):
-        return
-    for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, option, _SOCKET_BUFFER)
-        except OSError:
-            pass
-
-
 class _Transfer(DatagramProtocol):
     """What both kinds of transfer share: the peer (TID) check, sending, ending."""
 
     kind = "tftp"
+    noisy = False
+    fast_opcode = -1
+    """Packets with this opcode skip L{decode} and go to L{fast_packet}."""
 
     def __init__(
         self,
@@ -98,22 +95,35 @@ class _Transfer(DatagramProtocol):
         self.key: tuple[Address, bytes] = (peer, b"")
         self.done = False
         self.outcome = ""
+        self.send: Send = self._not_started
 
     # -- helpers --------------------------------------------------------------
 
-    def send(self, datagram: bytes) -> None:
-        """Send to the peer; a full socket buffer counts as a lost packet."""
-        try:
-            self.transport.write(datagram, self.peer)  # type: ignore[union-attr]
-        except OSError:
-            pass
+    def _not_started(self, datagram: bytes) -> None:
+        pass
+
+    def startProtocol(self) -> None:
+        self.send = make_send(self.transport, self.peer)
+        self.begin()
+
+    def begin(self) -> None:
+        """The port is open: send the first packet."""
+        raise NotImplementedError
+
+    def fast_packet(self, block: int, datagram: bytes) -> None:
+        """A datagram with opcode L{fast_opcode}, at least 4 bytes long."""
+        raise NotImplementedError
 
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
-        if (addr[0], addr[1]) != self.peer:
+        peer = self.peer
+        if addr[0] != peer[0] or addr[1] != peer[1]:
             self._unknown_tid(addr)
             return
         if self.done:
             self.after_done(datagram)
+            return
+        if len(datagram) >= 4 and datagram[1] == self.fast_opcode and datagram[0] == 0:
+            self.fast_packet((datagram[2] << 8) | datagram[3], datagram)
             return
         try:
             packet = decode(datagram)
@@ -219,34 +229,44 @@ class _ReadTransfer(_Transfer):
     ) -> None:
         super().__init__(server, peer, path, settings, timeout)
         self.handle = handle
-        blocks = (NetasciiBlocks if netascii else FileBlocks)(handle, settings.blksize)
+        self.netascii = netascii
+        self.retries = retries
+        self.sender: BlockSender | None = None
+
+    def begin(self) -> None:
+        settings = self.settings
+        blocks = (NetasciiBlocks if self.netascii else FileBlocks)(self.handle, settings.blksize)
         self.sender = BlockSender(
-            clock=server.reactor,
+            clock=self.server.reactor,
             send=self.send,
             next_block=blocks.next_block,
             blksize=settings.blksize,
             windowsize=settings.windowsize,
             timeout=self.timeout,
-            retries=retries,
+            retries=self.retries,
             on_done=self._sent,
             on_timeout=self._timed_out,
         )
-
-    def startProtocol(self) -> None:
-        oack = encode(OptionAck(self.settings.options)) if self.settings.options else None
+        oack = encode(OptionAck(settings.options)) if settings.options else None
         try:
             self.sender.start(oack)
         except OSError as exc:
-            self.finish(f"read error: {exc}", send_error=(NOT_DEFINED, "cannot read the file"))
+            self._read_error(exc)
+
+    fast_opcode = OP_ACK
+
+    def fast_packet(self, block: int, datagram: bytes) -> None:
+        assert self.sender is not None
+        try:
+            self.sender.ack_received(block)
+        except OSError as exc:
+            self._read_error(exc)
 
     def packet_received(self, packet: object) -> None:
-        if isinstance(packet, Ack):
-            try:
-                self.sender.ack_received(packet.block)
-            except OSError as exc:
-                self.finish(f"read error: {exc}", send_error=(NOT_DEFINED, "cannot read the file"))
-        else:
-            self.illegal(packet)
+        self.illegal(packet)  # ACKs took the fast path
+
+    def _read_error(self, exc: OSError) -> None:
+        self.finish(f"read error: {exc}", send_error=(NOT_DEFINED, "cannot read the file"))
 
     def _sent(self) -> None:
         self.finish("ok")
@@ -255,10 +275,11 @@ class _ReadTransfer(_Transfer):
         self.finish("timed out", send_error=(NOT_DEFINED, "timed out"))
 
     def nbytes(self) -> int:
-        return self.sender.acked_bytes
+        return self.sender.acked_bytes if self.sender is not None else 0
 
     def cleanup(self) -> None:
-        self.sender.stop()
+        if self.sender is not None:
+            self.sender.stop()
         self.handle.close()
 
 
@@ -282,35 +303,42 @@ class _WriteTransfer(_Transfer):
         self.upload = upload
         self.decoder = NetasciiDecoder() if netascii else None
         self.buffer = bytearray()
+        self.retries = retries
+        self.receiver: BlockReceiver | None = None
+        self.dally = self.timeout * max(1, retries)
+        self.receipt: Receipt | None = None
+
+    def begin(self) -> None:
+        settings = self.settings
         self.receiver = BlockReceiver(
-            clock=server.reactor,
+            clock=self.server.reactor,
             send=self.send,
             deliver=self._deliver,
             blksize=settings.blksize,
             windowsize=settings.windowsize,
             timeout=self.timeout,
-            retries=retries,
+            retries=self.retries,
             on_last=self._last_block,
             on_timeout=self._timed_out,
         )
-        self.dally = self.timeout * max(1, retries)
-        self.receipt: Receipt | None = None
-
-    def startProtocol(self) -> None:
-        options = self.settings.options
+        options = settings.options
         self.receiver.start(encode(OptionAck(options)) if options else encode_ack(0))
 
+    fast_opcode = OP_DATA
+
+    def fast_packet(self, block: int, datagram: bytes) -> None:
+        assert self.receiver is not None
+        try:
+            self.receiver.data_received(block, datagram[4:])
+        except TransferError as exc:
+            self._refused(exc)
+
     def packet_received(self, packet: object) -> None:
-        if isinstance(packet, Data):
-            try:
-                self.receiver.data_received(packet.block, packet.payload)
-            except TransferError as exc:
-                self._refused(exc)
-        else:
-            self.illegal(packet)
+        self.illegal(packet)  # DATA took the fast path
 
     def after_done(self, datagram: bytes) -> None:
         if self.receipt is not None and datagram[:2] == b"\x00\x03" and len(datagram) >= 4:
+            assert self.receiver is not None
             self.receiver.data_received((datagram[2] << 8) | datagram[3], datagram[4:])
 
     def _deliver(self, payload: bytes) -> None:
@@ -320,8 +348,8 @@ class _WriteTransfer(_Transfer):
         if len(self.buffer) >= _WRITE_BUFFER:
             self._flush()
 
-    def _flush(self) -> None:
-        if self.decoder is not None and self.receiver.complete:
+    def _flush(self, last: bool = False) -> None:
+        if self.decoder is not None and last:
             self.buffer += self.decoder.flush()
         if self.buffer and self.upload.stored is None:
             self.upload.write(bytes(self.buffer))
@@ -329,7 +357,7 @@ class _WriteTransfer(_Transfer):
 
     def _last_block(self) -> None:
         try:
-            self._flush()
+            self._flush(last=True)
         except TransferError as exc:
             self._refused(exc)
             return
@@ -339,6 +367,7 @@ class _WriteTransfer(_Transfer):
         if self.done:
             return
         self.receipt = receipt
+        assert self.receiver is not None
         self.receiver.ack_final()
         self.finish(f"ok stored as {receipt.path!r}", linger=self.dally)
 
@@ -361,10 +390,11 @@ class _WriteTransfer(_Transfer):
         self.finish("timed out", send_error=(NOT_DEFINED, "timed out"))
 
     def nbytes(self) -> int:
-        return self.receiver.received_bytes
+        return self.receiver.received_bytes if self.receiver is not None else 0
 
     def cleanup(self) -> None:
-        self.receiver.stop()
+        if self.receiver is not None:
+            self.receiver.stop()
         if self.receipt is None:
             self.upload.abort(False)
 
@@ -507,7 +537,7 @@ class TFTPServerProtocol(DatagramProtocol):
             self._error(transfer.peer, NOT_DEFINED, "the server cannot open a transfer port")
             log.warn("cannot open a TFTP transfer port: {exc}", exc=exc)
             return
-        _enlarge_buffers(transfer.port)
+        enlarge_buffers(transfer.port)
 
     def forget_request(self, transfer: _Transfer) -> None:
         """A transfer has ended: a repeat of its request is a new request."""
