@@ -181,7 +181,14 @@ class DiskFullTests(unittest.TestCase):
             return upload
 
         storage.begin = begin_on_small_disk  # type: ignore[method-assign]
-        port = reactor.listenTCP(0, ReceiverFactory(storage, clock=reactor), interface=LOOPBACK)
+        closed: defer.Deferred[None] = defer.Deferred()
+
+        class Factory(ReceiverFactory):
+            def release(self, connection: Any) -> None:
+                super().release(connection)
+                closed.callback(None)
+
+        port = reactor.listenTCP(0, Factory(storage, clock=reactor), interface=LOOPBACK)
         self.addCleanup(port.stopListening)
         address = port.getHost()
         source = write_file(os.path.join(root + "-src", "big.bin"), payload(8 * MiB))
@@ -189,5 +196,6 @@ class DiskFullTests(unittest.TestCase):
         with self.assertRaises(ServerRefused) as caught:
             yield send_file(reactor, endpoint, source)
         self.assertEqual(caught.exception.code, 507)
+        yield closed  # the server side closes once the client has read the error
         self.assertEqual(state_files(root, "tmp") + state_files(root, "partial"), [])
         self.assertEqual(visible_files(root), [])

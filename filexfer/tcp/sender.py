@@ -169,9 +169,7 @@ class SenderProtocol(Protocol):
     def _all_sent(self) -> None:
         if self._finished_sending:
             return
-        self._finished_sending = True
-        if self._streaming and self.transport is not None:
-            self.transport.unregisterProducer()  # type: ignore[attr-defined]
+        self._stop_producing()
         if self._sent != self._size:
             self._fail(SendError(f"file changed while sending: {self._sent} of {self._size} bytes"))
         elif self._plain:
@@ -199,9 +197,17 @@ class SenderProtocol(Protocol):
         self.transport.loseConnection()  # type: ignore[union-attr]
 
     def _fail(self, error: Exception) -> None:
+        self._stop_producing()
         if not self.result.called:
             self.result.errback(Failure(error))
         self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def _stop_producing(self) -> None:
+        """No more reads from the file (it is closed once the result fires)."""
+        if not self._finished_sending:
+            self._finished_sending = True
+            if self._streaming:
+                self.transport.unregisterProducer()  # type: ignore[union-attr]
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._timer is not None and self._timer.active():
