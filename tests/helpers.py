@@ -98,14 +98,19 @@ class HalfCloseFakeTransport(iosim.FakeTransport):
         super().reportDisconnect()
 
 
-def connect_in_memory(server: Any, client: Any, clock: Clock | None = None) -> iosim.IOPump:
-    """Connect two protocols with half-close-aware fake transports."""
+def connect_in_memory(
+    server: Any, client: Any, clock: Clock | None = None, greet: bool = True
+) -> iosim.IOPump:
+    """Connect two protocols with half-close-aware fake transports.
+
+    @param greet: pump until quiet right away (iosim's default).
+    """
     server_transport = HalfCloseFakeTransport(
         server, isServer=True, peerAddress=iosim.FakeAddress()
     )
     client_transport = HalfCloseFakeTransport(client, isServer=False)
     return iosim.connect(
-        server, server_transport, client, client_transport, greet=True, clock=clock
+        server, server_transport, client, client_transport, greet=greet, clock=clock
     )
 
 

@@ -84,6 +84,7 @@ class SenderProtocol(Protocol):
         self._sent = 0
         self._buffer = b""
         self._streaming = False
+        self._producing = False
         self._finished_sending = False
         self.result: Deferred[Receipt] = Deferred()
 
@@ -144,6 +145,7 @@ class SenderProtocol(Protocol):
         if offset == self._size:
             self._all_sent()
             return
+        self._producing = True  # first: a real transport pulls the first chunk at once
         self.transport.registerProducer(_FileProducer(self), False)  # type: ignore[union-attr]
 
     def send_next_chunk(self) -> None:
@@ -206,7 +208,8 @@ class SenderProtocol(Protocol):
         """No more reads from the file (it is closed once the result fires)."""
         if not self._finished_sending:
             self._finished_sending = True
-            if self._streaming:
+            if self._producing:  # not registered when nothing was left to send
+                self._producing = False
                 self.transport.unregisterProducer()  # type: ignore[union-attr]
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
