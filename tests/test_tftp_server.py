@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.defer import Deferred
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import Clock
 from twisted.logger import LogEvent, globalLogPublisher
@@ -637,6 +639,37 @@ class WriteRequestTests(unittest.TestCase):
         packets = h.take(port)
         self.assertIsInstance(packets[-1], p.Error)
         self.assertEqual((h.stored("liar"), h.temp_files(), port.closed), (None, [], True))
+
+    def test_less_than_tsize(self) -> None:
+        """Fewer bytes than the announced tsize is an ERROR and nothing is kept."""
+        h = Harness(self)
+        port = h.request(p.WriteRequest(b"short", "octet", {"tsize": "600"}))
+        assert port is not None
+        h.send(port, p.Data(1, b"only this"))
+        packets = h.take(port)
+        self.assertIsInstance(packets[-1], p.Error)
+        self.assertEqual((h.stored("short"), h.temp_files(), port.closed), (None, [], True))
+
+    def test_final_ack_waits_for_durable_store(self) -> None:
+        """With a slow (threaded) finish, the last ACK is sent only once the file is in place."""
+        h = Harness(self)
+        pending: list[tuple[Deferred[Any], Callable[[], Any]]] = []
+
+        def later(work: Callable[[], Any]) -> Deferred[Any]:
+            d: Deferred[Any] = Deferred()
+            pending.append((d, work))
+            return d
+
+        h.storage.run_blocking = later
+        port = h.request(p.WriteRequest(b"slow", "octet"))
+        assert port is not None
+        h.take(port)
+        h.send(port, p.Data(1, b"last"))
+        h.send(port, p.Data(1, b"last"))  # a retransmission while storing
+        self.assertEqual((h.take(port), h.stored("slow")), ([], None))
+        d, work = pending.pop()
+        d.callback(work())
+        self.assertEqual((h.take(port), h.stored("slow")), ([p.Ack(1)], b"last"))
 
     def test_writing_disabled(self) -> None:
         """With allow_write=False a WRQ is ERROR 2."""

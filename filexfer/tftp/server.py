@@ -307,6 +307,7 @@ class _WriteTransfer(_Transfer):
         self.receiver: BlockReceiver | None = None
         self.dally = self.timeout * max(1, retries)
         self.receipt: Receipt | None = None
+        self.finishing = False
 
     def begin(self) -> None:
         settings = self.settings
@@ -361,9 +362,11 @@ class _WriteTransfer(_Transfer):
         except TransferError as exc:
             self._refused(exc)
             return
+        self.finishing = True
         self.upload.finish().addCallbacks(self._stored, self._not_stored)
 
     def _stored(self, receipt: Receipt) -> None:
+        self.finishing = False
         if self.done:
             return
         self.receipt = receipt
@@ -372,6 +375,8 @@ class _WriteTransfer(_Transfer):
         self.finish(f"ok stored as {receipt.path!r}", linger=self.dally)
 
     def _not_stored(self, failure: Failure) -> None:
+        self.finishing = False
+        self.upload.abort(False)
         exc = failure.value
         if isinstance(exc, TransferError):
             self._refused(exc)
@@ -395,7 +400,9 @@ class _WriteTransfer(_Transfer):
     def cleanup(self) -> None:
         if self.receiver is not None:
             self.receiver.stop()
-        if self.receipt is None:
+        if self.receipt is None and not self.finishing:
+            # While finish() runs (maybe in a thread) the upload is storage's:
+            # it either lands complete or storage discards it.
             self.upload.abort(False)
 
 
