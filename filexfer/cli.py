@@ -373,7 +373,10 @@ def _serve(reactor: Any, argv: list[str], err: TextIO) -> Deferred[int]:
     except usage.UsageError as error:
         raise UserError(f"serve: {error}", 2) from None
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)], redirectStandardIO=False)
-    service = make_service(options, reactor)
+    try:
+        service = make_service(options, reactor)
+    except ValueError as error:  # e.g. a --listen description serverFromString cannot parse
+        raise UserError(f"serve: {error}", 2) from None
     try:
         service.startService()
     except CannotListenError as error:

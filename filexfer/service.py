@@ -129,7 +129,10 @@ class Options(usage.Options):
 
     def opt_allow(self, network: str) -> None:
         """Accept only peers in this network (repeatable): 10.0.0.0/8, ::1/128"""
-        AccessPolicy([network])  # raises ValueError for a bad network
+        try:
+            AccessPolicy([network])
+        except ValueError as error:
+            raise usage.UsageError(f"--allow: {error}") from None
         self["allow"].append(network)
 
     def postOptions(self) -> None:
@@ -188,6 +191,7 @@ def make_service(options: Options, reactor: Any) -> MultiService:
         os.path.abspath(options["root"]),
         options["on-conflict"],
         run_blocking=in_thread,
+        run_writes=in_thread,
         min_free=options["min-free"],
         max_size=options["max-size"],
     )
