@@ -191,7 +191,6 @@ def make_service(options: Options, reactor: Any) -> MultiService:
         os.path.abspath(options["root"]),
         options["on-conflict"],
         run_blocking=in_thread,
-        run_writes=in_thread,
         min_free=options["min-free"],
         max_size=options["max-size"],
     )
