@@ -14,10 +14,17 @@ an L{IStorage}; the clock is injected so that timeouts are testable.
 from __future__ import annotations
 
 import hmac
+from typing import Any
 
 from automat import MethodicalMachine
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IAddress, IDelayedCall, IHalfCloseableProtocol, IReactorTime
+from twisted.internet.interfaces import (
+    IAddress,
+    IConsumer,
+    IDelayedCall,
+    IHalfCloseableProtocol,
+    IReactorTime,
+)
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -210,6 +217,9 @@ class ReceiverProtocol(Protocol):
     @_machine.output()
     def _send_ok(self, upload: IUpload) -> None:
         self._upload = upload
+        if IConsumer.providedBy(upload):
+            # storage that writes in the background pauses us while it catches up
+            IConsumer(upload).registerProducer(self.transport, True)  # type: ignore[arg-type]
         if self._form == "tcp":
             self.transport.write(_wire.SEED_OK)  # type: ignore[union-attr]
         else:
@@ -274,17 +284,29 @@ class ReceiverProtocol(Protocol):
         self._disarm()
         if self._upload is not None:
             self._upload.abort(keep_partial=False)  # a no-op once finish() kept a short partial
-        if self._form != "tcp" or self._upload is None:
-            self.transport.write(_wire.encode_error(error))  # type: ignore[union-attr]
         self._log(self._received(), f"refused: {error.code} {error.reason}")
-        if self._upload is not None and self._form != "tcp":
-            # The peer may still be streaming.  Closing with its bytes unread
-            # would reset the connection and could destroy the error line
-            # before the peer reads it, so read and discard until it closes.
-            self.transport.resumeProducing()  # type: ignore[union-attr]
-            self._arm(LINGER)
-        else:
-            self.transport.loseConnection()  # type: ignore[union-attr]
+        if self._form == "tcp" and self._upload is not None:
+            # The classic form has no words after "ok": a reset is the only
+            # way to tell the client that its file was not stored.
+            self.transport.abortConnection()  # type: ignore[union-attr]
+            return
+        self.transport.write(_wire.encode_error(error))  # type: ignore[union-attr]
+        self._close_after_last_words()
+
+    def _close_after_last_words(self) -> None:
+        """Half-close, then read and discard until the peer closes (or LINGER passes).
+
+        Closing with the peer's bytes unread would reset the connection, and
+        a reset can destroy the error line before the peer has read it.
+        """
+        transport: Any = self.transport
+        try:
+            transport.loseWriteConnection()
+        except (AttributeError, NotImplementedError):
+            transport.loseConnection()
+            return
+        transport.resumeProducing()
+        self._arm(LINGER)
 
     @_machine.output()
     def _close(self) -> None:
