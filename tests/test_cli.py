@@ -1,0 +1,199 @@
+"""The C{filexfer} command: argument parsing, file plans, messages, exit codes."""
+
+from __future__ import annotations
+
+import os
+
+from twisted.internet.error import ConnectionRefusedError, DNSLookupError, TimeoutError
+from twisted.python.failure import Failure
+from twisted.trial import unittest
+
+from filexfer.cli import Destination, UserError, describe_failure, files_to_send, parse_destination
+from filexfer.tcp.sender import SendError, ServerRefused
+
+from .helpers import free_port, run_filexfer, write_file
+
+
+class ParseDestinationTests(unittest.TestCase):
+    def test_host_port(self) -> None:
+        """C{HOST:PORT} is TCP with no remote path."""
+        self.assertEqual(
+            parse_destination("127.0.0.1:8000"), Destination("tcp", "127.0.0.1", 8000, "")
+        )
+        self.assertEqual(
+            parse_destination("example.org:1"), Destination("tcp", "example.org", 1, "")
+        )
+
+    def test_remote_dir(self) -> None:
+        """C{HOST:PORT/dir} carries the remote directory."""
+        self.assertEqual(
+            parse_destination("host:9000/hosts/web1"),
+            Destination("tcp", "host", 9000, "hosts/web1"),
+        )
+        self.assertEqual(parse_destination("host:9000/d/"), Destination("tcp", "host", 9000, "d/"))
+
+    def test_ipv6(self) -> None:
+        """C{[::1]:PORT} is an IPv6 address."""
+        self.assertEqual(parse_destination("[::1]:8000"), Destination("tcp", "::1", 8000, ""))
+        self.assertEqual(
+            parse_destination("[fe80::1]:80/x"), Destination("tcp", "fe80::1", 80, "x")
+        )
+
+    def test_tftp(self) -> None:
+        """C{tftp://host:port/name}; without a port TFTP's 69 is used."""
+        self.assertEqual(
+            parse_destination("tftp://10.0.0.1:6969/boot/pxe.0"),
+            Destination("tftp", "10.0.0.1", 6969, "boot/pxe.0"),
+        )
+        self.assertEqual(
+            parse_destination("tftp://host/name"), Destination("tftp", "host", 69, "name")
+        )
+        self.assertEqual(parse_destination("tftp://[::1]/n"), Destination("tftp", "::1", 69, "n"))
+
+    def test_bad(self) -> None:
+        """Bad destinations are usage errors (status 2) with the text in the message."""
+        for text in [
+            "host",
+            "host:",
+            ":80",
+            "host:port",
+            "host:0",
+            "host:70000",
+            "ftp://h:1/x",
+            "",
+            "::1:80",
+        ]:
+            error = self.assertRaises(UserError, parse_destination, text)
+            self.assertEqual(error.status, 2, text)
+
+
+class FilesToSendTests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.base = os.path.abspath(self.mktemp())
+        write_file(os.path.join(self.base, "tree", "a.txt"), b"a")
+        write_file(os.path.join(self.base, "tree", "sub", "b.txt"), b"b")
+        write_file(os.path.join(self.base, "tree", "sub", "deeper", "c.txt"), b"c")
+        write_file(os.path.join(self.base, "single.bin"), b"s")
+
+    def test_single_file(self) -> None:
+        """A file is sent under its basename, below the remote directory if any."""
+        single = os.path.join(self.base, "single.bin")
+        self.assertEqual(list(files_to_send([single], "")), [(single, "single.bin")])
+        self.assertEqual(list(files_to_send([single], "/in/box/")), [(single, "in/box/single.bin")])
+
+    def test_directory(self) -> None:
+        """A directory is walked; relative paths keep the directory's own name."""
+        tree = os.path.join(self.base, "tree")
+        plan = list(files_to_send([tree + "/"], "remote"))
+        self.assertEqual(
+            [remote for _, remote in plan],
+            ["remote/tree/a.txt", "remote/tree/sub/b.txt", "remote/tree/sub/deeper/c.txt"],
+        )
+        for local, remote in plan:
+            self.assertTrue(local.endswith(remote.removeprefix("remote/")))
+
+    def test_missing(self) -> None:
+        """A missing source is an error (status 1) naming it."""
+        missing = os.path.join(self.base, "nope")
+        error = self.assertRaises(UserError, list, files_to_send([missing], ""))
+        self.assertEqual(error.status, 1)
+        self.assertIn("nope", str(error))
+
+
+class DescribeFailureTests(unittest.TestCase):
+    def test_one_liners(self) -> None:
+        """Every kind of failure is described in one line without a traceback."""
+        cases = [
+            (ConnectionRefusedError(), "connection refused"),
+            (DNSLookupError("nowhere"), "resolve"),
+            (TimeoutError(), "timed out"),
+            (ServerRefused(409, "a.txt already exists"), "409 a.txt already exists"),
+            (SendError("connection closed before the server confirmed"), "before the server"),
+            (UserError("x: no such file"), "no such file"),
+            (RuntimeError("multi\nline\n  text"), "multi line text"),
+            (KeyError(), "KeyError"),
+        ]
+        for error, expected in cases:
+            text = describe_failure(Failure(error))
+            self.assertIn(expected, text)
+            self.assertNotIn("\n", text)
+            self.assertNotIn("Traceback", text)
+
+
+class CommandTests(unittest.TestCase):
+    """The command run as a real process (bounded in time)."""
+
+    def assertOneLineError(self, stderr: str) -> None:
+        self.assertNotIn("Traceback", stderr)
+        self.assertEqual(len(stderr.strip().splitlines()), 1, stderr)
+        self.assertTrue(stderr.startswith("filexfer: "), stderr)
+
+    def test_help(self) -> None:
+        """C{filexfer --help} lists the commands and exits 0."""
+        result = run_filexfer("--help")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        for word in ("send", "get", "serve", "--version"):
+            self.assertIn(word, result.stdout)
+
+    def test_send_help(self) -> None:
+        """C{filexfer send --help} documents its options and exits 0."""
+        result = run_filexfer("send", "--help")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        for word in ("--plain", "--token", "--no-progress", "DEST", "HOST:PORT", "tftp://"):
+            self.assertIn(word, result.stdout)
+
+    def test_serve_help(self) -> None:
+        """C{filexfer serve --help} shows the server options and exits 0."""
+        result = run_filexfer("serve", "--help")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        for word in ("--port", "--root", "--listen", "--on-conflict", "--token-file", "--no-tftp"):
+            self.assertIn(word, result.stdout)
+
+    def test_usage_mistakes(self) -> None:
+        """Usage mistakes exit 2 with one line on stderr and no traceback."""
+        single = write_file(os.path.abspath(self.mktemp()), b"x")
+        directory = os.path.dirname(single)
+        for argv in [
+            ("send", single, "not-a-destination"),
+            ("send", single, "host:99999"),
+            ("send", "--plain", directory, "127.0.0.1:1"),
+            ("serve", "--bogus-option"),
+            ("serve", "--on-conflict", "clobber"),
+            ("serve", "--allow", "not-a-network"),
+            ("serve", "--listen", "nonsense:1", "--no-tftp"),
+        ]:
+            result = run_filexfer(*argv)
+            self.assertEqual(result.returncode, 2, (argv, result.stderr))
+            self.assertOneLineError(result.stderr)
+
+    def test_argparse_mistakes(self) -> None:
+        """Mistakes argparse catches exit 2 with its usage line and no traceback."""
+        for argv in [(), ("send",), ("frobnicate",), ("send", "--nope", "a", "b:1")]:
+            result = run_filexfer(*argv)
+            self.assertEqual(result.returncode, 2, argv)
+            self.assertNotIn("Traceback", result.stderr)
+            self.assertIn("error:", result.stderr.strip().splitlines()[-1])
+
+    def test_missing_file(self) -> None:
+        """A missing file exits 1 with one line naming it."""
+        result = run_filexfer("send", "--no-progress", "/nonexistent/file.bin", "127.0.0.1:1")
+        self.assertEqual(result.returncode, 1)
+        self.assertOneLineError(result.stderr)
+        self.assertIn("/nonexistent/file.bin", result.stderr)
+
+    def test_connection_refused(self) -> None:
+        """Nothing listening: exit 1, one line saying the connection was refused."""
+        single = write_file(os.path.abspath(self.mktemp()), b"x")
+        result = run_filexfer("send", "--no-progress", single, f"127.0.0.1:{free_port()}")
+        self.assertEqual(result.returncode, 1)
+        self.assertOneLineError(result.stderr)
+        self.assertIn("connection refused", result.stderr)
+        self.assertEqual(result.stdout, "")
+
+    def test_version(self) -> None:
+        """C{filexfer --version} prints the version and exits 0."""
+        import filexfer
+
+        result = run_filexfer("--version")
+        self.assertEqual(result.returncode, 0)
+        self.assertIn(filexfer.__version__, result.stdout)
