@@ -30,6 +30,15 @@ def put(path: str, **headers: Any) -> bytes:
     return _wire.encode_put(_wire.PutRequest(path, **headers))
 
 
+class HalfClosingTransport(StringTransport):
+    """A StringTransport that, like TCP, can close its write side alone."""
+
+    write_closed = False
+
+    def loseWriteConnection(self) -> None:
+        self.write_closed = True
+
+
 class ReceiverTestCase(unittest.TestCase):
     factory_options: dict[str, Any] = {}
 
@@ -55,12 +64,15 @@ class ReceiverTestCase(unittest.TestCase):
         return self.runner
 
     def connect(
-        self, host: str = "192.0.2.10", factory: ReceiverFactory | None = None
+        self,
+        host: str = "192.0.2.10",
+        factory: ReceiverFactory | None = None,
+        transport_class: type[StringTransport] = StringTransport,
     ) -> tuple[ReceiverProtocol, StringTransport]:
         factory = factory or self.factory
         protocol = factory.buildProtocol(None)
         address = (IPv6Address if ":" in host else IPv4Address)("TCP", host, 40000)
-        transport = StringTransport(peerAddress=address)
+        transport = transport_class(peerAddress=address)
         protocol.makeConnection(transport)
         return protocol, transport
 
@@ -321,13 +333,25 @@ class ExtendedFormTests(ReceiverTestCase):
         self.assertEqual(state_files(self.root, "partial"), [])
 
     def test_refused_mid_stream_closes_after_linger(self) -> None:
-        """After a mid-stream refusal, a peer that keeps the connection open is cut off in time."""
-        protocol, transport = self.connect()
+        """After a mid-stream refusal: half-close, drain, and cut the peer off after LINGER."""
+        protocol, transport = self.connect(transport_class=HalfClosingTransport)
+        assert isinstance(transport, HalfClosingTransport)
         self.feed(protocol, put("over", size=1))
         self.feed(protocol, b"ab", bytewise=False)
+        self.assertTrue(transport.write_closed)
         self.assertFalse(transport.disconnecting)
         self.feed(protocol, b"more bytes the peer had in flight")
         self.clock.advance(receiver.LINGER)
+        self.assertTrue(transport.disconnecting)
+
+    def test_refused_then_peer_closes(self) -> None:
+        """After a refusal and half-close, the peer's FIN closes the connection at once."""
+        protocol, transport = self.connect(transport_class=HalfClosingTransport)
+        assert isinstance(transport, HalfClosingTransport)
+        self.feed(protocol, b"FX/1 PUT ../x\n\n", bytewise=False)
+        self.assertTrue(transport.value().startswith(b"error 400 "))
+        self.assertFalse(transport.disconnecting)
+        protocol.readConnectionLost()
         self.assertTrue(transport.disconnecting)
 
     def test_short_then_eof(self) -> None:
