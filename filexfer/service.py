@@ -21,6 +21,8 @@ from filexfer.tcp.receiver import ReceiverFactory
 
 DEFAULT_PORT = 8000
 DEFAULT_ROOT = "received"
+LISTEN_BACKLOG = 1024
+"""Pending connections the kernel queues for --port (Twisted's default is 50)."""
 
 
 def _size(text: str) -> int:
@@ -155,7 +157,7 @@ class Options(usage.Options):
         """The server endpoint descriptions for the TCP receiver."""
         listen = list(self["listen"])
         if self["port"] is not None:
-            listen.insert(0, f"tcp:{self['port']}")
+            listen.insert(0, f"tcp:{self['port']}:backlog={LISTEN_BACKLOG}")
         return listen
 
     def tftp_port(self) -> int | None:
@@ -191,6 +193,7 @@ def make_service(options: Options, reactor: Any) -> MultiService:
         os.path.abspath(options["root"]),
         options["on-conflict"],
         run_blocking=in_thread,
+        run_writes=in_thread,
         min_free=options["min-free"],
         max_size=options["max-size"],
     )

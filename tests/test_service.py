@@ -36,7 +36,7 @@ class OptionsTests(unittest.TestCase):
         self.assertEqual(options["port"], 8000)
         self.assertEqual(options["root"], "received")
         self.assertEqual(options["on-conflict"], "rename")
-        self.assertEqual(options.endpoints(), ["tcp:8000"])
+        self.assertEqual(options.endpoints(), ["tcp:8000:backlog=1024"])
         self.assertEqual(options.tftp_port(), 8000)
         self.assertIsNone(options["token"])
         self.assertEqual(options["allow"], [])
@@ -51,7 +51,7 @@ class OptionsTests(unittest.TestCase):
     def test_port_and_listen(self) -> None:
         """--port and --listen together listen on both; TFTP follows --port."""
         options = parse("--port", "9001", "--listen", "tcp6:9002")
-        self.assertEqual(options.endpoints(), ["tcp:9001", "tcp6:9002"])
+        self.assertEqual(options.endpoints(), ["tcp:9001:backlog=1024", "tcp6:9002"])
         self.assertEqual(options.tftp_port(), 9001)
         self.assertEqual(parse("-p", "9003", "--tftp-port", "69").tftp_port(), 69)
         self.assertIsNone(parse("--no-tftp").tftp_port())
