@@ -294,6 +294,15 @@ class ClientAgainstFakesTests(unittest.TestCase):
         self.assertIn(("blksize", "1428"), server.requests[0].options)  # type: ignore[union-attr]
 
     @defer.inlineCallbacks
+    def test_hostname(self) -> None:
+        """A host name is resolved before the request is sent."""
+        content = b"resolved"
+        number = self.listen(_PlainServer(content))
+        target = os.path.abspath(self.mktemp())
+        got = yield download(reactor, "localhost", number, "any", target)
+        self.assertEqual(got, len(content))
+
+    @defer.inlineCallbacks
     def test_fallback_upload(self) -> None:
         """A server that answers a WRQ with ACK 0 gets 512-byte blocks, one per ACK."""
         server = _PlainServer()
@@ -351,6 +360,7 @@ class ClientAgainstFakesTests(unittest.TestCase):
             TFTPTimeout,
         )
         self.assertIsInstance(failure, TFTPError)
+        yield _until(lambda: silent.count >= 3)
         self.assertEqual(silent.count, 3)
         self.assertEqual(os.listdir(directory), [])
         self.assertIn("no answer", str(failure))

@@ -62,13 +62,13 @@ class EncodeDecodeTests(unittest.TestCase):
     """encode() and decode() are inverses and decode() fails only with MalformedPacket."""
 
     @given(_packets)
-    @settings(max_examples=300)
+    @settings(max_examples=300, deadline=None)
     def test_round_trip(self, packet: p.Packet) -> None:
         """Every packet survives encode then decode unchanged."""
         self.assertEqual(p.decode(p.encode(packet)), packet)
 
     @given(st.binary(max_size=80))
-    @settings(max_examples=500)
+    @settings(max_examples=500, deadline=None)
     def test_garbage_raises_only_malformed(self, datagram: bytes) -> None:
         """Arbitrary bytes decode to a packet or raise MalformedPacket, nothing else."""
         try:
@@ -80,6 +80,7 @@ class EncodeDecodeTests(unittest.TestCase):
         )
 
     @given(_packets, st.data())
+    @settings(deadline=None)
     def test_truncated_raises_only_malformed(self, packet: p.Packet, data: st.DataObject) -> None:
         """Any prefix of a valid datagram decodes or raises MalformedPacket."""
         datagram = p.encode(packet)
@@ -249,6 +250,7 @@ class NegotiationTests(unittest.TestCase):
         st.integers(8, 65464),
         st.integers(1, 65535),
     )
+    @settings(deadline=None)
     def test_never_exceeds_caps(self, requested: dict[str, str], blk: int, win: int) -> None:
         """Negotiated values never exceed the caps, the RFC ranges, or the request."""
         caps = p.ServerCaps(max_blksize=blk, max_windowsize=win)
@@ -312,7 +314,7 @@ class NetasciiTests(unittest.TestCase):
         self.assertEqual(decoder.flush(), b"\r")
 
     @given(st.binary(max_size=200), st.lists(st.integers(0, 1000), max_size=8))
-    @settings(max_examples=300)
+    @settings(max_examples=300, deadline=None)
     def test_incremental_round_trip(self, data: bytes, cuts: list[int]) -> None:
         """Encoding then decoding in arbitrary chunks gives back the original bytes."""
         encoder = p.NetasciiEncoder()
@@ -322,7 +324,7 @@ class NetasciiTests(unittest.TestCase):
         self.assertEqual(local + decoder.flush(), data)
 
     @given(st.binary(max_size=200), st.lists(st.integers(0, 1000), max_size=8))
-    @settings(max_examples=300)
+    @settings(max_examples=300, deadline=None)
     def test_decode_matches_reference(self, wire: bytes, cuts: list[int]) -> None:
         """Chunked decoding of any bytes (even invalid netascii) matches a byte-wise decoder."""
         decoder = p.NetasciiDecoder()
