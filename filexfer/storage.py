@@ -26,10 +26,12 @@ import stat
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, BinaryIO, Literal, TypeVar
+from typing import Any, BinaryIO, Literal, TypeVar, cast
 
 import attrs
-from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, DeferredList, FirstError, fail, maybeDeferred, succeed
+from twisted.internet.interfaces import IConsumer, IProducer, IPushProducer
+from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
 
 from filexfer._errors import TransferError
@@ -44,6 +46,12 @@ BlockingRunner = Callable[[Callable[[], _T]], "Deferred[_T]"]
 _COMPOUND_SUFFIXES = (".tar.gz", ".tar.bz2", ".tar.xz", ".tar.zst")
 _HASH_CHUNK = 1 << 20
 _MAX_RENAME_TRIES = 10_000
+_QUEUE_HIGH = 8 << 20
+"""Queued bytes of one upload above which its producer (the socket) is paused."""
+_QUEUE_LOW = 2 << 20
+"""Queued bytes below which a paused producer is resumed."""
+_PARALLEL_BATCH = 1 << 20
+"""Batches this large are written and hashed in two threads at once."""
 
 
 @attrs.frozen
@@ -104,6 +112,16 @@ def _hash_file(handle: BinaryIO, limit: int | None = None) -> Any:
     return digest
 
 
+def _write_error(failure: Failure) -> TransferError:
+    """The refusal for a background write that failed."""
+    error = failure.value
+    if isinstance(error, TransferError):
+        return error
+    if isinstance(error, OSError):
+        return _os_error(error, "write")
+    return TransferError(500, f"cannot write: {failure.getErrorMessage()}")
+
+
 def numbered_name(name: str, number: int) -> str:
     """C{report.pdf} -> C{report (1).pdf}; C{a.tar.gz} -> C{a (1).tar.gz}."""
     lower = name.lower()
@@ -134,7 +152,7 @@ def _os_error(exc: OSError, action: str) -> TransferError:
     return TransferError(500, f"cannot {action}: {exc.strerror}")
 
 
-@implementer(IUpload)
+@implementer(IUpload, IConsumer)
 class _Upload:
     """A file being received into the state directory of a L{DirectoryStorage}."""
 
@@ -148,6 +166,7 @@ class _Upload:
         temp_name: str,
         handle: BinaryIO,
         resumable: bool,
+        run_writes: BlockingRunner[Any] | None = None,
     ) -> None:
         self.path = path
         self.expected_size = size
@@ -168,19 +187,115 @@ class _Upload:
         self.received = self.offset
         self.stored: Receipt | None = None
         self._closed = False
+        # Writing and hashing in the background (run_writes): chunks wait in
+        # _queue while one batch is in flight; above _QUEUE_HIGH bytes the
+        # registered producer is paused, so memory stays bounded.
+        self._run_writes = run_writes
+        self._queue: list[bytes] = []
+        self._queued = 0
+        self._in_flight: Deferred[Any] | None = None
+        self._error: TransferError | None = None
+        self._idle_waiters: list[Deferred[None]] = []
+        self._producer: IPushProducer | None = None
+        self._paused = False
+
+    # -- IConsumer: the transport is our producer ------------------------------
+
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
+        """Pause C{producer} (a push producer) while too many bytes wait to be written."""
+        self._producer = cast(IPushProducer, producer)  # a transport: it pauses and resumes
+
+    def unregisterProducer(self) -> None:
+        """Leave the producer alone from now on."""
+        self._producer = None
+        self._paused = False
 
     def write(self, data: bytes) -> None:
+        if self._error is not None:
+            raise self._error
         if self.expected_size is not None and self.received + len(data) > self.expected_size:
             raise TransferError(422, f"more bytes than the announced Size {self.expected_size}")
         self._storage.check_space(len(data))
-        try:
-            self._handle.write(data)
-        except OSError as exc:
-            raise _os_error(exc, "write") from exc
-        self._digest.update(data)
+        if self._run_writes is None:
+            try:
+                self._handle.write(data)
+            except OSError as exc:
+                raise _os_error(exc, "write") from exc
+            self._digest.update(data)
+            self.received += len(data)
+            return
         self.received += len(data)
+        self._queue.append(data)
+        self._queued += len(data)
+        if self._in_flight is None:
+            self._start_batch()
+        elif self._queued >= _QUEUE_HIGH and self._producer is not None and not self._paused:
+            self._paused = True
+            self._producer.pauseProducing()
+
+    def _start_batch(self) -> None:
+        batch, self._queue, self._queued = self._queue, [], 0
+        run = self._run_writes
+        assert run is not None
+        if sum(map(len, batch)) >= _PARALLEL_BATCH:
+            # hashlib and write() both release the GIL: do them side by side
+            both = [run(lambda: self._write_all(batch)), run(lambda: self._hash_all(batch))]
+            done: Deferred[Any] = DeferredList(both, fireOnOneErrback=True, consumeErrors=True)
+        else:
+            done = run(lambda: self._write_and_hash(batch))
+        self._in_flight = done
+        done.addBoth(self._batch_done)
+
+    def _write_all(self, batch: list[bytes]) -> None:
+        for chunk in batch:
+            self._handle.write(chunk)
+
+    def _hash_all(self, batch: list[bytes]) -> None:
+        for chunk in batch:
+            self._digest.update(chunk)
+
+    def _write_and_hash(self, batch: list[bytes]) -> None:
+        self._write_all(batch)
+        self._hash_all(batch)
+
+    def _batch_done(self, result: Any) -> None:
+        self._in_flight = None
+        if isinstance(result, Failure):
+            if isinstance(result.value, FirstError):
+                result = result.value.subFailure
+            self._error = _write_error(result)
+            self._queue, self._queued = [], 0
+        elif self._queue and not self._closed:
+            self._start_batch()
+        if self._paused and (self._error is not None or self._queued < _QUEUE_LOW):
+            self._paused = False
+            if self._producer is not None:
+                self._producer.resumeProducing()  # the next write() raises any error
+        if self._in_flight is None:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    def _idle(self) -> Deferred[None]:
+        """Fires once every queued byte is written and hashed (or failed)."""
+        if self._in_flight is None:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._idle_waiters.append(waiter)
+        return waiter
 
     def finish(self) -> Deferred[Receipt]:
+        self.unregisterProducer()
+        if self._run_writes is None:
+            return self._finish_written()
+        return self._idle().addCallback(lambda _: self._finish_written())
+
+    def _finish_written(self) -> Deferred[Receipt]:
+        if self._closed:
+            return fail(TransferError(500, "the upload was aborted"))
+        if self._error is not None:
+            self.abort(keep_partial=False)
+            return fail(self._error)
         if self.expected_size is not None and self.received < self.expected_size:
             self.abort(keep_partial=True)
             return fail(
@@ -214,6 +329,12 @@ class _Upload:
 
     def abort(self, keep_partial: bool) -> None:
         if self._closed:
+            return
+        self.unregisterProducer()
+        self._queue, self._queued = [], 0
+        if self._in_flight is not None:
+            # a worker thread still writes to the handle: close it afterwards
+            self._idle().addCallback(lambda _: self.abort(keep_partial))
             return
         if keep_partial and self._resumable:
             self._handle.flush()
@@ -257,6 +378,10 @@ class DirectoryStorage:
         C{"refuse"} answers 409.
     @param run_blocking: runs fsync and rename, e.g. in a thread pool;
         by default inline.
+    @param run_writes: runs the writing and hashing of received bytes, e.g.
+        in a thread pool, one batch per upload at a time (in order); the
+        upload then pauses the producer registered with it (L{IConsumer})
+        while more than a few MiB wait.  By default inline, in C{write}.
     @param min_free: bytes of free space to keep; uploads that would eat
         into it are refused with 507.
     @param max_size: largest accepted file, or None.
@@ -268,6 +393,7 @@ class DirectoryStorage:
         on_conflict: ConflictPolicy = "rename",
         *,
         run_blocking: BlockingRunner[Any] = _run_here,
+        run_writes: BlockingRunner[Any] | None = None,
         min_free: int = 0,
         max_size: int | None = None,
     ) -> None:
@@ -276,6 +402,7 @@ class DirectoryStorage:
         self.root = os.path.abspath(os.fspath(root))
         self.on_conflict = on_conflict
         self.run_blocking = run_blocking
+        self.run_writes = run_writes
         self.min_free = min_free
         self.max_size = max_size
         os.makedirs(self.root, exist_ok=True)
@@ -313,7 +440,9 @@ class DirectoryStorage:
         else:
             temp_name = os.path.join("tmp", secrets.token_hex(16))
         handle = self._open_temp(temp_name)
-        return _Upload(self, path, size, sha256, mtime_ns, temp_name, handle, resumable)
+        return _Upload(
+            self, path, size, sha256, mtime_ns, temp_name, handle, resumable, self.run_writes
+        )
 
     def _open_temp(self, temp_name: str) -> BinaryIO:
         full = os.path.join(self._state, temp_name)
