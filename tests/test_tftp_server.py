@@ -671,6 +671,46 @@ class WriteRequestTests(unittest.TestCase):
         d.callback(work())
         self.assertEqual((h.take(port), h.stored("slow")), ([p.Ack(1)], b"last"))
 
+    def test_background_writes_back_pressure(self) -> None:
+        """While background writes lag behind, window ACKs are withheld, then sent."""
+        h = Harness(self)
+        pending: list[tuple[Deferred[Any], Callable[[], Any]]] = []
+
+        def later(work: Callable[[], Any]) -> Deferred[Any]:
+            d: Deferred[Any] = Deferred()
+            pending.append((d, work))
+            return d
+
+        def drain() -> None:
+            for _ in range(10_000):
+                if not pending:
+                    return
+                d, work = pending.pop(0)
+                d.callback(work())
+
+        h.storage.run_writes = later
+        blksize = 65464
+        data = os.urandom(blksize * 200 + 1)
+        chunks = _blocks(data, blksize)
+        port = h.request(p.WriteRequest(b"bp", "octet", {"blksize": str(blksize)}))
+        assert port is not None
+        h.take(port)
+        withheld = None
+        for number, chunk in enumerate(chunks[:-1], start=1):
+            h.send(port, p.Data(number, chunk))
+            if h.take(port) != [p.Ack(number)]:
+                withheld = number
+                break
+        self.assertIsNotNone(withheld, "the storage never pushed back")
+        drain()
+        self.assertEqual(h.take(port), [p.Ack(withheld)])
+        assert withheld is not None
+        for number, chunk in enumerate(chunks[withheld:], start=withheld + 1):
+            h.send(port, p.Data(number, chunk))
+            drain()
+        self.assertEqual(h.stored("bp"), data)
+        self.assertEqual(h.take(port)[-1], p.Ack(len(chunks)))
+
     def test_writing_disabled(self) -> None:
         """With allow_write=False a WRQ is ERROR 2."""
         h = Harness(self, allow_write=False)

@@ -294,6 +294,8 @@ class BlockReceiver:
         self._gap_acked = False
         self._handshake = encode_ack(0)
         self._final_ack: bytes | None = None
+        self._held = False
+        self._ack_withheld = False
         self.complete = False
         self.received_bytes = 0
 
@@ -320,7 +322,10 @@ class BlockReceiver:
             self._since_ack += 1
             if self._since_ack >= self._windowsize:
                 self._since_ack = 0
-                self._send(encode_ack(expected))
+                if self._held:
+                    self._ack_withheld = True
+                else:
+                    self._send(encode_ack(expected))
             self.timer.progress()
         elif self.complete:
             if self._final_ack is not None and block == (expected - 1) & 0xFFFF:
@@ -332,6 +337,17 @@ class BlockReceiver:
                 self._send(encode_ack(expected - 1))
         # else: a duplicate of a block we have; the timer re-ACKs if needed
 
+    def hold(self) -> None:
+        """Back-pressure: withhold window ACKs (the timer still re-ACKs, slowly)."""
+        self._held = True
+
+    def release(self) -> None:
+        """End the back-pressure; send the ACK that was withheld."""
+        self._held = False
+        if self._ack_withheld and not self.complete:
+            self._ack_withheld = False
+            self._send(encode_ack(self._expected - 1))
+
     def ack_final(self) -> None:
         """Acknowledge the final block (after the data is safely stored)."""
         self._final_ack = encode_ack(self._expected - 1)
@@ -339,6 +355,7 @@ class BlockReceiver:
 
     def _resend_ack(self) -> None:
         self._since_ack = 0
+        self._ack_withheld = False
         if self._expected == 1:
             self._send(self._handshake)
         else:

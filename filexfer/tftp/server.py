@@ -13,8 +13,10 @@ from __future__ import annotations
 from typing import Any, BinaryIO
 
 from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.internet.protocol import DatagramProtocol
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from filexfer._errors import TransferError
 from filexfer._log import log, log_transfer
@@ -283,8 +285,14 @@ class _ReadTransfer(_Transfer):
         self.handle.close()
 
 
+@implementer(IPushProducer)
 class _WriteTransfer(_Transfer):
-    """Serve one WRQ: store the blocks through an upload, ACK the last one when durable."""
+    """Serve one WRQ: store the blocks through an upload, ACK the last one when durable.
+
+    When the upload is a consumer (it writes in the background), the transfer
+    registers as its producer: while the storage is behind, window ACKs are
+    withheld, which slows the client down.
+    """
 
     kind = "tftp-wrq"
 
@@ -322,8 +330,23 @@ class _WriteTransfer(_Transfer):
             on_last=self._last_block,
             on_timeout=self._timed_out,
         )
+        if IConsumer.providedBy(self.upload):
+            IConsumer(self.upload).registerProducer(self, True)
         options = settings.options
         self.receiver.start(encode(OptionAck(options)) if options else encode_ack(0))
+
+    def pauseProducing(self) -> None:
+        """The storage is behind: withhold ACKs."""
+        if self.receiver is not None and not self.done:
+            self.receiver.hold()
+
+    def resumeProducing(self) -> None:
+        """The storage caught up."""
+        if self.receiver is not None and not self.done:
+            self.receiver.release()
+
+    def stopProducing(self) -> None:
+        """Nothing to do: the transfer ends through finish() or abort()."""
 
     fast_opcode = OP_DATA
 
@@ -359,6 +382,8 @@ class _WriteTransfer(_Transfer):
     def _last_block(self) -> None:
         try:
             self._flush(last=True)
+            if IConsumer.providedBy(self.upload):
+                IConsumer(self.upload).unregisterProducer()
         except TransferError as exc:
             self._refused(exc)
             return
