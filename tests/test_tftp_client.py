@@ -9,7 +9,7 @@ import socket
 from collections.abc import Callable, Generator
 from typing import Any
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer, reactor, threads
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import Clock
 from twisted.trial import unittest
@@ -256,6 +256,19 @@ class ClientServerTests(unittest.TestCase):
         )
         self.assertEqual(failure.code, p.ACCESS_VIOLATION)
         self.assertFalse(os.path.exists(os.path.join(os.path.dirname(self.root), "escape")))
+
+
+class ThreadedStorageTests(ClientServerTests):
+    """The same round trips with storage writing and storing in the thread pool, as served."""
+
+    def make_server(self, **kwargs: Any) -> TFTPServerProtocol:
+        self.storage = DirectoryStorage(
+            self.root,
+            kwargs.pop("on_conflict", "overwrite"),
+            run_blocking=threads.deferToThread,
+            run_writes=threads.deferToThread,
+        )
+        return TFTPServerProtocol(storage=self.storage, reactor=reactor, **kwargs)
 
 
 class IPv6ClientServerTests(ClientServerTests):
