@@ -152,9 +152,7 @@ class TLSTests(unittest.TestCase):
 
     def test_untrusted_authority_refused(self) -> None:
         """Without --cacert the test authority is not trusted: exit 1, nothing stored."""
-        server, root, _ = self.start_tls_server(
-            [x509.IPAddress(ipaddress.ip_address(LOOPBACK))]
-        )
+        server, root, _ = self.start_tls_server([x509.IPAddress(ipaddress.ip_address(LOOPBACK))])
         result = run_filexfer(
             "send", "--tls", "--no-progress", self.local_file(1024), f"{LOOPBACK}:{server.port}"
         )
