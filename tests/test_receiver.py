@@ -344,6 +344,24 @@ class ExtendedFormTests(ReceiverTestCase):
         self.clock.advance(receiver.LINGER)
         self.assertTrue(transport.disconnecting)
 
+    def test_eof_during_handshake_closes(self) -> None:
+        """A peer that half-closes before finishing its handshake is closed at once."""
+        protocol, transport = self.connect()
+        self.feed(protocol, b"FX/1 PUT a.txt\nSize: 3\n", bytewise=False)
+        protocol.readConnectionLost()
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(transport.value(), b"")
+        self.assertEqual(visible_files(self.root), [])
+
+    def test_short_upload_after_eof_closes_at_once(self) -> None:
+        """422 after the peer's FIN needs no drain: the connection closes without waiting."""
+        protocol, transport = self.connect(transport_class=HalfClosingTransport)
+        self.feed(protocol, put("short.bin", size=10))
+        self.feed(protocol, b"abc", bytewise=False)
+        protocol.readConnectionLost()
+        self.assertIn(b"error 422 ", transport.value())
+        self.assertTrue(transport.disconnecting)
+
     def test_refused_then_peer_closes(self) -> None:
         """After a refusal and half-close, the peer's FIN closes the connection at once."""
         protocol, transport = self.connect(transport_class=HalfClosingTransport)

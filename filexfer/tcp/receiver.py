@@ -67,6 +67,7 @@ class ReceiverProtocol(Protocol):
         self._timer: IDelayedCall | None = None
         self._prefix_timer: IDelayedCall | None = None
         self._prefix_expired = False
+        self._peer_finished = False
         self._form = "tcp"
         self._upload: IUpload | None = None
         self._peer = "?"
@@ -90,6 +91,7 @@ class ReceiverProtocol(Protocol):
         self.data_received(data)
 
     def readConnectionLost(self) -> None:
+        self._peer_finished = True
         self.end_of_stream()
 
     def writeConnectionLost(self) -> None:
@@ -300,6 +302,9 @@ class ReceiverProtocol(Protocol):
         a reset can destroy the error line before the peer has read it.
         """
         transport: Any = self.transport
+        if self._peer_finished:
+            transport.loseConnection()
+            return
         try:
             transport.loseWriteConnection()
         except (AttributeError, NotImplementedError):
@@ -331,15 +336,10 @@ class ReceiverProtocol(Protocol):
         if self._buffer:
             self._log(0, "connection closed during the handshake")
 
-    @_machine.output()
-    def _refuse_bytes_after_size(self, data: bytes) -> None:
-        if data:
-            self.refused(TransferError(422, "more bytes than the announced Size"))
-
     # -- transitions ---------------------------------------------------------------
 
     handshake.upon(data_received, enter=handshake, outputs=[_parse_handshake])
-    handshake.upon(end_of_stream, enter=handshake, outputs=[])
+    handshake.upon(end_of_stream, enter=closed, outputs=[_close])
     handshake.upon(accepted, enter=streaming, outputs=[_send_ok])
     handshake.upon(already_stored, enter=closed, outputs=[_send_ok_and_done])
     handshake.upon(refused, enter=closed, outputs=[_send_error])
@@ -353,7 +353,9 @@ class ReceiverProtocol(Protocol):
     streaming.upon(timed_out, enter=streaming, outputs=[_refuse_timeout])
     streaming.upon(connection_lost, enter=closed, outputs=[_keep_partial])
 
-    finishing.upon(data_received, enter=finishing, outputs=[_refuse_bytes_after_size])
+    # Reading is paused while finishing; bytes beyond Size in the final read
+    # were already refused by the upload (422).
+    finishing.upon(data_received, enter=finishing, outputs=[])
     finishing.upon(end_of_stream, enter=finishing, outputs=[])
     finishing.upon(stored, enter=closed, outputs=[_report_stored])
     finishing.upon(refused, enter=closed, outputs=[_send_error])
