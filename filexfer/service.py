@@ -15,6 +15,7 @@ from twisted.internet import endpoints
 from twisted.internet.threads import deferToThreadPool
 from twisted.python import usage
 
+from filexfer._log import log
 from filexfer.storage import CONFLICT_POLICIES, DirectoryStorage
 from filexfer.tcp._guard import AccessPolicy, ConnectionLimits
 from filexfer.tcp.receiver import ReceiverFactory
@@ -152,6 +153,11 @@ class Options(usage.Options):
             raise usage.UsageError("the token must not be empty")
         if not 8 <= self["tftp-max-blksize"] <= 65464:
             raise usage.UsageError("--tftp-max-blksize must be between 8 and 65464")
+        for description in self["listen"]:
+            try:
+                endpoints.serverFromString(None, description)
+            except Exception as exc:  # any parser's complaint is a usage mistake here
+                raise usage.UsageError(f"bad --listen {description!r}: {exc}") from exc
 
     def endpoints(self) -> list[str]:
         """The server endpoint descriptions for the TCP receiver."""
@@ -214,6 +220,8 @@ def make_service(options: Options, reactor: Any) -> MultiService:
         listening._raiseSynchronously = True  # fail at start-up when the port is taken
         listening.setServiceParent(top)
     tftp_port = options.tftp_port()
+    if tftp_port is None and not options["no-tftp"]:
+        log.warn("TFTP is off: with only --listen, give --tftp-port to serve TFTP")
     if tftp_port is not None:
         from filexfer.tftp.server import TFTPServerProtocol
 

@@ -101,6 +101,13 @@ class OptionsTests(unittest.TestCase):
         )
         self.assertRaises(usage.UsageError, parse, "--allow", "not-a-network")
 
+    def test_bad_listen_is_a_usage_error(self) -> None:
+        """An unparseable --listen, or an ssl: key that does not exist, is a usage error."""
+        for description in ("bogus:1", "tcp:abc", "ssl:8443:privateKey=/no/such/key.pem"):
+            with self.assertRaises(usage.UsageError) as caught:
+                parse("--listen", description)
+            self.assertIn(description, str(caught.exception))
+
     def test_tftp_blksize(self) -> None:
         """--tftp-max-blksize must be within 8..65464."""
         self.assertRaises(usage.UsageError, parse, "--tftp-max-blksize", "7")
