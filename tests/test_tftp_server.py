@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import io
 import os
 from collections.abc import Callable
 from typing import Any
@@ -802,6 +804,39 @@ class MainPortTests(unittest.TestCase):
         self.assertEqual((read.closed, write.closed), (True, True))
         self.assertEqual((h.server.transfers, h.temp_files()), (set(), []))
         self.assertEqual(h.reactor.getDelayedCalls(), [])
+
+    def test_unreadable_file(self) -> None:
+        """A read error while starting sends ERROR 0, closes the port and forgets the transfer."""
+        h = Harness(self)
+        h.put_file("f", b"x" * 100)
+
+        class Broken(io.BytesIO):
+            def read(self, size: int | None = -1) -> bytes:
+                raise OSError(errno.EIO, "I/O error")
+
+        h.storage.open_read = lambda path: (Broken(), 100)  # type: ignore[method-assign,assignment]
+        port = h.request(p.ReadRequest(b"f", "octet"))
+        assert port is not None
+        (error,) = h.take(port)
+        self.assertEqual((error.code, port.closed, h.server.transfers), (0, True, set()))  # type: ignore[union-attr]
+
+    def test_internal_error_contained(self) -> None:
+        """An unexpected exception in a transfer is logged, answered with ERROR 0, and contained."""
+        h = Harness(self)
+        port = h.request(p.WriteRequest(b"w", "octet"))
+        assert port is not None
+        h.take(port)
+        upload = next(iter(h.server.transfers)).upload  # type: ignore[attr-defined]
+
+        def explode() -> Any:
+            raise RuntimeError("boom")
+
+        upload.finish = explode
+        h.send(port, p.Data(1, b"short"))
+        (error,) = h.take(port)
+        self.assertEqual((error.code, port.closed), (0, True))  # type: ignore[union-attr]
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(h.temp_files(), [])
 
     def test_bad_caps_rejected(self) -> None:
         """max_blksize and max_windowsize outside the RFC ranges are refused."""

@@ -117,6 +117,13 @@ class _Transfer(DatagramProtocol):
         raise NotImplementedError
 
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        try:
+            self._received(datagram, addr)
+        except Exception:
+            log.failure("unexpected error in a TFTP transfer with {peer}", peer=self.peer)
+            self.finish("internal error", send_error=(NOT_DEFINED, "internal server error"))
+
+    def _received(self, datagram: bytes, addr: Any) -> None:
         peer = self.peer
         if addr[0] != peer[0] or addr[1] != peer[1]:
             self._unknown_tid(addr)
@@ -387,8 +394,9 @@ class _WriteTransfer(_Transfer):
         except TransferError as exc:
             self._refused(exc)
             return
+        finishing = self.upload.finish()
         self.finishing = True
-        self.upload.finish().addCallbacks(self._stored, self._not_stored)
+        finishing.addCallbacks(self._stored, self._not_stored)
 
     def _stored(self, receipt: Receipt) -> None:
         self.finishing = False
@@ -568,6 +576,9 @@ class TFTPServerProtocol(DatagramProtocol):
             transfer.cleanup()
             self._error(transfer.peer, NOT_DEFINED, "the server cannot open a transfer port")
             log.warn("cannot open a TFTP transfer port: {exc}", exc=exc)
+            return
+        if transfer.done:  # it ended while starting (e.g. the file could not be read)
+            transfer.close()
             return
         enlarge_buffers(transfer.port)
 
