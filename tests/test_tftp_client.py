@@ -380,6 +380,18 @@ class ClientAgainstFakesTests(unittest.TestCase):
         self.assertEqual(os.listdir(directory), [])
         self.assertIn("no answer", str(failure))
 
+    @defer.inlineCallbacks
+    def test_cancel(self) -> None:
+        """Cancelling a download fails it, removes the temporary file and closes the port."""
+        number = self.listen(_Silent())
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        d = download(reactor, "127.0.0.1", number, "f", os.path.join(directory, "x"))
+        d.cancel()
+        failure = yield self.assertFailure(d, TFTPError, defer.CancelledError)
+        self.assertIn("cancelled", str(failure))
+        self.assertEqual(os.listdir(directory), [])
+
     def test_bad_arguments(self) -> None:
         """Out-of-range blksize, windowsize or mode are ValueErrors before anything is sent."""
         for kwargs in ({"blksize": 7}, {"windowsize": 0}, {"mode": "mail"}, {"timeout": 0}):

@@ -157,7 +157,6 @@ class _ClientTransfer(DatagramProtocol):
             reactor, timeout, retries, self._send_request, self._no_answer
         )
         self._reported = 0
-
         self.send: Send = self._not_pinned
 
     # -- plumbing -------------------------------------------------------------
@@ -176,6 +175,12 @@ class _ClientTransfer(DatagramProtocol):
         self.request_timer.progress()
 
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        try:
+            self._received(datagram, addr)
+        except Exception as exc:  # a bug, not the network: fail the transfer with it
+            self.fail(exc)
+
+    def _received(self, datagram: bytes, addr: Any) -> None:
         if self.done:
             return
         peer = self.peer
@@ -254,7 +259,7 @@ class _ClientTransfer(DatagramProtocol):
     def succeed(self, nbytes: int) -> None:
         """The transfer completed."""
         self._end()
-        self.closed().addCallback(lambda _: self.result.callback(nbytes))
+        self.closed().addCallback(self._callback, nbytes)
 
     def fail(self, exc: Exception) -> None:
         """The transfer failed."""
@@ -263,6 +268,10 @@ class _ClientTransfer(DatagramProtocol):
         self._end()
         failure = Failure(exc)
         self.closed().addCallback(lambda _: self._errback(failure))
+
+    def _callback(self, _: object, nbytes: int) -> None:
+        if not self.result.called:
+            self.result.callback(nbytes)
 
     def _errback(self, failure: Failure) -> None:
         if not self.result.called:
