@@ -45,7 +45,7 @@ def make_certificates(folder: str, names: list[x509.GeneralName]) -> tuple[str, 
 
     @return: paths of (authority certificate, server key, server certificate).
     """
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_cert = (
         x509.CertificateBuilder()
