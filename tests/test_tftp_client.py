@@ -382,15 +382,15 @@ class ClientAgainstFakesTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_cancel(self) -> None:
-        """Cancelling a download fails it, removes the temporary file and closes the port."""
+        """Cancelling a download fails it, removes the temporary file and stops its timers."""
         number = self.listen(_Silent())
         directory = os.path.abspath(self.mktemp())
         os.makedirs(directory)
         d = download(reactor, "127.0.0.1", number, "f", os.path.join(directory, "x"))
         d.cancel()
-        failure = yield self.assertFailure(d, TFTPError, defer.CancelledError)
-        self.assertIn("cancelled", str(failure))
+        yield self.assertFailure(d, TFTPError, defer.CancelledError)
         self.assertEqual(os.listdir(directory), [])
+        # (trial's dirty-reactor check fails the test if a retransmission timer is left)
 
     def test_bad_arguments(self) -> None:
         """Out-of-range blksize, windowsize or mode are ValueErrors before anything is sent."""
