@@ -16,7 +16,7 @@ import os
 import platform
 import shutil
 import signal
-import socket
+import socket  # noqa: F401 - re-exported for the scripts (c.socket)
 import statistics
 import subprocess
 import sys

@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import hashlib
 import os
+import select
+import threading
 from collections.abc import Callable
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
+from twisted.internet import tcp
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
     IDelayedCall,
     IPullProducer,
+    IReactorThreads,
     IReactorTime,
     IStreamClientEndpoint,
 )
@@ -28,6 +32,13 @@ from filexfer.storage import Receipt
 from filexfer.tcp import _wire
 
 CHUNK_SIZE = 256 * 1024
+_SENDFILE_MAX = 8 << 20
+"""Bytes per C{sendfile} call (the kernel sends what the socket takes)."""
+_HASH_READ = 1 << 20
+_REPORT_EVERY = 4 << 20
+"""Progress reports from the sending thread, in bytes."""
+_POLL_MS = 100
+"""How long a blocked sending thread waits before it checks whether to stop."""
 
 Progress = Callable[[int, int], None]
 """Called as C{progress(bytes_done, total_bytes)} while a file is sent."""
@@ -60,8 +71,110 @@ class _FileProducer:
         self._protocol.stop_streaming()
 
 
+class _ThreadedSend:
+    """Streams a byte range of a file to a plain TCP socket off the reactor thread.
+
+    One thread pushes the bytes with C{os.sendfile} (no copy through Python),
+    another hashes them (hashlib releases the GIL); each works on its own
+    duplicates of the descriptors, so closing the file or the connection on
+    the reactor thread never pulls a descriptor from under a thread.  The
+    threads report back with C{callFromThread}; L{stop} makes them quit
+    within L{_POLL_MS}.
+    """
+
+    def __init__(
+        self,
+        reactor: IReactorThreads,
+        sock_fd: int,
+        file_fd: int,
+        start: int,
+        end: int,
+        digest: Any,
+        progress: Callable[[int], None],
+        finished: Callable[[int, int, BaseException | None], None],
+    ) -> None:
+        self._reactor = reactor
+        self._start = start
+        self._end = end
+        self._digest = digest
+        self._progress = progress
+        self._finished = finished
+        self._stopped = threading.Event()
+        self._results: dict[str, int] = {}
+        self._error: BaseException | None = None
+        sock, send_file, hash_file = os.dup(sock_fd), os.dup(file_fd), os.dup(file_fd)
+        reactor.callInThread(self._send, sock, send_file)
+        reactor.callInThread(self._hash, hash_file)
+
+    def stop(self) -> None:
+        """Ask both threads to quit (they close their descriptors as they go)."""
+        self._stopped.set()
+
+    def _send(self, sock: int, handle: int) -> None:
+        position = self._start
+        reported = position
+        error: BaseException | None = None
+        try:
+            poller = select.poll()
+            poller.register(sock, select.POLLOUT)
+            while position < self._end and not self._stopped.is_set():
+                try:
+                    sent = os.sendfile(
+                        sock, handle, position, min(_SENDFILE_MAX, self._end - position)
+                    )
+                except BlockingIOError:
+                    poller.poll(_POLL_MS)
+                    continue
+                if sent == 0:
+                    break  # the file is shorter than it was
+                position += sent
+                if position - reported >= _REPORT_EVERY or position == self._end:
+                    reported = position
+                    self._reactor.callFromThread(self._progress, position)
+        except BaseException as exc:  # reported on the reactor thread
+            error = exc
+        finally:
+            os.close(sock)
+            os.close(handle)
+        self._reactor.callFromThread(self._one_done, "sent", position, error)
+
+    def _hash(self, handle: int) -> None:
+        position = self._start
+        error: BaseException | None = None
+        try:
+            while position < self._end and not self._stopped.is_set():
+                chunk = os.pread(handle, min(_HASH_READ, self._end - position), position)
+                if not chunk:
+                    break
+                self._digest.update(chunk)
+                position += len(chunk)
+        except BaseException as exc:  # reported on the reactor thread
+            error = exc
+        finally:
+            os.close(handle)
+        self._reactor.callFromThread(self._one_done, "hashed", position, error)
+
+    def _one_done(self, what: str, position: int, error: BaseException | None) -> None:
+        self._results[what] = position
+        self._error = self._error or error
+        if len(self._results) == 2:
+            self._finished(self._results["sent"], self._results["hashed"], self._error)
+
+
+def _socket_fd(transport: object) -> int | None:
+    """The descriptor of a plain (not TLS) TCP connection, else None."""
+    if isinstance(transport, tcp.Connection) and not getattr(transport, "TLS", False):
+        return transport.fileno()
+    return None
+
+
 class SenderProtocol(Protocol):
-    """Sends one file: handshake, wait for C{ok}, stream, wait for C{done}."""
+    """Sends one file: handshake, wait for C{ok}, stream, wait for C{done}.
+
+    Over plain TCP on a reactor with threads, the bytes go out with
+    C{sendfile} and are hashed in a second thread (L{_ThreadedSend}); over
+    TLS, or in memory, a pull producer sends a chunk at a time.
+    """
 
     def __init__(
         self,
@@ -86,6 +199,8 @@ class SenderProtocol(Protocol):
         self._streaming = False
         self._producing = False
         self._finished_sending = False
+        self._threaded: _ThreadedSend | None = None
+        self._early_done: _wire.Done | None = None
         self.result: Deferred[Receipt] = Deferred()
 
     def connectionMade(self) -> None:
@@ -132,6 +247,8 @@ class SenderProtocol(Protocol):
                 self._start_streaming(reply.offset)
         elif isinstance(reply, _wire.Done) and self._finished_sending:
             self._check_receipt(reply)
+        elif isinstance(reply, _wire.Done) and self._threaded is not None:
+            self._early_done = reply  # the hashing thread has yet to report
         else:
             self._fail(SendError(f"unexpected reply from server: {line[:80]!r}"))
 
@@ -144,6 +261,19 @@ class SenderProtocol(Protocol):
         self._report_progress()
         if offset == self._size:
             self._all_sent()
+            return
+        sock_fd = _socket_fd(self.transport)
+        if sock_fd is not None and IReactorThreads.providedBy(self._clock):
+            self._threaded = _ThreadedSend(
+                cast(IReactorThreads, self._clock),
+                sock_fd,
+                self._handle.fileno(),
+                offset,
+                self._size,
+                self._digest,
+                self._sent_by_thread,
+                self._threads_finished,
+            )
             return
         self._producing = True  # first: a real transport pulls the first chunk at once
         self.transport.registerProducer(_FileProducer(self), False)  # type: ignore[union-attr]
@@ -163,6 +293,24 @@ class SenderProtocol(Protocol):
         self._report_progress()
         if self._sent >= self._size:
             self._all_sent()
+
+    def _sent_by_thread(self, position: int) -> None:
+        self._sent = position
+        self._still_alive()
+        self._report_progress()
+
+    def _threads_finished(self, sent: int, hashed: int, error: BaseException | None) -> None:
+        self._threaded = None
+        if self._finished_sending:
+            return  # stopped: the result is settled already
+        if error is not None:
+            self._fail(SendError(f"sending failed: {error}"))
+            return
+        self._sent = min(sent, hashed)
+        self._all_sent()
+        early, self._early_done = self._early_done, None
+        if early is not None and not self.result.called:
+            self._check_receipt(early)
 
     def stop_streaming(self) -> None:
         """The transport gave up on us."""
@@ -206,6 +354,8 @@ class SenderProtocol(Protocol):
 
     def _stop_producing(self) -> None:
         """No more reads from the file (it is closed once the result fires)."""
+        if self._threaded is not None:
+            self._threaded.stop()
         if not self._finished_sending:
             self._finished_sending = True
             if self._producing:  # not registered when nothing was left to send
@@ -215,6 +365,8 @@ class SenderProtocol(Protocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
+        if self._threaded is not None:
+            self._threaded.stop()
         self._finished_sending = True
         if self.result.called:
             return

@@ -1,0 +1,46 @@
+"""Every benchmark script still runs: a tiny C{--smoke} pass of each (not a measurement)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from twisted.trial import unittest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TIMEOUT = 120
+
+
+def run_bench(script: str) -> subprocess.CompletedProcess[str]:
+    """Run C{bench/<script> --smoke} from the repository root, bounded in time."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in [ROOT, env.get("PYTHONPATH", "")] if p)
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, "bench", script), "--smoke"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+
+
+class BenchSmokeTests(unittest.TestCase):
+    def check(self, script: str, results: int) -> None:
+        result = run_bench(script)
+        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+        lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
+        self.assertGreaterEqual(len(lines), results, result.stdout + result.stderr)
+
+    def test_tcp(self) -> None:
+        """bench/tcp.py --smoke: socat and filexfer both move a small file; a result is printed."""
+        self.check("tcp.py", 2)
+
+    def test_concurrent(self) -> None:
+        """bench/concurrent.py --smoke: parallel big and many small uploads print results."""
+        self.check("concurrent.py", 2)
+
+    def test_tftp(self) -> None:
+        """bench/tftp.py --smoke: all five TFTP pairings download intact; results are printed."""
+        self.check("tftp.py", 3)
