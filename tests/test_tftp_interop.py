@@ -186,7 +186,7 @@ class PeersAgainstOurServerTests(_Tools):
         self.assertEqual(_digest(target), _digest(source))
 
 
-class CurlOverIPv6Tests(PeersAgainstOurServerTests):
+class PeersOverIPv6Tests(PeersAgainstOurServerTests):
     """The same peers against our server listening on ::1."""
 
     host = "::1"
