@@ -9,7 +9,8 @@ import socket
 from collections.abc import Callable, Generator
 from typing import Any
 
-from twisted.internet import defer, reactor, threads
+from twisted.internet import defer, threads
+from twisted.internet import reactor as _reactor
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import Clock
 from twisted.trial import unittest
@@ -18,6 +19,8 @@ import filexfer.tftp
 from filexfer.storage import DirectoryStorage
 from filexfer.tftp import TFTPError, TFTPServerProtocol, TFTPTimeout, download, upload
 from filexfer.tftp import _packets as p
+
+reactor: Any = _reactor
 
 
 def _sha256(path: str) -> str:
@@ -132,40 +135,40 @@ class ClientServerTests(unittest.TestCase):
         self.assertEqual(_sha256(target), _sha256(source))
         self.assertEqual(sorted(os.listdir(self.local)), sorted([f"src-{size}", f"back-{size}"]))
 
-    def test_empty(self) -> None:
+    def test_empty(self) -> defer.Deferred[None]:
         """A 0-byte file goes up and comes back."""
         return self.round_trip(0)
 
-    def test_one_byte(self) -> None:
+    def test_one_byte(self) -> defer.Deferred[None]:
         """A 1-byte file goes up and comes back."""
         return self.round_trip(1)
 
-    def test_exactly_512(self) -> None:
+    def test_exactly_512(self) -> defer.Deferred[None]:
         """Exactly 512 bytes (one classic block) round-trips."""
         return self.round_trip(512, blksize=512, windowsize=1)
 
-    def test_exact_blocks_default(self) -> None:
+    def test_exact_blocks_default(self) -> defer.Deferred[None]:
         """A whole number of default blocks round-trips (final empty block)."""
         return self.round_trip(1428 * 16)
 
-    def test_few_megabytes(self) -> None:
+    def test_few_megabytes(self) -> defer.Deferred[None]:
         """A few MB round-trip with the default options."""
         return self.round_trip(3 * 1024 * 1024 + 7)
 
-    def test_classic_options(self) -> None:
+    def test_classic_options(self) -> defer.Deferred[None]:
         """blksize 512 and windowsize 1 (plain lock-step) round-trip."""
         return self.round_trip(200_000, blksize=512, windowsize=1)
 
-    def test_big_blocks(self) -> None:
+    def test_big_blocks(self) -> defer.Deferred[None]:
         """The largest blksize with a window round-trips."""
         return self.round_trip(1_000_000, blksize=65464, windowsize=4)
 
-    def test_tiny_blocks_big_window(self) -> None:
+    def test_tiny_blocks_big_window(self) -> defer.Deferred[None]:
         """Tiny blocks with a wide window round-trip."""
         return self.round_trip(50_000, blksize=8, windowsize=64)
 
     @defer.inlineCallbacks
-    def test_server_caps_lower_options(self) -> None:
+    def test_server_caps_lower_options(self) -> Generator[Any, Any, None]:
         """A server capping blksize and windowsize still serves the file correctly."""
         yield self._stop()
         self.server = self.make_server(max_blksize=1000, max_windowsize=2)
@@ -174,7 +177,7 @@ class ClientServerTests(unittest.TestCase):
         yield self.round_trip(100_000, blksize=4096, windowsize=32)
 
     @defer.inlineCallbacks
-    def test_progress(self) -> None:
+    def test_progress(self) -> Generator[Any, Any, None]:
         """progress() is called with growing counts, and the total from tsize on download."""
         data = os.urandom(1_000_000)
         source = self.write_local("p", data)
@@ -194,7 +197,7 @@ class ClientServerTests(unittest.TestCase):
             self.assertGreater(len(calls), 2)
 
     @defer.inlineCallbacks
-    def test_netascii(self) -> None:
+    def test_netascii(self) -> Generator[Any, Any, None]:
         """A netascii upload and download keep local newlines and CRs intact."""
         text = b"line one\nline two\r\nbare\rend\n" * 100
         source = self.write_local("t.txt", text)
@@ -208,7 +211,7 @@ class ClientServerTests(unittest.TestCase):
             self.assertEqual(handle.read(), text)
 
     @defer.inlineCallbacks
-    def test_concurrent(self) -> None:
+    def test_concurrent(self) -> Generator[Any, Any, None]:
         """Several uploads and downloads at once all complete intact."""
         sources = [self.write_local(f"c{i}", os.urandom(300_000 + i)) for i in range(4)]
         yield defer.gatherResults(
@@ -222,7 +225,7 @@ class ClientServerTests(unittest.TestCase):
             self.assertEqual(_sha256(source), _sha256(target))
 
     @defer.inlineCallbacks
-    def test_missing_file(self) -> None:
+    def test_missing_file(self) -> Generator[Any, Any, None]:
         """A missing file fails with TFTPError 1, one clear line, and leaves nothing behind."""
         target = os.path.join(self.local, "never")
         failure = yield self.assertFailure(
@@ -234,7 +237,7 @@ class ClientServerTests(unittest.TestCase):
         self.assertEqual(os.listdir(self.local), [])
 
     @defer.inlineCallbacks
-    def test_refused_upload(self) -> None:
+    def test_refused_upload(self) -> Generator[Any, Any, None]:
         """An upload the server refuses (name exists, refuse policy) fails with TFTPError 6."""
         yield self._stop()
         self.server = self.make_server(on_conflict="refuse")
@@ -248,7 +251,7 @@ class ClientServerTests(unittest.TestCase):
         self.assertEqual(failure.code, p.FILE_EXISTS)
 
     @defer.inlineCallbacks
-    def test_escaping_name(self) -> None:
+    def test_escaping_name(self) -> Generator[Any, Any, None]:
         """An upload to ../name fails with TFTPError 2 and creates nothing."""
         source = self.write_local("e", b"e")
         failure = yield self.assertFailure(
@@ -296,7 +299,7 @@ class ClientAgainstFakesTests(unittest.TestCase):
         )
 
     @defer.inlineCallbacks
-    def test_fallback_download(self) -> None:
+    def test_fallback_download(self) -> Generator[Any, Any, None]:
         """A server that ignores options (DATA 1 instead of OACK) is read in 512-byte blocks."""
         content = os.urandom(512 * 5 + 100)
         server = _PlainServer(content)
@@ -309,7 +312,7 @@ class ClientAgainstFakesTests(unittest.TestCase):
         self.assertIn(("blksize", "1428"), server.requests[0].options)  # type: ignore[union-attr]
 
     @defer.inlineCallbacks
-    def test_hostname(self) -> None:
+    def test_hostname(self) -> Generator[Any, Any, None]:
         """A host name is resolved before the request is sent."""
         content = b"resolved"
         number = self.listen(_PlainServer(content))
@@ -318,7 +321,7 @@ class ClientAgainstFakesTests(unittest.TestCase):
         self.assertEqual(got, len(content))
 
     @defer.inlineCallbacks
-    def test_fallback_upload(self) -> None:
+    def test_fallback_upload(self) -> Generator[Any, Any, None]:
         """A server that answers a WRQ with ACK 0 gets 512-byte blocks, one per ACK."""
         server = _PlainServer()
         number = self.listen(server)
@@ -332,7 +335,7 @@ class ClientAgainstFakesTests(unittest.TestCase):
         self.assertEqual(b"".join(server.received), data)
 
     @defer.inlineCallbacks
-    def test_bad_oack_refused(self) -> None:
+    def test_bad_oack_refused(self) -> Generator[Any, Any, None]:
         """An OACK with a larger blksize than asked gets ERROR 8 and fails with TFTPError 8."""
         server = _PlainServer(oack=p.encode(p.OptionAck({"blksize": "9000"})))
         number = self.listen(server)
@@ -346,7 +349,7 @@ class ClientAgainstFakesTests(unittest.TestCase):
         self.assertFalse(os.path.exists(target))
 
     @defer.inlineCallbacks
-    def test_unknown_tid(self) -> None:
+    def test_unknown_tid(self) -> Generator[Any, Any, None]:
         """DATA from a second port gets ERROR 5 and does not disturb the download."""
         content = os.urandom(2000)
         server = _PlainServer(content)
@@ -363,7 +366,7 @@ class ClientAgainstFakesTests(unittest.TestCase):
         self.assertEqual([e.code for e in intruder.errors], [p.UNKNOWN_TID])
 
     @defer.inlineCallbacks
-    def test_timeout(self) -> None:
+    def test_timeout(self) -> Generator[Any, Any, None]:
         """A server that never answers fails with TFTPTimeout after the retries; no file left."""
         silent = _Silent()
         number = self.listen(silent)
@@ -381,7 +384,7 @@ class ClientAgainstFakesTests(unittest.TestCase):
         self.assertIn("no answer", str(failure))
 
     @defer.inlineCallbacks
-    def test_cancel(self) -> None:
+    def test_cancel(self) -> Generator[Any, Any, None]:
         """Cancelling a download fails it, removes the temporary file and stops its timers."""
         number = self.listen(_Silent())
         directory = os.path.abspath(self.mktemp())

@@ -15,7 +15,8 @@ import socket
 from collections.abc import Generator, Sequence
 from typing import Any
 
-from twisted.internet import defer, error, protocol, reactor
+from twisted.internet import defer, error, protocol
+from twisted.internet import reactor as _reactor
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
@@ -25,6 +26,8 @@ from filexfer.tftp import _packets as p
 
 PROCESS_TIMEOUT = 30.0
 _SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
+
+reactor: Any = _reactor
 
 
 def _digest(path: str) -> str:
@@ -136,16 +139,16 @@ class PeersAgainstOurServerTests(_Tools):
         yield self.run_tool([curl, "-sS", *extra, "-o", target, self.url("c.bin")])
         self.assertEqual(_digest(target), _digest(source))
 
-    def test_curl(self) -> None:
+    def test_curl(self) -> defer.Deferred[None]:
         """curl uploads and downloads a file (512-byte blocks)."""
         return self.check_curl(300_001)
 
-    def test_curl_blksize(self) -> None:
+    def test_curl_blksize(self) -> defer.Deferred[None]:
         """curl with --tftp-blksize 1428 round-trips an exact multiple of the block size."""
         return self.check_curl(1428 * 300, "--tftp-blksize", "1428")
 
     @defer.inlineCallbacks
-    def test_curl_missing_file(self) -> None:
+    def test_curl_missing_file(self) -> Generator[Any, Any, None]:
         """curl reports a missing file as exit code 68 (TFTP file not found), writes nothing."""
         curl = self.tool("curl")
         target = os.path.join(self.work, "none")
@@ -153,7 +156,7 @@ class PeersAgainstOurServerTests(_Tools):
         self.assertFalse(os.path.exists(target))
 
     @defer.inlineCallbacks
-    def test_tftp_hpa(self) -> None:
+    def test_tftp_hpa(self) -> Generator[Any, Any, None]:
         """The tftp-hpa client puts and gets files, including an empty one."""
         tftp = self.tool("tftp")
         for size in (0, 100_000):
@@ -170,7 +173,7 @@ class PeersAgainstOurServerTests(_Tools):
             self.assertEqual(_digest(target), _digest(source))
 
     @defer.inlineCallbacks
-    def test_atftp_windowsize(self) -> None:
+    def test_atftp_windowsize(self) -> Generator[Any, Any, None]:
         """atftp with windowsize 16 and blksize 1428 puts and gets a 2 MB file."""
         atftp = self.tool("atftp")
         options = ["--option", "windowsize 16", "--option", "blksize 1428"]
@@ -199,7 +202,7 @@ class PeersOverIPv6Tests(PeersAgainstOurServerTests):
             raise unittest.SkipTest("no IPv6 loopback") from None
         super().setUp()
 
-    def test_tftp_hpa(self) -> None:
+    def test_tftp_hpa(self) -> defer.Deferred[None]:
         """The tftp-hpa client (-6) puts and gets over IPv6."""
         return self._tftp_hpa_v6()
 
@@ -224,8 +227,11 @@ def _free_udp_port() -> int:
 class OurClientAgainstTftpdHpaTests(_Tools):
     """Our client uploads to and downloads from tftpd-hpa (in.tftpd)."""
 
+    def setUp(self) -> defer.Deferred[None]:  # type: ignore[override]
+        return self._start()
+
     @defer.inlineCallbacks
-    def setUp(self) -> Generator[Any, Any, None]:
+    def _start(self) -> Generator[Any, Any, None]:
         tftpd = self.tool("in.tftpd")
         if os.geteuid() != 0:
             self.fail("in.tftpd -s -u root (chroot) needs root to run")
@@ -264,20 +270,20 @@ class OurClientAgainstTftpdHpaTests(_Tools):
         self.assertEqual(got, size)
         self.assertEqual(_digest(target), _digest(source))
 
-    def test_defaults(self) -> None:
+    def test_defaults(self) -> defer.Deferred[None]:
         """With our defaults (tftpd-hpa has no windowsize) a 3 MB file round-trips."""
         return self.check(3_000_000)
 
-    def test_classic(self) -> None:
+    def test_classic(self) -> defer.Deferred[None]:
         """With 512-byte blocks and no window an exact multiple of 512 round-trips."""
         return self.check(512 * 40, blksize=512, windowsize=1)
 
-    def test_empty(self) -> None:
+    def test_empty(self) -> defer.Deferred[None]:
         """An empty file round-trips."""
         return self.check(0)
 
     @defer.inlineCallbacks
-    def test_missing(self) -> None:
+    def test_missing(self) -> Generator[Any, Any, None]:
         """A missing file fails with TFTPError 1 and leaves no local file."""
         target = os.path.join(self.work, "nothing")
         failure = yield self.assertFailure(

@@ -6,13 +6,13 @@ import errno
 import io
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import Clock
-from twisted.logger import LogEvent, globalLogPublisher
+from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
 from twisted.trial import unittest
 
 from filexfer.storage import DirectoryStorage
@@ -428,8 +428,9 @@ class ReadRequestTests(unittest.TestCase):
     def test_logs_transfer(self) -> None:
         """A finished transfer is logged once with its protocol, path, bytes and outcome."""
         events: list[LogEvent] = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        observer = cast(ILogObserver, events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
         h = Harness(self)
         h.put_file("f", b"12345")
         port = h.request(p.ReadRequest(b"f", "octet"))
@@ -704,9 +705,9 @@ class WriteRequestTests(unittest.TestCase):
                 withheld = number
                 break
         self.assertIsNotNone(withheld, "the storage never pushed back")
+        assert withheld is not None
         drain()
         self.assertEqual(h.take(port), [p.Ack(withheld)])
-        assert withheld is not None
         for number, chunk in enumerate(chunks[withheld:], start=withheld + 1):
             h.send(port, p.Data(number, chunk))
             drain()
@@ -814,7 +815,7 @@ class MainPortTests(unittest.TestCase):
             def read(self, size: int | None = -1) -> bytes:
                 raise OSError(errno.EIO, "I/O error")
 
-        h.storage.open_read = lambda path: (Broken(), 100)  # type: ignore[method-assign,assignment]
+        h.storage.open_read = lambda path: (Broken(), 100)  # type: ignore[method-assign]
         port = h.request(p.ReadRequest(b"f", "octet"))
         assert port is not None
         (error,) = h.take(port)
