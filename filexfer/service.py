@@ -15,9 +15,9 @@ from twisted.internet import endpoints
 from twisted.internet.threads import deferToThreadPool
 from twisted.python import usage
 
+from filexfer._guard import AccessPolicy, ConnectionLimits
 from filexfer._log import log
 from filexfer.storage import CONFLICT_POLICIES, DirectoryStorage
-from filexfer.tcp._guard import AccessPolicy, ConnectionLimits
 from filexfer.tcp.receiver import ReceiverFactory
 
 DEFAULT_PORT = 8000
@@ -232,6 +232,7 @@ def make_service(options: Options, reactor: Any) -> MultiService:
             allow_write=not options["tftp-read-only"],
             max_blksize=options["tftp-max-blksize"],
             max_windowsize=options["tftp-max-windowsize"],
+            access=access,
         )
         udp = internet.UDPServer(
             tftp_port, tftp, interface=options["tftp-interface"], reactor=reactor

@@ -1,10 +1,10 @@
-"""Who may connect and how many at once (filexfer.tcp._guard)."""
+"""Who may connect and how many at once (filexfer._guard)."""
 
 from __future__ import annotations
 
 from twisted.trial import unittest
 
-from filexfer.tcp._guard import AccessPolicy, ConnectionLimits
+from filexfer._guard import AccessPolicy, ConnectionLimits
 
 
 class AccessPolicyTests(unittest.TestCase):

@@ -17,7 +17,7 @@ from twisted.trial import unittest
 from filexfer._errors import TransferError
 from filexfer.storage import DirectoryStorage
 from filexfer.tcp import _wire, receiver
-from filexfer.tcp._guard import AccessPolicy, ConnectionLimits
+from filexfer._guard import AccessPolicy, ConnectionLimits
 from filexfer.tcp.receiver import PREFIX_WAIT, ReceiverFactory, ReceiverProtocol
 
 from .helpers import ManualRunner, payload, sha256_bytes, state_files, visible_files

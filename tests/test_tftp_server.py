@@ -15,6 +15,7 @@ from twisted.internet.task import Clock
 from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
 from twisted.trial import unittest
 
+from filexfer._guard import AccessPolicy
 from filexfer.storage import DirectoryStorage
 from filexfer.tftp import TFTPServerProtocol
 from filexfer.tftp import _packets as p
@@ -380,6 +381,18 @@ class ReadRequestTests(unittest.TestCase):
         self.assertIsNone(h.request(p.ReadRequest(b"f", "octet")))
         (error,) = h.take(h.main)
         self.assertEqual(error.code, p.ACCESS_VIOLATION)  # type: ignore[union-attr]
+
+    def test_address_not_allowed(self) -> None:
+        """A request from outside the allowed networks is ERROR 2; an allowed one is served."""
+        h = Harness(self, access=AccessPolicy(["10.0.0.0/8"]))
+        h.put_file("f", b"data")
+        self.assertIsNone(h.request(p.ReadRequest(b"f", "octet")))
+        (error,) = h.take(h.main)
+        self.assertEqual(error.code, p.ACCESS_VIOLATION)  # type: ignore[union-attr]
+        inside = ("10.1.2.3", 5000)
+        port = h.request(p.ReadRequest(b"f", "octet"), client=inside)
+        assert port is not None
+        self.assertEqual(h.take(port, to=inside), [p.Data(1, b"data")])
 
     def test_netascii(self) -> None:
         """In netascii mode LF is sent as CR LF and CR as CR NUL, and tsize is not offered."""

@@ -30,10 +30,10 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from filexfer._errors import TransferError
+from filexfer._guard import AccessPolicy, ConnectionLimits
 from filexfer._log import log, log_transfer
 from filexfer.storage import IStorage, IUpload, Receipt
 from filexfer.tcp import _wire
-from filexfer.tcp._guard import AccessPolicy, ConnectionLimits
 
 PREFIX_WAIT = 0.5
 """Seconds to wait for more when the first chunk is a strict prefix of C{FX/}."""

@@ -19,6 +19,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from filexfer._errors import TransferError
+from filexfer._guard import AccessPolicy
 from filexfer._log import log, log_transfer
 from filexfer.storage import IStorage, IUpload, Receipt
 from filexfer.tftp._engine import (
@@ -456,6 +457,7 @@ class TFTPServerProtocol(DatagramProtocol):
         client negotiates C{timeout}.
     @param retries: retransmissions before a transfer is abandoned.
     @param interface: the address transfer ports are bound on.
+    @param access: which peer addresses may make requests (everyone by default).
     """
 
     def __init__(
@@ -470,6 +472,7 @@ class TFTPServerProtocol(DatagramProtocol):
         timeout: float = 1.0,
         retries: int = 5,
         interface: str | None = None,
+        access: AccessPolicy | None = None,
     ) -> None:
         if not 8 <= max_blksize <= MAX_BLKSIZE:
             raise ValueError(f"max_blksize must be 8-{MAX_BLKSIZE}")
@@ -483,6 +486,7 @@ class TFTPServerProtocol(DatagramProtocol):
         self.timeout = timeout
         self.retries = retries
         self.interface = interface
+        self.access = access if access is not None else AccessPolicy()
         self.transfers: set[_Transfer] = set()
         self._requests: dict[tuple[Address, bytes], _Transfer] = {}
 
@@ -498,6 +502,9 @@ class TFTPServerProtocol(DatagramProtocol):
         if (peer, datagram) in self._requests:
             return  # the client repeated its request; the transfer answers it
         if len(datagram) < 2:
+            return
+        if not self.access.allows(peer[0]):
+            self._error(peer, ACCESS_VIOLATION, "your address is not allowed")
             return
         opcode = (datagram[0] << 8) | datagram[1]
         if opcode not in (OP_RRQ, OP_WRQ):
