@@ -1,0 +1,93 @@
+"""`twistd filexfer` serves TFTP beside the TCP receiver: curl and `filexfer` against it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+
+from twisted.trial import unittest
+
+from tests.helpers import (
+    LOOPBACK,
+    ServerProcess,
+    payload,
+    run_filexfer,
+    sha256_file,
+    twistd_command,
+    write_file,
+)
+
+
+def free_udp_port() -> int:
+    """A UDP port on the loopback address that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind((LOOPBACK, 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+class TwistdTFTPTests(unittest.TestCase):
+    def setUp(self) -> None:
+        base = os.path.abspath(self.mktemp())
+        os.makedirs(base)
+        self.base = base
+        self.root = os.path.join(base, "root")
+        self.udp = free_udp_port()
+        self.server = ServerProcess(
+            twistd_command(
+                "filexfer",
+                "--listen",
+                f"tcp:0:interface={LOOPBACK}",
+                "--tftp-port",
+                str(self.udp),
+                "--tftp-interface",
+                LOOPBACK,
+                "--root",
+                self.root,
+            ),  # fmt: skip
+            cwd=base,
+        )
+        self.addCleanup(self.server.stop)
+        self.server.wait_listening()
+        self.server.log.wait_for(rf"TFTPServerProtocol starting on {self.udp}")
+
+    def curl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run curl (installed by scripts/install-test-tools), bounded in time."""
+        curl = shutil.which("curl")
+        self.assertIsNotNone(curl, "curl is missing: run scripts/install-test-tools")
+        assert curl is not None
+        return subprocess.run(
+            [curl, "-sS", "--max-time", "30", *args], capture_output=True, text=True, timeout=60
+        )
+
+    def test_curl_and_filexfer_over_tftp(self) -> None:
+        """curl uploads and downloads through twistd's TFTP port; `filexfer get` reads it too."""
+        source = write_file(os.path.join(self.base, "boot.img"), payload(700_000, seed=3))
+        url = f"tftp://{LOOPBACK}:{self.udp}/images/boot.img"
+        result = self.curl("--tftp-blksize", "1428", "-T", source, url)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(
+            sha256_file(os.path.join(self.root, "images", "boot.img")), sha256_file(source)
+        )
+
+        fetched = os.path.join(self.base, "curl-copy.img")
+        result = self.curl("-o", fetched, url)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(sha256_file(fetched), sha256_file(source))
+
+        ours = os.path.join(self.base, "ours.img")
+        got = run_filexfer("get", "--no-progress", url, ours)
+        self.assertEqual(got.returncode, 0, got.stderr)
+        self.assertEqual(sha256_file(ours), sha256_file(source))
+        self.server.log.wait_for(r"tftp-wrq .*'images/boot.img' 700000 bytes")
+        self.server.log.wait_for(r"tftp-rrq .*'images/boot.img' 700000 bytes")
+
+    def test_missing_file_is_one_line(self) -> None:
+        """`filexfer get` of a missing file: exit 1 and one line naming TFTP error 1."""
+        result = run_filexfer("get", "--no-progress", f"tftp://{LOOPBACK}:{self.udp}/nope.bin")
+        self.assertEqual(result.returncode, 1)
+        self.assertEqual(len(result.stderr.strip().splitlines()), 1, result.stderr)
+        self.assertIn("TFTP error 1", result.stderr)
+        self.assertNotIn("Traceback", result.stderr)
