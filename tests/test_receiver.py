@@ -15,9 +15,9 @@ from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from filexfer._errors import TransferError
+from filexfer._guard import AccessPolicy, ConnectionLimits
 from filexfer.storage import DirectoryStorage
 from filexfer.tcp import _wire, receiver
-from filexfer._guard import AccessPolicy, ConnectionLimits
 from filexfer.tcp.receiver import PREFIX_WAIT, ReceiverFactory, ReceiverProtocol
 
 from .helpers import ManualRunner, payload, sha256_bytes, state_files, visible_files

@@ -365,6 +365,8 @@ class SenderProtocol(Protocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
+        if self._early_done is not None and self._threaded is not None:
+            return  # the receipt came in; it is checked once our hashing thread is done
         if self._threaded is not None:
             self._threaded.stop()
         self._finished_sending = True
