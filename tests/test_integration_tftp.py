@@ -84,6 +84,36 @@ class TwistdTFTPTests(unittest.TestCase):
         self.server.log.wait_for(r"tftp-wrq .*'images/boot.img' 700000 bytes")
         self.server.log.wait_for(r"tftp-rrq .*'images/boot.img' 700000 bytes")
 
+    def tool(self, name: str, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run a TFTP client binary (installed by scripts/install-test-tools), bounded."""
+        binary = shutil.which(name)
+        self.assertIsNotNone(binary, f"{name} is missing: run scripts/install-test-tools")
+        assert binary is not None
+        return subprocess.run(
+            [binary, *args], capture_output=True, text=True, timeout=60, cwd=self.base
+        )
+
+    def test_tftp_hpa_and_atftp_through_twistd(self) -> None:
+        """tftp-hpa (lock-step) and atftp (windowed) put and get intact files through twistd."""
+        source = write_file(os.path.join(self.base, "fw.bin"), payload(300_000, seed=8))
+        port = str(self.udp)
+        put = self.tool("tftp", "-m", "binary", LOOPBACK, port, "-c", "put", source, "hpa.bin")
+        self.assertEqual(put.returncode, 0, put.stdout + put.stderr)
+        got = self.tool("tftp", "-m", "binary", LOOPBACK, port, "-c", "get", "hpa.bin", "hpa-copy")
+        self.assertEqual(got.returncode, 0, got.stdout + got.stderr)
+
+        windowed = ["--option", "windowsize 16", "--option", "blksize 1428"]
+        put = self.tool("atftp", *windowed, "-p", "-l", source, "-r", "at.bin", LOOPBACK, port)
+        self.assertEqual(put.returncode, 0, put.stdout + put.stderr)
+        got = self.tool("atftp", *windowed, "-g", "-r", "at.bin", "-l", "at-copy", LOOPBACK, port)
+        self.assertEqual(got.returncode, 0, got.stdout + got.stderr)
+
+        expected = sha256_file(source)
+        for stored in ("hpa.bin", "at.bin"):
+            self.assertEqual(sha256_file(os.path.join(self.root, stored)), expected, stored)
+        for copy in ("hpa-copy", "at-copy"):
+            self.assertEqual(sha256_file(os.path.join(self.base, copy)), expected, copy)
+
     def test_missing_file_is_one_line(self) -> None:
         """`filexfer get` of a missing file: exit 1 and one line naming TFTP error 1."""
         result = run_filexfer("get", "--no-progress", f"tftp://{LOOPBACK}:{self.udp}/nope.bin")
