@@ -12,6 +12,7 @@ import os
 import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from itertools import pairwise
 from typing import Any, TextIO
 
 import attrs
@@ -419,11 +420,36 @@ def main(argv: Sequence[str] | None = None) -> None:
             return
     else:
         args = _build_parser().parse_args(arguments)
+    if not _needs_tls(args, serve_argv):
+        _keep_tls_libraries_out()
 
     def run(reactor: Any) -> Deferred[None]:
         return _run(reactor, args, serve_argv).addCallback(_exit)
 
     task.react(run)
+
+
+_PLAIN_ENDPOINTS = ("tcp", "tcp6", "unix")
+
+
+def _needs_tls(args: argparse.Namespace, serve_argv: list[str]) -> bool:
+    """Will this run use TLS: send --tls, or serve with an endpoint other than plain ones?"""
+    if args.command == "send":
+        return bool(args.tls)
+    if args.command == "get":
+        return False
+    listens = [value for flag, value in pairwise(serve_argv) if flag == "--listen"]
+    listens += [arg.split("=", 1)[1] for arg in serve_argv if arg.startswith("--listen=")]
+    return any(description.split(":", 1)[0] not in _PLAIN_ENDPOINTS for description in listens)
+
+
+def _keep_tls_libraries_out() -> None:
+    """Block pyOpenSSL for a run that does not use TLS.
+
+    Twisted's reactor imports it whenever it is installed, which costs about
+    13 MiB of memory per process; Twisted treats it as absent when blocked.
+    """
+    sys.modules.setdefault("OpenSSL", None)  # type: ignore[arg-type]
 
 
 def _print_serve_help() -> None:

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import argparse
 import os
+import subprocess
+import sys
 
 from twisted.internet.error import ConnectionRefusedError, DNSLookupError, TimeoutError
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
-from filexfer.cli import Destination, UserError, describe_failure, files_to_send, parse_destination
+from filexfer.cli import (
+    Destination,
+    UserError,
+    _needs_tls,
+    describe_failure,
+    files_to_send,
+    parse_destination,
+)
 from filexfer.tcp.sender import SendError, ServerRefused
 
 from .helpers import free_port, run_filexfer, write_file
@@ -197,3 +207,33 @@ class CommandTests(unittest.TestCase):
         result = run_filexfer("--version")
         self.assertEqual(result.returncode, 0)
         self.assertIn(filexfer.__version__, result.stdout)
+
+
+class TLSLibrariesTests(unittest.TestCase):
+    """Runs that do not use TLS keep pyOpenSSL (about 13 MiB) out of the process."""
+
+    def test_needs_tls(self) -> None:
+        """Only send --tls and serve with a non-plain endpoint need the TLS libraries."""
+        send = argparse.Namespace(command="send", tls=False)
+        self.assertFalse(_needs_tls(send, []))
+        self.assertTrue(_needs_tls(argparse.Namespace(command="send", tls=True), []))
+        self.assertFalse(_needs_tls(argparse.Namespace(command="get"), []))
+        serve = argparse.Namespace(command="serve")
+        self.assertFalse(_needs_tls(serve, ["--port", "8000"]))
+        self.assertFalse(_needs_tls(serve, ["--listen", "tcp6:8000", "--listen=unix:/s"]))
+        self.assertTrue(_needs_tls(serve, ["--listen", "ssl:8443:privateKey=k.pem"]))
+        self.assertTrue(_needs_tls(serve, ["--listen=ssl:8443:privateKey=k.pem"]))
+
+    def test_reactor_without_tls_libraries(self) -> None:
+        """Once kept out, the reactor starts without pyOpenSSL and TCP still works."""
+        code = (
+            "import sys\n"
+            "from filexfer.cli import _keep_tls_libraries_out\n"
+            "_keep_tls_libraries_out()\n"
+            "from twisted.internet import reactor, tcp\n"
+            "print(sys.modules.get('OpenSSL'), hasattr(reactor, 'connectTCP'))\n"
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+        )
+        self.assertEqual(result.stdout.split(), ["None", "True"], result.stderr)

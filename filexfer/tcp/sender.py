@@ -14,7 +14,6 @@ import threading
 from collections.abc import Callable
 from typing import Any, BinaryIO, cast
 
-from twisted.internet import tcp
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
@@ -163,6 +162,8 @@ class _ThreadedSend:
 
 def _socket_fd(transport: object) -> int | None:
     """The descriptor of a plain (not TLS) TCP connection, else None."""
+    from twisted.internet import tcp  # here: importing it loads TLS, which a send may not need
+
     if isinstance(transport, tcp.Connection) and not getattr(transport, "TLS", False):
         return transport.fileno()
     return None
