@@ -27,6 +27,7 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 
 from filexfer import __version__
+from filexfer._tls import keep_tls_libraries_out, needs_tls
 from filexfer.tcp.sender import SendError, send_file
 
 PROG = "filexfer"
@@ -421,15 +422,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     else:
         args = _build_parser().parse_args(arguments)
     if not _needs_tls(args, serve_argv):
-        _keep_tls_libraries_out()
+        keep_tls_libraries_out()
 
     def run(reactor: Any) -> Deferred[None]:
         return _run(reactor, args, serve_argv).addCallback(_exit)
 
     task.react(run)
-
-
-_PLAIN_ENDPOINTS = ("tcp", "tcp6", "unix")
 
 
 def _needs_tls(args: argparse.Namespace, serve_argv: list[str]) -> bool:
@@ -440,16 +438,7 @@ def _needs_tls(args: argparse.Namespace, serve_argv: list[str]) -> bool:
         return False
     listens = [value for flag, value in pairwise(serve_argv) if flag == "--listen"]
     listens += [arg.split("=", 1)[1] for arg in serve_argv if arg.startswith("--listen=")]
-    return any(description.split(":", 1)[0] not in _PLAIN_ENDPOINTS for description in listens)
-
-
-def _keep_tls_libraries_out() -> None:
-    """Block pyOpenSSL for a run that does not use TLS.
-
-    Twisted's reactor imports it whenever it is installed, which costs about
-    13 MiB of memory per process; Twisted treats it as absent when blocked.
-    """
-    sys.modules.setdefault("OpenSSL", None)  # type: ignore[arg-type]
+    return needs_tls(listens)
 
 
 def _print_serve_help() -> None:

@@ -11,12 +11,12 @@ from typing import Any
 
 from twisted.application import internet
 from twisted.application.service import MultiService
-from twisted.internet import endpoints
 from twisted.internet.threads import deferToThreadPool
 from twisted.python import usage
 
 from filexfer._guard import AccessPolicy, ConnectionLimits
 from filexfer._log import log
+from filexfer._tls import keep_tls_libraries_out, needs_tls
 from filexfer.storage import CONFLICT_POLICIES, DirectoryStorage
 from filexfer.tcp.receiver import ReceiverFactory
 
@@ -153,9 +153,13 @@ class Options(usage.Options):
             raise usage.UsageError("the token must not be empty")
         if not 8 <= self["tftp-max-blksize"] <= 65464:
             raise usage.UsageError("--tftp-max-blksize must be between 8 and 65464")
+        if not needs_tls(self.endpoints()):
+            keep_tls_libraries_out()  # before the reactor loads: saves ~13 MiB per process
+        from twisted.internet.endpoints import serverFromString
+
         for description in self["listen"]:
             try:
-                endpoints.serverFromString(None, description)
+                serverFromString(None, description)
             except Exception as exc:  # any parser's complaint is a usage mistake here
                 raise usage.UsageError(f"bad --listen {description!r}: {exc}") from exc
 
@@ -214,8 +218,10 @@ def make_service(options: Options, reactor: Any) -> MultiService:
         limits=ConnectionLimits(options["max-connections"], options["max-per-ip"]),
         access=access,
     )
+    from twisted.internet.endpoints import serverFromString
+
     for description in options.endpoints():
-        endpoint = endpoints.serverFromString(reactor, description)
+        endpoint = serverFromString(reactor, description)
         listening = internet.StreamServerEndpointService(endpoint, factory)
         listening._raiseSynchronously = True  # fail at start-up when the port is taken
         listening.setServiceParent(top)

@@ -46,9 +46,9 @@ BlockingRunner = Callable[[Callable[[], _T]], "Deferred[_T]"]
 _COMPOUND_SUFFIXES = (".tar.gz", ".tar.bz2", ".tar.xz", ".tar.zst")
 _HASH_CHUNK = 1 << 20
 _MAX_RENAME_TRIES = 10_000
-_QUEUE_HIGH = 8 << 20
+_QUEUE_HIGH = 4 << 20
 """Queued bytes of one upload above which its producer (the socket) is paused."""
-_QUEUE_LOW = 2 << 20
+_QUEUE_LOW = 1 << 20
 """Queued bytes below which a paused producer is resumed."""
 _PARALLEL_BATCH = 1 << 20
 """Batches this large are written and hashed in two threads at once."""

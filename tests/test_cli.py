@@ -228,8 +228,8 @@ class TLSLibrariesTests(unittest.TestCase):
         """Once kept out, the reactor starts without pyOpenSSL and TCP still works."""
         code = (
             "import sys\n"
-            "from filexfer.cli import _keep_tls_libraries_out\n"
-            "_keep_tls_libraries_out()\n"
+            "from filexfer._tls import keep_tls_libraries_out\n"
+            "keep_tls_libraries_out()\n"
             "from twisted.internet import reactor, tcp\n"
             "print(sys.modules.get('OpenSSL'), hasattr(reactor, 'connectTCP'))\n"
         )
