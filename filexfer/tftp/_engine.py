@@ -10,13 +10,17 @@ they are given a C{send(datagram)} callable and a clock.
 from __future__ import annotations
 
 import socket
+import struct
 from collections import deque
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
+from twisted.internet import udp
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
-from filexfer.tftp._packets import NetasciiEncoder, encode_ack, encode_data
+from filexfer.tftp._packets import NetasciiEncoder, encode_ack
+
+_DATA_HEADER = struct.Struct("!HH").pack
 
 Send = Callable[[bytes], None]
 
@@ -67,11 +71,45 @@ def enlarge_buffers(transport: Any) -> None:
             pass
 
 
+class _ReadingPort(udp.Port):
+    """A UDP port that lets its protocol read the socket itself.
+
+    Twisted's C{Port.doRead} drains the socket until C{EAGAIN} and calls
+    C{datagramReceived} for each datagram through two exception handlers.
+    A TFTP transfer knows better when to stop: a sender expects one ACK per
+    window, a receiver nothing more after it has ACKed; reading on would
+    only cost a failing C{recvfrom}.  The protocol's C{readable(sock,
+    bufsize)} reads what it wants, bounded, and handles every error itself;
+    epoll is level-triggered, so whatever it leaves is reported again.
+    """
+
+    def doRead(self) -> None:
+        self.protocol.readable(self.socket, self.maxPacketSize)
+
+
+def read_directly(port: Any) -> bool:
+    """Make a real Twisted UDP C{port} call its protocol's C{readable} itself.
+
+    Any other port (a test fake) is left alone and keeps calling
+    C{datagramReceived}.  Returns whether the port was changed.
+    """
+    if type(port) is udp.Port and callable(getattr(port.protocol, "readable", None)):
+        port.__class__ = _ReadingPort
+        return True
+    return False
+
+
 class Retransmitter:
     """A retransmission timer with a bounded number of retries.
 
     L{progress} (re)arms it with a fresh retry budget; when it fires it
     calls C{resend} and re-arms, up to C{retries} times, then C{give_up}.
+
+    L{progress} runs for every packet, so it only notes the time: one
+    C{DelayedCall} stays armed and, when it fires early (there was progress
+    since it was set), moves itself to the real deadline, the time of the
+    last progress plus the timeout.  Resetting a C{DelayedCall} per packet
+    cost more than the rest of the per-packet work.
     """
 
     def __init__(
@@ -84,18 +122,19 @@ class Retransmitter:
     ) -> None:
         self.timeout = timeout
         self._clock = clock
+        self._seconds = clock.seconds
         self._retries = retries
         self._left = retries
         self._resend = resend
         self._give_up = give_up
+        self._last = 0.0
         self._call: IDelayedCall | None = None
 
     def progress(self) -> None:
         """Something moved forward: reset the retry budget and the deadline."""
         self._left = self._retries
-        if self._call is not None and self._call.active():
-            self._call.reset(self.timeout)
-        else:
+        self._last = self._seconds()
+        if self._call is None:
             self._call = self._clock.callLater(self.timeout, self._fire)
 
     def stop(self) -> None:
@@ -106,35 +145,48 @@ class Retransmitter:
 
     def _fire(self) -> None:
         self._call = None
+        now = self._seconds()
+        wait = self._last + self.timeout - now
+        if wait > 1e-6:  # progress since this call was set: not due yet
+            self._call = self._clock.callLater(wait, self._fire)
+            return
         if self._left <= 0:
             self._give_up()
             return
         self._left -= 1
+        self._last = now
         self._call = self._clock.callLater(self.timeout, self._fire)
         self._resend()
 
 
 class FileBlocks:
-    """Reads a file as a sequence of blocks of C{blksize} bytes."""
+    """Reads a file as a sequence of blocks of C{blksize} bytes.
+
+    The file is read in chunks of about 256 KiB; blocks are zero-copy
+    slices (memoryviews) of the chunk.
+    """
 
     def __init__(self, handle: BinaryIO, blksize: int) -> None:
         self._handle = handle
         self._blksize = blksize
-        self._chunk = b""
+        self._chunk = memoryview(b"")
         self._offset = 0
         self._chunk_size = blksize * max(1, (256 * 1024) // blksize)
 
-    def next_block(self) -> bytes:
+    def next_block(self) -> memoryview:
         """The next block; shorter than C{blksize} (maybe empty) at the end."""
         start = self._offset
         end = start + self._blksize
-        if end > len(self._chunk):
-            rest = self._chunk[start:]
-            self._chunk = rest + self._handle.read(self._chunk_size)
-            self._offset = start = 0
+        chunk = self._chunk
+        if end > len(chunk):
+            data = self._handle.read(self._chunk_size)
+            if start < len(chunk):
+                data = bytes(chunk[start:]) + data
+            self._chunk = chunk = memoryview(data)
+            start = 0
             end = self._blksize
         self._offset = end
-        return self._chunk[start:end]
+        return chunk[start:end]
 
 
 class NetasciiBlocks:
@@ -174,7 +226,7 @@ class BlockSender:
         *,
         clock: IReactorTime,
         send: Send,
-        next_block: Callable[[], bytes],
+        next_block: Callable[[], bytes | memoryview],
         blksize: int,
         windowsize: int,
         timeout: float,
@@ -215,9 +267,12 @@ class BlockSender:
         index = (block - self._base) & 0xFFFF
         if index >= len(window):
             return  # a duplicate or stray ACK: never resend because of it
-        acked = 0
-        for _ in range(index + 1):
-            acked += len(window.popleft()) - 4
+        if index == 0:
+            acked = len(window.popleft()) - 4
+        else:
+            acked = 0
+            for _ in range(index + 1):
+                acked += len(window.popleft()) - 4
         if self._handshake:
             self._handshake = False
             acked = 0
@@ -231,23 +286,33 @@ class BlockSender:
             self._on_done()
             return
         self.timer.progress()
-        # Blocks still in the window were sent after the one acked: the
-        # receiver saw a gap (RFC 7440), so go back and send them again.
-        for datagram in window:
-            self._send(datagram)
+        if window:
+            # Blocks still in the window were sent after the one acked: the
+            # receiver saw a gap (RFC 7440), so go back and send them again.
+            send = self._send
+            for datagram in window:
+                send(datagram)
         self._fill_and_send()
 
     def _fill_and_send(self) -> None:
         window = self._window
+        room = self._windowsize - len(window)
+        if room <= 0 or self._last_read:
+            return
         send = self._send
-        while len(window) < self._windowsize and not self._last_read:
-            payload = self._next_block()
-            if len(payload) < self._blksize:
-                self._last_read = True
-            datagram = encode_data(self._next, payload)
-            self._next += 1
+        next_block = self._next_block
+        blksize = self._blksize
+        number = self._next
+        for _ in range(room):
+            payload = next_block()
+            datagram = _DATA_HEADER(3, number & 0xFFFF) + payload
+            number += 1
+            self._next = number
             window.append(datagram)
             send(datagram)
+            if len(payload) < blksize:
+                self._last_read = True
+                return
 
     def _resend_window(self) -> None:
         for datagram in self._window:
@@ -275,7 +340,7 @@ class BlockReceiver:
         *,
         clock: IReactorTime,
         send: Send,
-        deliver: Callable[[bytes], None],
+        deliver: Callable[[bytes], object],
         blksize: int,
         windowsize: int,
         timeout: float,
@@ -306,8 +371,13 @@ class BlockReceiver:
             self._send(handshake)
         self.timer.progress()
 
-    def data_received(self, block: int, payload: bytes) -> None:
-        """Handle DATA with (wire) block number C{block}."""
+    def data_received(self, block: int, payload: bytes) -> bool:
+        """Handle DATA with (wire) block number C{block}.
+
+        Returns True when the sender now waits for us: this block completed
+        a window (and was ACKed), ended the transfer, or showed a gap.  A
+        reader can stop reading the socket then, as nothing more is coming.
+        """
         expected = self._expected
         if block == expected & 0xFFFF and not self.complete:
             self._expected = expected + 1
@@ -318,7 +388,8 @@ class BlockReceiver:
                 self.complete = True
                 self.timer.stop()
                 self._on_last()
-                return
+                return True
+            self.timer.progress()
             self._since_ack += 1
             if self._since_ack >= self._windowsize:
                 self._since_ack = 0
@@ -326,16 +397,20 @@ class BlockReceiver:
                     self._ack_withheld = True
                 else:
                     self._send(encode_ack(expected))
-            self.timer.progress()
-        elif self.complete:
+                return True
+            return False
+        if self.complete:
             if self._final_ack is not None and block == (expected - 1) & 0xFFFF:
                 self._send(self._final_ack)  # our final ACK was lost: dally
-        elif (block - expected) & 0xFFFF < 0x8000:
+            return True
+        if (block - expected) & 0xFFFF < 0x8000:
             if not self._gap_acked:
                 self._gap_acked = True
                 self._since_ack = 0
                 self._send(encode_ack(expected - 1))
+                return True
         # else: a duplicate of a block we have; the timer re-ACKs if needed
+        return False
 
     def hold(self) -> None:
         """Back-pressure: withhold window ACKs (the timer still re-ACKs, slowly)."""

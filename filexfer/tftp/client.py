@@ -28,6 +28,7 @@ from filexfer.tftp._engine import (
     Send,
     enlarge_buffers,
     make_send,
+    read_directly,
 )
 from filexfer.tftp._packets import (
     DEFAULT_BLKSIZE,
@@ -174,11 +175,60 @@ class _ClientTransfer(DatagramProtocol):
         self._send_request()
         self.request_timer.progress()
 
+    burst = 1
+    """The most datagrams L{readable} takes per readiness event."""
+
+    def readable(self, sock: Any, bufsize: int) -> None:
+        """The port is readable: take up to L{burst} datagrams (see L{read_directly}).
+
+        DATA or ACK from the pinned server port go straight to
+        L{fast_packet}; reading stops when it says the server now waits
+        for us, so no C{recvfrom} is wasted on an empty socket.
+        """
+        recvfrom = sock.recvfrom
+        fast_opcode = self.fast_opcode
+        for _ in range(self.burst):
+            try:
+                datagram, addr = recvfrom(bufsize)
+            except BlockingIOError:
+                break
+            except OSError:
+                continue  # an ICMP error for an earlier datagram: it was lost
+            peer = self.peer
+            if (
+                peer is not None
+                and addr[1] == peer[1]
+                and addr[0] == peer[0]
+                and len(datagram) >= 4
+                and datagram[1] == fast_opcode
+                and datagram[0] == 0
+                and not self.done
+            ):
+                try:
+                    if self.fast_packet((datagram[2] << 8) | datagram[3], datagram):
+                        break
+                except OSError as exc:
+                    self.abort(NOT_DEFINED, f"local I/O error: {exc}")
+                    break
+                except Exception as exc:  # a bug, not the network
+                    self.fail(exc)
+                    break
+            else:
+                self.datagramReceived(datagram, addr)
+                if self.done:
+                    break
+        self.after_reading()
+
+    def after_reading(self) -> None:
+        """A burst of datagrams was handled (progress reports go here)."""
+
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
         try:
             self._received(datagram, addr)
         except Exception as exc:  # a bug, not the network: fail the transfer with it
             self.fail(exc)
+        else:
+            self.after_reading()
 
     def _received(self, datagram: bytes, addr: Any) -> None:
         if self.done:
@@ -295,8 +345,12 @@ class _ClientTransfer(DatagramProtocol):
     fast_opcode = -1
     """Once the transfer runs, packets with this opcode skip L{decode}."""
 
-    def fast_packet(self, block: int, datagram: bytes) -> None:
-        """A datagram with opcode L{fast_opcode} from the server's transfer port."""
+    def fast_packet(self, block: int, datagram: bytes) -> bool:
+        """A datagram with opcode L{fast_opcode} from the server's transfer port.
+
+        Returns True when nothing more is expected from the server until it
+        hears from us.
+        """
         raise NotImplementedError
 
     def first_reply(self, packet: object) -> None:
@@ -348,9 +402,10 @@ class _Uploader(_ClientTransfer):
         )
         self.sender.start()
 
-    def fast_packet(self, block: int, datagram: bytes) -> None:
+    def fast_packet(self, block: int, datagram: bytes) -> bool:
         if self.sender is not None:
             self.sender.ack_received(block)
+        return True  # one ACK per window: the next one comes after our DATA
 
     def packet_received(self, packet: object) -> None:
         if not isinstance(packet, OptionAck):  # a repeated OACK is harmless
@@ -403,10 +458,11 @@ class _Downloader(_ClientTransfer):
             self.abort(ILLEGAL_OPERATION, f"unexpected {type(packet).__name__} after RRQ")
             return
         self.total = settings.tsize if self.decoder is None else None
+        self.burst = min(settings.windowsize, 64) + 1
         self.receiver = BlockReceiver(
             clock=self.reactor,
             send=self.send,
-            deliver=self._deliver,
+            deliver=self._deliver if self.decoder is not None else self.handle.write,
             blksize=settings.blksize,
             windowsize=settings.windowsize,
             timeout=self.timeout,
@@ -418,25 +474,33 @@ class _Downloader(_ClientTransfer):
         if isinstance(packet, Data):
             self.receiver.data_received(packet.block, packet.payload)
 
-    def fast_packet(self, block: int, datagram: bytes) -> None:
-        if self.receiver is not None:
-            self.receiver.data_received(block, datagram[4:])
+    def fast_packet(self, block: int, datagram: bytes) -> bool:
+        if self.receiver is None:
+            return True
+        return self.receiver.data_received(block, datagram[4:])
 
     def packet_received(self, packet: object) -> None:
         if not isinstance(packet, OptionAck):  # a repeated OACK: the timer re-ACKs
             self.abort(ILLEGAL_OPERATION, f"unexpected {type(packet).__name__}")
 
     def _deliver(self, payload: bytes) -> None:
-        if self.decoder is not None:
-            payload = self.decoder.decode(payload)
+        """Netascii: convert, then write (octet blocks go straight to the file)."""
+        assert self.decoder is not None
+        payload = self.decoder.decode(payload)
         self.handle.write(payload)
         self.written += len(payload)
-        if self.progress is not None:
+
+    def after_reading(self) -> None:
+        if self.receiver is not None and self.decoder is None:
+            self.written = self.receiver.received_bytes
+        if self.progress is not None and not self.done:
             self.report(self.written, self.total)
 
     def _last_block(self) -> None:
         assert self.receiver is not None
-        if self.decoder is not None:
+        if self.decoder is None:
+            self.written = self.receiver.received_bytes
+        else:
             tail = self.decoder.flush()
             self.handle.write(tail)
             self.written += len(tail)
@@ -492,6 +556,7 @@ def _run(
             transfer.cleanup()
             raise
         enlarge_buffers(transfer.port)
+        read_directly(transfer.port)
         return transfer.result
 
     return _resolve(reactor, host).addCallback(start)

@@ -30,6 +30,7 @@ from filexfer.tftp._engine import (
     Send,
     enlarge_buffers,
     make_send,
+    read_directly,
 )
 from filexfer.tftp._packets import (
     ACCESS_VIOLATION,
@@ -113,9 +114,54 @@ class _Transfer(DatagramProtocol):
         """The port is open: send the first packet."""
         raise NotImplementedError
 
-    def fast_packet(self, block: int, datagram: bytes) -> None:
-        """A datagram with opcode L{fast_opcode}, at least 4 bytes long."""
+    def fast_packet(self, block: int, datagram: bytes) -> bool:
+        """A datagram with opcode L{fast_opcode}, at least 4 bytes long.
+
+        Returns True when nothing more is expected from the peer until it
+        hears from us (see L{readable}).
+        """
         raise NotImplementedError
+
+    burst = 1
+    """The most datagrams L{readable} takes per readiness event."""
+
+    def readable(self, sock: Any, bufsize: int) -> None:
+        """The transfer port is readable: take up to L{burst} datagrams.
+
+        Called by the port itself (see L{read_directly}) instead of
+        C{datagramReceived} per datagram.  In-order packets from the peer
+        go straight to L{fast_packet}; reading stops when it says the peer
+        now waits for us, so no C{recvfrom} is wasted on an empty socket.
+        """
+        recvfrom = sock.recvfrom
+        fast_opcode = self.fast_opcode
+        host, port = self.peer
+        for _ in range(self.burst):
+            try:
+                datagram, addr = recvfrom(bufsize)
+            except BlockingIOError:
+                return
+            except OSError:
+                continue  # an ICMP error for an earlier datagram: it was lost
+            if (
+                addr[1] == port
+                and addr[0] == host
+                and len(datagram) >= 4
+                and datagram[1] == fast_opcode
+                and datagram[0] == 0
+                and not self.done
+            ):
+                try:
+                    if self.fast_packet((datagram[2] << 8) | datagram[3], datagram):
+                        return
+                except Exception:
+                    log.failure("unexpected error in a TFTP transfer with {peer}", peer=self.peer)
+                    self.finish("internal error", send_error=(NOT_DEFINED, "internal server error"))
+                    return
+            else:
+                self.datagramReceived(datagram, addr)
+                if self.port is None:
+                    return
 
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
         try:
@@ -265,12 +311,13 @@ class _ReadTransfer(_Transfer):
 
     fast_opcode = OP_ACK
 
-    def fast_packet(self, block: int, datagram: bytes) -> None:
+    def fast_packet(self, block: int, datagram: bytes) -> bool:
         assert self.sender is not None
         try:
             self.sender.ack_received(block)
         except OSError as exc:
             self._read_error(exc)
+        return True  # one ACK per window: the next one comes after our DATA
 
     def packet_received(self, packet: object) -> None:
         self.illegal(packet)  # ACKs took the fast path
@@ -316,6 +363,7 @@ class _WriteTransfer(_Transfer):
         netascii: bool,
     ) -> None:
         super().__init__(server, peer, path, settings, timeout)
+        self.burst = min(settings.windowsize, 64) + 1
         self.upload = upload
         self.decoder = NetasciiDecoder() if netascii else None
         self.buffer = bytearray()
@@ -358,12 +406,13 @@ class _WriteTransfer(_Transfer):
 
     fast_opcode = OP_DATA
 
-    def fast_packet(self, block: int, datagram: bytes) -> None:
+    def fast_packet(self, block: int, datagram: bytes) -> bool:
         assert self.receiver is not None
         try:
-            self.receiver.data_received(block, datagram[4:])
+            return self.receiver.data_received(block, datagram[4:])
         except TransferError as exc:
             self._refused(exc)
+            return True
 
     def packet_received(self, packet: object) -> None:
         self.illegal(packet)  # DATA took the fast path
@@ -588,6 +637,7 @@ class TFTPServerProtocol(DatagramProtocol):
             transfer.close()
             return
         enlarge_buffers(transfer.port)
+        read_directly(transfer.port)
 
     def forget_request(self, transfer: _Transfer) -> None:
         """A transfer has ended: a repeat of its request is a new request."""
