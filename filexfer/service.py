@@ -7,16 +7,18 @@ from __future__ import annotations
 
 import os
 import resource
+import sys
 from typing import Any
 
 from twisted.application import internet
-from twisted.application.service import MultiService
+from twisted.application.service import MultiService, Service
 from twisted.internet.threads import deferToThreadPool
 from twisted.python import usage
 
 from filexfer._guard import AccessPolicy, ConnectionLimits
 from filexfer._log import log
 from filexfer._tls import keep_tls_libraries_out, needs_tls
+from filexfer._workers import ParentWatch, SharedDatagramPort, SharedStreamPort, WorkerProcesses
 from filexfer.storage import CONFLICT_POLICIES, DirectoryStorage
 from filexfer.tcp.receiver import ReceiverFactory
 
@@ -111,6 +113,14 @@ class Options(usage.Options):
         ["idle-timeout", None, 300.0, "seconds a transfer may stall (408)", _positive(float)],
         ["token", None, None, "shared secret FX/1 clients must send (classic form refused)"],
         ["token-file", None, None, "read the shared secret from this file"],
+        [
+            "workers",
+            None,
+            1,
+            "processes sharing --port and the TFTP port (SO_REUSEPORT)",
+            _positive(int),
+        ],
+        ["worker-of", None, None, "(internal) run as a worker of this parent process", int],
     ]
     optFlags = [
         ["no-tftp", None, "do not serve TFTP"],
@@ -123,6 +133,7 @@ class Options(usage.Options):
 
     def __init__(self) -> None:
         super().__init__()
+        self.argv: list[str] = []
         self["listen"] = []
         self["allow"] = []
 
@@ -137,6 +148,11 @@ class Options(usage.Options):
         except ValueError as error:
             raise usage.UsageError(f"--allow: {error}") from None
         self["allow"].append(network)
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        """Parse, keeping the arguments for worker processes to be started with."""
+        self.argv = list(sys.argv[1:] if options is None else options)
+        super().parseOptions(options)
 
     def postOptions(self) -> None:
         if self["on-conflict"] not in CONFLICT_POLICIES:
@@ -153,6 +169,10 @@ class Options(usage.Options):
             raise usage.UsageError("the token must not be empty")
         if not 8 <= self["tftp-max-blksize"] <= 65464:
             raise usage.UsageError("--tftp-max-blksize must be between 8 and 65464")
+        if self.shares_ports and self["listen"]:
+            raise usage.UsageError(
+                "--workers shares --port and the TFTP port; it cannot share --listen endpoints"
+            )
         if not needs_tls(self.endpoints()):
             keep_tls_libraries_out()  # before the reactor loads: saves ~13 MiB per process
         from twisted.internet.endpoints import serverFromString
@@ -162,6 +182,11 @@ class Options(usage.Options):
                 serverFromString(None, description)
             except Exception as exc:  # any parser's complaint is a usage mistake here
                 raise usage.UsageError(f"bad --listen {description!r}: {exc}") from exc
+
+    @property
+    def shares_ports(self) -> bool:
+        """True when several processes serve the same ports (--workers)."""
+        return bool(self["workers"] > 1 or self["worker-of"] is not None)
 
     def endpoints(self) -> list[str]:
         """The server endpoint descriptions for the TCP receiver."""
@@ -218,13 +243,16 @@ def make_service(options: Options, reactor: Any) -> MultiService:
         limits=ConnectionLimits(options["max-connections"], options["max-per-ip"]),
         access=access,
     )
-    from twisted.internet.endpoints import serverFromString
+    if options.shares_ports:
+        SharedStreamPort(reactor, options["port"], factory, LISTEN_BACKLOG).setServiceParent(top)
+    else:
+        from twisted.internet.endpoints import serverFromString
 
-    for description in options.endpoints():
-        endpoint = serverFromString(reactor, description)
-        listening = internet.StreamServerEndpointService(endpoint, factory)
-        listening._raiseSynchronously = True  # fail at start-up when the port is taken
-        listening.setServiceParent(top)
+        for description in options.endpoints():
+            endpoint = serverFromString(reactor, description)
+            listening = internet.StreamServerEndpointService(endpoint, factory)
+            listening._raiseSynchronously = True  # fail at start-up when the port is taken
+            listening.setServiceParent(top)
     tftp_port = options.tftp_port()
     if tftp_port is None and not options["no-tftp"]:
         log.warn("TFTP is off: with only --listen, give --tftp-port to serve TFTP")
@@ -240,10 +268,19 @@ def make_service(options: Options, reactor: Any) -> MultiService:
             max_windowsize=options["tftp-max-windowsize"],
             access=access,
         )
-        udp = internet.UDPServer(
-            tftp_port, tftp, interface=options["tftp-interface"], reactor=reactor
-        )
+        udp: Service
+        if options.shares_ports:
+            udp = SharedDatagramPort(reactor, tftp_port, tftp, options["tftp-interface"])
+        else:
+            udp = internet.UDPServer(
+                tftp_port, tftp, interface=options["tftp-interface"], reactor=reactor
+            )
         udp.setServiceParent(top)
+    if options["worker-of"] is not None:
+        ParentWatch(reactor, options["worker-of"]).setServiceParent(top)
+        return top  # the first process does the housekeeping
+    if options["workers"] > 1:
+        WorkerProcesses(reactor, options["workers"] - 1, options.argv).setServiceParent(top)
     cleanup = internet.TimerService(3600, storage.remove_stale, options["partial-max-age"])
     cleanup.clock = reactor
     cleanup.setServiceParent(top)

@@ -1,0 +1,209 @@
+"""Several processes serving the same ports, to use every core (C{--workers N}).
+
+Each process opens the TCP port given by C{--port} and the TFTP port with
+C{SO_REUSEPORT}, so the kernel spreads new connections and requests across
+them.  The first process starts the others (C{python -m filexfer serve
+... --worker-of PID}), forwards their log lines, and stops them when it
+stops; a worker whose parent disappears stops by itself.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import sys
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
+from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.task import LoopingCall
+from twisted.python.failure import Failure
+
+from filexfer._log import log
+
+_TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\S+ ")
+"""The time stamp a worker puts before its log lines (ours has one already)."""
+
+STOP_GRACE = 10.0
+"""Seconds a worker has to stop after SIGTERM before it is killed."""
+
+
+def shared_socket(
+    kind: socket.SocketKind, interface: str, port: int, backlog: int
+) -> socket.socket:
+    """A bound (and, for TCP, listening) socket that other processes may bind too."""
+    family = socket.AF_INET6 if ":" in interface else socket.AF_INET
+    sock = socket.socket(family, kind)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((interface, port))
+        if kind == socket.SOCK_STREAM:
+            sock.listen(backlog)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+class SharedStreamPort(Service):
+    """Listen for TCP on a port shared with the other workers."""
+
+    def __init__(self, reactor: Any, port: int, factory: Any, backlog: int) -> None:
+        self.reactor = reactor
+        self.port = port
+        self.factory = factory
+        self.backlog = backlog
+        self._listening: Any = None
+
+    def startService(self) -> None:
+        sock = shared_socket(socket.SOCK_STREAM, "", self.port, self.backlog)
+        with sock:
+            self._listening = self.reactor.adoptStreamPort(sock.fileno(), sock.family, self.factory)
+        log.info(
+            "TCP port {port} shared (SO_REUSEPORT) by process {pid}",
+            port=self.port,
+            pid=os.getpid(),
+        )
+        super().startService()
+
+    def stopService(self) -> Deferred[Any]:
+        super().stopService()
+        return _stop_listening(self)
+
+
+class SharedDatagramPort(Service):
+    """Serve UDP on a port shared with the other workers."""
+
+    def __init__(self, reactor: Any, port: int, protocol: Any, interface: str) -> None:
+        self.reactor = reactor
+        self.port = port
+        self.protocol = protocol
+        self.interface = interface
+        self._listening: Any = None
+
+    def startService(self) -> None:
+        sock = shared_socket(socket.SOCK_DGRAM, self.interface, self.port, 0)
+        with sock:
+            self._listening = self.reactor.adoptDatagramPort(
+                sock.fileno(), sock.family, self.protocol, 65536
+            )
+        log.info(
+            "UDP port {port} shared (SO_REUSEPORT) by process {pid}",
+            port=self.port,
+            pid=os.getpid(),
+        )
+        super().startService()
+
+    def stopService(self) -> Deferred[Any]:
+        super().stopService()
+        return _stop_listening(self)
+
+
+def _announce(kind: str, port: int) -> None:
+    log.info(
+        "{kind} port {port} shared (SO_REUSEPORT) by process {pid}",
+        kind=kind,
+        port=port,
+        pid=os.getpid(),
+    )
+
+
+def _stop_listening(service: SharedStreamPort | SharedDatagramPort) -> Deferred[Any]:
+    listening, service._listening = service._listening, None
+    return maybeDeferred(listening.stopListening) if listening is not None else succeed(None)
+
+
+class _WorkerOutput(ProcessProtocol):
+    """Forwards a worker's log lines and tells when it has ended."""
+
+    def __init__(self, number: int) -> None:
+        self.number = number
+        self.ended: Deferred[None] = Deferred()
+        self._partial = b""
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        lines = (self._partial + data).split(b"\n")
+        self._partial = lines.pop()
+        for line in lines:
+            text = _TIMESTAMP.sub("", line.decode("utf-8", "replace"), count=1)
+            log.info("worker {n}: {line}", n=self.number, line=text)
+
+    def processEnded(self, reason: Failure) -> None:
+        log.info("worker {n} ended: {why}", n=self.number, why=reason.getErrorMessage())
+        self.ended.callback(None)
+
+
+class WorkerProcesses(Service):
+    """Starts C{count} more copies of this server and stops them with it."""
+
+    def __init__(self, reactor: Any, count: int, serve_argv: list[str]) -> None:
+        self.reactor = reactor
+        self.count = count
+        self.serve_argv = serve_argv
+        self._workers: list[tuple[Any, _WorkerOutput]] = []
+
+    def startService(self) -> None:
+        super().startService()
+        for number in range(1, self.count + 1):
+            output = _WorkerOutput(number)
+            argv = [sys.executable, "-m", "filexfer", "serve", *self.serve_argv]
+            argv += ["--worker-of", str(os.getpid())]
+            process = self.reactor.spawnProcess(
+                output, sys.executable, argv, env=os.environ, childFDs={0: "w", 1: "r", 2: "r"}
+            )
+            log.info("worker {n} started as process {pid}", n=number, pid=process.pid)
+            self._workers.append((process, output))
+
+    def stopService(self) -> Deferred[Any]:
+        super().stopService()
+        waits = []
+        for process, output in self._workers:
+            if not output.ended.called:
+                _signal(process, signal.SIGTERM)
+                killer = self.reactor.callLater(STOP_GRACE, _signal, process, signal.SIGKILL)
+                output.ended.addBoth(_cancel, killer)
+                waits.append(output.ended)
+        self._workers = []
+        return DeferredList(waits) if waits else succeed(None)
+
+
+def _cancel(result: object, call: Any) -> object:
+    if call.active():
+        call.cancel()
+    return result
+
+
+def _signal(process: Any, signum: int) -> None:
+    try:
+        process.signalProcess(signum)
+    except Exception:  # already gone
+        pass
+
+
+class ParentWatch(Service):
+    """In a worker: stop the reactor when the parent that started it is gone."""
+
+    def __init__(self, reactor: Any, parent: int) -> None:
+        self.reactor = reactor
+        self.parent_pid = parent
+        self._loop = LoopingCall(self._check)
+        self._loop.clock = reactor
+
+    def startService(self) -> None:
+        super().startService()
+        self._loop.start(1.0, now=False)
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._loop.running:
+            self._loop.stop()
+
+    def _check(self) -> None:
+        if os.getppid() != self.parent_pid:
+            log.warn("the parent process {pid} is gone: stopping", pid=self.parent_pid)
+            self.reactor.stop()
