@@ -57,6 +57,14 @@ def fx_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def listen_options(port: int, server_options: Sequence[str], backlog: int = 1024) -> list[str]:
+    """Where twistd listens: loopback only, or --port (all interfaces) with --workers,
+    which shares only --port between its processes."""
+    if any(option.startswith("--workers") for option in server_options):
+        return ["--port", str(port)]
+    return ["--listen", f"tcp:{port}:interface=127.0.0.1:backlog={backlog}"]
+
+
 def twistd_argv(*options: str) -> list[str]:
     """C{twistd -n filexfer OPTIONS} with no pid file, run by this interpreter."""
     runner = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"

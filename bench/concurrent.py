@@ -134,7 +134,7 @@ def big(args, socat: str, work: Path) -> None:
             sources.append(source)
         port = c.free_port()
         argv = c.twistd_argv(
-            "--listen", f"tcp:{port}:interface=127.0.0.1", "--root", str(root), "--no-tftp",
+            *c.listen_options(port, args.server_option), "--root", str(root), "--no-tftp",
             *args.server_option,
         )  # fmt: skip
         total = PARALLEL * size
