@@ -26,8 +26,11 @@ from filexfer.tftp._engine import (
     NetasciiBlocks,
     Retransmitter,
     Send,
+    enable_gro,
     enlarge_buffers,
     make_send,
+    make_send_many,
+    read_burst,
     read_directly,
 )
 from filexfer.tftp._packets import (
@@ -64,7 +67,8 @@ from filexfer.tftp._packets import Error as ErrorPacket
 DEFAULT_CLIENT_BLKSIZE = 1428
 """Fits one 1500-byte Ethernet frame: 1428 + 4 (TFTP) + 8 (UDP) + 40 (IPv6) < 1500."""
 
-DEFAULT_CLIENT_WINDOWSIZE = 16
+DEFAULT_CLIENT_WINDOWSIZE = 32
+"""32 blocks of 1428 bytes: one GSO send, and well inside a default Linux receive buffer."""
 DEFAULT_CLIENT_TIMEOUT = 1.0
 DEFAULT_CLIENT_RETRIES = 5
 
@@ -165,6 +169,11 @@ class _ClientTransfer(DatagramProtocol):
     def _not_pinned(self, datagram: bytes) -> None:
         pass
 
+    def send_to(self) -> tuple[str, int]:
+        """The server's transfer port (once pinned)."""
+        assert self.peer is not None
+        return self.peer
+
     def _send_request(self) -> None:
         try:
             self.transport.write(self.request, self.server)  # type: ignore[union-attr]
@@ -176,48 +185,43 @@ class _ClientTransfer(DatagramProtocol):
         self.request_timer.progress()
 
     burst = 1
-    """The most datagrams L{readable} takes per readiness event."""
+    """The most reads L{readable} makes per readiness event."""
+
+    wants_gro = False
+    """Receive coalesced runs of datagrams (UDP GRO) when the port allows."""
+
+    gro = False
 
     def readable(self, sock: Any, bufsize: int) -> None:
-        """The port is readable: take up to L{burst} datagrams (see L{read_directly}).
+        """The port is readable: make up to L{burst} reads (see L{read_directly}).
 
         DATA or ACK from the pinned server port go straight to
         L{fast_packet}; reading stops when it says the server now waits
         for us, so no C{recvfrom} is wasted on an empty socket.
         """
-        recvfrom = sock.recvfrom
-        fast_opcode = self.fast_opcode
-        for _ in range(self.burst):
-            try:
-                datagram, addr = recvfrom(bufsize)
-            except BlockingIOError:
-                break
-            except OSError:
-                continue  # an ICMP error for an earlier datagram: it was lost
-            peer = self.peer
-            if (
-                peer is not None
-                and addr[1] == peer[1]
-                and addr[0] == peer[0]
-                and len(datagram) >= 4
-                and datagram[1] == fast_opcode
-                and datagram[0] == 0
-                and not self.done
-            ):
-                try:
-                    if self.fast_packet((datagram[2] << 8) | datagram[3], datagram):
-                        break
-                except OSError as exc:
-                    self.abort(NOT_DEFINED, f"local I/O error: {exc}")
-                    break
-                except Exception as exc:  # a bug, not the network
-                    self.fail(exc)
-                    break
-            else:
-                self.datagramReceived(datagram, addr)
-                if self.done:
-                    break
+        read_burst(sock, bufsize, self.burst, self.gro, self._datagram)
         self.after_reading()
+
+    def _datagram(self, datagram: Any, addr: Any) -> bool:
+        peer = self.peer
+        if (
+            peer is not None
+            and addr[1] == peer[1]
+            and addr[0] == peer[0]
+            and len(datagram) >= 4
+            and datagram[1] == self.fast_opcode
+            and datagram[0] == 0
+            and not self.done
+        ):
+            try:
+                return self.fast_packet((datagram[2] << 8) | datagram[3], datagram)
+            except OSError as exc:
+                self.abort(NOT_DEFINED, f"local I/O error: {exc}")
+            except Exception as exc:  # a bug, not the network
+                self.fail(exc)
+            return True
+        self.datagramReceived(bytes(datagram), addr)
+        return self.done
 
     def after_reading(self) -> None:
         """A burst of datagrams was handled (progress reports go here)."""
@@ -399,6 +403,7 @@ class _Uploader(_ClientTransfer):
             on_done=self._sent,
             on_timeout=self.timed_out,
             on_progress=self._progress if self.progress is not None else None,
+            send_many=make_send_many(self.transport, self.send_to(), self.send),
         )
         self.sender.start()
 
@@ -430,6 +435,7 @@ class _Downloader(_ClientTransfer):
     """Receive a remote file with RRQ into a temporary file, then rename it."""
 
     fast_opcode = OP_DATA
+    wants_gro = True
 
     def __init__(self, local_path: str, netascii: bool, **kw: Any) -> None:
         super().__init__(**kw)
@@ -486,7 +492,7 @@ class _Downloader(_ClientTransfer):
     def _deliver(self, payload: bytes) -> None:
         """Netascii: convert, then write (octet blocks go straight to the file)."""
         assert self.decoder is not None
-        payload = self.decoder.decode(payload)
+        payload = self.decoder.decode(bytes(payload))
         self.handle.write(payload)
         self.written += len(payload)
 
@@ -556,7 +562,8 @@ def _run(
             transfer.cleanup()
             raise
         enlarge_buffers(transfer.port)
-        read_directly(transfer.port)
+        if read_directly(transfer.port) and transfer.wants_gro:
+            transfer.gro = enable_gro(transfer.port)
         return transfer.result
 
     return _resolve(reactor, host).addCallback(start)

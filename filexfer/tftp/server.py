@@ -28,8 +28,12 @@ from filexfer.tftp._engine import (
     FileBlocks,
     NetasciiBlocks,
     Send,
+    SendMany,
+    enable_gro,
     enlarge_buffers,
     make_send,
+    make_send_many,
+    read_burst,
     read_directly,
 )
 from filexfer.tftp._packets import (
@@ -100,6 +104,7 @@ class _Transfer(DatagramProtocol):
         self.done = False
         self.outcome = ""
         self.send: Send = self._not_started
+        self.send_many: SendMany | None = None
 
     # -- helpers --------------------------------------------------------------
 
@@ -108,6 +113,7 @@ class _Transfer(DatagramProtocol):
 
     def startProtocol(self) -> None:
         self.send = make_send(self.transport, self.peer)
+        self.send_many = make_send_many(self.transport, self.peer, self.send)
         self.begin()
 
     def begin(self) -> None:
@@ -123,45 +129,41 @@ class _Transfer(DatagramProtocol):
         raise NotImplementedError
 
     burst = 1
-    """The most datagrams L{readable} takes per readiness event."""
+    """The most reads L{readable} makes per readiness event."""
+
+    wants_gro = False
+    """Receive coalesced runs of datagrams (UDP GRO) when the port allows."""
+
+    gro = False
 
     def readable(self, sock: Any, bufsize: int) -> None:
-        """The transfer port is readable: take up to L{burst} datagrams.
+        """The transfer port is readable: make up to L{burst} reads.
 
         Called by the port itself (see L{read_directly}) instead of
         C{datagramReceived} per datagram.  In-order packets from the peer
         go straight to L{fast_packet}; reading stops when it says the peer
         now waits for us, so no C{recvfrom} is wasted on an empty socket.
         """
-        recvfrom = sock.recvfrom
-        fast_opcode = self.fast_opcode
-        host, port = self.peer
-        for _ in range(self.burst):
+        read_burst(sock, bufsize, self.burst, self.gro, self._datagram)
+
+    def _datagram(self, datagram: Any, addr: Any) -> bool:
+        peer = self.peer
+        if (
+            addr[1] == peer[1]
+            and addr[0] == peer[0]
+            and len(datagram) >= 4
+            and datagram[1] == self.fast_opcode
+            and datagram[0] == 0
+            and not self.done
+        ):
             try:
-                datagram, addr = recvfrom(bufsize)
-            except BlockingIOError:
-                return
-            except OSError:
-                continue  # an ICMP error for an earlier datagram: it was lost
-            if (
-                addr[1] == port
-                and addr[0] == host
-                and len(datagram) >= 4
-                and datagram[1] == fast_opcode
-                and datagram[0] == 0
-                and not self.done
-            ):
-                try:
-                    if self.fast_packet((datagram[2] << 8) | datagram[3], datagram):
-                        return
-                except Exception:
-                    log.failure("unexpected error in a TFTP transfer with {peer}", peer=self.peer)
-                    self.finish("internal error", send_error=(NOT_DEFINED, "internal server error"))
-                    return
-            else:
-                self.datagramReceived(datagram, addr)
-                if self.port is None:
-                    return
+                return self.fast_packet((datagram[2] << 8) | datagram[3], datagram)
+            except Exception:
+                log.failure("unexpected error in a TFTP transfer with {peer}", peer=self.peer)
+                self.finish("internal error", send_error=(NOT_DEFINED, "internal server error"))
+                return True
+        self.datagramReceived(bytes(datagram), addr)
+        return self.port is None
 
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
         try:
@@ -302,6 +304,7 @@ class _ReadTransfer(_Transfer):
             retries=self.retries,
             on_done=self._sent,
             on_timeout=self._timed_out,
+            send_many=self.send_many,
         )
         oack = encode(OptionAck(settings.options)) if settings.options else None
         try:
@@ -364,6 +367,7 @@ class _WriteTransfer(_Transfer):
     ) -> None:
         super().__init__(server, peer, path, settings, timeout)
         self.burst = min(settings.windowsize, 64) + 1
+        self.wants_gro = True
         self.upload = upload
         self.decoder = NetasciiDecoder() if netascii else None
         self.buffer = bytearray()
@@ -424,7 +428,7 @@ class _WriteTransfer(_Transfer):
 
     def _deliver(self, payload: bytes) -> None:
         if self.decoder is not None:
-            payload = self.decoder.decode(payload)
+            payload = self.decoder.decode(bytes(payload))
         self.buffer += payload
         if len(self.buffer) >= _WRITE_BUFFER:
             self._flush()
@@ -637,7 +641,8 @@ class TFTPServerProtocol(DatagramProtocol):
             transfer.close()
             return
         enlarge_buffers(transfer.port)
-        read_directly(transfer.port)
+        if read_directly(transfer.port) and transfer.wants_gro:
+            transfer.gro = enable_gro(transfer.port)
 
     def forget_request(self, transfer: _Transfer) -> None:
         """A transfer has ended: a repeat of its request is a new request."""
