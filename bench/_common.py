@@ -162,6 +162,7 @@ class Finished:
     seconds: float
     peak_rss: int  # bytes
     output: str = ""
+    cpu: float = 0.0  # user + system seconds
 
 
 def _status_code(status: int) -> int:
@@ -189,7 +190,16 @@ def start(
 
 
 def reap(process: subprocess.Popen[bytes], timeout: float) -> tuple[int, int]:
-    """Wait (with a deadline) for C{process}; return (exit code, peak RSS in bytes).
+    """Wait (with a deadline) for C{process}; return (exit code, peak RSS in bytes)."""
+    code, peak, _ = reap_with_cpu(process, timeout)
+    return code, peak
+
+
+def reap_with_cpu(process: subprocess.Popen[bytes], timeout: float) -> tuple[int, int, float]:
+    """Wait (with a deadline) for C{process}; return (exit code, peak RSS, CPU seconds).
+
+    The CPU seconds (user + system, from C{wait4}) show what a transfer
+    costs whatever else the machine is doing.
 
     The peak is the child's own VmHWM, polled every few milliseconds while
     it runs.  (C{wait4}'s C{ru_maxrss} would not do: Linux carries the
@@ -204,13 +214,13 @@ def reap(process: subprocess.Popen[bytes], timeout: float) -> tuple[int, int]:
         except (OSError, BenchError):
             pass  # exiting: VmHWM is gone with its memory
         try:
-            pid, status = os.waitpid(process.pid, os.WNOHANG)
+            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
         except ChildProcessError:
-            return (process.returncode if process.returncode is not None else -1), peak
+            return (process.returncode if process.returncode is not None else -1), peak, 0.0
         if pid == process.pid:
             code = _status_code(status)
             process.returncode = code
-            return code, peak
+            return code, peak, usage.ru_utime + usage.ru_stime
         if time.monotonic() > deadline:
             stop(process)
             raise BenchError(f"{' '.join(map(str, process.args))} ran past {timeout:g} s")
@@ -244,13 +254,13 @@ def run(
         began = time.perf_counter()
         process = start(argv, env=env, cwd=cwd, stdout=out if capture else subprocess.DEVNULL)
         try:
-            status, rss = reap(process, timeout)
+            status, rss, cpu = reap_with_cpu(process, timeout)
         finally:
             stop(process)
         seconds = time.perf_counter() - began
         out.seek(0)
         text = out.read().decode("utf-8", "replace")
-    return Finished(list(argv), status, seconds, rss, text)
+    return Finished(list(argv), status, seconds, rss, text, cpu)
 
 
 def check(finished: Finished) -> Finished:
@@ -260,6 +270,13 @@ def check(finished: Finished) -> Finished:
             f"{' '.join(finished.argv)} exited {finished.status}:\n{finished.output[-2000:]}"
         )
     return finished
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a live process has used so far."""
+    with open(f"/proc/{pid}/stat") as handle:
+        fields = handle.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def peak_rss(pid: int) -> int:
@@ -541,11 +558,14 @@ class Series:
     nbytes: int
     seconds: list[float] = field(default_factory=list)
     rss: dict[str, int] = field(default_factory=dict)  # role -> peak bytes
+    cpu: dict[str, list[float]] = field(default_factory=dict)  # role -> CPU seconds per run
 
-    def add(self, seconds: float, **rss: int) -> None:
+    def add(self, seconds: float, cpu: dict[str, float] | None = None, **rss: int) -> None:
         self.seconds.append(seconds)
         for role, value in rss.items():
             self.rss[role] = max(self.rss.get(role, 0), value)
+        for role, spent in (cpu or {}).items():
+            self.cpu.setdefault(role, []).append(spent)
 
     @property
     def median(self) -> float:
@@ -558,8 +578,12 @@ class Series:
     def describe(self) -> str:
         runs = " ".join(f"{self.nbytes / 1e6 / s:.0f}" for s in self.seconds)
         rss = " ".join(f"{role}_rss={value / MiB:.1f}MiB" for role, value in self.rss.items())
+        cpu = "".join(
+            f" {role}_cpu={statistics.median(spent):.2f}s" for role, spent in self.cpu.items()
+        )
         return (
-            f"{self.label}: median {self.mbps:.1f} MB/s ({self.median:.3f} s) runs=[{runs}] {rss}"
+            f"{self.label}: median {self.mbps:.1f} MB/s ({self.median:.3f} s) runs=[{runs}] "
+            f"{rss}{cpu}"
         )
 
 

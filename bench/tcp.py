@@ -32,7 +32,7 @@ RSS_LIMIT = 48 * c.MiB
 
 def socat_once(
     socat: str, source: Path, dest: Path, timeout: float
-) -> tuple[float, dict[str, int]]:
+) -> tuple[float, dict[str, int], dict[str, float]]:
     """One socat transfer: listener writes C{dest}, client reads C{source}."""
     c.remove(dest)
     port = c.free_port()
@@ -55,7 +55,7 @@ def socat_once(
                 timeout=timeout,
             )
         )
-        status, server_rss = c.reap(listener, timeout)
+        status, server_rss, server_cpu = c.reap_with_cpu(listener, timeout)
         seconds = time.perf_counter() - began
     finally:
         c.stop(listener)
@@ -65,15 +65,17 @@ def socat_once(
     if size != source.stat().st_size:
         raise c.BenchError(f"socat wrote {size} bytes of {source.stat().st_size}")
     c.remove(dest)
-    return seconds, {"server": server_rss, "client": client.peak_rss}
+    cpu = {"server": server_cpu, "client": client.cpu}
+    return seconds, {"server": server_rss, "client": client.peak_rss}, cpu
 
 
 def filexfer_once(
     server: c.Server, root: Path, source: Path, digest: str, timeout: float, verify: bool
-) -> tuple[float, dict[str, int]]:
+) -> tuple[float, dict[str, int], dict[str, float]]:
     """One FX/1 upload with the filexfer command; the client verifies the receipt."""
     c.drop_received(root)
     server.reset_peak()
+    server_cpu = c.cpu_seconds(server.pid)
     client = c.check(
         c.run(
             c.filexfer_argv("send", "--no-progress", str(source), f"127.0.0.1:{server.port}"),
@@ -89,8 +91,9 @@ def filexfer_once(
     if verify and c.sha256_file(stored) != digest:
         raise c.BenchError("the stored file differs from the source")
     rss = {"server": server.peak(), "client": client.peak_rss}
+    cpu = {"server": c.cpu_seconds(server.pid) - server_cpu, "client": client.cpu}
     c.drop_received(root)
-    return client.seconds, rss
+    return client.seconds, rss, cpu
 
 
 def main() -> int:
@@ -136,14 +139,14 @@ def main() -> int:
                 try:
                     for index in range(warmup + runs):
                         measured = index >= warmup
-                        seconds, rss = socat_once(socat, source, work / "socat.out", timeout)
+                        seconds, rss, cpu = socat_once(socat, source, work / "socat.out", timeout)
                         if measured:
-                            reference.add(seconds, **rss)
-                        seconds, rss = filexfer_once(
+                            reference.add(seconds, cpu, **rss)
+                        seconds, rss, cpu = filexfer_once(
                             server, root, source, digest, timeout, verify=args.smoke
                         )
                         if measured:
-                            ours.add(seconds, **rss)
+                            ours.add(seconds, cpu, **rss)
                 except c.BenchError:
                     print(server.log_tail(), file=sys.stderr)
                     raise
