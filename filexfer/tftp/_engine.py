@@ -413,24 +413,29 @@ class BlockSender:
             acked = 0
             for _ in range(index + 1):
                 acked += len(window.popleft()) - 4
+        self._base += index + 1
         if self._handshake:
             self._handshake = False
             acked = 0
-        self._base += index + 1
-        self.acked_bytes += acked
-        if self._on_progress is not None and acked:
-            self._on_progress(self.acked_bytes)
-        if not window and self._last_read:
-            self.finished = True
-            self.timer.stop()
-            self._on_done()
-            return
-        self.timer.progress()
         if window:
             # Blocks still in the window were sent after the one acked: the
             # receiver saw a gap (RFC 7440), so go back and send them again.
             self._send_many(list(window))
+        elif self._last_read:
+            self.acked_bytes += acked
+            self.finished = True
+            self.timer.stop()
+            if self._on_progress is not None and acked:
+                self._on_progress(self.acked_bytes)
+            self._on_done()
+            return
         self._fill_and_send()
+        # The bookkeeping comes after sending: the peer is working meanwhile.
+        self.timer.progress()
+        if acked:
+            self.acked_bytes += acked
+            if self._on_progress is not None:
+                self._on_progress(self.acked_bytes)
 
     def _send_each(self, datagrams: Sequence[bytes]) -> None:
         send = self._send

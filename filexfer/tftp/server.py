@@ -314,6 +314,34 @@ class _ReadTransfer(_Transfer):
 
     fast_opcode = OP_ACK
 
+    def readable(self, sock: Any, bufsize: int) -> None:
+        """One ACK per window: read one datagram; an ACK from the peer goes
+        straight to the sender (the shortest path, for lock-step clients)."""
+        try:
+            datagram, addr = sock.recvfrom(bufsize)
+        except OSError:
+            return  # nothing there, or an ICMP error about an earlier datagram
+        peer = self.peer
+        sender = self.sender
+        if (
+            addr[1] == peer[1]
+            and addr[0] == peer[0]
+            and len(datagram) >= 4
+            and datagram[1] == OP_ACK
+            and datagram[0] == 0
+            and sender is not None
+            and not self.done
+        ):
+            try:
+                sender.ack_received((datagram[2] << 8) | datagram[3])
+            except OSError as exc:
+                self._read_error(exc)
+            except Exception:
+                log.failure("unexpected error in a TFTP transfer with {peer}", peer=peer)
+                self.finish("internal error", send_error=(NOT_DEFINED, "internal server error"))
+            return
+        self.datagramReceived(datagram, addr)
+
     def fast_packet(self, block: int, datagram: bytes) -> bool:
         assert self.sender is not None
         try:
