@@ -67,8 +67,9 @@ from filexfer.tftp._packets import Error as ErrorPacket
 DEFAULT_CLIENT_BLKSIZE = 1428
 """Fits one 1500-byte Ethernet frame: 1428 + 4 (TFTP) + 8 (UDP) + 40 (IPv6) < 1500."""
 
-DEFAULT_CLIENT_WINDOWSIZE = 32
-"""32 blocks of 1428 bytes: one GSO send, and well inside a default Linux receive buffer."""
+DEFAULT_CLIENT_WINDOWSIZE = 64
+"""64 blocks of 1428 bytes (91 KB): two GSO sends, one ACK, and inside a default
+Linux receive buffer (212 KB) even for a peer that does not enlarge it."""
 DEFAULT_CLIENT_TIMEOUT = 1.0
 DEFAULT_CLIENT_RETRIES = 5
 
