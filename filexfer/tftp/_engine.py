@@ -28,6 +28,7 @@ Send = Callable[[bytes], None]
 SendMany = Callable[[Sequence[bytes]], None]
 
 _SOCKET_BUFFER = 4 * 1024 * 1024
+_READ_AHEAD = 1024 * 1024
 
 # Linux UDP segmentation offload (GSO, 4.18+) and receive coalescing (GRO,
 # 5.0+); the values are from <linux/udp.h>, which Python does not export.
@@ -385,7 +386,10 @@ class BlockSender:
         self._window: deque[bytes] = deque()
         self._base = 1  # the (unwrapped) block number of _window[0]
         self._next = 1  # the (unwrapped) block number of the next block to read
-        self._last_read = False
+        self._ahead: deque[bytes] = deque()  # read (as datagrams) but not sent yet
+        self._ahead_max = max(1, min(windowsize, _READ_AHEAD // (blksize + 4)))
+        self._read_all = False  # the last block has been read (into _ahead)
+        self._last_read = False  # the last block has been sent (it is in _window)
         self._handshake = False
         self.acked_bytes = 0
         self.finished = False
@@ -400,6 +404,7 @@ class BlockSender:
         else:
             self._fill_and_send()
         self.timer.progress()
+        self._read_ahead()
 
     def ack_received(self, block: int) -> None:
         """Handle an ACK of (wire) block number C{block}."""
@@ -436,39 +441,53 @@ class BlockSender:
             self.acked_bytes += acked
             if self._on_progress is not None:
                 self._on_progress(self.acked_bytes)
+        self._read_ahead()
 
     def _send_each(self, datagrams: Sequence[bytes]) -> None:
         send = self._send
         for datagram in datagrams:
             send(datagram)
 
+    def _read_one(self) -> bytes:
+        payload = self._next_block()
+        datagram = _DATA_HEADER(3, self._next & 0xFFFF) + payload
+        self._next += 1
+        if len(payload) < self._blksize:
+            self._read_all = True
+        return datagram
+
+    def _read_ahead(self) -> None:
+        """Read the next window now, while the peer works on this one.
+
+        Reading and framing the blocks is then off the critical path: when
+        the ACK comes, the window only has to be sent.  At most a window
+        (and at most 1 MiB) is held.
+        """
+        ahead = self._ahead
+        while len(ahead) < self._ahead_max and not self._read_all:
+            ahead.append(self._read_one())
+
     def _fill_and_send(self) -> None:
         window = self._window
         room = self._windowsize - len(window)
         if room <= 0 or self._last_read:
             return
-        next_block = self._next_block
-        blksize = self._blksize
-        number = self._next
+        ahead = self._ahead
+        limit = self._blksize + 4
         if room == 1:  # lock-step: no list, no batch
-            payload = next_block()
-            datagram = _DATA_HEADER(3, number & 0xFFFF) + payload
-            self._next = number + 1
+            datagram = ahead.popleft() if ahead else self._read_one()
             window.append(datagram)
-            if len(payload) < blksize:
+            if len(datagram) < limit:
                 self._last_read = True
             self._send(datagram)
             return
         batch = []
         try:
             for _ in range(room):
-                payload = next_block()
-                datagram = _DATA_HEADER(3, number & 0xFFFF) + payload
-                number += 1
-                self._next = number
+                datagram = ahead.popleft() if ahead else self._read_one()
                 window.append(datagram)
                 batch.append(datagram)
-                if len(payload) < blksize:
+                if len(datagram) < limit:
                     self._last_read = True
                     break
         finally:
