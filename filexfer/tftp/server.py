@@ -214,6 +214,10 @@ class _Transfer(DatagramProtocol):
             f"illegal {name} from peer", send_error=(ILLEGAL_OPERATION, f"unexpected {name}")
         )
 
+    def _timed_out(self) -> None:
+        """The peer stopped answering: ERROR 0 and end."""
+        self.finish("timed out", send_error=(NOT_DEFINED, "timed out"))
+
     def finish(
         self,
         outcome: str,
@@ -359,9 +363,6 @@ class _ReadTransfer(_Transfer):
     def _sent(self) -> None:
         self.finish("ok")
 
-    def _timed_out(self) -> None:
-        self.finish("timed out", send_error=(NOT_DEFINED, "timed out"))
-
     def nbytes(self) -> int:
         return self.sender.acked_bytes if self.sender is not None else 0
 
@@ -505,9 +506,6 @@ class _WriteTransfer(_Transfer):
         self.finish(
             f"error {exc.code} {exc.reason}", send_error=(error_code_for(exc.code), exc.reason)
         )
-
-    def _timed_out(self) -> None:
-        self.finish("timed out", send_error=(NOT_DEFINED, "timed out"))
 
     def nbytes(self) -> int:
         return self.receiver.received_bytes if self.receiver is not None else 0
