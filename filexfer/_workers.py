@@ -50,50 +50,28 @@ def shared_socket(
     return sock
 
 
-class SharedStreamPort(Service):
-    """Listen for TCP on a port shared with the other workers."""
+class _SharedPort(Service):
+    """A port opened with SO_REUSEPORT and handed to the reactor."""
 
-    def __init__(self, reactor: Any, port: int, factory: Any, backlog: int) -> None:
+    kind = socket.SOCK_STREAM
+    label = "TCP"
+    backlog = 0
+
+    def __init__(self, reactor: Any, port: int, interface: str) -> None:
         self.reactor = reactor
         self.port = port
-        self.factory = factory
-        self.backlog = backlog
-        self._listening: Any = None
-
-    def startService(self) -> None:
-        sock = shared_socket(socket.SOCK_STREAM, "", self.port, self.backlog)
-        with sock:
-            self._listening = self.reactor.adoptStreamPort(sock.fileno(), sock.family, self.factory)
-        log.info(
-            "TCP port {port} shared (SO_REUSEPORT) by process {pid}",
-            port=self.port,
-            pid=os.getpid(),
-        )
-        super().startService()
-
-    def stopService(self) -> Deferred[Any]:
-        super().stopService()
-        return _stop_listening(self)
-
-
-class SharedDatagramPort(Service):
-    """Serve UDP on a port shared with the other workers."""
-
-    def __init__(self, reactor: Any, port: int, protocol: Any, interface: str) -> None:
-        self.reactor = reactor
-        self.port = port
-        self.protocol = protocol
         self.interface = interface
         self._listening: Any = None
 
+    def _adopt(self, sock: socket.socket) -> Any:
+        raise NotImplementedError
+
     def startService(self) -> None:
-        sock = shared_socket(socket.SOCK_DGRAM, self.interface, self.port, 0)
-        with sock:
-            self._listening = self.reactor.adoptDatagramPort(
-                sock.fileno(), sock.family, self.protocol, 65536
-            )
+        with shared_socket(self.kind, self.interface, self.port, self.backlog) as sock:
+            self._listening = self._adopt(sock)  # the reactor keeps its own descriptor
         log.info(
-            "UDP port {port} shared (SO_REUSEPORT) by process {pid}",
+            "{label} port {port} shared (SO_REUSEPORT) by process {pid}",
+            label=self.label,
             port=self.port,
             pid=os.getpid(),
         )
@@ -101,21 +79,34 @@ class SharedDatagramPort(Service):
 
     def stopService(self) -> Deferred[Any]:
         super().stopService()
-        return _stop_listening(self)
+        listening, self._listening = self._listening, None
+        return maybeDeferred(listening.stopListening) if listening is not None else succeed(None)
 
 
-def _announce(kind: str, port: int) -> None:
-    log.info(
-        "{kind} port {port} shared (SO_REUSEPORT) by process {pid}",
-        kind=kind,
-        port=port,
-        pid=os.getpid(),
-    )
+class SharedStreamPort(_SharedPort):
+    """Listen for TCP, on all interfaces, on a port shared with the other workers."""
+
+    def __init__(self, reactor: Any, port: int, factory: Any, backlog: int) -> None:
+        super().__init__(reactor, port, "")
+        self.factory = factory
+        self.backlog = backlog
+
+    def _adopt(self, sock: socket.socket) -> Any:
+        return self.reactor.adoptStreamPort(sock.fileno(), sock.family, self.factory)
 
 
-def _stop_listening(service: SharedStreamPort | SharedDatagramPort) -> Deferred[Any]:
-    listening, service._listening = service._listening, None
-    return maybeDeferred(listening.stopListening) if listening is not None else succeed(None)
+class SharedDatagramPort(_SharedPort):
+    """Serve UDP on a port shared with the other workers."""
+
+    kind = socket.SOCK_DGRAM
+    label = "UDP"
+
+    def __init__(self, reactor: Any, port: int, protocol: Any, interface: str) -> None:
+        super().__init__(reactor, port, interface)
+        self.protocol = protocol
+
+    def _adopt(self, sock: socket.socket) -> Any:
+        return self.reactor.adoptDatagramPort(sock.fileno(), sock.family, self.protocol, 65536)
 
 
 class _WorkerOutput(ProcessProtocol):
