@@ -12,6 +12,7 @@ import os
 import socket
 import tempfile
 from collections.abc import Callable
+from functools import partial
 from typing import Any, BinaryIO, Literal
 
 from twisted.internet.abstract import isIPAddress, isIPv6Address
@@ -548,11 +549,11 @@ def _resolve(reactor: Any, host: str) -> Deferred[str]:
     return resolved
 
 
-def _run(
-    reactor: Any, host: str, port: int, make: Callable[[str], _ClientTransfer]
-) -> Deferred[int]:
+def _run(reactor: Any, host: str, port: int, make: Callable[..., _ClientTransfer]) -> Deferred[int]:
+    """Resolve C{host}, then run the transfer C{make(server=(address, port))}."""
+
     def start(address: str) -> Deferred[int]:
-        transfer = make(address)
+        transfer = make(server=(address, port))
         interface = "::" if isIPv6Address(address) else ""
         blksize = int(transfer.options.get("blksize", DEFAULT_BLKSIZE))
         size = MAX_BLKSIZE + 4 if blksize > 8188 else 8192
@@ -598,20 +599,18 @@ def upload(
         del options["tsize"]
     request = encode(WriteRequest(remote_name.encode("utf-8"), mode, options))
 
-    def make(address: str) -> _ClientTransfer:
-        return _Uploader(
-            handle,
-            size,
-            netascii,
-            reactor=reactor,
-            server=(address, port),
-            request=request,
-            options=options,
-            timeout=timeout,
-            retries=retries,
-            progress=progress,
-        )
-
+    make = partial(
+        _Uploader,
+        handle,
+        size,
+        netascii,
+        reactor=reactor,
+        request=request,
+        options=options,
+        timeout=timeout,
+        retries=retries,
+        progress=progress,
+    )
     result = _run(reactor, host, port, make)
     result.addErrback(_close_on_failure, handle)
     return result
@@ -652,17 +651,15 @@ def download(
     request = encode(ReadRequest(remote_name.encode("utf-8"), mode, options))
     target = os.fspath(local_path)
 
-    def make(address: str) -> _ClientTransfer:
-        return _Downloader(
-            target,
-            netascii,
-            reactor=reactor,
-            server=(address, port),
-            request=request,
-            options=options,
-            timeout=timeout,
-            retries=retries,
-            progress=progress,
-        )
-
+    make = partial(
+        _Downloader,
+        target,
+        netascii,
+        reactor=reactor,
+        request=request,
+        options=options,
+        timeout=timeout,
+        retries=retries,
+        progress=progress,
+    )
     return _run(reactor, host, port, make)
