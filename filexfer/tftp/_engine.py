@@ -43,6 +43,23 @@ _GRO_SPACE = socket.CMSG_SPACE(4) if _LINUX else 0
 _LOST = (errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS, errno.ECONNREFUSED, errno.EINTR)
 
 
+def fast_block(datagram: Any, addr: Any, peer: tuple[str, int] | None, opcode: int) -> int:
+    """The block number of a C{opcode} packet (DATA or ACK) from C{peer}, else -1.
+
+    The hot path of every transfer: it reads the header without decoding.
+    """
+    if (
+        peer is not None
+        and addr[1] == peer[1]
+        and addr[0] == peer[0]
+        and len(datagram) >= 4
+        and datagram[1] == opcode
+        and datagram[0] == 0
+    ):
+        return (datagram[2] << 8) | datagram[3]
+    return -1
+
+
 def make_send(transport: Any, peer: tuple[str, int]) -> Send:
     """A fast C{send(datagram)} to C{peer} through a UDP C{transport}.
 

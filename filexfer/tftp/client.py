@@ -29,6 +29,7 @@ from filexfer.tftp._engine import (
     Send,
     enable_gro,
     enlarge_buffers,
+    fast_block,
     make_send,
     make_send_many,
     read_burst,
@@ -205,18 +206,10 @@ class _ClientTransfer(DatagramProtocol):
         self.after_reading()
 
     def _datagram(self, datagram: Any, addr: Any) -> bool:
-        peer = self.peer
-        if (
-            peer is not None
-            and addr[1] == peer[1]
-            and addr[0] == peer[0]
-            and len(datagram) >= 4
-            and datagram[1] == self.fast_opcode
-            and datagram[0] == 0
-            and not self.done
-        ):
+        block = fast_block(datagram, addr, self.peer, self.fast_opcode)
+        if block >= 0 and not self.done:
             try:
-                return self.fast_packet((datagram[2] << 8) | datagram[3], datagram)
+                return self.fast_packet(block, datagram)
             except OSError as exc:
                 self.abort(NOT_DEFINED, f"local I/O error: {exc}")
             except Exception as exc:  # a bug, not the network
@@ -239,17 +232,10 @@ class _ClientTransfer(DatagramProtocol):
     def _received(self, datagram: bytes, addr: Any) -> None:
         if self.done:
             return
-        peer = self.peer
-        if (
-            peer is not None
-            and addr[1] == peer[1]
-            and addr[0] == peer[0]
-            and len(datagram) >= 4
-            and datagram[1] == self.fast_opcode
-            and datagram[0] == 0
-        ):
+        block = fast_block(datagram, addr, self.peer, self.fast_opcode)
+        if block >= 0:
             try:
-                self.fast_packet((datagram[2] << 8) | datagram[3], datagram)
+                self.fast_packet(block, datagram)
             except OSError as exc:
                 self.abort(NOT_DEFINED, f"local I/O error: {exc}")
             return

@@ -31,6 +31,7 @@ from filexfer.tftp._engine import (
     SendMany,
     enable_gro,
     enlarge_buffers,
+    fast_block,
     make_send,
     make_send_many,
     read_burst,
@@ -147,17 +148,10 @@ class _Transfer(DatagramProtocol):
         read_burst(sock, bufsize, self.burst, self.gro, self._datagram)
 
     def _datagram(self, datagram: Any, addr: Any) -> bool:
-        peer = self.peer
-        if (
-            addr[1] == peer[1]
-            and addr[0] == peer[0]
-            and len(datagram) >= 4
-            and datagram[1] == self.fast_opcode
-            and datagram[0] == 0
-            and not self.done
-        ):
+        block = fast_block(datagram, addr, self.peer, self.fast_opcode)
+        if block >= 0 and not self.done:
             try:
-                return self.fast_packet((datagram[2] << 8) | datagram[3], datagram)
+                return self.fast_packet(block, datagram)
             except Exception:
                 log.failure("unexpected error in a TFTP transfer with {peer}", peer=self.peer)
                 self.finish("internal error", send_error=(NOT_DEFINED, "internal server error"))
