@@ -212,6 +212,9 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     get.add_argument("url", metavar="tftp://HOST:PORT/NAME")
     get.add_argument("local", metavar="LOCAL", nargs="?", help="where to save it")
+    get.add_argument(
+        "--overwrite", action="store_true", help="replace LOCAL if it exists (default: refuse)"
+    )
     _add_common(get)
 
     commands.add_parser(
@@ -348,6 +351,8 @@ async def _get(reactor: Any, args: argparse.Namespace, out: TextIO, err: TextIO)
     local = args.local or os.path.basename(dest.path)
     if os.path.isdir(local):
         local = os.path.join(local, os.path.basename(dest.path))
+    if os.path.lexists(local) and not args.overwrite:
+        raise UserError(f"{local} exists; use --overwrite to replace it")
     bars = ProgressBars(not args.no_progress, err)
     update, close = bars.for_file(dest.path, None)
     try:

@@ -121,3 +121,17 @@ class TwistdTFTPTests(unittest.TestCase):
         self.assertEqual(len(result.stderr.strip().splitlines()), 1, result.stderr)
         self.assertIn("TFTP error 1", result.stderr)
         self.assertNotIn("Traceback", result.stderr)
+
+    def test_get_refuses_to_overwrite(self) -> None:
+        """`filexfer get` keeps an existing LOCAL file unless --overwrite is given."""
+        source = write_file(os.path.join(self.root, "new.bin"), b"new contents")
+        local = write_file(os.path.join(self.base, "mine.bin"), b"precious")
+        url = f"tftp://{LOOPBACK}:{self.udp}/new.bin"
+        refused = run_filexfer("get", "--no-progress", url, local)
+        self.assertEqual(refused.returncode, 1)
+        self.assertIn("exists; use --overwrite", refused.stderr)
+        with open(local, "rb") as handle:
+            self.assertEqual(handle.read(), b"precious")
+        replaced = run_filexfer("get", "--no-progress", "--overwrite", url, local)
+        self.assertEqual(replaced.returncode, 0, replaced.stderr)
+        self.assertEqual(sha256_file(local), sha256_file(source))
