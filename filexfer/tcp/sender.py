@@ -73,8 +73,9 @@ class _FileProducer:
 class _ThreadedSend:
     """Streams a byte range of a file to a plain TCP socket off the reactor thread.
 
-    One thread pushes the bytes with C{os.sendfile} (no copy through Python),
-    another hashes them (hashlib releases the GIL); each works on its own
+    One thread pushes bytes [start, end) with C{os.sendfile} (no copy through
+    Python), another hashes [0, end), so that a resumed upload's prefix is
+    hashed off the reactor thread too (hashlib releases the GIL); each works on its own
     duplicates of the descriptors, so closing the file or the connection on
     the reactor thread never pulls a descriptor from under a thread.  The
     threads report back with C{callFromThread}; L{stop} makes them quit
@@ -138,7 +139,7 @@ class _ThreadedSend:
         self._reactor.callFromThread(self._one_done, "sent", position, error)
 
     def _hash(self, handle: int) -> None:
-        position = self._start
+        position = 0  # the whole file: a resumed prefix too
         error: BaseException | None = None
         try:
             while position < self._end and not self._stopped.is_set():
@@ -255,16 +256,12 @@ class SenderProtocol(Protocol):
 
     def _start_streaming(self, offset: int) -> None:
         self._streaming = True
-        if offset:
-            self._digest = _hash_prefix(self._handle, offset)
-        self._handle.seek(offset)
         self._sent = offset
         self._report_progress()
-        if offset == self._size:
-            self._all_sent()
-            return
         sock_fd = _socket_fd(self.transport)
         if sock_fd is not None and IReactorThreads.providedBy(self._clock):
+            # The hashing thread starts at 0: a resumed prefix is hashed off
+            # the reactor thread too.
             self._threaded = _ThreadedSend(
                 cast(IReactorThreads, self._clock),
                 sock_fd,
@@ -275,6 +272,12 @@ class SenderProtocol(Protocol):
                 self._sent_by_thread,
                 self._threads_finished,
             )
+            return
+        if offset:
+            self._digest = _hash_prefix(self._handle, offset)
+        self._handle.seek(offset)
+        if offset == self._size:
+            self._all_sent()
             return
         self._producing = True  # first: a real transport pulls the first chunk at once
         self.transport.registerProducer(_FileProducer(self), False)  # type: ignore[union-attr]
