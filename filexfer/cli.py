@@ -126,7 +126,7 @@ class ProgressBars:
 
     def for_file(
         self, label: str, total: int | None
-    ) -> tuple[Callable[[int, int | None], None], Callable[[], None]]:
+    ) -> tuple[ProgressCallback, Callable[[], None]]:
         """A progress callback and a closer for one file."""
         if not self.enabled:
             return (lambda done, total: None), (lambda: None)

@@ -79,10 +79,8 @@ MIN_TIMEOUT = 1
 MAX_TIMEOUT = 255
 MIN_WINDOWSIZE = 1
 MAX_WINDOWSIZE = 65535
-BLOCK_MODULO = 1 << 16
-"""Block numbers are 16 bits; after 65535 comes 0."""
-
 MODES = ("octet", "netascii")
+"""The transfer modes served (RFC 1350's "mail" is not)."""
 
 
 class MalformedPacket(ValueError):

@@ -43,6 +43,7 @@ from filexfer.tftp._packets import (
     MAX_WINDOWSIZE,
     MIN_BLKSIZE,
     MIN_TIMEOUT,
+    MODES,
     NOT_DEFINED,
     OP_ACK,
     OP_DATA,
@@ -524,7 +525,7 @@ def _check(blksize: int, windowsize: int, timeout: float, retries: int, mode: st
         raise ValueError(f"windowsize must be 1-{MAX_WINDOWSIZE}")
     if timeout <= 0 or retries < 0:
         raise ValueError("timeout must be positive and retries not negative")
-    if mode not in ("octet", "netascii"):
+    if mode not in MODES:
         raise ValueError("mode must be 'octet' or 'netascii'")
 
 

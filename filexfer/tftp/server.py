@@ -42,6 +42,7 @@ from filexfer.tftp._packets import (
     DEFAULT_BLKSIZE,
     ILLEGAL_OPERATION,
     MAX_BLKSIZE,
+    MODES,
     NOT_DEFINED,
     OP_ACK,
     OP_DATA,
@@ -589,7 +590,7 @@ class TFTPServerProtocol(DatagramProtocol):
         except MalformedPacket:
             return
         assert isinstance(request, ReadRequest | WriteRequest)
-        if request.mode not in ("octet", "netascii"):
+        if request.mode not in MODES:
             self._error(peer, ILLEGAL_OPERATION, f"unsupported mode {request.mode!r}")
             return
         try:
