@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
+import hmac
 import json
 import os
 import secrets
@@ -70,14 +71,24 @@ class IUpload(Interface):
     offset = Attribute("Bytes already held from an interrupted upload; data continues here.")
     received = Attribute("Bytes held so far, the offset included.")
     expected_size = Attribute("The announced size, or None.")
-    stored = Attribute("A Receipt when this exact file is already stored, else None.")
+    stored = Attribute(
+        "A Receipt when this exact file is already stored (established by the"
+        " SHA256 the sender announced), else None."
+    )
+    prefix_sha256 = Attribute(
+        "The hex SHA-256 of the bytes [0, offset) held from an interrupted upload,"
+        " for the sender to check against its own file; None when the held bytes"
+        " are a stored file that the sender must prove with its digest instead."
+    )
 
     def write(data: bytes) -> None:
         """Append C{data}; raise L{TransferError} (413, 422, 507) to stop."""
 
-    def finish() -> Deferred[Receipt]:
+    def finish(sha256: str | None = None) -> Deferred[Receipt]:
         """Verify, fsync and move the file into place; fire with its receipt.
 
+        @param sha256: the sender's SHA-256 of its whole file, sent after the
+            data (the FX/1 trailer); the stored bytes must hash to it.
         Fails with L{TransferError} (422 short or mismatched, 409 exists).
         """
 
@@ -88,8 +99,26 @@ class IUpload(Interface):
 class IStorage(Interface):
     """A place that stores uploads and serves downloads by relative path."""
 
-    def begin(path: str, size: int | None, sha256: str | None, mtime_ns: int | None) -> IUpload:
-        """Start receiving C{path}; raise L{TransferError} to refuse."""
+    def begin(
+        path: str,
+        size: int | None,
+        sha256: str | None,
+        mtime_ns: int | None,
+        *,
+        trailer: bool = False,
+        fresh: bool = False,
+    ) -> Deferred[IUpload]:
+        """Start receiving C{path}; fire with the upload, or fail with L{TransferError}.
+
+        @param size: the announced size in bytes, or None (then limits apply
+            as bytes arrive).
+        @param sha256: the announced hex SHA-256 of the whole file, or None.
+        @param mtime_ns: the announced modification time, ns since the epoch.
+        @param trailer: the sender will present its SHA-256 after the data
+            (C{finish(sha256)}): resume by Size and Mtime and the stored-file
+            check become safe (PROTOCOL.md 1.2.0, I1 and I2).
+        @param fresh: ignore any held bytes and stored candidates; start at 0.
+        """
 
     def open_read(path: str) -> tuple[BinaryIO, int]:
         """Open a stored file for reading: (file, size); L{TransferError} 404/403."""
@@ -180,10 +209,10 @@ class _Upload:
         self.offset = handle.tell()
         if size is not None and self.offset > size:
             handle.truncate(0)
-            handle.seek(0)
             self.offset = 0
         handle.seek(0)
-        self._digest = _hash_file(handle, self.offset)
+        self._digest = _hash_file(handle, self.offset)  # begin() runs this off the reactor
+        self.prefix_sha256: str | None = self._digest.hexdigest()
         self.received = self.offset
         self.stored: Receipt | None = None
         self._closed = False
@@ -215,6 +244,7 @@ class _Upload:
             raise self._error
         if self.expected_size is not None and self.received + len(data) > self.expected_size:
             raise TransferError(422, f"more bytes than the announced Size {self.expected_size}")
+        self._storage.check_size(self.received + len(data))
         self._storage.check_space(len(data))
         if self._run_writes is None:
             try:
@@ -284,13 +314,13 @@ class _Upload:
         self._idle_waiters.append(waiter)
         return waiter
 
-    def finish(self) -> Deferred[Receipt]:
+    def finish(self, sha256: str | None = None) -> Deferred[Receipt]:
         self.unregisterProducer()
         if self._run_writes is None:
-            return self._finish_written()
-        return self._idle().addCallback(lambda _: self._finish_written())
+            return self._finish_written(sha256)
+        return self._idle().addCallback(lambda _: self._finish_written(sha256))
 
-    def _finish_written(self) -> Deferred[Receipt]:
+    def _finish_written(self, claimed: str | None) -> Deferred[Receipt]:
         if self._closed:
             return fail(TransferError(500, "the upload was aborted"))
         if self._error is not None:
@@ -307,6 +337,18 @@ class _Upload:
         if self._sha256 is not None and digest != self._sha256:
             self.abort(keep_partial=False)
             return fail(TransferError(422, f"SHA256 mismatch: received data hashes to {digest}"))
+        if claimed is not None and digest != claimed:
+            # I1: bytes that are not the sender's file as it is now never get a
+            # final name, and a stale prefix is not offered again.
+            self.abort(keep_partial=False)
+            if self.offset:
+                reason = (
+                    f"the {self.offset} bytes held from an earlier upload differ from your"
+                    " file; send it again from the start"
+                )
+            else:
+                reason = "the file changed while it was sent (its SHA-256 differs)"
+            return fail(TransferError(422, reason))
         return self._storage.run_blocking(lambda: self._make_durable(digest))
 
     def _make_durable(self, digest: str) -> Receipt:
@@ -315,7 +357,9 @@ class _Upload:
             if self._mtime_ns is not None:
                 os.utime(self._handle.fileno(), ns=(time.time_ns(), self._mtime_ns))
             os.fsync(self._handle.fileno())
-            stored_path = self._storage.place(self._temp_name, self.path)
+            stored_path = self._storage.place(
+                self._temp_name, self.path, self.received, digest, self._mtime_ns
+            )
         except TransferError:
             self.abort(keep_partial=False)
             raise
@@ -323,9 +367,7 @@ class _Upload:
             self.abort(keep_partial=False)
             raise _os_error(exc, "store the file") from exc
         self._close()
-        receipt = Receipt(self.received, digest, stored_path)
-        self._storage.remember_digest(receipt)
-        return receipt
+        return Receipt(self.received, digest, stored_path)
 
     def abort(self, keep_partial: bool) -> None:
         if self._closed:
@@ -350,7 +392,9 @@ class _Upload:
 
 @implementer(IUpload)
 class _AlreadyStored:
-    """The exact file is already in place: nothing to receive."""
+    """The exact file is already in place (the sender's SHA256 says so): nothing to receive."""
+
+    prefix_sha256 = None
 
     def __init__(self, receipt: Receipt) -> None:
         self.path = receipt.path
@@ -361,9 +405,47 @@ class _AlreadyStored:
     def write(self, data: bytes) -> None:
         raise TransferError(422, "the file is already stored; no bytes expected")
 
-    def finish(self) -> Deferred[Receipt]:
+    def finish(self, sha256: str | None = None) -> Deferred[Receipt]:
         assert self.stored is not None
+        if sha256 is not None and sha256 != self.stored.sha256:
+            return fail(TransferError(422, "SHA256 mismatch with the announced SHA256"))
         return succeed(self.stored)
+
+    def abort(self, keep_partial: bool) -> None:
+        pass
+
+
+@implementer(IUpload)
+class _StoredCandidate:
+    """Stored files with the sender's Size and Mtime: the sender proves its digest.
+
+    The server tells nothing about these files (I2): the sender hashes its own
+    file and presents the digest (the trailer) to C{finish}, which answers with
+    the copy holding exactly those bytes, or 422 when none does (the sender
+    then sends the file with C{fresh}).
+    """
+
+    prefix_sha256 = None
+    stored = None
+
+    def __init__(self, path: str, size: int, digests: dict[str, str]) -> None:
+        self.path = path
+        self.expected_size = size
+        self.offset = self.received = size
+        self._digests = digests
+
+    def write(self, data: bytes) -> None:
+        raise TransferError(422, "only the SHA-256 trailer is expected")
+
+    def finish(self, sha256: str | None = None) -> Deferred[Receipt]:
+        for stored_path, digest in self._digests.items():
+            if sha256 is not None and hmac.compare_digest(digest, sha256):
+                return succeed(Receipt(self.expected_size, digest, stored_path))
+        return fail(
+            TransferError(
+                422, "the stored file with this Size and Mtime differs from yours; send it again"
+            )
+        )
 
     def abort(self, keep_partial: bool) -> None:
         pass
@@ -418,20 +500,62 @@ class DirectoryStorage:
         size: int | None = None,
         sha256: str | None = None,
         mtime_ns: int | None = None,
+        *,
+        trailer: bool = False,
+        fresh: bool = False,
+    ) -> Deferred[IUpload]:
+        """Start receiving C{path} (see L{IStorage.begin}).
+
+        What can be judged from the request alone (the name, the announced
+        Size against C{max_size} and the free space) is checked at once; the
+        look-ups and any hashing of bytes already on disk run through
+        C{run_blocking}, so that with a thread pool the reactor never waits
+        on the disk.
+        """
+        try:
+            path = validate_path(path)
+            if size is not None:
+                self.check_size(size)
+                self.check_space(size)
+        except TransferError:
+            return fail()
+        return self.run_blocking(
+            lambda: self._begin_on_disk(path, size, sha256, mtime_ns, trailer, fresh)
+        )
+
+    def _begin_on_disk(
+        self,
+        path: str,
+        size: int | None,
+        sha256: str | None,
+        mtime_ns: int | None,
+        trailer: bool,
+        fresh: bool,
     ) -> IUpload:
-        path = validate_path(path)
-        if size is not None:
-            if self.max_size is not None and size > self.max_size:
-                raise TransferError(413, f"file is larger than the server allows ({self.max_size})")
-            self.check_space(size)
-        existing = self._lookup(path)
-        if existing is not None:
-            stored = self._quick_check(path, existing, size, sha256, mtime_ns)
-            if stored is not None:
-                return _AlreadyStored(stored)
-            if self.on_conflict == "refuse":
-                raise TransferError(409, f"{path} already exists")
-        resumable = size is not None and (sha256 is not None or mtime_ns is not None)
+        *parents, name = path.split("/")
+        existing = self._lookup_entry(parents, name)
+        if (
+            existing is not None
+            and stat.S_ISDIR(existing.st_mode)
+            and self.on_conflict == "overwrite"
+        ):
+            raise TransferError(409, f"{path} exists and is a directory")
+        copies = self._copies(path, size) if size is not None else {}
+        if sha256 is not None:
+            for stored_path, info in copies.items():
+                if self._stored_digest(stored_path, info) == sha256:
+                    return _AlreadyStored(Receipt(info.st_size, sha256, stored_path))
+        elif trailer and not fresh and mtime_ns is not None and size is not None:
+            same_mtime = {
+                stored_path: self._stored_digest(stored_path, info)
+                for stored_path, info in copies.items()
+                if self._same_mtime(stored_path, info, mtime_ns)
+            }
+            if same_mtime:
+                return _StoredCandidate(path, size, same_mtime)
+        if existing is not None and self.on_conflict == "refuse":
+            raise TransferError(409, f"{path} already exists")
+        resumable = size is not None and (sha256 is not None or (trailer and mtime_ns is not None))
         if resumable:
             key = hashlib.sha256(
                 f"{path}\0{size}\0{sha256 or ''}\0{'' if sha256 else mtime_ns}".encode()
@@ -440,9 +564,15 @@ class DirectoryStorage:
         else:
             temp_name = os.path.join("tmp", secrets.token_hex(16))
         handle = self._open_temp(temp_name)
-        return _Upload(
-            self, path, size, sha256, mtime_ns, temp_name, handle, resumable, self.run_writes
-        )
+        if fresh:
+            handle.truncate(0)
+        try:
+            return _Upload(
+                self, path, size, sha256, mtime_ns, temp_name, handle, resumable, self.run_writes
+            )
+        except OSError as exc:
+            handle.close()
+            raise _os_error(exc, "read the partial file") from exc
 
     def _open_temp(self, temp_name: str) -> BinaryIO:
         full = os.path.join(self._state, temp_name)
@@ -457,6 +587,13 @@ class DirectoryStorage:
             raise TransferError(409, "an upload of this file is already in progress") from None
         return os.fdopen(fd, "r+b", buffering=0)
 
+    def check_size(self, size: int) -> None:
+        """Refuse with 413 a file of C{size} bytes (announced or arrived) above C{max_size}."""
+        if self.max_size is not None and size > self.max_size:
+            raise TransferError(
+                413, f"file is larger than the server allows ({self.max_size} bytes)"
+            )
+
     def check_space(self, incoming: int) -> None:
         """Refuse with 507 when C{incoming} more bytes would eat the reserve."""
         if incoming <= 0 or (self.min_free <= 0 and incoming < 1 << 20):
@@ -465,40 +602,52 @@ class DirectoryStorage:
         if incoming > free - self.min_free:
             raise TransferError(507, "not enough free space on the server")
 
-    def _quick_check(
-        self,
-        path: str,
-        existing: os.stat_result,
-        size: int | None,
-        sha256: str | None,
-        mtime_ns: int | None,
-    ) -> Receipt | None:
-        if size is None or existing.st_size != size:
-            return None
-        if sha256 is None:
-            same_mtime = mtime_ns is not None and existing.st_mtime_ns // 10**9 == mtime_ns // 10**9
-            if not same_mtime:
-                return None
-        digest = self._stored_digest(path, existing)
-        if sha256 is not None and digest != sha256:
-            return None
-        return Receipt(size, digest, path)
+    def _copies(self, path: str, size: int) -> dict[str, os.stat_result]:
+        """C{path} and the renamed copies stored for it (C{name (1).ext}...) that have C{size}.
+
+        The numbered copies are looked up in order up to the first free number.
+        """
+        *parents, name = path.split("/")
+        found: dict[str, os.stat_result] = {}
+        for number in range(_MAX_RENAME_TRIES):
+            candidate = name if number == 0 else numbered_name(name, number)
+            info = self._lookup_entry(parents, candidate)
+            if info is None:
+                if number > 0:
+                    break
+                continue
+            if stat.S_ISREG(info.st_mode) and info.st_size == size:
+                found["/".join([*parents, candidate])] = info
+        return found
+
+    def _same_mtime(self, path: str, existing: os.stat_result, mtime_ns: int) -> bool:
+        """The stored file has the sender's Mtime: as the file system keeps it, or as announced.
+
+        Whole seconds are compared, as rsync's quick check does; the sender's
+        digest decides in the end.  A file system may clamp or round a time
+        it cannot store: the announced time is remembered beside the digest.
+        """
+        if existing.st_mtime_ns // 10**9 == mtime_ns // 10**9:
+            return True
+        record = self._digest_record(path)
+        return (
+            record is not None
+            and record.get("key") == _stat_key(existing)
+            and record.get("mtime_ns") == mtime_ns
+        )
 
     def _stored_digest(self, path: str, existing: os.stat_result) -> str:
+        """The SHA-256 of a stored file: from the cache, or by reading it (blocking)."""
         cached = self._digest_record(path)
         if cached is not None and cached.get("key") == _stat_key(existing):
             return str(cached["sha256"])
         handle, _ = self.open_read(path)
         with handle:
+            info = os.fstat(handle.fileno())
             digest: str = _hash_file(handle).hexdigest()
-        self._write_digest_record(path, existing, digest)
+        if _stat_key(info) == _stat_key(existing):
+            self._write_digest_record(path, existing, digest, None)
         return digest
-
-    def remember_digest(self, receipt: Receipt) -> None:
-        """Cache the digest of a stored file so a quick check need not re-read it."""
-        existing = self._lookup(receipt.path)
-        if existing is not None:
-            self._write_digest_record(receipt.path, existing, receipt.sha256)
 
     def _digest_file(self, path: str) -> str:
         name = hashlib.sha256(path.encode()).hexdigest()
@@ -510,10 +659,12 @@ class DirectoryStorage:
                 record: dict[str, Any] = json.load(handle)
         except (OSError, ValueError):
             return None
-        return record if record.get("path") == path else None
+        return record if isinstance(record, dict) and record.get("path") == path else None
 
-    def _write_digest_record(self, path: str, existing: os.stat_result, digest: str) -> None:
-        record = {"path": path, "key": _stat_key(existing), "sha256": digest}
+    def _write_digest_record(
+        self, path: str, existing: os.stat_result, digest: str, mtime_ns: int | None
+    ) -> None:
+        record = {"path": path, "key": _stat_key(existing), "sha256": digest, "mtime_ns": mtime_ns}
         target = self._digest_file(path)
         temp = f"{target}.{secrets.token_hex(4)}"
         try:
@@ -530,12 +681,30 @@ class DirectoryStorage:
         except FileNotFoundError:
             pass
 
-    def place(self, temp_name: str, path: str) -> str:
+    def place(
+        self,
+        temp_name: str,
+        path: str,
+        size: int | None = None,
+        digest: str | None = None,
+        mtime_ns: int | None = None,
+    ) -> str:
         """Link the finished temporary file into place by the conflict policy.
+
+        When C{digest} is given and a file with exactly these bytes is already
+        stored for C{path} (the path itself or, under C{rename}, one of its
+        numbered copies), nothing new is made: that file's path is returned
+        (PROTOCOL.md 1.2.1).  The digest of the placed file is cached, with
+        the announced C{mtime_ns}.
 
         @return: the relative path it was stored under.
         """
         *parents, name = path.split("/")
+        if digest is not None and size is not None:
+            identical = self._identical_copy(path, size, digest)
+            if identical is not None:
+                self.discard(temp_name)
+                return identical
         with self._directory(parents, create=True) as parent_fd, self._state_fd() as state_fd:
             stored_name = self._link_by_policy(state_fd, temp_name, parent_fd, name)
             try:
@@ -543,7 +712,20 @@ class DirectoryStorage:
             except FileNotFoundError:
                 pass  # "overwrite" renamed it rather than linking it
             os.fsync(parent_fd)
-        return "/".join([*parents, stored_name])
+            placed = os.stat(stored_name, dir_fd=parent_fd, follow_symlinks=False)
+        stored_path = "/".join([*parents, stored_name])
+        if digest is not None:
+            self._write_digest_record(stored_path, placed, digest, mtime_ns)
+        return stored_path
+
+    def _identical_copy(self, path: str, size: int, digest: str) -> str | None:
+        copies = self._copies(path, size)
+        if self.on_conflict != "rename":
+            copies = {p: info for p, info in copies.items() if p == path}
+        for stored_path, info in copies.items():
+            if hmac.compare_digest(self._stored_digest(stored_path, info), digest):
+                return stored_path
+        return None
 
     def _link_by_policy(self, state_fd: int, temp_name: str, parent_fd: int, name: str) -> str:
         if self.on_conflict == "overwrite":
@@ -589,17 +771,18 @@ class DirectoryStorage:
             raise TransferError(403, f"{path} is not a regular file")
         return os.fdopen(fd, "rb"), info.st_size
 
-    def _lookup(self, path: str) -> os.stat_result | None:
-        """lstat C{path} without following links; None when it does not exist."""
-        *parents, name = path.split("/")
+    def _lookup_entry(self, parents: list[str], name: str) -> os.stat_result | None:
+        """lstat C{parents/name} without following links; None when it does not exist.
+
+        @raise TransferError: 403 when a parent is a symlink or a file.
+        """
         try:
             with self._directory(parents, create=False) as parent_fd:
-                info = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+                return os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
         except FileNotFoundError:
             return None
         except OSError as exc:
             raise _os_error(exc, "look up the file") from exc
-        return info if stat.S_ISREG(info.st_mode) else None
 
     @contextmanager
     def _directory(self, parents: list[str], create: bool) -> Iterator[int]:

@@ -22,6 +22,7 @@ from tests.helpers import (
     LOOPBACK,
     payload,
     run_filexfer,
+    sha256_bytes,
     sha256_file,
     start_twistd,
     state_files,
@@ -72,9 +73,10 @@ class KillDashNineTests(unittest.TestCase):
         info = os.stat(source)
         server = start_twistd(self, root)
 
-        request = _wire.PutRequest("big.bin", info.st_size, None, info.st_mtime_ns)
+        # the headers `filexfer send` sends: Size, Mtime and the SHA-256 trailer
+        request = _wire.PutRequest("big.bin", info.st_size, None, info.st_mtime_ns, trailer=True)
         sock, reply = fx_connect(server.port, request)
-        self.assertEqual(reply, b"ok 0\n")
+        self.assertEqual(reply, b"ok 0 %s\n" % sha256_bytes(b"").encode())
         half = 100 * MiB
         with open(source, "rb") as handle:
             sock.sendall(handle.read(half))
@@ -168,7 +170,9 @@ class DiskFullTests(unittest.TestCase):
         begin = storage.begin
 
         def begin_on_small_disk(*args: Any, **kwargs: Any) -> Any:
-            upload = begin(*args, **kwargs)
+            return begin(*args, **kwargs).addCallback(small_disk)
+
+        def small_disk(upload: Any) -> Any:
             real_write = upload._handle.write
 
             def write(data: bytes) -> None:

@@ -48,17 +48,19 @@ class WatchedStorage(DirectoryStorage):
     threshold = 1 << 62
     reached: threading.Event
 
-    def begin(self, *args: Any, **kwargs: Any) -> IUpload:
-        upload = super().begin(*args, **kwargs)
-        write = upload.write
+    def begin(self, *args: Any, **kwargs: Any) -> Deferred[IUpload]:
+        def watch(upload: IUpload) -> IUpload:
+            write = upload.write
 
-        def watched_write(data: bytes) -> None:
-            write(data)
-            if upload.received >= self.threshold:
-                self.reached.set()
+            def watched_write(data: bytes) -> None:
+                write(data)
+                if upload.received >= self.threshold:
+                    self.reached.set()
 
-        upload.write = watched_write  # type: ignore[method-assign]
-        return upload
+            upload.write = watched_write  # type: ignore[method-assign]
+            return upload
+
+        return super().begin(*args, **kwargs).addCallback(watch)
 
 
 class WatchedProtocol(ReceiverProtocol):
@@ -183,7 +185,7 @@ class ReceiverInteropTests(unittest.TestCase):
         data = payload(2 << 20, seed=12)
         half = len(data) // 2
         self.storage.threshold = half
-        request = _wire.PutRequest("resume.bin", len(data), None, MTIME_NS)
+        request = _wire.PutRequest("resume.bin", len(data), None, MTIME_NS, trailer=True)
 
         def client() -> bytes:
             sock = self.connect()
@@ -195,7 +197,7 @@ class ReceiverInteropTests(unittest.TestCase):
             return reply
 
         reply = yield deferToThread(client)
-        self.assertEqual(reply, b"ok 0\n")
+        self.assertEqual(reply, b"ok 0 %s\n" % sha256_bytes(b"").encode())
         yield self.factory.released.get()
         self.assertEqual(visible_files(self.root), [])
         self.assertEqual(len(state_files(self.root, "partial")), 1)

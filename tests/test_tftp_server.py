@@ -677,8 +677,13 @@ class WriteRequestTests(unittest.TestCase):
             return d
 
         h.storage.run_blocking = later
-        port = h.request(p.WriteRequest(b"slow", "octet"))
-        assert port is not None
+        self.assertIsNone(h.request(p.WriteRequest(b"slow", "octet")))
+        self.assertIsNone(h.request(p.WriteRequest(b"slow", "octet")))  # a repeat: ignored
+        d, work = pending.pop()
+        before = len(h.reactor.ports)
+        d.callback(work())  # the storage has started the upload (off the reactor in service)
+        self.assertEqual((len(h.reactor.ports), pending), (before + 1, []))
+        port = h.reactor.ports[-1]
         h.take(port)
         h.send(port, p.Data(1, b"last"))
         h.send(port, p.Data(1, b"last"))  # a retransmission while storing

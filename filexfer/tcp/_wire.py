@@ -60,9 +60,17 @@ class PutRequest:
     sha256: str | None = None
     mtime_ns: int | None = None
     token: str | None = None
+    trailer: bool = False
+    """C{Trailer: SHA256}: the client sends its whole-file SHA-256 after the data."""
+    fresh: bool = False
+    """C{Resume: no}: the server ignores held bytes and stored candidates."""
 
 
 Request = SeedRequest | PutRequest
+
+TRAILER_FIELD = "SHA256"
+MAX_TRAILER = 128
+"""Longest trailer line accepted, in bytes (C{SHA256: <64 hex>} needs 73)."""
 
 
 def parse_seed(chunk: bytes) -> SeedRequest:
@@ -129,13 +137,56 @@ def _parse_request(lines: list[bytes]) -> PutRequest:
         if key in fields:
             raise TransferError(400, f"header {name.strip()!r} given twice")
         fields[key] = value.strip()
+    size = _parse_size(fields.get("size"))
+    trailer = _parse_trailer_header(fields.get("trailer"))
+    if trailer and size is None:
+        raise TransferError(400, "Trailer needs Size (the trailer follows Size bytes)")
     return PutRequest(
         path=path,
-        size=_parse_size(fields.get("size")),
+        size=size,
         sha256=_parse_sha256(fields.get("sha256")),
         mtime_ns=_parse_mtime(fields.get("mtime")),
         token=fields.get("token"),
+        trailer=trailer,
+        fresh=_parse_resume(fields.get("resume")),
     )
+
+
+def _parse_trailer_header(value: str | None) -> bool:
+    if value is None:
+        return False
+    if value.upper() != TRAILER_FIELD:
+        raise TransferError(400, "Trailer must be SHA256")
+    return True
+
+
+def _parse_resume(value: str | None) -> bool:
+    """C{Resume: no} asks for a fresh upload; C{yes} (the default) allows resume."""
+    if value is None or value.lower() == "yes":
+        return False
+    if value.lower() == "no":
+        return True
+    raise TransferError(400, "Resume must be yes or no")
+
+
+def parse_trailer(line: bytes) -> str:
+    """Parse the trailer line C{SHA256: <64 hex>} (without its newline).
+
+    @return: the sender's SHA-256, lower-case hex.
+    @raise TransferError: 400 for anything else.
+    """
+    if line.endswith(b"\r"):
+        line = line[:-1]
+    name, colon, value = _text(line).partition(":")
+    digest = _parse_sha256(value.strip()) if colon else None
+    if name.strip().upper() != TRAILER_FIELD or digest is None:
+        raise TransferError(400, "expected the trailer line 'SHA256: <64 hex digits>'")
+    return digest
+
+
+def encode_trailer(sha256: str) -> bytes:
+    """The client's trailer: its whole-file SHA-256, after the data."""
+    return f"{TRAILER_FIELD}: {sha256}\n".encode()
 
 
 def _parse_size(value: str | None) -> int | None:
@@ -183,6 +234,10 @@ def encode_put(request: PutRequest) -> bytes:
         lines.append(f"Mtime: {format_mtime(request.mtime_ns)}")
     if request.token is not None:
         lines.append(f"Token: {request.token}")
+    if request.trailer:
+        lines.append(f"Trailer: {TRAILER_FIELD}")
+    if request.fresh:
+        lines.append("Resume: no")
     return ("\n".join(lines) + "\n\n").encode("utf-8")
 
 
@@ -191,9 +246,19 @@ def encode_put(request: PutRequest) -> bytes:
 
 @attrs.frozen
 class Ok:
-    """C{ok <offset>}: send the file from C{offset}."""
+    """C{ok <offset>}: send the file from C{offset}.
+
+    To a client that announced C{Trailer}, the server answers
+    C{ok <offset> <prefix>}: C{prefix} is the SHA-256 of the bytes
+    [0, offset) it holds, for the client to check against its own file, or
+    C{-} (L{prefix_sha256} None) when the held bytes are a stored file that
+    the client proves with its trailer instead.
+    """
 
     offset: int
+    prefix_sha256: str | None = None
+    trailer: bool = False
+    """The server takes the trailer (it answered in the three-field form)."""
 
 
 @attrs.frozen
@@ -216,9 +281,11 @@ class Refusal:
 Reply = Ok | Done | Refusal
 
 
-def encode_ok(offset: int) -> bytes:
-    """The FX/1 go-ahead."""
-    return b"ok %d\n" % offset
+def encode_ok(offset: int, prefix_sha256: str | None = None, trailer: bool = False) -> bytes:
+    """The FX/1 go-ahead: C{ok <offset>}, or C{ok <offset> <prefix|->} with a trailer."""
+    if not trailer:
+        return b"ok %d\n" % offset
+    return f"ok {offset} {prefix_sha256 or '-'}\n".encode()
 
 
 def encode_done(size: int, sha256: str, path: str) -> bytes:
@@ -238,8 +305,12 @@ def parse_reply(line: bytes) -> Reply:
     """
     text = line.decode("utf-8", "replace").rstrip("\r")
     word, _, rest = text.partition(" ")
-    if word == "ok" and _DIGITS.fullmatch(rest):
-        return Ok(int(rest))
+    if word == "ok":
+        offset, _, prefix = rest.partition(" ")
+        if _DIGITS.fullmatch(offset) and not prefix:
+            return Ok(int(offset))
+        if _DIGITS.fullmatch(offset) and (prefix == "-" or _SHA256.fullmatch(prefix)):
+            return Ok(int(offset), None if prefix == "-" else prefix, trailer=True)
     if word == "done":
         size, _, rest = rest.partition(" ")
         digest, _, path = rest.partition(" ")

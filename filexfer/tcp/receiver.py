@@ -1,11 +1,18 @@
-"""The receiving end of the TCP push: thin glue from bytes to parser to storage.
+r"""The receiving end of the TCP push: thin glue from bytes to parser to storage.
 
 A connection moves through a declared state machine::
 
-    handshake --accepted--> streaming --all bytes / EOF--> finishing --> closed
-        |                       |                              |
-        +--refused--> closed    +--failed / lost--> closed     +--failed--> closed
-        +--already stored--> closed (ok + done at once)
+    handshake --parsed--> starting --accepted--> streaming --all bytes / EOF--> finishing
+        |                   |                       |    \                         |
+        +--refused--> closed +--already stored-->    |     +--Size bytes, Trailer--> trailer
+                            |   closed (ok + done)  |                              |
+                            +--refused--> closed    +--failed / lost--> closed    --SHA256 line-->
+                                                                                   finishing
+
+C{starting} waits for the storage (L{IStorage.begin} fires a Deferred: any
+look-up or hashing of bytes already on disk happens off the reactor).  With
+C{Trailer: SHA256} the client sends its whole-file SHA-256 after the data,
+and the file gets its final name only when the stored bytes hash to it.
 
 The handshake is parsed by L{filexfer.tcp._wire}; bytes are stored through
 an L{IStorage}; the clock is injected so that timeouts are testable.
@@ -17,7 +24,7 @@ import hmac
 from typing import Any
 
 from automat import MethodicalMachine
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import (
     IAddress,
     IConsumer,
@@ -73,6 +80,9 @@ class ReceiverProtocol(Protocol):
         self._peer = "?"
         self._path = ""
         self._started = 0.0
+        self._trailer = False
+        self._trailer_line = b""
+        self._claimed_sha256: str | None = None
 
     # -- Twisted's calls -----------------------------------------------------
 
@@ -109,8 +119,16 @@ class ReceiverProtocol(Protocol):
         """Reading the name or the FX/1 header block."""
 
     @_machine.state()
+    def starting(self) -> None:
+        """The request is parsed; waiting for the storage to take it."""
+
+    @_machine.state()
     def streaming(self) -> None:
         """Storing the file's bytes."""
+
+    @_machine.state()
+    def trailer(self) -> None:
+        """Size bytes are in; reading the client's C{SHA256:} trailer line."""
 
     @_machine.state()
     def finishing(self) -> None:
@@ -127,6 +145,10 @@ class ReceiverProtocol(Protocol):
         "Bytes from the peer."
 
     @_machine.input()
+    def parsed(self, request: _wire.Request) -> None:
+        "A complete handshake arrived."
+
+    @_machine.input()
     def accepted(self, upload: IUpload) -> None:
         "The storage took the request."
 
@@ -141,6 +163,14 @@ class ReceiverProtocol(Protocol):
     @_machine.input()
     def all_bytes_in(self) -> None:
         "Size bytes have arrived."
+
+    @_machine.input()
+    def data_complete(self) -> None:
+        "Size bytes have arrived; the trailer follows."
+
+    @_machine.input()
+    def trailer_received(self) -> None:
+        "The client's SHA-256 trailer arrived."
 
     @_machine.input()
     def end_of_stream(self) -> None:
@@ -170,11 +200,11 @@ class ReceiverProtocol(Protocol):
             return
         if request is None:
             return
-        self._disarm()
         if rest:
+            self._disarm()
             self.refused(TransferError(400, "data arrived before the server's ok"))
             return
-        self._start(request)
+        self.parsed(request)
 
     def _parse_buffer(self) -> tuple[_wire.Request | None, bytes]:
         form = _wire.classify(self._buffer)
@@ -193,28 +223,44 @@ class ReceiverProtocol(Protocol):
         self._prefix_expired = True
         self.data_received(b"")
 
+    @_machine.output()
     def _start(self, request: _wire.Request) -> None:
         self._buffer = b""
         self._path = request.name if isinstance(request, _wire.SeedRequest) else request.path
         try:
             self.factory.check_token(request)
-            if isinstance(request, _wire.SeedRequest):
-                upload = self.factory.storage.begin(request.name)
-            else:
-                upload = self.factory.storage.begin(
-                    request.path, request.size, request.sha256, request.mtime_ns
-                )
         except TransferError as error:
             self.refused(error)
             return
-        except Exception:
-            log.failure("storage failed to start an upload")
-            self.refused(TransferError(500, "internal server error"))
-            return
+        storage = self.factory.storage
+        starting: Deferred[IUpload]
+        if isinstance(request, _wire.SeedRequest):
+            starting = maybeDeferred(storage.begin, request.name, None, None, None)
+        else:
+            self._trailer = request.trailer
+            starting = maybeDeferred(
+                storage.begin,
+                request.path,
+                request.size,
+                request.sha256,
+                request.mtime_ns,
+                trailer=request.trailer,
+                fresh=request.fresh,
+            )
+        starting.addCallbacks(self._storage_took, self._storage_refused)
+
+    def _storage_took(self, upload: IUpload) -> None:
         if upload.stored is not None:
             self.already_stored(upload)
         else:
             self.accepted(upload)
+
+    def _storage_refused(self, failure: Failure) -> None:
+        error = failure.value
+        if not isinstance(error, TransferError):
+            log.failure("storage failed to start an upload", failure)
+            error = TransferError(500, "internal server error")
+        self.refused(error)
 
     @_machine.output()
     def _send_ok(self, upload: IUpload) -> None:
@@ -225,17 +271,28 @@ class ReceiverProtocol(Protocol):
         if self._form == "tcp":
             self.transport.write(_wire.SEED_OK)  # type: ignore[union-attr]
         else:
-            self.transport.write(_wire.encode_ok(upload.offset))  # type: ignore[union-attr]
+            prefix = upload.prefix_sha256 if upload.offset < (upload.expected_size or 0) else None
+            line = _wire.encode_ok(upload.offset, prefix, self._trailer)
+            self.transport.write(line)  # type: ignore[union-attr]
         self._arm(self.factory.idle_timeout)
         if upload.expected_size is not None and upload.received >= upload.expected_size:
-            self.all_bytes_in()
+            self._size_reached()
+        if self._peer_finished:
+            self.end_of_stream()  # it half-closed while the storage started
 
     @_machine.output()
     def _send_ok_and_done(self, upload: IUpload) -> None:
         assert upload.stored is not None
         self._upload = upload
-        self.transport.write(_wire.encode_ok(upload.offset))  # type: ignore[union-attr]
+        line = _wire.encode_ok(upload.offset, None, self._trailer)
+        self.transport.write(line)  # type: ignore[union-attr]
         self._reply_done(upload.stored, "already stored as")
+
+    def _size_reached(self) -> None:
+        if self._trailer:
+            self.data_complete()
+        else:
+            self.all_bytes_in()
 
     # -- outputs: streaming ----------------------------------------------------
 
@@ -243,14 +300,46 @@ class ReceiverProtocol(Protocol):
     def _write(self, data: bytes) -> None:
         upload = self._upload
         assert upload is not None
+        after = b""
+        if self._trailer and upload.expected_size is not None:
+            wanted = upload.expected_size - upload.received
+            data, after = data[:wanted], data[wanted:]
         try:
-            upload.write(data)
+            if data:
+                upload.write(data)
         except TransferError as error:
             self.refused(error)
             return
         self._rearm(self.factory.idle_timeout)
         if upload.expected_size is not None and upload.received == upload.expected_size:
-            self.all_bytes_in()
+            self._size_reached()
+            if after:
+                self.data_received(after)
+
+    @_machine.output()
+    def _read_trailer(self, data: bytes) -> None:
+        self._trailer_line += data
+        line, newline, extra = self._trailer_line.partition(b"\n")
+        if not newline:
+            if len(self._trailer_line) > _wire.MAX_TRAILER:
+                self.refused(TransferError(400, "overlong trailer line"))
+            return
+        if extra:
+            self.refused(TransferError(422, "more bytes than Size and the trailer"))
+            return
+        try:
+            self._claimed_sha256 = _wire.parse_trailer(line)
+        except TransferError as error:
+            self.refused(error)
+            return
+        self.trailer_received()
+
+    @_machine.output()
+    def _refuse_short(self) -> None:
+        upload = self._upload
+        assert upload is not None
+        upload.abort(keep_partial=True)
+        self.refused(TransferError(422, "the connection ended before the SHA256 trailer"))
 
     @_machine.output()
     def _finish(self) -> None:
@@ -258,7 +347,7 @@ class ReceiverProtocol(Protocol):
         self.transport.pauseProducing()  # type: ignore[union-attr]
         upload = self._upload
         assert upload is not None
-        result: Deferred[Receipt] = upload.finish()
+        result: Deferred[Receipt] = upload.finish(self._claimed_sha256)
         result.addCallbacks(self.stored, self._finish_failed)
 
     def _finish_failed(self, failure: Failure) -> None:
@@ -271,8 +360,15 @@ class ReceiverProtocol(Protocol):
 
     @_machine.output()
     def _report_stored(self, receipt: Receipt) -> None:
-        offset = self._upload.offset if self._upload is not None else 0
-        self._reply_done(receipt, f"resumed at byte {offset}, stored as" if offset else "stored as")
+        upload = self._upload
+        offset = upload.offset if upload is not None else 0
+        if upload is not None and upload.prefix_sha256 is None and offset == upload.expected_size:
+            outcome = "already stored as"  # proved by the trailer: nothing was sent
+        elif offset:
+            outcome = f"resumed at byte {offset}, stored as"
+        else:
+            outcome = "stored as"
+        self._reply_done(receipt, outcome)
 
     def _reply_done(self, receipt: Receipt, outcome: str) -> None:
         if self._form != "tcp":
@@ -336,22 +432,52 @@ class ReceiverProtocol(Protocol):
         if self._buffer:
             self._log(0, "connection closed during the handshake")
 
+    @_machine.output()
+    def _refuse_early_data(self, data: bytes) -> None:
+        if data:
+            self.refused(TransferError(400, "data arrived before the server's ok"))
+
+    @_machine.output()
+    def _note_gone(self, reason: Failure) -> None:
+        self._log(0, f"connection lost while starting: {reason.getErrorMessage()}")
+
+    @_machine.output()
+    def _put_back(self, upload: IUpload) -> None:
+        """The storage took a request whose connection has ended: keep any partial."""
+        upload.abort(keep_partial=True)
+
     # -- transitions ---------------------------------------------------------------
 
     handshake.upon(data_received, enter=handshake, outputs=[_parse_handshake])
+    handshake.upon(parsed, enter=starting, outputs=[_start])
     handshake.upon(end_of_stream, enter=closed, outputs=[_close])
-    handshake.upon(accepted, enter=streaming, outputs=[_send_ok])
-    handshake.upon(already_stored, enter=closed, outputs=[_send_ok_and_done])
     handshake.upon(refused, enter=closed, outputs=[_send_error])
     handshake.upon(timed_out, enter=handshake, outputs=[_refuse_timeout])
     handshake.upon(connection_lost, enter=closed, outputs=[_log_vanished])
 
+    # The client sends nothing before "ok" (PROTOCOL.md 1.2.1).
+    starting.upon(data_received, enter=starting, outputs=[_refuse_early_data])
+    starting.upon(end_of_stream, enter=starting, outputs=[])
+    starting.upon(accepted, enter=streaming, outputs=[_send_ok])
+    starting.upon(already_stored, enter=closed, outputs=[_send_ok_and_done])
+    starting.upon(refused, enter=closed, outputs=[_send_error])
+    starting.upon(timed_out, enter=starting, outputs=[_refuse_timeout])
+    starting.upon(connection_lost, enter=closed, outputs=[_note_gone])
+
     streaming.upon(data_received, enter=streaming, outputs=[_write])
     streaming.upon(all_bytes_in, enter=finishing, outputs=[_finish])
+    streaming.upon(data_complete, enter=trailer, outputs=[])
     streaming.upon(end_of_stream, enter=finishing, outputs=[_finish])
     streaming.upon(refused, enter=closed, outputs=[_send_error])
     streaming.upon(timed_out, enter=streaming, outputs=[_refuse_timeout])
     streaming.upon(connection_lost, enter=closed, outputs=[_keep_partial])
+
+    trailer.upon(data_received, enter=trailer, outputs=[_read_trailer])
+    trailer.upon(trailer_received, enter=finishing, outputs=[_finish])
+    trailer.upon(end_of_stream, enter=trailer, outputs=[_refuse_short])
+    trailer.upon(refused, enter=closed, outputs=[_send_error])
+    trailer.upon(timed_out, enter=trailer, outputs=[_refuse_timeout])
+    trailer.upon(connection_lost, enter=closed, outputs=[_keep_partial])
 
     # Reading is paused while finishing; bytes beyond Size in the final read
     # were already refused by the upload (422).
@@ -361,6 +487,8 @@ class ReceiverProtocol(Protocol):
     finishing.upon(refused, enter=closed, outputs=[_send_error])
     finishing.upon(connection_lost, enter=finishing, outputs=[])
 
+    closed.upon(accepted, enter=closed, outputs=[_put_back])
+    closed.upon(already_stored, enter=closed, outputs=[])
     closed.upon(data_received, enter=closed, outputs=[])
     closed.upon(end_of_stream, enter=closed, outputs=[_close])
     closed.upon(refused, enter=closed, outputs=[])

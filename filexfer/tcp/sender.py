@@ -12,9 +12,10 @@ import os
 import select
 import threading
 from collections.abc import Callable
+from functools import partial
 from typing import Any, BinaryIO, cast
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
     IDelayedCall,
@@ -24,6 +25,7 @@ from twisted.internet.interfaces import (
     IStreamClientEndpoint,
 )
 from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -45,6 +47,10 @@ Progress = Callable[[int, int], None]
 
 class SendError(Exception):
     """A send failed; C{str()} is one line for a person."""
+
+
+class _StartAfresh(SendError):
+    """The bytes the server holds are not this file's: send it again from 0 (C{Resume: no})."""
 
 
 class ServerRefused(SendError):
@@ -92,9 +98,11 @@ class _ThreadedSend:
         digest: Any,
         progress: Callable[[int], None],
         finished: Callable[[int, int, BaseException | None], None],
+        hash_from: int = 0,
     ) -> None:
         self._reactor = reactor
         self._start = start
+        self._hash_from = hash_from
         self._end = end
         self._digest = digest
         self._progress = progress
@@ -139,7 +147,7 @@ class _ThreadedSend:
         self._reactor.callFromThread(self._one_done, "sent", position, error)
 
     def _hash(self, handle: int) -> None:
-        position = 0  # the whole file: a resumed prefix too
+        position = self._hash_from  # from 0, a resumed prefix too, unless it is hashed already
         error: BaseException | None = None
         try:
             while position < self._end and not self._stopped.is_set():
@@ -203,6 +211,8 @@ class SenderProtocol(Protocol):
         self._finished_sending = False
         self._threaded: _ThreadedSend | None = None
         self._early_done: _wire.Done | None = None
+        self._trailer = False
+        self._offset = 0
         self.result: Deferred[Receipt] = Deferred()
 
     def connectionMade(self) -> None:
@@ -241,11 +251,22 @@ class SenderProtocol(Protocol):
             self._fail(SendError(str(error)))
             return
         if isinstance(reply, _wire.Refusal):
-            self._fail(ServerRefused(reply.code, reply.reason))
+            if reply.code == 422 and self._offset and self._trailer:
+                # what the server held (a partial, a stored file) is not this
+                # file as it is now: one fresh attempt (PROTOCOL.md 1.2.0, I1)
+                self._fail(_StartAfresh(f"server refused: {reply.code} {reply.reason}"))
+            else:
+                self._fail(ServerRefused(reply.code, reply.reason))
         elif isinstance(reply, _wire.Ok) and not self._streaming and not self._plain:
             if reply.offset > self._size:
                 self._fail(SendError(f"server offered offset {reply.offset} beyond the file"))
+            elif reply.trailer and reply.offset:
+                self._streaming = True
+                self._trailer = True
+                self._offset = reply.offset
+                self._check_prefix(reply.offset, reply.prefix_sha256)
             else:
+                self._trailer = reply.trailer
                 self._start_streaming(reply.offset)
         elif isinstance(reply, _wire.Done) and self._finished_sending:
             self._check_receipt(reply)
@@ -254,14 +275,47 @@ class SenderProtocol(Protocol):
         else:
             self._fail(SendError(f"unexpected reply from server: {line[:80]!r}"))
 
-    def _start_streaming(self, offset: int) -> None:
+    def _check_prefix(self, offset: int, theirs: str | None) -> None:
+        """Hash our bytes [0, offset) (off the reactor thread when it has threads), then go on.
+
+        C{theirs} is the server's SHA-256 of the bytes it holds: a mismatch
+        means our file changed since the interrupted upload, so this attempt
+        stops and a fresh one follows.  Without it (C{ok <size> -}, a stored
+        file with our Size and Mtime) the trailer carries the proof.
+        """
+        if IReactorThreads.providedBy(self._clock):
+            hashing = deferToThreadPool(
+                cast(Any, self._clock),
+                cast(IReactorThreads, self._clock).getThreadPool(),
+                _hash_prefix,
+                self._handle,
+                offset,
+            )
+        else:
+            hashing = maybeDeferred(_hash_prefix, self._handle, offset)
+
+        def hashed(digest: Any) -> None:
+            if self.result.called:
+                return
+            if theirs is not None and digest.hexdigest() != theirs:
+                self._fail(_StartAfresh("the server holds other bytes for this file"))
+                return
+            self._digest = digest
+            self._start_streaming(offset, prefix_hashed=True)
+
+        def failed(failure: Failure) -> None:
+            self._fail(SendError(f"cannot read the file: {failure.getErrorMessage()}"))
+
+        hashing.addCallbacks(hashed, failed)
+
+    def _start_streaming(self, offset: int, prefix_hashed: bool = False) -> None:
         self._streaming = True
         self._sent = offset
         self._report_progress()
         sock_fd = _socket_fd(self.transport)
         if sock_fd is not None and IReactorThreads.providedBy(self._clock):
-            # The hashing thread starts at 0: a resumed prefix is hashed off
-            # the reactor thread too.
+            # The hashing thread starts at 0 unless the prefix is hashed
+            # already: a resumed prefix is hashed off the reactor thread too.
             self._threaded = _ThreadedSend(
                 cast(IReactorThreads, self._clock),
                 sock_fd,
@@ -271,9 +325,10 @@ class SenderProtocol(Protocol):
                 self._digest,
                 self._sent_by_thread,
                 self._threads_finished,
+                hash_from=offset if prefix_hashed else 0,
             )
             return
-        if offset:
+        if offset and not prefix_hashed:
             self._digest = _hash_prefix(self._handle, offset)
         self._handle.seek(offset)
         if offset == self._size:
@@ -328,6 +383,9 @@ class SenderProtocol(Protocol):
             self._fail(SendError(f"file changed while sending: {self._sent} of {self._size} bytes"))
         elif self._plain:
             self.transport.loseConnection()  # type: ignore[union-attr]
+        elif self._trailer:
+            trailer = _wire.encode_trailer(self._digest.hexdigest())
+            self.transport.write(trailer)  # type: ignore[union-attr]
 
     def _check_receipt(self, done: _wire.Done) -> None:
         ours = self._digest.hexdigest()
@@ -414,13 +472,17 @@ def _describe_tls_failure(reason: Failure) -> str | None:
 
 
 def _hash_prefix(handle: BinaryIO, length: int) -> Any:
+    """The SHA-256 state after the first C{length} bytes of C{handle}.
+
+    @raise SendError: the file is shorter than C{length}.
+    """
     digest = hashlib.sha256()
     handle.seek(0)
     remaining = length
     while remaining > 0:
-        chunk = handle.read(min(1 << 20, remaining))
+        chunk = handle.read(min(_HASH_READ, remaining))
         if not chunk:
-            break
+            raise SendError(f"the file is shorter than {length} bytes")
         digest.update(chunk)
         remaining -= len(chunk)
     return digest
@@ -450,6 +512,31 @@ def send_file(
         against the client's own SHA-256, or failing with L{SendError}
         (L{ServerRefused} for an C{error} reply) or a connection error.
     """
+    attempt = partial(
+        _send_once, reactor, endpoint, path, name, plain, token, progress, idle_timeout
+    )
+
+    def again_from_zero(failure: Failure) -> Deferred[Receipt]:
+        if failure.check(_StartAfresh):
+            return attempt(fresh=True)
+        return fail(failure)
+
+    return attempt(fresh=False).addErrback(again_from_zero)
+
+
+def _send_once(
+    reactor: IReactorTime,
+    endpoint: IStreamClientEndpoint,
+    path: str | os.PathLike[str],
+    name: str | None,
+    plain: bool,
+    token: str | None,
+    progress: Progress | None,
+    idle_timeout: float,
+    *,
+    fresh: bool,
+) -> Deferred[Receipt]:
+    """One connection, one attempt; C{fresh} asks the server to ignore what it holds."""
     try:
         handle = open(path, "rb")  # noqa: SIM115 - closed when the Deferred fires
     except OSError as exc:
@@ -460,7 +547,9 @@ def send_file(
     if plain:
         request = _wire.SeedRequest(remote)
     else:
-        request = _wire.PutRequest(remote, info.st_size, None, info.st_mtime_ns, token)
+        request = _wire.PutRequest(
+            remote, info.st_size, None, info.st_mtime_ns, token, trailer=True, fresh=fresh
+        )
     protocol = SenderProtocol(handle, info.st_size, request, progress, reactor, idle_timeout)
     connecting = endpoint.connect(Factory.forProtocol(lambda: protocol))
 

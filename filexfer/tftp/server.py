@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, BinaryIO
 
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.internet.protocol import DatagramProtocol
 from twisted.python.failure import Failure
@@ -562,7 +562,8 @@ class TFTPServerProtocol(DatagramProtocol):
         self.interface = interface
         self.access = access if access is not None else AccessPolicy()
         self.transfers: set[_Transfer] = set()
-        self._requests: dict[tuple[Address, bytes], _Transfer] = {}
+        self._requests: dict[tuple[Address, bytes], _Transfer | None] = {}
+        """Requests being served; None while the storage starts one."""
 
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
         """A datagram on the well-known port: a new request, or noise."""
@@ -598,23 +599,48 @@ class TFTPServerProtocol(DatagramProtocol):
         except UnicodeDecodeError:
             self._error(peer, ACCESS_VIOLATION, "the file name is not valid UTF-8")
             return
-        try:
-            if isinstance(request, ReadRequest):
-                transfer = self._start_read(request, path, peer)
-            else:
-                transfer = self._start_write(request, path, peer)
-        except TransferError as exc:
-            self._error(peer, error_code_for(exc.code), exc.reason)
-            log_transfer(
-                protocol="tftp-rrq" if isinstance(request, ReadRequest) else "tftp-wrq",
-                peer=_peer_text(peer),
-                path=path,
-                nbytes=0,
-                seconds=0.0,
-                outcome=f"refused: error {exc.code} {exc.reason}",
-            )
+        key = (peer, datagram)
+        self._requests[key] = None  # starting: a repeat of the request is ignored
+        starting: Deferred[_Transfer]
+        if isinstance(request, ReadRequest):
+            starting = maybeDeferred(self._start_read, request, path, peer)
+        else:
+            starting = maybeDeferred(self._start_write, request, path, peer)
+        starting.addCallbacks(
+            lambda transfer: self._started(key, transfer),
+            lambda failure: self._not_started(key, failure, request, path),
+        )
+
+    def _started(self, key: tuple[Address, bytes], transfer: _Transfer) -> None:
+        if key not in self._requests:  # the server stopped while the storage started
+            transfer.done = True
+            transfer.cleanup()
             return
-        self._listen(transfer, datagram)
+        del self._requests[key]
+        self._listen(transfer, key[1])
+
+    def _not_started(
+        self,
+        key: tuple[Address, bytes],
+        failure: Failure,
+        request: ReadRequest | WriteRequest,
+        path: str,
+    ) -> None:
+        self._requests.pop(key, None)
+        exc = failure.value
+        if not isinstance(exc, TransferError):
+            log.failure("unexpected error starting a TFTP transfer", failure)
+            exc = TransferError(500, "internal server error")
+        peer = key[0]
+        self._error(peer, error_code_for(exc.code), exc.reason)
+        log_transfer(
+            protocol="tftp-rrq" if isinstance(request, ReadRequest) else "tftp-wrq",
+            peer=_peer_text(peer),
+            path=path,
+            nbytes=0,
+            seconds=0.0,
+            outcome=f"refused: error {exc.code} {exc.reason}",
+        )
 
     def _start_read(self, request: ReadRequest, path: str, peer: Address) -> _Transfer:
         if not self.allow_read:
@@ -628,15 +654,17 @@ class TFTPServerProtocol(DatagramProtocol):
             self, peer, path, settings, self.timeout, self.retries, handle, netascii
         )
 
-    def _start_write(self, request: WriteRequest, path: str, peer: Address) -> _Transfer:
+    def _start_write(self, request: WriteRequest, path: str, peer: Address) -> Deferred[_Transfer]:
         if not self.allow_write:
             raise TransferError(403, "this server does not accept uploads")
         netascii = request.mode == "netascii"
         settings = negotiate(request.options, self.caps, kind="write")
         size = None if netascii else settings.tsize
-        upload = self.storage.begin(path, size=size, sha256=None, mtime_ns=None)
-        return _WriteTransfer(
-            self, peer, path, settings, self.timeout, self.retries, upload, netascii
+        starting = self.storage.begin(path, size, None, None)
+        return starting.addCallback(
+            lambda upload: _WriteTransfer(
+                self, peer, path, settings, self.timeout, self.retries, upload, netascii
+            )
         )
 
     def _listen(self, transfer: _Transfer, request: bytes) -> None:
@@ -687,5 +715,7 @@ class TFTPServerProtocol(DatagramProtocol):
 
     def stop_transfers(self) -> Deferred[Any]:
         """End every running transfer; fires when their ports are closed."""
+        for key in [key for key, transfer in self._requests.items() if transfer is None]:
+            del self._requests[key]  # still starting: dropped once the storage answers
         closing = [transfer.abandon() for transfer in list(self.transfers)]
         return DeferredList(closing, consumeErrors=True)

@@ -1,0 +1,332 @@
+"""Integrity at the edges (PROTOCOL.md 1.2.0, I1-I4): a final name holds the sender's bytes.
+
+Each test is one input from the integrity issue, or another input of the
+same kind: a resumed prefix or an "already stored" answer that is not the
+sender's file as it is now, a digest handed to a client that never
+presented it, duplicate copies of one content, and limits that trusted
+what the client announced.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.trial import unittest
+
+from filexfer.storage import DirectoryStorage, Receipt
+from filexfer.tcp import _wire
+from filexfer.tcp.receiver import ReceiverFactory, ReceiverProtocol
+from filexfer.tcp.sender import send_file
+
+from .helpers import sha256_bytes, state_files, visible_files, write_file
+from .test_receiver import HalfClosingTransport
+from .test_sender import InMemoryEndpoint
+
+MTIME_NS = 1_700_000_000_123_456_789
+A = b"A" * 100_000
+B = b"B" * 100_000
+
+
+class IntegrityTestCase(unittest.TestCase):
+    """A receiver on a DirectoryStorage, reached in memory by send_file or by hand."""
+
+    on_conflict = "rename"
+
+    def setUp(self) -> None:
+        self.root = os.path.abspath(self.mktemp())
+        self.local = os.path.abspath(self.mktemp())
+        os.makedirs(self.local)
+        self.clock = Clock()
+        self.storage = DirectoryStorage(self.root, self.on_conflict)  # type: ignore[arg-type]
+        self.factory = ReceiverFactory(self.storage, clock=self.clock)
+        self.endpoint = InMemoryEndpoint(self.factory, self.clock)
+
+    def local_file(self, name: str, data: bytes, mtime_ns: int = MTIME_NS) -> str:
+        """Write C{data} to a local file whose mtime is C{mtime_ns} (as C{cp -p} leaves it)."""
+        path = write_file(os.path.join(self.local, name), data)
+        os.utime(path, ns=(mtime_ns, mtime_ns))
+        return path
+
+    def send(self, path: str, name: str | None = None) -> Any:
+        """send_file in memory, run to the end; the Deferred's result."""
+        result = send_file(self.clock, self.endpoint, path, name=name)
+        for _ in range(5):  # a fresh attempt after a refused resume is another connection
+            for pump in self.endpoint.pumps:
+                pump.flush()
+            if result.called:
+                break
+        return result
+
+    def stored(self, path: str) -> bytes:
+        with open(os.path.join(self.root, path), "rb") as handle:
+            return handle.read()
+
+    def connect(self) -> tuple[ReceiverProtocol, StringTransport]:
+        """A raw connection to the receiver, for clients written by hand."""
+        from twisted.internet.address import IPv4Address
+
+        protocol = self.factory.buildProtocol(None)
+        transport = HalfClosingTransport(peerAddress=IPv4Address("TCP", "192.0.2.9", 4000))
+        protocol.makeConnection(transport)
+        return protocol, transport
+
+    def cut_upload(self, name: str, data: bytes, cut: int, **headers: Any) -> None:
+        """An FX/1 upload of C{data} reset after C{cut} bytes."""
+        protocol, transport = self.connect()
+        request = _wire.PutRequest(name, len(data), None, MTIME_NS, **headers)
+        protocol.dataReceived(_wire.encode_put(request))
+        protocol.dataReceived(data[:cut])
+        protocol.connectionLost(Failure(ConnectionLost("reset")))
+
+
+class ResumeOfChangedFileTests(IntegrityTestCase):
+    def test_rewritten_with_restored_mtime(self) -> None:
+        """Cut after 40,000 bytes of As, file rewritten as Bs with its mtime restored: all Bs."""
+        self.cut_upload("data.bin", A, 40_000, trailer=True)
+        self.assertEqual(len(state_files(self.root, "partial")), 1)
+        path = self.local_file("data.bin", B)
+        for _ in range(2):
+            receipt = self.successResultOf(self.send(path))
+            self.assertEqual(receipt, Receipt(len(B), sha256_bytes(B), "data.bin"))
+            self.assertEqual(self.stored("data.bin"), B)
+        self.assertEqual(visible_files(self.root), ["data.bin"])
+        self.assertEqual(state_files(self.root, "partial"), [])
+
+    def test_stale_prefix_offered_with_its_digest(self) -> None:
+        """The server's C{ok} carries the SHA-256 of the held prefix, for the client to check."""
+        self.cut_upload("data.bin", A, 40_000, trailer=True)
+        protocol, transport = self.connect()
+        protocol.dataReceived(
+            _wire.encode_put(_wire.PutRequest("data.bin", len(B), None, MTIME_NS, trailer=True))
+        )
+        self.assertEqual(transport.value(), b"ok 40000 %s\n" % sha256_bytes(A[:40_000]).encode())
+        protocol.connectionLost(Failure(ConnectionDone()))
+
+    def test_stale_prefix_never_placed_by_trailer(self) -> None:
+        """A client that ignores the prefix digest: its trailer refuses the mixed file (422)."""
+        self.cut_upload("data.bin", A, 40_000, trailer=True)
+        protocol, transport = self.connect()
+        protocol.dataReceived(
+            _wire.encode_put(_wire.PutRequest("data.bin", len(B), None, MTIME_NS, trailer=True))
+        )
+        protocol.dataReceived(B[40_000:] + _wire.encode_trailer(sha256_bytes(B)))
+        self.assertIn(b"\nerror 422 ", transport.value())
+        self.assertEqual(visible_files(self.root), [])
+        self.assertEqual(state_files(self.root, "partial"), [])  # never offered again
+
+    def test_older_client_not_resumed_by_mtime(self) -> None:
+        """An older FX/1 client (Size and Mtime, no trailer) starts at 0, stored intact (I3)."""
+        self.cut_upload("data.bin", A, 40_000)
+        protocol, transport = self.connect()
+        protocol.dataReceived(
+            _wire.encode_put(_wire.PutRequest("data.bin", len(B), None, MTIME_NS))
+        )
+        protocol.dataReceived(B)
+        self.assertEqual(
+            transport.value(), b"ok 0\n" + _wire.encode_done(len(B), sha256_bytes(B), "data.bin")
+        )
+        self.assertEqual(self.stored("data.bin"), B)
+
+    def test_full_partial_still_proved(self) -> None:
+        """A partial that holds every byte is finished only by a matching trailer."""
+        protocol, transport = self.connect()
+        request = _wire.PutRequest("whole.bin", len(A), None, MTIME_NS, trailer=True)
+        protocol.dataReceived(_wire.encode_put(request))
+        protocol.dataReceived(A)
+        protocol.connectionLost(Failure(ConnectionLost("reset")))  # before the trailer
+        path = self.local_file("whole.bin", B)
+        receipt = self.successResultOf(self.send(path))
+        self.assertEqual((receipt.sha256, self.stored(receipt.path)), (sha256_bytes(B), B))
+
+
+class SameSizeSameSecondTests(IntegrityTestCase):
+    def test_rewritten_within_the_second(self) -> None:
+        """4 bytes, rewritten with 4 others in the same second: the new bytes are stored."""
+        path = self.local_file("f.txt", b"1234")
+        self.assertEqual(self.successResultOf(self.send(path)).path, "f.txt")
+        path = self.local_file("f.txt", b"abcd", MTIME_NS + 1)
+        receipt = self.successResultOf(self.send(path))
+        self.assertEqual(receipt, Receipt(4, sha256_bytes(b"abcd"), "f (1).txt"))
+        self.assertEqual((self.stored("f.txt"), self.stored("f (1).txt")), (b"1234", b"abcd"))
+        again = self.successResultOf(self.send(path))
+        self.assertEqual(again.path, "f (1).txt")
+        self.assertEqual(visible_files(self.root), ["f (1).txt", "f.txt"])
+
+    def test_rewritten_within_the_second_overwrite(self) -> None:
+        """Under the overwrite policy the same rewrite replaces the file."""
+        self.storage.on_conflict = "overwrite"
+        path = self.local_file("f.txt", b"1234")
+        self.successResultOf(self.send(path))
+        path = self.local_file("f.txt", b"abcd")
+        self.assertEqual(self.successResultOf(self.send(path)).sha256, sha256_bytes(b"abcd"))
+        self.assertEqual(self.stored("f.txt"), b"abcd")
+
+
+class NoDigestDisclosedTests(IntegrityTestCase):
+    def setUp(self) -> None:
+        super().setUp()
+        self.secret = b"secret contents"
+        self.successResultOf(self.send(self.local_file("s.txt", self.secret)))
+        self.digest = sha256_bytes(self.secret).encode()
+
+    def test_size_and_mtime_guess(self) -> None:
+        """A client guessing Size and Mtime (older form) gets no digest: it must send the bytes."""
+        protocol, transport = self.connect()
+        request = _wire.PutRequest("s.txt", len(self.secret), None, MTIME_NS)
+        protocol.dataReceived(_wire.encode_put(request))
+        self.assertEqual(transport.value(), b"ok 0\n")
+        protocol.readConnectionLost()
+        self.assertNotIn(self.digest, transport.value())
+
+    def test_size_and_mtime_guess_with_trailer(self) -> None:
+        """With a trailer, a guess is answered C{ok <size> -}; a wrong digest learns nothing."""
+        protocol, transport = self.connect()
+        request = _wire.PutRequest("s.txt", len(self.secret), None, MTIME_NS, trailer=True)
+        protocol.dataReceived(_wire.encode_put(request))
+        self.assertEqual(transport.value(), b"ok %d -\n" % len(self.secret))
+        protocol.dataReceived(_wire.encode_trailer(sha256_bytes(b"a guess")))
+        self.assertTrue(transport.value().startswith(b"ok 15 -\nerror 422 "), transport.value())
+        self.assertNotIn(self.digest, transport.value())
+
+    def test_candidate_proved_by_trailer(self) -> None:
+        """The right digest in the trailer gets C{done} at once, with no bytes sent."""
+        protocol, transport = self.connect()
+        request = _wire.PutRequest("s.txt", len(self.secret), None, MTIME_NS, trailer=True)
+        protocol.dataReceived(_wire.encode_put(request))
+        protocol.dataReceived(_wire.encode_trailer(self.digest.decode()))
+        done = _wire.encode_done(len(self.secret), self.digest.decode(), "s.txt")
+        self.assertEqual(transport.value(), b"ok 15 -\n" + done)
+
+
+class RenamedCopyTests(IntegrityTestCase):
+    def test_new_client_three_sends(self) -> None:
+        """v1 stored; v2 sent three times: one copy, C{n (1).txt}, named in every receipt."""
+        self.successResultOf(self.send(self.local_file("n.txt", b"version 1")))
+        path = self.local_file("n.txt", b"version 2", MTIME_NS + 7 * 10**9)
+        paths = [self.successResultOf(self.send(path)).path for _ in range(3)]
+        self.assertEqual(paths, ["n (1).txt"] * 3)
+        self.assertEqual(visible_files(self.root), ["n (1).txt", "n.txt"])
+
+    def test_older_client_three_sends(self) -> None:
+        """An older FX/1 client (no trailer): the copy is found by digest once the bytes are in."""
+        self.successResultOf(self.send(self.local_file("n.txt", b"version 1")))
+        v2 = b"version 2"
+        for _ in range(3):
+            protocol, transport = self.connect()
+            protocol.dataReceived(_wire.encode_put(_wire.PutRequest("n.txt", len(v2))))
+            protocol.dataReceived(v2)
+            self.assertEqual(
+                transport.value(),
+                b"ok 0\n" + _wire.encode_done(len(v2), sha256_bytes(v2), "n (1).txt"),
+            )
+        self.assertEqual(visible_files(self.root), ["n (1).txt", "n.txt"])
+
+    def test_classic_client_three_sends(self) -> None:
+        """The classic form re-sending the same bytes makes no new copy either."""
+        self.successResultOf(self.send(self.local_file("n.txt", b"version 1")))
+        for _ in range(3):
+            protocol, transport = self.connect()
+            protocol.dataReceived(b"n.txt")
+            protocol.dataReceived(b"version 2")
+            protocol.readConnectionLost()
+            protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(visible_files(self.root), ["n (1).txt", "n.txt"])
+        self.assertEqual(self.stored("n (1).txt"), b"version 2")
+
+    def test_sha256_matches_renamed_copy(self) -> None:
+        """A client announcing SHA256 is answered with the renamed copy holding those bytes."""
+        self.successResultOf(self.send(self.local_file("n.txt", b"version 1")))
+        self.successResultOf(self.send(self.local_file("n.txt", b"version 2", MTIME_NS + 1)))
+        protocol, transport = self.connect()
+        digest = sha256_bytes(b"version 2")
+        protocol.dataReceived(_wire.encode_put(_wire.PutRequest("n.txt", 9, digest)))
+        self.assertEqual(transport.value(), b"ok 9\n" + _wire.encode_done(9, digest, "n (1).txt"))
+
+
+class ChangedWhileSendingTests(IntegrityTestCase):
+    def test_trailer_mismatch(self) -> None:
+        """Bytes that do not hash to the client's trailer never get a final name (422)."""
+        protocol, transport = self.connect()
+        protocol.dataReceived(
+            _wire.encode_put(_wire.PutRequest("c.bin", 4, None, MTIME_NS, trailer=True))
+        )
+        protocol.dataReceived(b"abcd" + _wire.encode_trailer(sha256_bytes(b"abcX")))
+        self.assertTrue(transport.value().startswith(b"ok 0 "), transport.value())
+        self.assertIn(b"error 422 ", transport.value())
+        self.assertEqual(visible_files(self.root), [])
+        self.assertEqual(state_files(self.root, "partial"), [])
+
+    def test_trailer_byte_by_byte(self) -> None:
+        """Data and trailer fed one byte at a time are told apart at Size."""
+        protocol, transport = self.connect()
+        protocol.dataReceived(
+            _wire.encode_put(_wire.PutRequest("c.bin", 4, None, MTIME_NS, trailer=True))
+        )
+        for byte in b"abcd" + _wire.encode_trailer(sha256_bytes(b"abcd")):
+            protocol.dataReceived(bytes([byte]))
+        self.assertTrue(
+            transport.value().endswith(_wire.encode_done(4, sha256_bytes(b"abcd"), "c.bin"))
+        )
+
+    def test_bytes_after_trailer(self) -> None:
+        """Anything after the trailer line is refused (422) and nothing is stored."""
+        protocol, transport = self.connect()
+        protocol.dataReceived(
+            _wire.encode_put(_wire.PutRequest("c.bin", 4, None, MTIME_NS, trailer=True))
+        )
+        protocol.dataReceived(b"abcd" + _wire.encode_trailer(sha256_bytes(b"abcd")) + b"x")
+        self.assertIn(b"error 422 ", transport.value())
+        self.assertEqual(visible_files(self.root), [])
+
+    def test_eof_before_trailer_keeps_partial(self) -> None:
+        """A half-close after Size bytes but before the trailer: 422, the bytes kept for resume."""
+        protocol, transport = self.connect()
+        protocol.dataReceived(
+            _wire.encode_put(_wire.PutRequest("c.bin", 4, None, MTIME_NS, trailer=True))
+        )
+        protocol.dataReceived(b"abcd")
+        protocol.readConnectionLost()
+        self.assertIn(b"error 422 ", transport.value())
+        self.assertEqual(len(state_files(self.root, "partial")), 1)
+        self.assertEqual(visible_files(self.root), [])
+
+
+class ArrivingBytesLimitTests(IntegrityTestCase):
+    """I4: --max-size holds for what arrives, in every form."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.storage.max_size = 1000
+
+    def test_classic_over_max_size(self) -> None:
+        """Classic form, 5,000 bytes against max 1,000: reset, nothing stored or left in temp."""
+        protocol, transport = self.connect()
+        protocol.dataReceived(b"big.bin")
+        protocol.dataReceived(b"x" * 5000)
+        self.assertTrue(transport.disconnecting or transport.value() == b"ok")
+        protocol.connectionLost(Failure(ConnectionLost()))
+        self.assertEqual(visible_files(self.root), [])
+        self.assertEqual(state_files(self.root, "tmp"), [])
+
+    def test_fx1_without_size_over_max_size(self) -> None:
+        """FX/1 without Size: C{error 413} once the limit is passed; nothing kept."""
+        protocol, transport = self.connect()
+        protocol.dataReceived(_wire.encode_put(_wire.PutRequest("big.bin")))
+        for _ in range(5):
+            protocol.dataReceived(b"x" * 1000)
+        self.assertTrue(transport.value().startswith(b"ok 0\nerror 413 "), transport.value())
+        self.assertEqual(visible_files(self.root), [])
+        self.assertEqual(state_files(self.root, "tmp"), [])
+
+    def test_exactly_max_size_stored(self) -> None:
+        """Exactly max_size bytes without Size is still stored."""
+        protocol, transport = self.connect()
+        protocol.dataReceived(_wire.encode_put(_wire.PutRequest("edge.bin")))
+        protocol.dataReceived(b"x" * 1000)
+        protocol.readConnectionLost()
+        self.assertEqual(self.stored("edge.bin"), b"x" * 1000)
