@@ -34,6 +34,7 @@ from twisted.internet.interfaces import IConsumer, IProducer, IPushProducer
 from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
 
+from filexfer._conflicts import name_limit, numbered_name  # numbered_name: re-exported
 from filexfer._errors import TransferError
 from filexfer._names import STATE_DIR, validate_path
 
@@ -43,9 +44,9 @@ CONFLICT_POLICIES: tuple[ConflictPolicy, ...] = ("rename", "overwrite", "refuse"
 _T = TypeVar("_T")
 BlockingRunner = Callable[[Callable[[], _T]], "Deferred[_T]"]
 
-_COMPOUND_SUFFIXES = (".tar.gz", ".tar.bz2", ".tar.xz", ".tar.zst")
 _HASH_CHUNK = 1 << 20
 _MAX_RENAME_TRIES = 10_000
+_DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _QUEUE_HIGH = 4 << 20
 """Queued bytes of one upload above which its producer (the socket) is paused."""
 _QUEUE_LOW = 1 << 20
@@ -122,29 +123,11 @@ def _write_error(failure: Failure) -> TransferError:
     return TransferError(500, f"cannot write: {failure.getErrorMessage()}")
 
 
-def numbered_name(name: str, number: int) -> str:
-    """C{report.pdf} -> C{report (1).pdf}; C{a.tar.gz} -> C{a (1).tar.gz}."""
-    lower = name.lower()
-    suffix = next((s for s in _COMPOUND_SUFFIXES if lower.endswith(s) and len(name) > len(s)), None)
-    if suffix is None:
-        stem, dot, ext = name[1:].rpartition(".") if name.startswith(".") else name.rpartition(".")
-        if name.startswith("."):
-            stem = "." + stem if dot else ""
-        if not dot or not stem:
-            stem, suffix = name, ""
-        else:
-            suffix = "." + ext
-    else:
-        stem, suffix = name[: -len(suffix)], name[-len(suffix) :]  # keep the name's own case
-    tag = f" ({number})"
-    budget = 255 - len((tag + suffix).encode())
-    stem = stem.encode()[:budget].decode("utf-8", "ignore")
-    return f"{stem}{tag}{suffix}"
-
-
 def _os_error(exc: OSError, action: str) -> TransferError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return TransferError(507, "no space left on the server")
+    if exc.errno == errno.ENAMETOOLONG:
+        return TransferError(400, "a name is too long for the server's file system")
     if exc.errno in (errno.ELOOP, errno.ENOTDIR):
         return TransferError(403, f"cannot {action}: the path crosses a symlink or a file")
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
@@ -420,6 +403,7 @@ class DirectoryStorage:
         mtime_ns: int | None = None,
     ) -> IUpload:
         path = validate_path(path)
+        self._check_name_lengths(path)
         if size is not None:
             if self.max_size is not None and size > self.max_size:
                 raise TransferError(413, f"file is larger than the server allows ({self.max_size})")
@@ -554,8 +538,9 @@ class DirectoryStorage:
                 pass
             os.rename(temp_name, name, src_dir_fd=state_fd, dst_dir_fd=parent_fd)
             return name
+        limit = self._name_limit(parent_fd)
         for number in range(_MAX_RENAME_TRIES):
-            candidate = name if number == 0 else numbered_name(name, number)
+            candidate = name if number == 0 else numbered_name(name, number, limit)
             try:
                 os.link(
                     temp_name,
@@ -569,7 +554,38 @@ class DirectoryStorage:
                     raise TransferError(409, f"{name} already exists") from None
                 continue
             return candidate
-        raise TransferError(409, f"no free name for {name}")
+        raise TransferError(409, f"no free name for {name}: {_MAX_RENAME_TRIES} are taken")
+
+    # -- names and file systems ---------------------------------------------
+
+    def _name_limit(self, dir_fd: int) -> int:
+        """The longest name (bytes) that the directory C{dir_fd} can hold."""
+        return name_limit(dir_fd)
+
+    def _check_name_lengths(self, path: str) -> None:
+        """Refuse (400) a component longer than the file system it goes to allows.
+
+        Each existing directory is asked for its own limit (a mount point
+        inside the root may be another file system); components that do not
+        exist yet will be made on the last existing directory's file system.
+        """
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            for part in path.split("/"):
+                limit = self._name_limit(fd)
+                if len(part.encode()) > limit:
+                    raise TransferError(
+                        400,
+                        f"a name is longer than the server's file system allows ({limit} bytes)",
+                    )
+                try:
+                    child = os.open(part, _DIRECTORY_FLAGS, dir_fd=fd)
+                except OSError:
+                    continue  # not a directory (yet): the rest is made where we are
+                os.close(fd)
+                fd = child
+        finally:
+            os.close(fd)
 
     # -- reading -----------------------------------------------------------
 
