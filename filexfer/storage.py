@@ -6,8 +6,10 @@ L{DirectoryStorage} keeps files under one root directory:
  - every path is validated (L{filexfer._names}) and every directory is
    opened relative to its parent with C{O_NOFOLLOW}, so nothing is created,
    opened for writing or followed outside the root;
- - bytes go to a temporary file in the hidden state directory and are
-   linked into place only when complete, fsynced and verified;
+ - bytes go to a temporary file in a hidden state directory on the
+   target's file system (the root's, or one at the top of a mount point
+   inside the root) and are linked into place only when complete, fsynced
+   and verified;
  - an interrupted FX/1 upload keeps its partial for a later resume;
  - an existing file is never silently destroyed (policy C{rename},
    C{overwrite} or C{refuse}).
@@ -198,7 +200,7 @@ class _Upload:
             raise self._error
         if self.expected_size is not None and self.received + len(data) > self.expected_size:
             raise TransferError(422, f"more bytes than the announced Size {self.expected_size}")
-        self._storage.check_space(len(data))
+        self._storage.check_space(len(data), os.path.dirname(self._temp_name))
         if self._run_writes is None:
             try:
                 self._handle.write(data)
@@ -404,10 +406,11 @@ class DirectoryStorage:
     ) -> IUpload:
         path = validate_path(path)
         self._check_name_lengths(path)
+        state = self._state_dir_for(path.split("/")[:-1])  # on the target's file system
         if size is not None:
             if self.max_size is not None and size > self.max_size:
                 raise TransferError(413, f"file is larger than the server allows ({self.max_size})")
-            self.check_space(size)
+            self.check_space(size, state)
         existing = self._lookup(path)
         if existing is not None:
             stored = self._quick_check(path, existing, size, sha256, mtime_ns)
@@ -420,9 +423,9 @@ class DirectoryStorage:
             key = hashlib.sha256(
                 f"{path}\0{size}\0{sha256 or ''}\0{'' if sha256 else mtime_ns}".encode()
             ).hexdigest()
-            temp_name = os.path.join("partial", key)
+            temp_name = os.path.join(state, "partial", key)
         else:
-            temp_name = os.path.join("tmp", secrets.token_hex(16))
+            temp_name = os.path.join(state, "tmp", secrets.token_hex(16))
         handle = self._open_temp(temp_name)
         return _Upload(
             self, path, size, sha256, mtime_ns, temp_name, handle, resumable, self.run_writes
@@ -441,11 +444,15 @@ class DirectoryStorage:
             raise TransferError(409, "an upload of this file is already in progress") from None
         return os.fdopen(fd, "r+b", buffering=0)
 
-    def check_space(self, incoming: int) -> None:
-        """Refuse with 507 when C{incoming} more bytes would eat the reserve."""
+    def check_space(self, incoming: int, where: str | None = None) -> None:
+        """Refuse with 507 when C{incoming} more bytes would eat the reserve.
+
+        @param where: a directory on the file system the bytes go to; by
+            default the root's.
+        """
         if incoming <= 0 or (self.min_free <= 0 and incoming < 1 << 20):
             return
-        free = shutil.disk_usage(self._state).free
+        free = shutil.disk_usage(where or self._state).free
         if incoming > free - self.min_free:
             raise TransferError(507, "not enough free space on the server")
 
@@ -587,6 +594,73 @@ class DirectoryStorage:
         finally:
             os.close(fd)
 
+    def _state_dir_for(self, parents: list[str]) -> str:
+        """The state directory for a file going into C{root/parents...}.
+
+        A temporary file can only be linked into place on its own file
+        system.  A target on the root's file system uses the root's state
+        directory; one inside a mount point under the root uses (and makes)
+        a state directory at the top of that mount, found by comparing
+        C{st_dev} along the path.
+        @return: its absolute path.
+        """
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            root_device = os.fstat(fd).st_dev
+            devices = []
+            for part in parents:
+                try:
+                    child = os.open(part, _DIRECTORY_FLAGS, dir_fd=fd)
+                except OSError:
+                    break  # made later, on the file system of the last existing one
+                os.close(fd)
+                fd = child
+                devices.append(os.fstat(fd).st_dev)
+        finally:
+            os.close(fd)
+        if not devices or devices[-1] == root_device:
+            return self._state
+        top = len(devices)
+        while top > 1 and devices[top - 2] == devices[-1]:
+            top -= 1
+        relative = parents[:top]
+        state = os.path.join(self.root, *relative, STATE_DIR)
+        try:
+            for sub in ("partial", "tmp"):
+                os.makedirs(os.path.join(state, sub), exist_ok=True)
+            self._record_state_dir("/".join(relative))
+        except OSError as exc:
+            raise _os_error(exc, "make a temporary directory there") from exc
+        return state
+
+    def _record_state_dir(self, relative: str) -> None:
+        """Note a mount's state directory so that L{remove_stale} finds it after a restart."""
+        folder = os.path.join(self._state, "mounts")
+        os.makedirs(folder, exist_ok=True)
+        record = os.path.join(folder, hashlib.sha256(relative.encode()).hexdigest())
+        try:
+            fd = os.open(record, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        except FileExistsError:
+            return
+        with os.fdopen(fd, "w") as handle:
+            handle.write(relative)
+
+    def _state_tops(self) -> list[list[str]]:
+        """Where state directories are: the root (C{[]}) and recorded mount points."""
+        tops: list[list[str]] = [[]]
+        folder = os.path.join(self._state, "mounts")
+        try:
+            names = sorted(os.listdir(folder))
+        except FileNotFoundError:
+            return tops
+        for name in names:
+            try:
+                with open(os.path.join(folder, name)) as handle:
+                    tops.append(validate_path(handle.read()).split("/"))
+            except (OSError, ValueError, TransferError):
+                continue
+        return tops
+
     # -- reading -----------------------------------------------------------
 
     def open_read(self, path: str) -> tuple[BinaryIO, int]:
@@ -650,29 +724,45 @@ class DirectoryStorage:
     def remove_stale(self, max_age: float, now: float | None = None) -> int:
         """Delete temporary and partial files untouched for C{max_age} seconds.
 
-        Files another upload holds locked are left alone.
+        In the root's state directory and in those at the top of mount
+        points inside the root that uploads have used (L{_state_dir_for}
+        records them).  Files another upload holds locked are left alone.
         @return: how many were removed.
         """
         now = time.time() if now is None else now
         removed = 0
-        for sub in ("tmp", "partial"):
-            folder = os.path.join(self._state, sub)
-            for entry in os.scandir(folder):
+        for top in self._state_tops():
+            for sub in ("tmp", "partial"):
                 try:
-                    if now - entry.stat(follow_symlinks=False).st_mtime < max_age:
-                        continue
-                    fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW)
+                    with self._directory([*top, STATE_DIR, sub], create=False) as folder_fd:
+                        removed += _remove_old(folder_fd, now - max_age)
                 except OSError:
-                    continue
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    os.unlink(entry.path)
-                    removed += 1
-                except OSError:
-                    pass
-                finally:
-                    os.close(fd)
+                    continue  # e.g. a mount that is not mounted now
         return removed
+
+
+def _remove_old(folder_fd: int, before: float) -> int:
+    """Delete the files in C{folder_fd} last modified before C{before} and not locked."""
+    removed = 0
+    with os.scandir(folder_fd) as entries:
+        for entry in entries:
+            try:
+                if entry.stat(follow_symlinks=False).st_mtime > before:
+                    continue
+                fd = os.open(
+                    entry.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=folder_fd
+                )
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                os.unlink(entry.name, dir_fd=folder_fd)
+                removed += 1
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+    return removed
 
 
 def _stat_key(info: os.stat_result) -> list[int]:

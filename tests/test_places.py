@@ -1,12 +1,15 @@
 """Names and places the server cannot keep: a clear answer up front, never a 500 after the body.
 
 A numbered name must fit the file system; a component too long for the
-target file system is refused at the handshake.
+target file system is refused at the handshake; a directory inside the root
+that is another file system (a mount point) stores and resumes uploads.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
+import time
 from typing import Any
 
 from twisted.internet.error import ConnectionLost
@@ -72,6 +75,19 @@ class PlacesTestCase(unittest.TestCase):
         upload = (storage or self.storage).begin(path, len(data), None, None)
         upload.write(data)
         return self.successResultOf(upload.finish())
+
+    def mount_tmpfs(self, folder: str, size: str = "16m") -> bool:
+        """Mount a tmpfs at C{folder} (made if needed); False where this machine may not mount."""
+        os.makedirs(folder, exist_ok=True)
+        mounted = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", folder],
+            capture_output=True,
+            timeout=30,
+        )
+        if mounted.returncode != 0:
+            return False
+        self.addCleanup(subprocess.run, ["umount", "-l", folder], timeout=30)
+        return True
 
 
 class LongNameTests(PlacesTestCase):
@@ -140,3 +156,88 @@ class SmallNameMaxTests(PlacesTestCase):
         self.store(path, b"1")
         receipt = self.store(path, b"2")
         self.assertEqual(receipt.path, "small/" + "r" * 56 + " (1).txt")
+
+
+class MountPointTests(PlacesTestCase):
+    """ROOT/archive is a tmpfs: another file system inside the root."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.archive = os.path.join(self.root, "archive")
+        if not self.mount_tmpfs(self.archive):
+            raise unittest.SkipTest("this machine may not mount a tmpfs")
+
+    def test_stored_in_mount_point(self) -> None:
+        """An upload into a mount point is stored there; its temporary file lived there too."""
+        data = payload(300_000)
+        reply = self.upload("archive/deep/new/a.bin", data)
+        self.assertEqual(
+            reply,
+            b"ok 0\n" + _wire.encode_done(len(data), sha256_bytes(data), "archive/deep/new/a.bin"),
+        )
+        self.assertEqual(visible_files(self.root), ["archive/deep/new/a.bin"])
+        self.assertEqual(state_files(self.archive, "tmp"), [])
+        self.assertFalse(os.path.exists(os.path.join(self.archive, "deep", ".filexfer")))
+        self.assertEqual(self.store("top.bin", b"root fs").path, "top.bin")  # the root still works
+
+    def test_resume_across_reconnect_in_mount_point(self) -> None:
+        """An interrupted FX/1 upload into a mount point resumes there after a reconnect."""
+        data = payload(2 * MiB, seed=5)
+        digest = sha256_bytes(data)
+        protocol, transport = self.connect()
+        protocol.dataReceived(put("archive/big.bin", size=len(data), sha256=digest))
+        protocol.dataReceived(data[:MiB])
+        protocol.connectionLost(Failure(ConnectionLost()))
+        self.assertEqual(transport.value(), b"ok 0\n")
+        self.assertEqual(len(state_files(self.archive, "partial")), 1)
+        self.assertEqual(state_files(self.root, "partial"), [])
+
+        protocol, transport = self.connect(DirectoryStorage(self.root))  # a restarted server
+        protocol.dataReceived(put("archive/big.bin", size=len(data), sha256=digest))
+        self.assertEqual(transport.value(), b"ok %d\n" % MiB)
+        protocol.dataReceived(data[MiB:])
+        self.assertEqual(
+            transport.value(),
+            b"ok %d\n" % MiB + _wire.encode_done(len(data), digest, "archive/big.bin"),
+        )
+        with open(os.path.join(self.archive, "big.bin"), "rb") as handle:
+            self.assertEqual(handle.read(), data)
+        self.assertEqual(state_files(self.archive, "partial"), [])
+
+    def test_rename_and_overwrite_in_mount_point(self) -> None:
+        """The conflict policies work inside a mount point."""
+        self.store("archive/f.txt", b"1")
+        self.assertEqual(self.store("archive/f.txt", b"2").path, "archive/f (1).txt")
+        overwrite = DirectoryStorage(self.root, "overwrite")
+        self.assertEqual(self.store("archive/f.txt", b"3", storage=overwrite).path, "archive/f.txt")
+        self.assertEqual(visible_files(self.root), ["archive/f (1).txt", "archive/f.txt"])
+
+    def test_state_directory_in_mount_point_is_reserved(self) -> None:
+        """The mount's state directory cannot be written or read by a peer (403)."""
+        self.store("archive/a", b"1")
+        for path in ["archive/.filexfer/tmp/x", "archive/.filexfer"]:
+            protocol, transport = self.connect()
+            protocol.dataReceived(put(path, size=1))
+            self.assertTrue(transport.value().startswith(b"error 403 "), transport.value())
+        error = self.assertRaises(TransferError, self.storage.open_read, "archive/.filexfer/mounts")
+        self.assertEqual(error.code, 403)
+
+    def test_free_space_of_the_target(self) -> None:
+        """Size beyond the free space of the mount (not the root's) is refused up front: 507."""
+        small = os.path.join(self.archive, "small")
+        if not self.mount_tmpfs(small, size="1m"):
+            raise unittest.SkipTest("this machine may not mount a tmpfs")
+        error = self.assertRaises(TransferError, self.storage.begin, "archive/small/x", 2 * MiB)
+        self.assertEqual(error.code, 507)
+        self.assertTrue(os.path.isdir(os.path.join(small, ".filexfer", "partial")))
+
+    def test_remove_stale_covers_mount_state(self) -> None:
+        """remove_stale, even after a restart, removes old partials in a mount's state directory."""
+        upload = self.storage.begin("archive/p", 10, None, 1_600_000_000_000_000_000)
+        upload.write(b"12345")
+        upload.abort(keep_partial=True)
+        self.assertEqual(len(state_files(self.archive, "partial")), 1)
+        restarted = DirectoryStorage(self.root)
+        self.assertEqual(restarted.remove_stale(3600), 0)
+        self.assertEqual(restarted.remove_stale(3600, now=time.time() + 7200), 1)
+        self.assertEqual(state_files(self.archive, "partial"), [])
