@@ -11,7 +11,8 @@ import unicodedata
 from filexfer._errors import TransferError
 
 STATE_DIR = ".filexfer"
-"""The hidden directory under the root where the server keeps its own state."""
+"""The hidden directory where the server keeps its own state: under the root,
+and at the top of each mount point inside the root that uploads go to."""
 
 MAX_COMPONENT_BYTES = 255
 
@@ -58,8 +59,8 @@ def validate_path(raw: bytes | str) -> str:
     """Check a relative, C{/}-separated path (FX/1 and TFTP).
 
     @return: the path as text, unchanged.
-    @raise TransferError: 400 when the path breaks a rule, 403 when it
-        points into the server's state directory.
+    @raise TransferError: 400 when the path breaks a rule, 403 when any
+        component is the name of the server's state directories.
     """
     path = _decode(raw)
     if path.startswith("/"):
@@ -67,6 +68,6 @@ def validate_path(raw: bytes | str) -> str:
     components = path.split("/")
     for component in components:
         _check_component(component)
-    if components[0] == STATE_DIR:
+    if STATE_DIR in components:  # the root's, or one at the top of a mount inside it
         raise TransferError(403, "that directory is reserved for the server")
     return path

@@ -6,8 +6,10 @@ L{DirectoryStorage} keeps files under one root directory:
  - every path is validated (L{filexfer._names}) and every directory is
    opened relative to its parent with C{O_NOFOLLOW}, so nothing is created,
    opened for writing or followed outside the root;
- - bytes go to a temporary file in the hidden state directory and are
-   linked into place only when complete, fsynced and verified;
+ - bytes go to a temporary file in a hidden state directory on the
+   target's file system (the root's, or one at the top of a mount point
+   inside the root) and are linked into place only when complete, fsynced
+   and verified;
  - an interrupted FX/1 upload keeps its partial for a later resume;
  - an existing file is never silently destroyed (policy C{rename},
    C{overwrite} or C{refuse}).
@@ -35,6 +37,7 @@ from twisted.internet.interfaces import IConsumer, IProducer, IPushProducer
 from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
 
+from filexfer._conflicts import name_limit, numbered_name  # numbered_name: re-exported
 from filexfer._errors import TransferError
 from filexfer._names import STATE_DIR, validate_path
 
@@ -44,9 +47,9 @@ CONFLICT_POLICIES: tuple[ConflictPolicy, ...] = ("rename", "overwrite", "refuse"
 _T = TypeVar("_T")
 BlockingRunner = Callable[[Callable[[], _T]], "Deferred[_T]"]
 
-_COMPOUND_SUFFIXES = (".tar.gz", ".tar.bz2", ".tar.xz", ".tar.zst")
 _HASH_CHUNK = 1 << 20
 _MAX_RENAME_TRIES = 10_000
+_DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _QUEUE_HIGH = 4 << 20
 """Queued bytes of one upload above which its producer (the socket) is paused."""
 _QUEUE_LOW = 1 << 20
@@ -151,29 +154,11 @@ def _write_error(failure: Failure) -> TransferError:
     return TransferError(500, f"cannot write: {failure.getErrorMessage()}")
 
 
-def numbered_name(name: str, number: int) -> str:
-    """C{report.pdf} -> C{report (1).pdf}; C{a.tar.gz} -> C{a (1).tar.gz}."""
-    lower = name.lower()
-    suffix = next((s for s in _COMPOUND_SUFFIXES if lower.endswith(s) and len(name) > len(s)), None)
-    if suffix is None:
-        stem, dot, ext = name[1:].rpartition(".") if name.startswith(".") else name.rpartition(".")
-        if name.startswith("."):
-            stem = "." + stem if dot else ""
-        if not dot or not stem:
-            stem, suffix = name, ""
-        else:
-            suffix = "." + ext
-    else:
-        stem, suffix = name[: -len(suffix)], name[-len(suffix) :]  # keep the name's own case
-    tag = f" ({number})"
-    budget = 255 - len((tag + suffix).encode())
-    stem = stem.encode()[:budget].decode("utf-8", "ignore")
-    return f"{stem}{tag}{suffix}"
-
-
 def _os_error(exc: OSError, action: str) -> TransferError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return TransferError(507, "no space left on the server")
+    if exc.errno == errno.ENAMETOOLONG:
+        return TransferError(400, "a name is too long for the server's file system")
     if exc.errno in (errno.ELOOP, errno.ENOTDIR):
         return TransferError(403, f"cannot {action}: the path crosses a symlink or a file")
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
@@ -245,7 +230,7 @@ class _Upload:
         if self.expected_size is not None and self.received + len(data) > self.expected_size:
             raise TransferError(422, f"more bytes than the announced Size {self.expected_size}")
         self._storage.check_size(self.received + len(data))
-        self._storage.check_space(len(data))
+        self._storage.check_space(len(data), os.path.dirname(self._temp_name))
         if self._run_writes is None:
             try:
                 self._handle.write(data)
@@ -516,7 +501,6 @@ class DirectoryStorage:
             path = validate_path(path)
             if size is not None:
                 self.check_size(size)
-                self.check_space(size)
         except TransferError:
             return fail()
         return self.run_blocking(
@@ -533,6 +517,10 @@ class DirectoryStorage:
         fresh: bool,
     ) -> IUpload:
         *parents, name = path.split("/")
+        self._check_name_lengths(path)
+        state = self._state_dir_for(parents)  # on the target's file system
+        if size is not None:
+            self.check_space(size, state)
         existing = self._lookup_entry(parents, name)
         if (
             existing is not None
@@ -560,9 +548,9 @@ class DirectoryStorage:
             key = hashlib.sha256(
                 f"{path}\0{size}\0{sha256 or ''}\0{'' if sha256 else mtime_ns}".encode()
             ).hexdigest()
-            temp_name = os.path.join("partial", key)
+            temp_name = os.path.join(state, "partial", key)
         else:
-            temp_name = os.path.join("tmp", secrets.token_hex(16))
+            temp_name = os.path.join(state, "tmp", secrets.token_hex(16))
         handle = self._open_temp(temp_name)
         if fresh:
             handle.truncate(0)
@@ -594,11 +582,15 @@ class DirectoryStorage:
                 413, f"file is larger than the server allows ({self.max_size} bytes)"
             )
 
-    def check_space(self, incoming: int) -> None:
-        """Refuse with 507 when C{incoming} more bytes would eat the reserve."""
+    def check_space(self, incoming: int, where: str | None = None) -> None:
+        """Refuse with 507 when C{incoming} more bytes would eat the reserve.
+
+        @param where: a directory on the file system the bytes go to; by
+            default the root's.
+        """
         if incoming <= 0 or (self.min_free <= 0 and incoming < 1 << 20):
             return
-        free = shutil.disk_usage(self._state).free
+        free = shutil.disk_usage(where or self._state).free
         if incoming > free - self.min_free:
             raise TransferError(507, "not enough free space on the server")
 
@@ -609,15 +601,23 @@ class DirectoryStorage:
         """
         *parents, name = path.split("/")
         found: dict[str, os.stat_result] = {}
-        for number in range(_MAX_RENAME_TRIES):
-            candidate = name if number == 0 else numbered_name(name, number)
-            info = self._lookup_entry(parents, candidate)
-            if info is None:
-                if number > 0:
-                    break
-                continue
-            if stat.S_ISREG(info.st_mode) and info.st_size == size:
-                found["/".join([*parents, candidate])] = info
+        try:
+            with self._directory(parents, create=False) as parent_fd:
+                limit = self._name_limit(parent_fd)
+                for number in range(_MAX_RENAME_TRIES):
+                    candidate = name if number == 0 else numbered_name(name, number, limit)
+                    try:
+                        info = os.stat(candidate, dir_fd=parent_fd, follow_symlinks=False)
+                    except FileNotFoundError:
+                        if number > 0:
+                            break
+                        continue
+                    if stat.S_ISREG(info.st_mode) and info.st_size == size:
+                        found["/".join([*parents, candidate])] = info
+        except FileNotFoundError:
+            return {}
+        except OSError as exc:
+            raise _os_error(exc, "look up the file") from exc
         return found
 
     def _same_mtime(self, path: str, existing: os.stat_result, mtime_ns: int) -> bool:
@@ -736,8 +736,9 @@ class DirectoryStorage:
                 pass
             os.rename(temp_name, name, src_dir_fd=state_fd, dst_dir_fd=parent_fd)
             return name
+        limit = self._name_limit(parent_fd)
         for number in range(_MAX_RENAME_TRIES):
-            candidate = name if number == 0 else numbered_name(name, number)
+            candidate = name if number == 0 else numbered_name(name, number, limit)
             try:
                 os.link(
                     temp_name,
@@ -751,7 +752,105 @@ class DirectoryStorage:
                     raise TransferError(409, f"{name} already exists") from None
                 continue
             return candidate
-        raise TransferError(409, f"no free name for {name}")
+        raise TransferError(409, f"no free name for {name}: {_MAX_RENAME_TRIES} are taken")
+
+    # -- names and file systems ---------------------------------------------
+
+    def _name_limit(self, dir_fd: int) -> int:
+        """The longest name (bytes) that the directory C{dir_fd} can hold."""
+        return name_limit(dir_fd)
+
+    def _check_name_lengths(self, path: str) -> None:
+        """Refuse (400) a component longer than the file system it goes to allows.
+
+        Each existing directory is asked for its own limit (a mount point
+        inside the root may be another file system); components that do not
+        exist yet will be made on the last existing directory's file system.
+        """
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            for part in path.split("/"):
+                limit = self._name_limit(fd)
+                if len(part.encode()) > limit:
+                    raise TransferError(
+                        400,
+                        f"a name is longer than the server's file system allows ({limit} bytes)",
+                    )
+                try:
+                    child = os.open(part, _DIRECTORY_FLAGS, dir_fd=fd)
+                except OSError:
+                    continue  # not a directory (yet): the rest is made where we are
+                os.close(fd)
+                fd = child
+        finally:
+            os.close(fd)
+
+    def _state_dir_for(self, parents: list[str]) -> str:
+        """The state directory for a file going into C{root/parents...}.
+
+        A temporary file can only be linked into place on its own file
+        system.  A target on the root's file system uses the root's state
+        directory; one inside a mount point under the root uses (and makes)
+        a state directory at the top of that mount, found by comparing
+        C{st_dev} along the path.
+        @return: its absolute path.
+        """
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            root_device = os.fstat(fd).st_dev
+            devices = []
+            for part in parents:
+                try:
+                    child = os.open(part, _DIRECTORY_FLAGS, dir_fd=fd)
+                except OSError:
+                    break  # made later, on the file system of the last existing one
+                os.close(fd)
+                fd = child
+                devices.append(os.fstat(fd).st_dev)
+        finally:
+            os.close(fd)
+        if not devices or devices[-1] == root_device:
+            return self._state
+        top = len(devices)
+        while top > 1 and devices[top - 2] == devices[-1]:
+            top -= 1
+        relative = parents[:top]
+        state = os.path.join(self.root, *relative, STATE_DIR)
+        try:
+            for sub in ("partial", "tmp"):
+                os.makedirs(os.path.join(state, sub), exist_ok=True)
+            self._record_state_dir("/".join(relative))
+        except OSError as exc:
+            raise _os_error(exc, "make a temporary directory there") from exc
+        return state
+
+    def _record_state_dir(self, relative: str) -> None:
+        """Note a mount's state directory so that L{remove_stale} finds it after a restart."""
+        folder = os.path.join(self._state, "mounts")
+        os.makedirs(folder, exist_ok=True)
+        record = os.path.join(folder, hashlib.sha256(relative.encode()).hexdigest())
+        try:
+            fd = os.open(record, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        except FileExistsError:
+            return
+        with os.fdopen(fd, "w") as handle:
+            handle.write(relative)
+
+    def _state_tops(self) -> list[list[str]]:
+        """Where state directories are: the root (C{[]}) and recorded mount points."""
+        tops: list[list[str]] = [[]]
+        folder = os.path.join(self._state, "mounts")
+        try:
+            names = sorted(os.listdir(folder))
+        except FileNotFoundError:
+            return tops
+        for name in names:
+            try:
+                with open(os.path.join(folder, name)) as handle:
+                    tops.append(validate_path(handle.read()).split("/"))
+            except (OSError, ValueError, TransferError):
+                continue
+        return tops
 
     # -- reading -----------------------------------------------------------
 
@@ -817,29 +916,45 @@ class DirectoryStorage:
     def remove_stale(self, max_age: float, now: float | None = None) -> int:
         """Delete temporary and partial files untouched for C{max_age} seconds.
 
-        Files another upload holds locked are left alone.
+        In the root's state directory and in those at the top of mount
+        points inside the root that uploads have used (L{_state_dir_for}
+        records them).  Files another upload holds locked are left alone.
         @return: how many were removed.
         """
         now = time.time() if now is None else now
         removed = 0
-        for sub in ("tmp", "partial"):
-            folder = os.path.join(self._state, sub)
-            for entry in os.scandir(folder):
+        for top in self._state_tops():
+            for sub in ("tmp", "partial"):
                 try:
-                    if now - entry.stat(follow_symlinks=False).st_mtime < max_age:
-                        continue
-                    fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW)
+                    with self._directory([*top, STATE_DIR, sub], create=False) as folder_fd:
+                        removed += _remove_old(folder_fd, now - max_age)
                 except OSError:
-                    continue
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    os.unlink(entry.path)
-                    removed += 1
-                except OSError:
-                    pass
-                finally:
-                    os.close(fd)
+                    continue  # e.g. a mount that is not mounted now
         return removed
+
+
+def _remove_old(folder_fd: int, before: float) -> int:
+    """Delete the files in C{folder_fd} last modified before C{before} and not locked."""
+    removed = 0
+    with os.scandir(folder_fd) as entries:
+        for entry in entries:
+            try:
+                if entry.stat(follow_symlinks=False).st_mtime > before:
+                    continue
+                fd = os.open(
+                    entry.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=folder_fd
+                )
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                os.unlink(entry.name, dir_fd=folder_fd)
+                removed += 1
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+    return removed
 
 
 def _stat_key(info: os.stat_result) -> list[int]:

@@ -77,9 +77,11 @@ class ValidatePathTests(unittest.TestCase):
         self.assertRefused(f"{STATE_DIR}/partial/x", 403)
         self.assertRefused(f"{STATE_DIR}/digests".encode(), 403)
 
-    def test_state_directory_name_deeper_is_ordinary(self) -> None:
-        """A component named like the state directory below the top is an ordinary name."""
-        self.assertEqual(validate_path(f"a/{STATE_DIR}"), f"a/{STATE_DIR}")
+    def test_state_directory_name_deeper_is_refused(self) -> None:
+        """The state directory's name is refused (403) at any depth: mounts have one too."""
+        self.assertRefused(f"a/{STATE_DIR}", 403)
+        self.assertRefused(f"archive/{STATE_DIR}/partial/x", 403)
+        self.assertEqual(validate_path(f"a/{STATE_DIR}x/b"), f"a/{STATE_DIR}x/b")
 
     def test_error_is_one_line(self) -> None:
         """The refusal reason is one line of text, even for a name with newlines."""
