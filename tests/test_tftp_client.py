@@ -427,6 +427,21 @@ class ClientAgainstFakesTests(unittest.TestCase):
                 ValueError, download, reactor, "127.0.0.1", 9, "f", "/nonexistent/x", **kwargs
             )
 
+    def test_timeout_must_be_finite(self) -> None:
+        """A NaN or infinite timeout is a ValueError before anything is sent."""
+        for timeout in (float("nan"), float("inf")):
+            for call in (download, upload):
+                self.assertRaises(
+                    ValueError,
+                    call,
+                    reactor,
+                    "127.0.0.1",
+                    9,
+                    "f",
+                    "/nonexistent/x",
+                    timeout=timeout,
+                )
+
 
 @defer.inlineCallbacks
 def _until(condition: Callable[[], bool]) -> Generator[Any, Any, None]:
