@@ -371,6 +371,17 @@ class MtimeHeaderTests(unittest.TestCase):
         """A file dated 1969-12-31T23:59:59.999999999Z is announced as C{Mtime: -0.000000001}."""
         self.assertIn(b"\nMtime: -0.000000001\n", self.handshake_for(-1))
 
+    def test_mtime_no_server_accepts_left_out(self) -> None:
+        """A file dated after 2262-04-11 (beyond int64 ns) is sent without an Mtime header."""
+        beyond = 2**63 - 1 + 10**9
+        probe = write_file(os.path.join(os.path.abspath(self.mktemp()), "probe"), b"")
+        os.utime(probe, ns=(beyond, beyond))
+        if os.stat(probe).st_mtime_ns != beyond:
+            raise unittest.SkipTest("this file system cannot hold a time after 2262")
+        handshake = self.handshake_for(beyond)
+        self.assertNotIn(b"Mtime", handshake)
+        self.assertTrue(handshake.startswith(b"FX/1 PUT f.bin\nSize: 3\n"))
+
 
 @implementer(IStreamClientEndpoint)
 class InMemoryEndpoint:
