@@ -33,7 +33,7 @@ from filexfer.tcp.sender import SendError, send_file
 PROG = "filexfer"
 
 _HOST_PORT = re.compile(
-    r"^(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^:/\[\]]+)):(?P<port>\d+)(?P<path>/.*)?$"
+    r"^(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^:/\[\]]+)):(?P<port>[0-9]{1,5})(?P<path>/.*)?$"
 )
 
 

@@ -6,6 +6,7 @@ Used by the twistd plugin (C{twistd filexfer}) and by C{filexfer serve}.
 from __future__ import annotations
 
 import os
+import re
 import resource
 import sys
 from typing import Any
@@ -28,26 +29,50 @@ LISTEN_BACKLOG = 1024
 """Pending connections the kernel queues for --port (Twisted's default is 50)."""
 
 
+_SIZE = re.compile(r"(?P<whole>[0-9]{1,20})(?:\.(?P<fraction>[0-9]{1,9}))?(?P<unit>[KMGT]?)")
+_WHOLE = re.compile(r"[0-9]{1,20}")
+_DECIMAL = re.compile(r"[0-9]{1,20}(?:\.[0-9]{1,9})?")
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def _shown(text: str) -> str:
+    """A value from the command line, cut short enough to quote."""
+    return repr(text) if len(text) <= 24 else f"{text[:20]!r}... ({len(text)} characters)"
+
+
 def _size(text: str) -> int:
-    """C{"10G"} -> bytes; plain digits are bytes."""
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-    text = text.strip().upper().removesuffix("B").removesuffix("I")
-    scale = units.get(text[-1:], 1)
-    number = text[:-1] if text[-1:] in units else text
-    try:
-        value = int(float(number) * scale)
-    except ValueError:
-        raise ValueError(f"not a size: {text!r} (use e.g. 500M, 10G)") from None
-    if value < 0:
-        raise ValueError("a size cannot be negative")
-    return value
+    """C{"10G"} -> bytes; plain digits are bytes.
+
+    At most 20 digits before an optional point and 9 after it: the number
+    is parsed exactly, without float (which made C{inf} and 400 digits an
+    OverflowError).
+    """
+    match = _SIZE.fullmatch(text.strip().upper().removesuffix("B").removesuffix("I"))
+    if match is None:
+        raise ValueError(f"not a size: {_shown(text)} (use e.g. 500M, 10G)")
+    scale = _UNITS[match["unit"]]
+    fraction = int((match["fraction"] or "").ljust(9, "0"))
+    return int(match["whole"]) * scale + fraction * scale // 10**9
 
 
-def _positive(kind: type) -> Any:
+def _positive(kind: type[int] | type[float], most: float | None = None) -> Any:
+    """A coerce function: a whole (int) or decimal (float) number above zero.
+
+    ASCII digits only, at most 20 before the point (no sign, exponent,
+    C{inf} or C{nan}: a NaN timeout would never compare), and at most
+    C{most}.
+    """
+    pattern = _WHOLE if kind is int else _DECIMAL
+
     def convert(text: str) -> Any:
+        if not pattern.fullmatch(text.strip()):
+            what = "a whole number" if kind is int else "a number of seconds"
+            raise ValueError(f"must be {what}, not {_shown(text)}")
         value = kind(text)
         if value <= 0:
             raise ValueError(f"must be greater than zero, not {text}")
+        if most is not None and value > most:
+            raise ValueError(f"must be at most {most:g}, not {_shown(text)}")
         return value
 
     return convert
@@ -73,7 +98,7 @@ class Options(usage.Options):
             None,
             f"TCP port on all interfaces (default {DEFAULT_PORT} "
             "unless --listen is given); TFTP uses the same number on UDP",
-            _positive(int),
+            _positive(int, 65535),
         ],
         ["root", "r", DEFAULT_ROOT, "directory to store into (created if missing)"],
         [
@@ -94,11 +119,23 @@ class Options(usage.Options):
             None,
             None,
             "UDP port for TFTP (default: the TCP port number)",
-            _positive(int),
+            _positive(int, 65535),
         ],
         ["tftp-interface", None, "", "address for TFTP to bind (default all IPv4; '::' for IPv6)"],
-        ["tftp-max-blksize", None, 65464, "largest TFTP blksize granted (8-65464)", int],
-        ["tftp-max-windowsize", None, 64, "largest TFTP windowsize granted", _positive(int)],
+        [
+            "tftp-max-blksize",
+            None,
+            65464,
+            "largest TFTP blksize granted (8-65464)",
+            _positive(int, 65464),
+        ],
+        [
+            "tftp-max-windowsize",
+            None,
+            64,
+            "largest TFTP windowsize granted (1-65535)",
+            _positive(int, 65535),
+        ],
         ["max-size", None, None, "largest file accepted, e.g. 10G (413)", _size],
         ["min-free", None, 0, "free space to keep on the disk, e.g. 1G (507)", _size],
         ["max-connections", None, 1000, "TCP connections at once (503 past that)", _positive(int)],
@@ -120,7 +157,13 @@ class Options(usage.Options):
             "processes sharing --port and the TFTP port (SO_REUSEPORT)",
             _positive(int),
         ],
-        ["worker-of", None, None, "(internal) run as a worker of this parent process", int],
+        [
+            "worker-of",
+            None,
+            None,
+            "(internal) run as a worker of this parent process",
+            _positive(int),
+        ],
     ]
     optFlags = [
         ["no-tftp", None, "do not serve TFTP"],

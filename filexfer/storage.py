@@ -39,6 +39,7 @@ from zope.interface import Attribute, Interface, implementer
 
 from filexfer._conflicts import name_limit, numbered_name  # numbered_name: re-exported
 from filexfer._errors import TransferError
+from filexfer._mtime import check_mtime, probe_mtime_range
 from filexfer._names import STATE_DIR, validate_path
 
 ConflictPolicy = Literal["rename", "overwrite", "refuse"]
@@ -476,6 +477,8 @@ class DirectoryStorage:
         self._state = os.path.join(self.root, STATE_DIR)
         for sub in ("partial", "tmp", "digests"):
             os.makedirs(os.path.join(self._state, sub), exist_ok=True)
+        self.mtime_range = probe_mtime_range(os.path.join(self._state, "tmp"))
+        """The earliest and latest Mtime (ns) the root's file system keeps as given."""
 
     # -- receiving ---------------------------------------------------------
 
@@ -501,6 +504,8 @@ class DirectoryStorage:
             path = validate_path(path)
             if size is not None:
                 self.check_size(size)
+            if mtime_ns is not None:
+                check_mtime(mtime_ns, self.mtime_range)
         except TransferError:
             return fail()
         return self.run_blocking(

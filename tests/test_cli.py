@@ -77,6 +77,19 @@ class ParseDestinationTests(unittest.TestCase):
             self.assertEqual(error.status, 2, text)
 
 
+class DestinationPortTests(unittest.TestCase):
+    def test_port_digits_bounded(self) -> None:
+        """A port of 5,000 digits, or in other scripts' digits, is a usage error, not a crash."""
+        for text in [
+            "host:" + "9" * 5000,
+            "tftp://host:" + "8" * 5000 + "/x",
+            "host:\u0668\u0660",  # Arabic-Indic "80", which int() would take
+            "host:000008000",
+        ]:
+            error = self.assertRaises(UserError, parse_destination, text)
+            self.assertEqual(error.status, 2)
+
+
 class FilesToSendTests(unittest.TestCase):
     def setUp(self) -> None:
         self.base = os.path.abspath(self.mktemp())

@@ -330,3 +330,36 @@ class ArrivingBytesLimitTests(IntegrityTestCase):
         protocol.dataReceived(b"x" * 1000)
         protocol.readConnectionLost()
         self.assertEqual(self.stored("edge.bin"), b"x" * 1000)
+
+
+class MtimeTheFileSystemKeepsTests(IntegrityTestCase):
+    def test_outside_the_file_systems_range_refused_at_handshake(self) -> None:
+        """An Mtime the root's file system cannot keep (before its earliest) is 400 up front."""
+        low, high = self.storage.mtime_range
+        self.storage.mtime_range = (max(low, -(2**31) * 10**9), high)  # as ext4 keeps it
+        protocol, transport = self.connect()
+        year_1800 = -5_364_662_400 * 10**9
+        request = _wire.PutRequest("old.txt", 3, None, year_1800, trailer=True)
+        protocol.dataReceived(_wire.encode_put(request))
+        self.assertTrue(transport.value().startswith(b"error 400 "), transport.value())
+        self.assertEqual(visible_files(self.root), [])
+
+    def test_before_1970_kept(self) -> None:
+        """A file dated 1965, and one a nanosecond before 1970, keep their times when stored."""
+        for name, mtime_ns in (("1965.txt", -157_766_400 * 10**9), ("edge.txt", -1)):
+            receipt = self.successResultOf(self.send(self.local_file(name, b"old", mtime_ns)))
+            kept = os.stat(os.path.join(self.root, receipt.path)).st_mtime_ns
+            self.assertEqual(kept, mtime_ns)
+
+    def test_time_rounded_by_the_file_system(self) -> None:
+        """A file system that keeps a rounded time (FAT: 2 s) still matches the re-send."""
+        real_utime = os.utime
+
+        def two_second_utime(target: Any, *args: Any, ns: tuple[int, int], **kwargs: Any) -> None:
+            real_utime(target, *args, ns=(ns[0], ns[1] - ns[1] % (2 * 10**9)), **kwargs)
+
+        path = self.local_file("r.txt", b"rounded", MTIME_NS + 10**9)  # an odd second
+        self.patch(os, "utime", two_second_utime)  # the server's file system from now on
+        for _ in range(3):
+            self.assertEqual(self.successResultOf(self.send(path)).path, "r.txt")
+        self.assertEqual(visible_files(self.root), ["r.txt"])

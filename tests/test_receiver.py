@@ -483,6 +483,49 @@ class ExtendedFormTests(ReceiverTestCase):
         self.assertIn("stored as 'logged.txt'", lines[0])
 
 
+class HeaderNumberTests(ReceiverTestCase):
+    """Numbers in the FX/1 headers are bounded and judged at the handshake (PROTOCOL.md 1.2.1)."""
+
+    def assertRefusedAtHandshake(self, block: bytes, bytewise: bool = False) -> None:
+        protocol, transport = self.connect()
+        self.feed(protocol, block, bytewise=bytewise)
+        self.assertRefusedWith(transport, 400)
+        self.assertTrue(transport.disconnecting)
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.flushLoggedErrors(), [])
+        self.assertEqual([e for e in self.events if "Traceback" in e or "Unhandled" in e], [])
+        self.assertEqual(visible_files(self.root), [])
+        self.assertEqual(state_files(self.root, "partial") + state_files(self.root, "tmp"), [])
+
+    def test_5000_digit_size(self) -> None:
+        """A Size of 5,000 digits gets C{error 400}, and nothing is logged as a crash."""
+        self.assertRefusedAtHandshake(b"FX/1 PUT a\nSize: " + b"9" * 5000 + b"\n\n")
+
+    def test_5000_digit_mtime(self) -> None:
+        """An Mtime of 5,000 digits gets C{error 400}, and nothing is logged as a crash."""
+        for value in [b"9" * 5000, b"-" + b"9" * 5000, b"1." + b"9" * 5000]:
+            self.assertRefusedAtHandshake(b"FX/1 PUT a\nSize: 1\nMtime: " + value + b"\n\n")
+
+    def test_5000_digit_headers_byte_by_byte(self) -> None:
+        """Fed a byte at a time, a 5,000-digit Size still ends in one C{error 400}."""
+        self.assertRefusedAtHandshake(b"FX/1 PUT a\nSize: " + b"1" * 5000 + b"\n\n", True)
+
+    def test_mtime_beyond_what_a_file_can_have(self) -> None:
+        """Mtime 10**29 s (or year 5138) is refused with 400 before any of the body is taken."""
+        for value in [b"1" + b"0" * 29, b"-1" + b"0" * 29, b"99999999999"]:
+            self.assertRefusedAtHandshake(b"FX/1 PUT a\nSize: 3\nMtime: " + value + b"\n\n")
+
+    def test_mtime_before_1970_applied(self) -> None:
+        """Mtimes from 1965 and of -1 ns are accepted and set on the stored file."""
+        for name, mtime_ns in [("1965", -157_766_399_750_000_000), ("minus-1ns", -1)]:
+            protocol, transport = self.connect()
+            self.feed(protocol, put(name, size=3, mtime_ns=mtime_ns))
+            self.assertEqual(transport.value(), b"ok 0\n")
+            self.feed(protocol, b"abc", bytewise=False)
+            self.assertEqual(os.stat(os.path.join(self.root, name)).st_mtime_ns, mtime_ns)
+            protocol.connectionLost(Failure(ConnectionDone()))
+
+
 class TimeoutTests(ReceiverTestCase):
     factory_options = {"handshake_timeout": 10.0, "idle_timeout": 60.0}
 

@@ -334,6 +334,56 @@ class ConnectionLossTests(unittest.TestCase):
 
 
 @implementer(IStreamClientEndpoint)
+class StringEndpoint:
+    """Connects the client protocol to a StringTransport, to read what it sends."""
+
+    def __init__(self) -> None:
+        self.transport = StringTransport()
+        self.protocol: Protocol | None = None
+
+    def connect(self, factory: Factory) -> Deferred[Protocol]:
+        self.protocol = factory.buildProtocol(iosim.FakeAddress())
+        self.protocol.makeConnection(self.transport)
+        return succeed(self.protocol)
+
+
+class MtimeHeaderTests(unittest.TestCase):
+    """send_file announces the file's own modification time, before 1970 too."""
+
+    def handshake_for(self, mtime_ns: int) -> bytes:
+        path = write_file(os.path.join(os.path.abspath(self.mktemp()), "f.bin"), b"abc")
+        os.utime(path, ns=(mtime_ns, mtime_ns))
+        endpoint = StringEndpoint()
+        result = send_file(Clock(), endpoint, path)
+        handshake = endpoint.transport.value()
+        assert endpoint.protocol is not None
+        endpoint.protocol.dataReceived(b"error 400 enough\n")
+        endpoint.protocol.connectionLost(Failure(ConnectionDone()))
+        self.failureResultOf(result, ServerRefused)
+        return handshake
+
+    def test_mtime_in_1965(self) -> None:
+        """A file dated 1965-01-01T00:00:00.25Z is announced as C{Mtime: -157766399.75}."""
+        handshake = self.handshake_for(-157_766_399_750_000_000)
+        self.assertIn(b"\nMtime: -157766399.75\n", handshake)
+
+    def test_mtime_one_nanosecond_before_the_epoch(self) -> None:
+        """A file dated 1969-12-31T23:59:59.999999999Z is announced as C{Mtime: -0.000000001}."""
+        self.assertIn(b"\nMtime: -0.000000001\n", self.handshake_for(-1))
+
+    def test_mtime_no_server_accepts_left_out(self) -> None:
+        """A file dated after 2262-04-11 (beyond int64 ns) is sent without an Mtime header."""
+        beyond = 2**63 - 1 + 10**9
+        probe = write_file(os.path.join(os.path.abspath(self.mktemp()), "probe"), b"")
+        os.utime(probe, ns=(beyond, beyond))
+        if os.stat(probe).st_mtime_ns != beyond:
+            raise unittest.SkipTest("this file system cannot hold a time after 2262")
+        handshake = self.handshake_for(beyond)
+        self.assertNotIn(b"Mtime", handshake)
+        self.assertTrue(handshake.startswith(b"FX/1 PUT f.bin\nSize: 3\n"))
+
+
+@implementer(IStreamClientEndpoint)
 class InMemoryEndpoint:
     """Connects the client protocol to a fresh server protocol through iosim."""
 
@@ -410,6 +460,16 @@ class EndToEndTests(unittest.TestCase):
             self.assertEqual(self.successResultOf(result).path, "same.bin")
         self.assertEqual(visible_files(self.root), ["same.bin"])
         self.assertEqual(progress[-1], (1000, 1000))
+
+    def test_mtime_before_1970_kept(self) -> None:
+        """Files dated 1965 and -1 ns arrive end to end, stored with their own times."""
+        for name, mtime_ns in [("1965.bin", -157_766_399_750_000_000), ("minus.bin", -1)]:
+            path = write_file(os.path.join(self.local, name), b"old")
+            os.utime(path, ns=(mtime_ns, mtime_ns))
+            result = send_file(self.clock, self.endpoint, path)
+            self.endpoint.pumps[-1].flush()
+            self.assertEqual(self.successResultOf(result).path, name)
+            self.assertEqual(os.stat(os.path.join(self.root, name)).st_mtime_ns, mtime_ns)
 
     def test_rename_reported(self) -> None:
         """A different file under an existing name is stored renamed and the receipt says so."""

@@ -83,6 +83,28 @@ class OptionsTests(unittest.TestCase):
             self.assertRaises(usage.UsageError, parse, option, "x")
         self.assertEqual(parse("--idle-timeout", "2.5")["idle-timeout"], 2.5)
 
+    def test_numbers_bounded(self) -> None:
+        """inf, nan, exponents, 5,000 digits and ports past 65535 are usage errors, not crashes."""
+        for option, value in [
+            ("--max-size", "inf"),
+            ("--max-size", "1e400"),
+            ("--max-size", "9" * 5000),
+            ("--min-free", "nan"),
+            ("--idle-timeout", "nan"),
+            ("--idle-timeout", "inf"),
+            ("--handshake-timeout", "9" * 5000),
+            ("--partial-max-age", "-inf"),
+            ("--port", "9" * 5000),
+            ("--port", "65536"),
+            ("--tftp-port", "99999"),
+            ("--tftp-max-windowsize", "65536"),
+            ("--max-connections", "\u0661\u0660"),
+        ]:
+            error = self.assertRaises(usage.UsageError, parse, option, value)
+            self.assertLess(len(str(error)), 200, (option, value))
+        self.assertEqual(parse("--port", "65535")["port"], 65535)
+        self.assertEqual(parse("--max-size", "1.000000001G")["max-size"], (1 << 30) + 1)
+
     def test_token_file(self) -> None:
         """--token-file reads the secret (stripped of whitespace)."""
         path = write_file(os.path.abspath(self.mktemp()), b"  s3cret\n")

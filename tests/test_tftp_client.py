@@ -349,6 +349,31 @@ class ClientAgainstFakesTests(unittest.TestCase):
         self.assertFalse(os.path.exists(target))
 
     @defer.inlineCallbacks
+    def test_5000_digit_oack_refused(self) -> Generator[Any, Any, None]:
+        """An OACK with a 5,000-digit value for any option gets ERROR 8 (516 bytes at most)."""
+        for name in ("blksize", "windowsize", "timeout", "tsize"):
+            for direction in ("download", "upload"):
+                server = _PlainServer(oack=p.encode(p.OptionAck({name: "9" * 5000})))
+                number = self.listen(server)
+                local = os.path.abspath(self.mktemp())
+                if direction == "download":
+                    transfer = download(
+                        reactor, "127.0.0.1", number, "f", local, windowsize=4, timeout=2
+                    )
+                else:
+                    with open(local, "wb") as handle:
+                        handle.write(b"abc")
+                    transfer = upload(
+                        reactor, "127.0.0.1", number, local, "f", windowsize=4, timeout=2
+                    )
+                failure = yield self.assertFailure(transfer, TFTPError)
+                self.assertEqual(failure.code, p.OPTION_REFUSED, (name, direction))
+                self.assertIn("not a number", failure.message)
+                yield _until(lambda: bool(server.errors))  # noqa: B023 - awaited right here
+                self.assertEqual([e.code for e in server.errors], [p.OPTION_REFUSED])
+                self.assertLess(len(server.errors[0].message), 120)
+
+    @defer.inlineCallbacks
     def test_unknown_tid(self) -> Generator[Any, Any, None]:
         """DATA from a second port gets ERROR 5 and does not disturb the download."""
         content = os.urandom(2000)
@@ -401,6 +426,21 @@ class ClientAgainstFakesTests(unittest.TestCase):
             self.assertRaises(
                 ValueError, download, reactor, "127.0.0.1", 9, "f", "/nonexistent/x", **kwargs
             )
+
+    def test_timeout_must_be_finite(self) -> None:
+        """A NaN or infinite timeout is a ValueError before anything is sent."""
+        for timeout in (float("nan"), float("inf")):
+            for call in (download, upload):
+                self.assertRaises(
+                    ValueError,
+                    call,
+                    reactor,
+                    "127.0.0.1",
+                    9,
+                    "f",
+                    "/nonexistent/x",
+                    timeout=timeout,
+                )
 
 
 @defer.inlineCallbacks

@@ -138,6 +138,15 @@ class EncodeDecodeTests(unittest.TestCase):
         self.assertEqual(datagram, b"\x00\x05\x00\x01no such file\0")
         self.assertEqual(p.decode(datagram), p.Error(1, "no such file"))
 
+    def test_error_fits_516_bytes(self) -> None:
+        """An ERROR with a long message is cut to 516 bytes, at a character boundary."""
+        for message in ["x" * 5000, "\u00e9" * 5000, "9" * 600]:
+            datagram = p.encode_error(p.OPTION_REFUSED, message)
+            self.assertLessEqual(len(datagram), 516)
+            packet = p.decode(datagram)
+            assert isinstance(packet, p.Error)
+            self.assertTrue(message.startswith(packet.message))
+
 
 class ErrorMappingTests(unittest.TestCase):
     """Storage status codes map onto TFTP error codes."""
@@ -210,6 +219,22 @@ class NegotiationTests(unittest.TestCase):
         ]:
             result = p.negotiate({name: value}, self.caps, kind="read", file_size=1)
             self.assertEqual(result.options, (), (name, value))
+
+    def test_5000_digit_values_ignored(self) -> None:
+        """Over 20 digits (5,000, or 21) any option's value is malformed: not acknowledged."""
+        for name in ("blksize", "timeout", "tsize", "windowsize"):
+            for value in ("9" * 5000, "0" * 5000, "1" * 21):
+                for kind in ("read", "write"):
+                    result = p.negotiate(
+                        {name: value, "x": "1"},
+                        self.caps,
+                        kind=kind,  # type: ignore[arg-type]
+                        file_size=7,
+                    )
+                    self.assertEqual(result, p.Negotiated(), (name, len(value), kind))
+        # twenty digits are still a number: a blksize that large is lowered to the cap
+        result = p.negotiate({"blksize": "9" * 20, "tsize": "1" * 20}, self.caps, kind="write")
+        self.assertEqual(result.options, (("blksize", "8192"), ("tsize", "1" * 20)))
 
     def test_unknown_options_ignored(self) -> None:
         """Options the server does not honour are never acknowledged."""
@@ -292,6 +317,20 @@ class CheckOackTests(unittest.TestCase):
             (("tsize", "x"),),
         ]:
             self.assertRaises(p.OptionRefused, p.check_oack, self.asked, answer)
+
+    def test_5000_digit_answers_refused(self) -> None:
+        """A 5,000-digit value for any option is OptionRefused, with a short message."""
+        for name in ("blksize", "windowsize", "timeout", "tsize"):
+            for value in ("9" * 5000, "0" * 5000, "1" * 21):
+                error = self.assertRaises(
+                    p.OptionRefused, p.check_oack, self.asked, ((name, value),)
+                )
+                self.assertLess(len(str(error)), 120)
+
+    def test_long_unrequested_name_quoted_short(self) -> None:
+        """An unrequested option with a 5,000-character name is refused in a short message."""
+        error = self.assertRaises(p.OptionRefused, p.check_oack, self.asked, (("9" * 5000, "1"),))
+        self.assertLess(len(str(error)), 120)
 
 
 class NetasciiTests(unittest.TestCase):

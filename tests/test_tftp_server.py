@@ -754,6 +754,38 @@ class WriteRequestTests(unittest.TestCase):
         self.assertEqual(h.stored("m.txt"), b"abcdefg\nz\r")
 
 
+class HugeOptionValueTests(unittest.TestCase):
+    """Option values of 5,000 digits are malformed: ignored (RFC 2347), never a crash."""
+
+    OPTIONS = ("blksize", "timeout", "tsize", "windowsize")
+
+    def test_rrq(self) -> None:
+        """An RRQ with a 5,000-digit option is served plainly; the other options still count."""
+        for name in self.OPTIONS:
+            h = Harness(self)
+            h.put_file("f", b"data")
+            port = h.request(p.ReadRequest(b"f", "octet", {name: "9" * 5000}))
+            assert port is not None, name
+            self.assertEqual(h.take(port), [p.Data(1, b"data")], name)
+            other = "blksize" if name != "blksize" else "windowsize"
+            port = h.request(p.ReadRequest(b"f", "octet", ((name, "9" * 5000), (other, "8"))))
+            assert port is not None, name
+            self.assertEqual(h.take(port), [p.OptionAck({other: "8"})], name)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_wrq(self) -> None:
+        """A WRQ with a 5,000-digit option gets ACK 0 (no OACK), and the upload is stored."""
+        for name in self.OPTIONS:
+            h = Harness(self)
+            port = h.request(p.WriteRequest(b"w", "octet", {name: "9" * 5000}))
+            assert port is not None, name
+            self.assertEqual(h.take(port), [p.Ack(0)], name)
+            h.send(port, p.Data(1, b"abc"))
+            self.assertEqual(h.take(port), [p.Ack(1)], name)
+            self.assertEqual(h.stored("w"), b"abc", name)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+
 class MainPortTests(unittest.TestCase):
     """The well-known port: requests only."""
 

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from twisted.trial import unittest
 
 from filexfer._errors import TransferError
+from filexfer._mtime import NS_MAX, NS_MIN
 from filexfer.tcp import _wire
 from filexfer.tcp._wire import (
     Done,
@@ -165,10 +166,78 @@ class HeaderBlockTests(unittest.TestCase):
         for value in [DIGEST[:-1], DIGEST + "0", "g" * 64, ""]:
             self.assertBad(f"FX/1 PUT a\nSHA256: {value}\n\n".encode())
 
+    def test_size_digit_bound(self) -> None:
+        """Size has at most 20 digits: 21 digits, or 5,000, is a 400 (not a crash of int())."""
+        request, _ = parse_header_block(b"FX/1 PUT a\nSize: " + b"9" * 20 + b"\n\n")
+        assert request is not None
+        self.assertEqual(request.size, 10**20 - 1)
+        for digits in (21, 4301, 5000):
+            self.assertBad(b"FX/1 PUT a\nSize: " + b"9" * digits + b"\n\n")
+
     def test_bad_mtime(self) -> None:
-        """Mtime must be non-negative decimal seconds."""
-        for value in ["-1", "1.", ".5", "abc", "1e9", ""]:
+        """Mtime must be signed decimal seconds: no exponent, no bare point, no second sign."""
+        for value in ["1.", ".5", "-.5", "abc", "1e9", "", "--1", "+-1", "- 1", "1_000", "\u0661"]:
             self.assertBad(f"FX/1 PUT a\nMtime: {value}\n\n".encode())
+
+    def test_mtime_digit_bounds(self) -> None:
+        """Mtime with 5,000 digits, before or after the point, is a 400 (not a crash of int())."""
+        for value in ["9" * 5000, "-" + "9" * 5000, "1." + "0" * 5000, "9" * 21, "0." + "1" * 65]:
+            error = self.assertRaises(
+                TransferError, parse_header_block, f"FX/1 PUT a\nMtime: {value}\n\n".encode()
+            )
+            self.assertEqual(error.code, 400)
+            self.assertLess(len(error.reason), 200)
+
+    def test_mtime_beyond_int64_nanoseconds(self) -> None:
+        """Mtime outside the int64 nanoseconds utimensat takes (10**29 s, either sign) is a 400."""
+        for value in [
+            str(10**29),
+            f"-{10**29}",
+            "9223372037",
+            "-9223372037",
+            "9223372036.854775808",
+        ]:
+            error = self.assertRaises(
+                TransferError, parse_header_block, f"FX/1 PUT a\nMtime: {value}\n\n".encode()
+            )
+            self.assertEqual(error.code, 400)
+            self.assertIn("outside", error.reason)
+
+    def test_mtime_int64_edges(self) -> None:
+        """The extreme int64 nanoseconds themselves are accepted."""
+        for value, expected in [
+            ("9223372036.854775807", NS_MAX),
+            ("-9223372036.854775808", NS_MIN),
+        ]:
+            request, _ = parse_header_block(f"FX/1 PUT a\nMtime: {value}\n\n".encode())
+            assert request is not None
+            self.assertEqual(request.mtime_ns, expected)
+
+    def test_mtime_before_1970(self) -> None:
+        """A signed Mtime is accepted: 1965, -1 s, -1 ns; a plus sign and -0 too."""
+        for value, expected in [
+            ("-157766400", -157_766_400 * 10**9),
+            ("-1", -(10**9)),
+            ("-0.000000001", -1),
+            ("-1.5", -1_500_000_000),
+            ("+5", 5 * 10**9),
+            ("-0", 0),
+        ]:
+            request, _ = parse_header_block(f"FX/1 PUT a\nMtime: {value}\n\n".encode())
+            assert request is not None
+            self.assertEqual(request.mtime_ns, expected, value)
+
+    def test_mtime_fraction_beyond_nanoseconds_truncated(self) -> None:
+        """Fraction digits after the ninth are dropped, toward zero, whatever the sign."""
+        for value, expected in [
+            ("1.0000000019", 1_000_000_001),
+            ("-0.0000000019", -1),
+            ("-0.0000000009", 0),
+            ("0." + "9" * 64, 999_999_999),
+        ]:
+            request, _ = parse_header_block(f"FX/1 PUT a\nMtime: {value}\n\n".encode())
+            assert request is not None
+            self.assertEqual(request.mtime_ns, expected, value)
 
     def test_mtime_decimal(self) -> None:
         """Mtime may carry a fraction; it becomes nanoseconds."""
@@ -222,9 +291,9 @@ _path_component = st.text(
 _requests = st.builds(
     PutRequest,
     path=st.lists(_path_component, min_size=1, max_size=4).map("/".join),
-    size=st.none() | st.integers(min_value=0, max_value=2**63),
+    size=st.none() | st.integers(min_value=0, max_value=10**20 - 1),
     sha256=st.none() | st.binary(min_size=1).map(lambda b: hashlib.sha256(b).hexdigest()),
-    mtime_ns=st.none() | st.integers(min_value=0, max_value=2**40 * 10**9),
+    mtime_ns=st.none() | st.integers(min_value=NS_MIN, max_value=NS_MAX),
     token=st.none()
     | st.text(alphabet=st.characters(exclude_categories=("Cc", "Cs", "Zl", "Zp")), min_size=1)
     .map(str.strip)
@@ -260,9 +329,21 @@ class EncodeTests(unittest.TestCase):
         self.assertEqual(format_mtime(1), "0.000000001")
         self.assertEqual(format_mtime(10 * 10**9), "10")
 
-    @given(st.integers(min_value=0, max_value=2**64))
+    def test_format_negative_mtime(self) -> None:
+        """Times before 1970 are written sign and magnitude: -1 ns is -0.000000001."""
+        self.assertEqual(format_mtime(-1), "-0.000000001")
+        self.assertEqual(format_mtime(-1_500_000_000), "-1.5")
+        self.assertEqual(format_mtime(-(10**9)), "-1")
+        self.assertEqual(format_mtime(-157_766_400 * 10**9), "-157766400")
+        self.assertEqual(format_mtime(NS_MIN), "-9223372036.854775808")
+
+    @settings(max_examples=500)
+    @given(
+        st.integers(min_value=NS_MIN, max_value=NS_MAX)
+        | st.sampled_from([NS_MIN, NS_MIN + 1, -(10**9) - 1, -(10**9), -1, 0, 1, NS_MAX])
+    )
     def test_format_mtime_round_trip(self, mtime_ns: int) -> None:
-        """The Mtime header carries nanoseconds exactly."""
+        """The Mtime header carries every accepted nanosecond value exactly, either sign."""
         request, _ = parse_header_block(f"FX/1 PUT a\nMtime: {format_mtime(mtime_ns)}\n\n".encode())
         assert request is not None
         self.assertEqual(request.mtime_ns, mtime_ns)
@@ -275,6 +356,22 @@ class ReplyTests(unittest.TestCase):
         self.assertEqual(parse_reply(b"ok 12345\r"), Ok(12345))
         for line in [b"ok", b"ok -1", b"ok x", b"ok 1 2"]:
             self.assertRaises(ValueError, parse_reply, line)
+
+    def test_reply_numbers_bounded(self) -> None:
+        """Offsets and sizes over 20 digits and codes other than three digits are no reply."""
+        self.assertEqual(parse_reply(b"ok " + b"9" * 20), Ok(10**20 - 1))
+        for line in [
+            b"ok " + b"9" * 21,
+            b"ok " + b"9" * 5000,
+            f"done {'9' * 5000} {DIGEST} a".encode(),
+            f"done {'1' * 21} {DIGEST} a".encode(),
+            b"error " + b"4" * 5000 + b" boom",
+            b"error 4000 boom",
+            b"error 40 boom",
+            b"ok \xd9\xa1",
+        ]:
+            error = self.assertRaises(ValueError, parse_reply, line)
+            self.assertIn("unexpected reply from server", str(error))
 
     def test_done_path_with_spaces(self) -> None:
         """In C{done} the path is the rest of the line, spaces included."""

@@ -6,21 +6,35 @@ Pure code: bytes in, values out.  No transport, no disk, no reactor.
 from __future__ import annotations
 
 import re
-from decimal import Decimal, InvalidOperation
 from enum import Enum
 
 import attrs
 
 from filexfer._errors import TransferError
+from filexfer._mtime import NS_MAX, NS_MIN
 from filexfer._names import validate_name, validate_path
 
 FX_MAGIC = b"FX/"
 MAX_HEADER_BLOCK = 8192
 SEED_OK = b"ok"
 
+MAX_SIZE_DIGITS = 20
+"""Digits a Size (or an offset or size in a reply) may have: 2**64 has 20."""
+
+MAX_MTIME_DIGITS = 20
+"""Digits before the point in an Mtime (the int64 range needs 10)."""
+
+MAX_MTIME_FRACTION = 64
+"""Digits after the point in an Mtime; those after the ninth are dropped."""
+
+# Every number read from a peer is matched by a pattern, and its digits are
+# counted, before int() sees it: ASCII digits only (int() would also take
+# other scripts' digits, "_" and spaces), never more than int() converts
+# cheaply (past 4,300 digits it raises ValueError).
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-_DIGITS = re.compile(r"[0-9]+")
-_MTIME = re.compile(r"[0-9]+(\.[0-9]+)?")
+_SIZE = re.compile(rf"[0-9]{{1,{MAX_SIZE_DIGITS}}}")
+_CODE = re.compile(r"[0-9]{3}")
+_MTIME = re.compile(r"(?P<sign>[+-]?)(?P<seconds>[0-9]+)(?:\.(?P<fraction>[0-9]+))?")
 
 
 class Form(Enum):
@@ -192,8 +206,8 @@ def encode_trailer(sha256: str) -> bytes:
 def _parse_size(value: str | None) -> int | None:
     if value is None:
         return None
-    if not _DIGITS.fullmatch(value):
-        raise TransferError(400, "Size must be decimal digits")
+    if not _SIZE.fullmatch(value):
+        raise TransferError(400, f"Size must be 1 to {MAX_SIZE_DIGITS} decimal digits")
     return int(value)
 
 
@@ -207,20 +221,48 @@ def _parse_sha256(value: str | None) -> str | None:
 
 
 def _parse_mtime(value: str | None) -> int | None:
+    """Signed decimal seconds -> nanoseconds, within L{NS_MIN}..L{NS_MAX}.
+
+    Fraction digits after the ninth are dropped (truncation toward zero):
+    C{-0.0000000019} is -1 ns.  The digit counts are checked before int()
+    sees them.
+    """
     if value is None:
         return None
-    if not _MTIME.fullmatch(value):
-        raise TransferError(400, "Mtime must be seconds since the epoch")
-    try:
-        return int(Decimal(value) * 10**9)
-    except InvalidOperation:  # pragma: no cover - the pattern already excludes it
-        raise TransferError(400, "Mtime must be seconds since the epoch") from None
+    match = _MTIME.fullmatch(value)
+    if match is None:
+        raise TransferError(
+            400, "Mtime must be decimal seconds since the epoch, e.g. 1700000000.25 or -1.5"
+        )
+    seconds, fraction = match["seconds"], match["fraction"] or ""
+    if len(fraction) > MAX_MTIME_FRACTION:
+        raise TransferError(400, f"Mtime has more than {MAX_MTIME_FRACTION} digits after the point")
+    if len(seconds) > MAX_MTIME_DIGITS:
+        raise _mtime_outside(value)
+    magnitude = int(seconds) * 10**9 + int(fraction[:9].ljust(9, "0"))
+    mtime_ns = -magnitude if match["sign"] == "-" else magnitude
+    if not NS_MIN <= mtime_ns <= NS_MAX:
+        raise _mtime_outside(value)
+    return mtime_ns
+
+
+def _mtime_outside(value: str) -> TransferError:
+    shown = value if len(value) <= 32 else f"{value[:24]}... ({len(value)} characters)"
+    return TransferError(
+        400,
+        f"Mtime {shown} is outside the times a file can have "
+        f"({format_mtime(NS_MIN)} to {format_mtime(NS_MAX)} seconds)",
+    )
 
 
 def format_mtime(mtime_ns: int) -> str:
-    """Nanoseconds since the epoch as the decimal seconds the Mtime header carries."""
-    seconds, fraction = divmod(mtime_ns, 10**9)
-    return f"{seconds}.{fraction:09d}".rstrip("0").rstrip(".")
+    """Nanoseconds since the epoch as the decimal seconds the Mtime header carries.
+
+    Sign and magnitude, as people write it: -1 ns is C{-0.000000001}.
+    """
+    seconds, fraction = divmod(abs(mtime_ns), 10**9)
+    text = f"{seconds}.{fraction:09d}".rstrip("0").rstrip(".")
+    return f"-{text}" if mtime_ns < 0 else text
 
 
 def encode_put(request: PutRequest) -> bytes:
@@ -301,23 +343,26 @@ def encode_error(error: TransferError) -> bytes:
 def parse_reply(line: bytes) -> Reply:
     """Parse one line the server sent (without its newline).
 
-    @raise ValueError: for anything that is not a reply.
+    Offsets and sizes are 1 to L{MAX_SIZE_DIGITS} digits, error codes three
+    digits (PROTOCOL.md 1.4): a server cannot make the client convert more.
+
+    @raise ValueError: for anything that is not a reply (and nothing else).
     """
     text = line.decode("utf-8", "replace").rstrip("\r")
     word, _, rest = text.partition(" ")
     if word == "ok":
         offset, _, prefix = rest.partition(" ")
-        if _DIGITS.fullmatch(offset) and not prefix:
+        if _SIZE.fullmatch(offset) and not prefix:
             return Ok(int(offset))
-        if _DIGITS.fullmatch(offset) and (prefix == "-" or _SHA256.fullmatch(prefix)):
+        if _SIZE.fullmatch(offset) and (prefix == "-" or _SHA256.fullmatch(prefix)):
             return Ok(int(offset), None if prefix == "-" else prefix, trailer=True)
     if word == "done":
         size, _, rest = rest.partition(" ")
         digest, _, path = rest.partition(" ")
-        if _DIGITS.fullmatch(size) and _SHA256.fullmatch(digest) and path:
+        if _SIZE.fullmatch(size) and _SHA256.fullmatch(digest) and path:
             return Done(int(size), digest, path)
     if word == "error":
         code, _, reason = rest.partition(" ")
-        if _DIGITS.fullmatch(code):
+        if _CODE.fullmatch(code):
             return Refusal(int(code), reason)
     raise ValueError(f"unexpected reply from server: {text[:80]!r}")

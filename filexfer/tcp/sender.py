@@ -29,6 +29,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from filexfer._mtime import NS_MAX, NS_MIN
 from filexfer.storage import Receipt
 from filexfer.tcp import _wire
 
@@ -547,8 +548,11 @@ def _send_once(
     if plain:
         request = _wire.SeedRequest(remote)
     else:
+        # Mtime is optional: a time no server accepts (after 2262-04-11, which
+        # ext4 can hold) is left out rather than have the upload refused.
+        mtime_ns = info.st_mtime_ns if NS_MIN <= info.st_mtime_ns <= NS_MAX else None
         request = _wire.PutRequest(
-            remote, info.st_size, None, info.st_mtime_ns, token, trailer=True, fresh=fresh
+            remote, info.st_size, None, mtime_ns, token, trailer=True, fresh=fresh
         )
     protocol = SenderProtocol(handle, info.st_size, request, progress, reactor, idle_timeout)
     connecting = endpoint.connect(Factory.forProtocol(lambda: protocol))

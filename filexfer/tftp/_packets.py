@@ -81,6 +81,10 @@ MIN_WINDOWSIZE = 1
 MAX_WINDOWSIZE = 65535
 MODES = ("octet", "netascii")
 """The transfer modes served (RFC 1350's "mail" is not)."""
+MAX_OPTION_DIGITS = 20
+"""Digits an option value may have (a 64-bit tsize needs 20); longer is malformed."""
+MAX_ERROR_MESSAGE = 511
+"""Bytes of an ERROR message, so that the packet fits in 516 bytes (PROTOCOL.md 2)."""
 
 
 class MalformedPacket(ValueError):
@@ -163,9 +167,14 @@ def encode_ack(block: int) -> bytes:
 
 
 def encode_error(code: int, message: str) -> bytes:
-    """The datagram for ERROR C{code} with C{message} (one line, NULs removed)."""
+    """The datagram for ERROR C{code} with C{message} (one line, NULs removed).
+
+    The message is cut (at a character boundary) to L{MAX_ERROR_MESSAGE}
+    bytes: clients read with 512-byte buffers.
+    """
     text = " ".join(message.replace("\0", " ").split())
-    return _HEADER.pack(OP_ERROR, code & 0xFFFF) + text.encode("utf-8") + b"\0"
+    data = text.encode("utf-8")[:MAX_ERROR_MESSAGE].decode("utf-8", "ignore").encode("utf-8")
+    return _HEADER.pack(OP_ERROR, code & 0xFFFF) + data + b"\0"
 
 
 def _encode_options(options: Options) -> bytes:
@@ -285,10 +294,20 @@ class Negotiated:
 
 
 def _integer(text: str) -> int | None:
+    """A peer's option value as a number, or None when it is not 1 to 20 ASCII digits.
+
+    The length is checked before int() sees the text: past 4,300 digits
+    int() raises, and no option needs more than 20.
+    """
     text = text.strip()
-    if not text.isascii() or not text.isdigit():
+    if not 0 < len(text) <= MAX_OPTION_DIGITS or not text.isascii() or not text.isdigit():
         return None
     return int(text)
+
+
+def _shown(raw: str) -> str:
+    """A peer's value, cut short enough to quote in one line."""
+    return repr(raw) if len(raw) <= 24 else f"{raw[:20]!r}... ({len(raw)} characters)"
 
 
 def negotiate(
@@ -300,8 +319,9 @@ def negotiate(
 ) -> Negotiated:
     """Decide which requested options a server accepts, and their values.
 
-    Unknown options and malformed or out-of-range values are ignored, as
-    RFC 2347 allows: the server simply does not acknowledge them.
+    Unknown options and malformed or out-of-range values (anything but 1 to
+    L{MAX_OPTION_DIGITS} ASCII digits is malformed) are ignored, as RFC 2347
+    allows: the server simply does not acknowledge them.
     C{blksize} and C{windowsize} above the server's caps are lowered to the
     caps; C{timeout} is accepted exactly or not at all; C{tsize} on a read is
     answered with C{file_size} (ignored when that is None, e.g. in netascii
@@ -347,8 +367,9 @@ def check_oack(requested: Mapping[str, str], answered: Options) -> Negotiated:
     """Validate a server's OACK against what a client asked for.
 
     @raise OptionRefused: for an option that was not requested, a malformed
-        value, a C{blksize} or C{windowsize} larger than requested or out of
-        range, or a C{timeout} different from the one requested.
+        value (anything but 1 to L{MAX_OPTION_DIGITS} ASCII digits), a
+        C{blksize} or C{windowsize} larger than requested or out of range, or
+        a C{timeout} different from the one requested.  Nothing else.
     """
     asked = {name.lower(): value for name, value in requested.items()}
     blksize = DEFAULT_BLKSIZE
@@ -357,10 +378,10 @@ def check_oack(requested: Mapping[str, str], answered: Options) -> Negotiated:
     tsize: int | None = None
     for name, raw in answered:
         if name not in asked:
-            raise OptionRefused(f"server acknowledged option {name!r} that was not requested")
+            raise OptionRefused(f"server acknowledged option {_shown(name)} that was not requested")
         value = _integer(raw)
         if value is None:
-            raise OptionRefused(f"server answered {name}={raw!r}, not a number")
+            raise OptionRefused(f"server answered {name}={_shown(raw)}, not a number")
         if name == "blksize":
             if not MIN_BLKSIZE <= value <= int(asked[name]):
                 raise OptionRefused(f"server answered blksize {value}, asked {asked[name]}")

@@ -8,6 +8,7 @@ target and renamed into place only when complete.
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import tempfile
@@ -523,8 +524,8 @@ def _check(blksize: int, windowsize: int, timeout: float, retries: int, mode: st
         raise ValueError(f"blksize must be {MIN_BLKSIZE}-{MAX_BLKSIZE}")
     if not 1 <= windowsize <= MAX_WINDOWSIZE:
         raise ValueError(f"windowsize must be 1-{MAX_WINDOWSIZE}")
-    if timeout <= 0 or retries < 0:
-        raise ValueError("timeout must be positive and retries not negative")
+    if not math.isfinite(timeout) or timeout <= 0 or retries < 0:
+        raise ValueError("timeout must be a positive number of seconds and retries not negative")
     if mode not in MODES:
         raise ValueError("mode must be 'octet' or 'netascii'")
 
