@@ -7,6 +7,10 @@ from collections import Counter
 from collections.abc import Iterable
 
 from filexfer._errors import TransferError
+from filexfer.tcp._wire import encode_retry_hint
+
+RETRY_AFTER = 2.0
+"""Seconds a peer refused with 503 is told to wait before it tries again."""
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -31,12 +35,28 @@ class AccessPolicy:
 
 
 class ConnectionLimits:
-    """Counts open connections, in total and per peer address."""
+    """Counts open connections in total, and per peer address those still in a handshake.
 
-    def __init__(self, max_connections: int | None = None, max_per_ip: int | None = None) -> None:
+    The per-address cap is there against peers that hold slots without
+    getting anywhere (idle sockets, handshakes dripped a byte at a time), so
+    a connection counts against its address only until L{handshake_done}:
+    many transfers in progress from one address (a build farm behind one NAT)
+    are normal.  The total cap counts every connection until L{leave}.
+
+    @param retry_after: the seconds a refused peer is told to wait.
+    """
+
+    def __init__(
+        self,
+        max_connections: int | None = None,
+        max_per_ip: int | None = None,
+        retry_after: float = RETRY_AFTER,
+    ) -> None:
         self.max_connections = max_connections
         self.max_per_ip = max_per_ip
+        self.retry_after = retry_after
         self._hosts: dict[object, str | None] = {}
+        self._handshaking: dict[object, str | None] = {}
         self._per_host: Counter[str | None] = Counter()
 
     @property
@@ -44,20 +64,35 @@ class ConnectionLimits:
         """How many connections are counted in."""
         return len(self._hosts)
 
+    def handshaking(self, host: str | None) -> int:
+        """How many connections from C{host} are counted in and still in their handshake."""
+        return self._per_host[host]
+
     def enter(self, connection: object, host: str | None) -> TransferError | None:
         """Count C{connection} in, or return the 503 that refuses it."""
         if self.max_connections is not None and len(self._hosts) >= self.max_connections:
-            return TransferError(503, "too many connections; try again later")
+            return self._busy("too many connections")
         if self.max_per_ip is not None and self._per_host[host] >= self.max_per_ip:
-            return TransferError(503, "too many connections from your address")
+            return self._busy("too many connections from your address")
         self._hosts[connection] = host
+        self._handshaking[connection] = host
         self._per_host[host] += 1
         return None
 
+    def handshake_done(self, connection: object) -> None:
+        """C{connection} finished its handshake: it no longer counts against its address."""
+        if connection in self._handshaking:
+            self._uncount(self._handshaking.pop(connection))
+
     def leave(self, connection: object) -> None:
         """Count C{connection} out (a no-op for one that was never counted in)."""
-        if connection in self._hosts:
-            host = self._hosts.pop(connection)
-            self._per_host[host] -= 1
-            if not self._per_host[host]:
-                del self._per_host[host]
+        self.handshake_done(connection)
+        self._hosts.pop(connection, None)
+
+    def _uncount(self, host: str | None) -> None:
+        self._per_host[host] -= 1
+        if not self._per_host[host]:
+            del self._per_host[host]
+
+    def _busy(self, reason: str) -> TransferError:
+        return TransferError(503, encode_retry_hint(reason, self.retry_after))

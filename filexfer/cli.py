@@ -28,7 +28,7 @@ from twisted.python.failure import Failure
 
 from filexfer import __version__
 from filexfer._tls import keep_tls_libraries_out, needs_tls
-from filexfer.tcp.sender import SendError, send_file
+from filexfer.tcp.sender import RETRY_DEADLINE, SendError, ServerRefused, send_file
 
 PROG = "filexfer"
 
@@ -200,6 +200,15 @@ def _build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("FILEXFER_TOKEN"),
         help="shared secret the server requires (default: $FILEXFER_TOKEN)",
     )
+    send.add_argument(
+        "--retry-for",
+        type=_seconds,
+        default=RETRY_DEADLINE,
+        metavar="SECONDS",
+        help="while the server answers 503 (busy), try each file again with growing, "
+        f"randomised waits for up to SECONDS (default {RETRY_DEADLINE:g}; 0: never); "
+        "TCP only",
+    )
     _add_common(send)
 
     get = commands.add_parser(
@@ -223,6 +232,17 @@ def _build_parser() -> argparse.ArgumentParser:
         "see 'filexfer serve --help')",
     )
     return parser
+
+
+def _seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds, 0 or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"seconds must be 0 or more: {text!r}")
+    return value
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -266,6 +286,8 @@ async def _send(reactor: Any, args: argparse.Namespace, out: TextIO, err: TextIO
                 plain=args.plain,
                 token=args.token,
                 progress=update,
+                retry_deadline=args.retry_for,
+                on_retry=_retry_note(local, err),
             )
         except Exception:
             close()
@@ -279,6 +301,17 @@ async def _send(reactor: Any, args: argparse.Namespace, out: TextIO, err: TextIO
         how = "sent (classic form, not verified)" if args.plain else "stored and verified"
         print(f"{local} -> {receipt.path}: {receipt.size} bytes {how}", file=out)
     return 1 if failures else 0
+
+
+def _retry_note(local: str, err: TextIO) -> Callable[[ServerRefused, float], None]:
+    """An C{on_retry} that says on stderr that the server was busy and when we try again."""
+
+    def note(refusal: ServerRefused, wait: float) -> None:
+        print(
+            f"{PROG}: {local}: server busy ({refusal.code}); trying again in {wait:.1f} s", file=err
+        )
+
+    return note
 
 
 def _endpoint_maker(reactor: Any, dest: Destination, args: argparse.Namespace) -> Callable[[], Any]:

@@ -139,7 +139,13 @@ class Options(usage.Options):
         ["max-size", None, None, "largest file accepted, e.g. 10G (413)", _size],
         ["min-free", None, 0, "free space to keep on the disk, e.g. 1G (507)", _size],
         ["max-connections", None, 1000, "TCP connections at once (503 past that)", _positive(int)],
-        ["max-per-ip", None, 64, "TCP connections at once from one address (503)", _positive(int)],
+        [
+            "max-per-ip",
+            None,
+            64,
+            "TCP connections from one address still in their handshake (503 past that)",
+            _positive(int),
+        ],
         [
             "handshake-timeout",
             None,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
 import subprocess
 import sys
@@ -14,6 +16,7 @@ from twisted.trial import unittest
 from filexfer.cli import (
     Destination,
     UserError,
+    _build_parser,
     _needs_tls,
     describe_failure,
     files_to_send,
@@ -141,6 +144,26 @@ class DescribeFailureTests(unittest.TestCase):
             self.assertIn(expected, text)
             self.assertNotIn("\n", text)
             self.assertNotIn("Traceback", text)
+
+
+class RetryOptionTests(unittest.TestCase):
+    def parse(self, *argv: str) -> argparse.Namespace:
+        return _build_parser().parse_args(["send", *argv, "f", "host:1"])
+
+    def test_retry_for(self) -> None:
+        """--retry-for takes seconds (0 included); send retries for 60 s by default."""
+        self.assertEqual(self.parse().retry_for, 60.0)
+        self.assertEqual(self.parse("--retry-for", "2.5").retry_for, 2.5)
+        self.assertEqual(self.parse("--retry-for", "0").retry_for, 0.0)
+
+    def test_retry_for_mistakes(self) -> None:
+        """Negative, infinite or non-numeric --retry-for is a usage error."""
+        for value in ("-1", "inf", "nan", "soon"):
+            errors = io.StringIO()
+            with self.assertRaises(SystemExit) as raised, contextlib.redirect_stderr(errors):
+                self.parse("--retry-for", value)
+            self.assertEqual(raised.exception.code, 2, value)
+            self.assertIn("--retry-for", errors.getvalue())
 
 
 class CommandTests(unittest.TestCase):

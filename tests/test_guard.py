@@ -5,6 +5,7 @@ from __future__ import annotations
 from twisted.trial import unittest
 
 from filexfer._guard import AccessPolicy, ConnectionLimits
+from filexfer.tcp._wire import parse_retry_hint
 
 
 class AccessPolicyTests(unittest.TestCase):
@@ -100,3 +101,54 @@ class ConnectionLimitsTests(unittest.TestCase):
         limits.leave(conn)
         self.assertEqual(limits.open, 0)
         self.assertIsNone(limits.enter(object(), "h"))
+
+    def test_per_ip_counts_handshakes_only(self) -> None:
+        """A connection past its handshake frees its address's slot but stays in the total."""
+        limits = ConnectionLimits(max_per_ip=2)
+        first, second, third = object(), object(), object()
+        self.assertIsNone(limits.enter(first, "10.0.0.1"))
+        self.assertIsNone(limits.enter(second, "10.0.0.1"))
+        self.assertIsNotNone(limits.enter(third, "10.0.0.1"))
+        limits.handshake_done(first)
+        self.assertEqual(limits.handshaking("10.0.0.1"), 1)
+        self.assertIsNone(limits.enter(third, "10.0.0.1"))
+        self.assertEqual(limits.open, 3)
+        self.assertEqual(limits.handshaking("10.0.0.1"), 2)
+
+    def test_total_counts_everyone(self) -> None:
+        """max_connections counts connections past their handshake too."""
+        limits = ConnectionLimits(max_connections=2, max_per_ip=2)
+        first, second = object(), object()
+        self.assertIsNone(limits.enter(first, "h"))
+        limits.handshake_done(first)
+        self.assertIsNone(limits.enter(second, "h"))
+        limits.handshake_done(second)
+        error = limits.enter(object(), "h")
+        assert error is not None
+        self.assertEqual(error.code, 503)
+
+    def test_leave_after_handshake(self) -> None:
+        """handshake_done twice, then leave: every count is back to zero, none negative."""
+        limits = ConnectionLimits(max_per_ip=1)
+        conn, other = object(), object()
+        limits.enter(conn, "h")
+        limits.enter(other, "h2")
+        limits.handshake_done(conn)
+        limits.handshake_done(conn)
+        limits.leave(conn)
+        limits.leave(other)
+        limits.handshake_done(other)
+        self.assertEqual(limits.open, 0)
+        self.assertEqual((limits.handshaking("h"), limits.handshaking("h2")), (0, 0))
+        self.assertEqual(dict(limits._per_host), {})
+
+    def test_refusals_say_when_to_retry(self) -> None:
+        """Both 503s end with the retry hint, in seconds."""
+        limits = ConnectionLimits(max_connections=2, max_per_ip=1, retry_after=3)
+        limits.enter(object(), "h")
+        per_ip = limits.enter(object(), "h")
+        limits.enter(object(), "h2")
+        total = limits.enter(object(), "h3")
+        assert per_ip is not None and total is not None
+        self.assertEqual(per_ip.reason, "too many connections from your address; retry in 3 s")
+        self.assertEqual(parse_retry_hint(total.reason), 3.0)

@@ -650,6 +650,94 @@ class AdmissionTests(ReceiverTestCase):
         self.assertEqual(transport.value(), b"")
         self.assertFalse(transport.disconnecting)
 
+    def test_many_transfers_from_one_address(self) -> None:
+        """After 50 idle connections close, 100 concurrent uploads from that address all run."""
+        limits = ConnectionLimits(max_connections=1000, max_per_ip=64)  # the server's defaults
+        factory = self.make_factory(limits=limits)
+        for _ in range(50):
+            idle, _transport = self.connect("10.0.0.1", factory=factory)
+            self.close(idle)
+        self.assertEqual((limits.open, limits.handshaking("10.0.0.1")), (0, 0))
+        uploads = []
+        for index in range(100):
+            protocol, transport = self.connect("10.0.0.1", factory=factory)
+            self.feed(protocol, put(f"job-{index}.bin", size=4), bytewise=False)
+            self.assertEqual(transport.value(), b"ok 0\n", index)
+            uploads.append((protocol, transport))
+        self.assertEqual((limits.open, limits.handshaking("10.0.0.1")), (100, 0))
+        for index, (protocol, transport) in enumerate(uploads):
+            self.feed(protocol, b"%04d" % index, bytewise=False)
+            self.assertEqual(
+                transport.value(), b"ok 0\n" + self.done_line(b"%04d" % index, f"job-{index}.bin")
+            )
+            self.close(protocol)
+        self.assertEqual(len(visible_files(self.root)), 100)
+        self.assertEqual((limits.open, limits.handshaking("10.0.0.1")), (0, 0))
+
+    def test_slow_handshakes_still_capped(self) -> None:
+        """Handshakes dripped a byte at a time from one address are capped, with a retry hint."""
+        limits = ConnectionLimits(max_per_ip=3, retry_after=2)
+        factory = self.make_factory(limits=limits)
+        drips = [self.connect("10.0.0.1", factory=factory) for _ in range(3)]
+        handshake = put("slow.bin", size=1)
+        for protocol, _transport in drips:
+            self.feed(protocol, handshake[:5])
+        protocol, transport = self.connect("10.0.0.1", factory=factory)
+        self.assertEqual(
+            transport.value(), b"error 503 too many connections from your address; retry in 2 s\n"
+        )
+        self.close(protocol)
+        other, other_transport = self.connect("10.0.0.2", factory=factory)
+        self.feed(other, b"n.txt", bytewise=False)
+        self.assertEqual(other_transport.value(), b"ok")
+        # one dripper finishes its handshake: its address has a slot again
+        self.feed(drips[0][0], handshake[5:])
+        self.assertEqual(drips[0][1].value(), b"ok 0\n")
+        protocol, transport = self.connect("10.0.0.1", factory=factory)
+        self.assertEqual(transport.value(), b"")
+        self.assertEqual(limits.handshaking("10.0.0.1"), 3)
+        self.assertEqual(limits.open, 5)
+
+    def test_refused_and_finished_connections_count_out(self) -> None:
+        """Every way a connection ends leaves the total and per-address counts at zero."""
+        limits = ConnectionLimits(max_connections=100, max_per_ip=1)
+        factory = self.make_factory(limits=limits, handshake_timeout=10.0, idle_timeout=60.0)
+        host = "10.0.0.1"
+
+        def ends(*steps: Any) -> None:
+            protocol, transport = self.connect(host, factory=factory)
+            for step in steps:
+                if isinstance(step, bytes):
+                    self.feed(protocol, step, bytewise=False)
+                elif isinstance(step, float):
+                    self.clock.advance(step)
+                else:
+                    step(protocol)
+            self.close(protocol, clean=False)
+            self.assertEqual((limits.open, limits.handshaking(host)), (0, 0), steps)
+
+        ends()  # vanishes at once
+        ends(b"FX/1 PUT half")  # vanishes mid-handshake
+        ends(10.0)  # handshake timeout (408)
+        ends(b"FX/1 PUT ../x\n\n")  # bad handshake (400)
+        ends(put("t.bin", size=4), b"ab", 60.0)  # idle timeout after the handshake
+        ends(put("t.bin", size=4), b"ab")  # vanishes mid-stream
+        ends(put("s.bin", size=1), b"x")  # stored
+        ends(put("s.bin", size=1, sha256=sha256_bytes(b"x")))  # already stored
+        ends(b"c.bin", b"abc")  # classic, reset mid-stream
+        blocker, _ = self.connect(host, factory=factory)
+        refused, transport = self.connect(host, factory=factory)
+        self.assertRefusedWith(transport, 503)
+        self.close(refused, clean=False)
+        self.assertEqual((limits.open, limits.handshaking(host)), (1, 1))
+        self.close(blocker)
+        self.assertEqual((limits.open, limits.handshaking(host)), (0, 0))
+        denied = self.make_factory(limits=limits, access=AccessPolicy(["192.0.2.0/24"]))
+        protocol, transport = self.connect(host, factory=denied)
+        self.assertRefusedWith(transport, 403)
+        self.close(protocol)
+        self.assertEqual(limits.open, 0)
+
     def test_serves_others_after_bad_client(self) -> None:
         """A client that sends garbage and vanishes does not disturb one running alongside."""
         good, good_transport = self.connect("10.0.0.1")

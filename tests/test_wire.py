@@ -409,3 +409,41 @@ class ReplyTests(unittest.TestCase):
         self.assertEqual(
             parse_reply(encode_error(error)[:-1]), Refusal(422, "short upload: 1 of 2")
         )
+
+
+class RetryHintTests(unittest.TestCase):
+    def test_encode(self) -> None:
+        """The hint is appended to the reason in whole seconds or up to milliseconds."""
+        self.assertEqual(_wire.encode_retry_hint("busy", 2), "busy; retry in 2 s")
+        self.assertEqual(_wire.encode_retry_hint("busy", 0.25), "busy; retry in 0.25 s")
+
+    def test_on_the_wire(self) -> None:
+        """A 503 line with a hint is still an ordinary refusal; the hint parses out of it."""
+        reason = _wire.encode_retry_hint("too many connections from your address", 2)
+        line = encode_error(TransferError(503, reason))
+        self.assertEqual(line, b"error 503 too many connections from your address; retry in 2 s\n")
+        refusal = parse_reply(line[:-1])
+        self.assertEqual(refusal, Refusal(503, reason))
+        assert isinstance(refusal, Refusal)
+        self.assertEqual(_wire.parse_retry_hint(refusal.reason), 2.0)
+
+    def test_no_hint(self) -> None:
+        """Reasons without a well-formed hint at the end give None."""
+        for reason in [
+            "",
+            "too many connections; try again later",
+            "retry in 2 s, please",
+            "busy; retry in -1 s",
+            "busy; retry in 1e3 s",
+            "busy; retry in 1234567 s",
+            "busy; retry in s",
+        ]:
+            self.assertIsNone(_wire.parse_retry_hint(reason), reason)
+
+    @given(st.floats(min_value=0, max_value=999_999, allow_nan=False))
+    @settings(max_examples=200, deadline=None)
+    def test_round_trip(self, seconds: float) -> None:
+        """Any hint the server encodes parses back to within a millisecond."""
+        parsed = _wire.parse_retry_hint(_wire.encode_retry_hint("busy", seconds))
+        assert parsed is not None
+        self.assertLessEqual(abs(parsed - seconds), 0.00051)

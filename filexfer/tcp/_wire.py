@@ -366,3 +366,24 @@ def parse_reply(line: bytes) -> Reply:
         if _CODE.fullmatch(code):
             return Refusal(int(code), reason)
     raise ValueError(f"unexpected reply from server: {text[:80]!r}")
+
+
+# -- the retry hint in a 503's reason -------------------------------------------
+
+_RETRY_HINT = re.compile(r"(?:^|;)\s*retry in ([0-9]{1,6}(?:\.[0-9]{1,3})?) s\s*$")
+
+
+def encode_retry_hint(reason: str, seconds: float) -> str:
+    """C{reason} with the retry hint a busy server appends: C{"<reason>; retry in 2 s"}.
+
+    The hint is part of the reason text, so a client that knows nothing of it
+    still shows a sensible line.
+    """
+    text = f"{seconds:.3f}".rstrip("0").rstrip(".")
+    return f"{reason}; retry in {text} s"
+
+
+def parse_retry_hint(reason: str) -> float | None:
+    """The seconds a refusal's reason asks the client to wait, or None when it names none."""
+    match = _RETRY_HINT.search(reason)
+    return float(match.group(1)) if match else None

@@ -264,6 +264,7 @@ class ReceiverProtocol(Protocol):
 
     @_machine.output()
     def _send_ok(self, upload: IUpload) -> None:
+        self.factory.handshake_done(self)
         self._upload = upload
         if IConsumer.providedBy(upload):
             # storage that writes in the background pauses us while it catches up
@@ -541,7 +542,8 @@ class ReceiverFactory(Factory):
     @param token: when set, FX/1 uploads must carry it; classic ones are refused.
     @param handshake_timeout: seconds a peer has to finish its handshake.
     @param idle_timeout: seconds the stream may stall before it is dropped.
-    @param limits: caps on connections in total and per address.
+    @param limits: caps on connections in total, and per address on those
+        still in their handshake.
     @param access: which peer addresses may connect.
     """
 
@@ -576,6 +578,10 @@ class ReceiverFactory(Factory):
         if not self.access.allows(host):
             return TransferError(403, "your address is not allowed")
         return self.limits.enter(connection, host)
+
+    def handshake_done(self, connection: ReceiverProtocol) -> None:
+        """The connection's upload was accepted: it no longer counts against its address."""
+        self.limits.handshake_done(connection)
 
     def release(self, connection: ReceiverProtocol) -> None:
         """Count a closed connection out."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import select
 import threading
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from twisted.internet.interfaces import (
     IStreamClientEndpoint,
 )
 from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -41,6 +43,12 @@ _REPORT_EVERY = 4 << 20
 """Progress reports from the sending thread, in bytes."""
 _POLL_MS = 100
 """How long a blocked sending thread waits before it checks whether to stop."""
+
+RETRY_DEADLINE = 60.0
+"""Seconds L{send_file} keeps retrying a busy server by default."""
+_FIRST_WAIT = 1.0
+_MIN_WAIT = 0.1
+_MAX_WAIT = 30.0
 
 Progress = Callable[[int, int], None]
 """Called as C{progress(bytes_done, total_bytes)} while a file is sent."""
@@ -61,6 +69,8 @@ class ServerRefused(SendError):
         super().__init__(f"server refused: {code} {reason}")
         self.code = code
         self.reason = reason
+        self.retry_after = _wire.parse_retry_hint(reason)
+        """Seconds the server asked us to wait before trying again, if it said."""
 
 
 @implementer(IPullProducer)
@@ -499,6 +509,9 @@ def send_file(
     token: str | None = None,
     progress: Progress | None = None,
     idle_timeout: float = 300.0,
+    retry_deadline: float = RETRY_DEADLINE,
+    jitter: Callable[[], float] = random.random,
+    on_retry: Callable[[ServerRefused, float], None] | None = None,
 ) -> Deferred[Receipt]:
     """Send the file at C{path} to the receiver at C{endpoint}.
 
@@ -509,20 +522,66 @@ def send_file(
         result describes what was sent.
     @param token: the shared secret for servers that require one.
     @param idle_timeout: give up after this many seconds without progress.
+    @param retry_deadline: while this many seconds have not passed since the
+        first attempt, a server that answers C{error 503} (busy) is tried
+        again after a wait from L{retry_wait}; 0 never retries.  Nothing
+        else is retried: a refused connection means no server is listening.
+    @param jitter: random numbers in [0, 1) that spread the waits apart.
+    @param on_retry: called as C{on_retry(refusal, seconds)} before each wait.
     @return: a Deferred firing with the server's L{Receipt}, verified
         against the client's own SHA-256, or failing with L{SendError}
-        (L{ServerRefused} for an C{error} reply) or a connection error.
+        (L{ServerRefused} for an C{error} reply, the last one when the
+        server stayed busy) or a connection error.
     """
-    attempt = partial(
-        _send_once, reactor, endpoint, path, name, plain, token, progress, idle_timeout
+
+    once = partial(_send_once, reactor, endpoint, path, name, plain, token, progress, idle_timeout)
+
+    def attempt() -> Deferred[Receipt]:
+        def again_from_zero(failure: Failure) -> Deferred[Receipt]:
+            if failure.check(_StartAfresh):
+                return once(fresh=True)
+            return fail(failure)
+
+        return once(fresh=False).addErrback(again_from_zero)
+
+    return Deferred.fromCoroutine(
+        _retry_while_busy(reactor, attempt, retry_deadline, jitter, on_retry)
     )
 
-    def again_from_zero(failure: Failure) -> Deferred[Receipt]:
-        if failure.check(_StartAfresh):
-            return attempt(fresh=True)
-        return fail(failure)
 
-    return attempt(fresh=False).addErrback(again_from_zero)
+def retry_wait(retry: int, hint: float | None, jitter: float) -> float:
+    """Seconds to wait before retry number C{retry} (0 for the first) of a busy server.
+
+    The wait doubles from the server's hint (1 s without one) up to 30 s,
+    is never shorter than the hint, and is stretched by C{1 + jitter}
+    (0 <= jitter < 1) so that clients turned away together come back apart.
+    """
+    base = _FIRST_WAIT if hint is None else max(hint, _MIN_WAIT)
+    wait = max(min(_MAX_WAIT, base * 2 ** min(retry, 32)), base)
+    return float(wait * (1 + jitter))
+
+
+async def _retry_while_busy(
+    clock: IReactorTime,
+    attempt: Callable[[], Deferred[Receipt]],
+    deadline: float,
+    jitter: Callable[[], float],
+    on_retry: Callable[[ServerRefused, float], None] | None,
+) -> Receipt:
+    give_up_at = clock.seconds() + deadline
+    retry = 0
+    while True:
+        try:
+            return await attempt()
+        except ServerRefused as refusal:
+            remaining = give_up_at - clock.seconds()
+            if refusal.code != 503 or remaining <= 0:
+                raise
+            wait = min(retry_wait(retry, refusal.retry_after, jitter()), remaining)
+            if on_retry is not None:
+                on_retry(refusal, wait)
+            await deferLater(clock, wait)
+            retry += 1
 
 
 def _send_once(
@@ -537,7 +596,7 @@ def _send_once(
     *,
     fresh: bool,
 ) -> Deferred[Receipt]:
-    """One connection, one attempt; C{fresh} asks the server to ignore what it holds."""
+    """One attempt of L{send_file}: one connection, no retry; C{fresh}: C{Resume: no}."""
     try:
         handle = open(path, "rb")  # noqa: SIM115 - closed when the Deferred fires
     except OSError as exc:
