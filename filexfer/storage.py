@@ -88,6 +88,14 @@ class IUpload(Interface):
     def write(data: bytes) -> None:
         """Append C{data}; raise L{TransferError} (413, 422, 507) to stop."""
 
+    def check(additional: int) -> None:
+        """Raise L{TransferError} (413, 422, 507) if C{additional} more bytes would break a limit.
+
+        Nothing is written: a receiver that gathers bytes before it writes
+        them (TFTP) refuses the datagram that breaks a rule instead of
+        acknowledging it.
+        """
+
     def finish(sha256: str | None = None) -> Deferred[Receipt]:
         """Verify, fsync and move the file into place; fire with its receipt.
 
@@ -214,6 +222,13 @@ class _Upload:
         self._producer: IPushProducer | None = None
         self._paused = False
 
+    def check(self, additional: int) -> None:
+        total = self.received + additional
+        if self.expected_size is not None and total > self.expected_size:
+            raise TransferError(422, f"more bytes than the announced Size {self.expected_size}")
+        self._storage.check_size(total)
+        self._storage.check_space(additional, os.path.dirname(self._temp_name))
+
     # -- IConsumer: the transport is our producer ------------------------------
 
     def registerProducer(self, producer: IProducer, streaming: bool) -> None:
@@ -228,10 +243,7 @@ class _Upload:
     def write(self, data: bytes) -> None:
         if self._error is not None:
             raise self._error
-        if self.expected_size is not None and self.received + len(data) > self.expected_size:
-            raise TransferError(422, f"more bytes than the announced Size {self.expected_size}")
-        self._storage.check_size(self.received + len(data))
-        self._storage.check_space(len(data), os.path.dirname(self._temp_name))
+        self.check(len(data))
         if self._run_writes is None:
             try:
                 self._handle.write(data)
@@ -389,7 +401,11 @@ class _AlreadyStored:
         self.stored: Receipt | None = receipt
 
     def write(self, data: bytes) -> None:
-        raise TransferError(422, "the file is already stored; no bytes expected")
+        self.check(len(data))
+
+    def check(self, additional: int) -> None:
+        if additional:
+            raise TransferError(422, "the file is already stored; no bytes expected")
 
     def finish(self, sha256: str | None = None) -> Deferred[Receipt]:
         assert self.stored is not None
@@ -421,7 +437,11 @@ class _StoredCandidate:
         self._digests = digests
 
     def write(self, data: bytes) -> None:
-        raise TransferError(422, "only the SHA-256 trailer is expected")
+        self.check(len(data))
+
+    def check(self, additional: int) -> None:
+        if additional:
+            raise TransferError(422, "only the SHA-256 trailer is expected")
 
     def finish(self, sha256: str | None = None) -> Deferred[Receipt]:
         for stored_path, digest in self._digests.items():

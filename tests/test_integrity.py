@@ -365,3 +365,26 @@ class MtimeTheFileSystemKeepsTests(IntegrityTestCase):
         for _ in range(3):
             self.assertEqual(self.successResultOf(self.send(path)).path, "r.txt")
         self.assertEqual(visible_files(self.root), ["r.txt"])
+
+
+class TFTPArrivingBytesLimitTests(unittest.TestCase):
+    """I4 over TFTP: a WRQ without tsize is stopped at max_size with ERROR 3."""
+
+    def test_wrq_without_tsize_over_max_size(self) -> None:
+        """Blocks past max_size (no tsize announced): ERROR 3, nothing stored, nothing in temp."""
+        from filexfer.tftp import _packets as p
+
+        from .test_tftp_server import Harness
+
+        h = Harness(self, max_size=1000)
+        port = h.request(p.WriteRequest(b"big.bin", "octet"))
+        assert port is not None
+        h.take(port)
+        for block in range(1, 11):  # 5,120 bytes in 512-byte blocks
+            h.send(port, p.Data(block, b"x" * 512))
+            if port.closed:
+                break
+        packets = h.take(port)
+        self.assertIsInstance(packets[-1], p.Error)
+        self.assertEqual(packets[-1].code, p.DISK_FULL)  # type: ignore[union-attr]
+        self.assertEqual((h.stored("big.bin"), h.temp_files(), port.closed), (None, [], True))

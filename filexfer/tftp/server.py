@@ -453,6 +453,9 @@ class _WriteTransfer(_Transfer):
     def _deliver(self, payload: bytes) -> None:
         if self.decoder is not None:
             payload = self.decoder.decode(bytes(payload))
+        # Bytes wait in the buffer before they are written: a block that
+        # breaks a limit gets the ERROR now, instead of its ACK.
+        self.upload.check(len(self.buffer) + len(payload))
         self.buffer += payload
         if len(self.buffer) >= _WRITE_BUFFER:
             self._flush()
