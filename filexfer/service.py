@@ -13,6 +13,7 @@ from typing import Any
 
 from twisted.application import internet
 from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.python import usage
 
@@ -265,6 +266,18 @@ def raise_open_files_limit() -> int:
     return soft
 
 
+def remove_stale_in(storage: DirectoryStorage, max_age: float) -> Deferred[Any]:
+    """Run L{DirectoryStorage.remove_stale} through the storage's C{run_blocking}.
+
+    It scans the state directories and unlinks (possibly large) files: with
+    a thread pool that is done off the reactor thread.  A failure is logged,
+    so that the hourly timer keeps running.
+    """
+    removing: Deferred[Any] = storage.run_blocking(lambda: storage.remove_stale(max_age))
+    removing.addErrback(lambda failure: log.failure("removing stale partial files", failure))
+    return removing
+
+
 def make_service(options: Options, reactor: Any) -> MultiService:
     """Build the service tree for C{options}, on C{reactor}."""
     raise_open_files_limit()
@@ -330,7 +343,7 @@ def make_service(options: Options, reactor: Any) -> MultiService:
         return top  # the first process does the housekeeping
     if options["workers"] > 1:
         WorkerProcesses(reactor, options["workers"] - 1, options.argv).setServiceParent(top)
-    cleanup = internet.TimerService(3600, storage.remove_stale, options["partial-max-age"])
+    cleanup = internet.TimerService(3600, remove_stale_in, storage, options["partial-max-age"])
     cleanup.clock = reactor
     cleanup.setServiceParent(top)
     return top

@@ -39,6 +39,7 @@ from zope.interface import Attribute, Interface, implementer
 
 from filexfer._conflicts import name_limit, numbered_name  # numbered_name: re-exported
 from filexfer._errors import TransferError
+from filexfer._log import log
 from filexfer._mtime import check_mtime, probe_mtime_range
 from filexfer._names import STATE_DIR, validate_path
 
@@ -359,13 +360,19 @@ class _Upload:
                 self._temp_name, self.path, self.received, digest, self._mtime_ns
             )
         except TransferError:
-            self.abort(keep_partial=False)
+            self._discard_here()
             raise
         except OSError as exc:
-            self.abort(keep_partial=False)
+            self._discard_here()
             raise _os_error(exc, "store the file") from exc
         self._close()
         return Receipt(self.received, digest, stored_path)
+
+    def _discard_here(self) -> None:
+        """Remove the file and close it in this thread (a worker of C{run_blocking})."""
+        if not self._closed:
+            self._storage.discard(self._temp_name)
+            self._close()
 
     def abort(self, keep_partial: bool) -> None:
         if self._closed:
@@ -377,10 +384,17 @@ class _Upload:
             self._idle().addCallback(lambda _: self.abort(keep_partial))
             return
         if keep_partial and self._resumable:
-            self._handle.flush()
-        else:
-            self._storage.discard(self._temp_name)
-        self._close()
+            self._handle.flush()  # unbuffered: nothing to write; closing a kept file is cheap
+            self._close()
+            return
+        # Unlinking an open file only removes its name (a new upload of the
+        # same file starts a new one at once); its blocks are freed when the
+        # last descriptor closes, which for a large file can take long: that
+        # close runs through run_blocking, off the reactor thread.
+        self._storage.discard(self._temp_name)
+        self._closed = True
+        closing = self._storage.run_blocking(self._handle.close)
+        closing.addErrback(lambda failure: log.failure("closing a discarded upload", failure))
 
     def _close(self) -> None:
         if not self._closed:

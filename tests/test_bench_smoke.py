@@ -44,3 +44,7 @@ class BenchSmokeTests(unittest.TestCase):
     def test_tftp(self) -> None:
         """bench/tftp.py --smoke: all five TFTP pairings download intact; results are printed."""
         self.check("tftp.py", 3)
+
+    def test_resume(self) -> None:
+        """bench/resume.py --smoke: a 5-byte upload alone and during a resume; a result line."""
+        self.check("resume.py", 1)
