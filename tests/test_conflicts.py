@@ -8,9 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial import unittest
 
-from filexfer._conflicts import name_limit, numbered_name, split_suffix
 from filexfer._errors import TransferError
 from filexfer._names import validate_name
+from filexfer.storage._conflicts import name_limit, numbered_name, split_suffix
 
 
 def size(text: str) -> int:

@@ -1,7 +1,6 @@
-"""Where received bytes touch the disk.
+"""L{DirectoryStorage}: files under one root directory on a local file system.
 
-L{IStorage} is what the TCP receiver and the TFTP server store through;
-L{DirectoryStorage} keeps files under one root directory:
+It keeps them safely:
 
  - every path is validated (L{filexfer._names}) and every directory is
    opened relative to its parent with C{O_NOFOLLOW}, so nothing is created,
@@ -17,458 +16,39 @@ L{DirectoryStorage} keeps files under one root directory:
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import hashlib
 import hmac
-import json
 import os
 import secrets
 import shutil
 import stat
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, BinaryIO, Literal, TypeVar, cast
+from typing import Any, BinaryIO
 
-import attrs
-from twisted.internet.defer import Deferred, DeferredList, FirstError, fail, maybeDeferred, succeed
-from twisted.internet.interfaces import IConsumer, IProducer, IPushProducer
-from twisted.python.failure import Failure
-from zope.interface import Attribute, Interface, implementer
+from twisted.internet.defer import Deferred, fail
+from zope.interface import implementer
 
-from filexfer._conflicts import name_limit, numbered_name  # numbered_name: re-exported
 from filexfer._errors import TransferError
-from filexfer._log import log
 from filexfer._mtime import check_mtime, probe_mtime_range
 from filexfer._names import STATE_DIR, validate_path
+from filexfer.storage._conflicts import name_limit, numbered_name
+from filexfer.storage._digests import DigestCache, stat_key
+from filexfer.storage._disk import hash_file, os_error, run_here
+from filexfer.storage._interfaces import (
+    CONFLICT_POLICIES,
+    BlockingRunner,
+    ConflictPolicy,
+    IStorage,
+    IUpload,
+    Receipt,
+)
+from filexfer.storage._upload import AlreadyStored, StoredCandidate, Upload
 
-ConflictPolicy = Literal["rename", "overwrite", "refuse"]
-CONFLICT_POLICIES: tuple[ConflictPolicy, ...] = ("rename", "overwrite", "refuse")
-
-_T = TypeVar("_T")
-BlockingRunner = Callable[[Callable[[], _T]], "Deferred[_T]"]
-
-_HASH_CHUNK = 1 << 20
 _MAX_RENAME_TRIES = 10_000
 _DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_QUEUE_HIGH = 4 << 20
-"""Queued bytes of one upload above which its producer (the socket) is paused."""
-_QUEUE_LOW = 1 << 20
-"""Queued bytes below which a paused producer is resumed."""
-_PARALLEL_BATCH = 1 << 20
-"""Batches this large are written and hashed in two threads at once."""
-
-
-@attrs.frozen
-class Receipt:
-    """What a finished upload stored: the server's C{done} line."""
-
-    size: int
-    sha256: str
-    path: str
-
-
-class IUpload(Interface):
-    """One file being received."""
-
-    path = Attribute("The relative path that was asked for.")
-    offset = Attribute("Bytes already held from an interrupted upload; data continues here.")
-    received = Attribute("Bytes held so far, the offset included.")
-    expected_size = Attribute("The announced size, or None.")
-    stored = Attribute(
-        "A Receipt when this exact file is already stored (established by the"
-        " SHA256 the sender announced), else None."
-    )
-    prefix_sha256 = Attribute(
-        "The hex SHA-256 of the bytes [0, offset) held from an interrupted upload,"
-        " for the sender to check against its own file; None when the held bytes"
-        " are a stored file that the sender must prove with its digest instead."
-    )
-
-    def write(data: bytes) -> None:
-        """Append C{data}; raise L{TransferError} (413, 422, 507) to stop."""
-
-    def check(additional: int) -> None:
-        """Raise L{TransferError} (413, 422, 507) if C{additional} more bytes would break a limit.
-
-        Nothing is written: a receiver that gathers bytes before it writes
-        them (TFTP) refuses the datagram that breaks a rule instead of
-        acknowledging it.
-        """
-
-    def finish(sha256: str | None = None) -> Deferred[Receipt]:
-        """Verify, fsync and move the file into place; fire with its receipt.
-
-        @param sha256: the sender's SHA-256 of its whole file, sent after the
-            data (the FX/1 trailer); the stored bytes must hash to it.
-        Fails with L{TransferError} (422 short or mismatched, 409 exists).
-        """
-
-    def abort(keep_partial: bool) -> None:
-        """Stop: discard the bytes, or keep them for a later resume."""
-
-
-class IStorage(Interface):
-    """A place that stores uploads and serves downloads by relative path."""
-
-    def begin(
-        path: str,
-        size: int | None,
-        sha256: str | None,
-        mtime_ns: int | None,
-        *,
-        trailer: bool = False,
-        fresh: bool = False,
-    ) -> Deferred[IUpload]:
-        """Start receiving C{path}; fire with the upload, or fail with L{TransferError}.
-
-        @param size: the announced size in bytes, or None (then limits apply
-            as bytes arrive).
-        @param sha256: the announced hex SHA-256 of the whole file, or None.
-        @param mtime_ns: the announced modification time, ns since the epoch.
-        @param trailer: the sender will present its SHA-256 after the data
-            (C{finish(sha256)}): resume by Size and Mtime and the stored-file
-            check become safe (PROTOCOL.md 1.2.0, I1 and I2).
-        @param fresh: ignore any held bytes and stored candidates; start at 0.
-        """
-
-    def open_read(path: str) -> tuple[BinaryIO, int]:
-        """Open a stored file for reading: (file, size); L{TransferError} 404/403."""
-
-
-def _run_here(work: Callable[[], _T]) -> Deferred[_T]:
-    return maybeDeferred(work)
-
-
-def _hash_file(handle: BinaryIO, limit: int | None = None) -> Any:
-    digest = hashlib.sha256()
-    remaining = limit
-    while remaining is None or remaining > 0:
-        chunk = handle.read(_HASH_CHUNK if remaining is None else min(_HASH_CHUNK, remaining))
-        if not chunk:
-            break
-        digest.update(chunk)
-        if remaining is not None:
-            remaining -= len(chunk)
-    return digest
-
-
-def _write_error(failure: Failure) -> TransferError:
-    """The refusal for a background write that failed."""
-    error = failure.value
-    if isinstance(error, TransferError):
-        return error
-    if isinstance(error, OSError):
-        return _os_error(error, "write")
-    return TransferError(500, f"cannot write: {failure.getErrorMessage()}")
-
-
-def _os_error(exc: OSError, action: str) -> TransferError:
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return TransferError(507, "no space left on the server")
-    if exc.errno == errno.ENAMETOOLONG:
-        return TransferError(400, "a name is too long for the server's file system")
-    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-        return TransferError(403, f"cannot {action}: the path crosses a symlink or a file")
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return TransferError(403, f"cannot {action}: permission denied")
-    return TransferError(500, f"cannot {action}: {exc.strerror}")
-
-
-@implementer(IUpload, IConsumer)
-class _Upload:
-    """A file being received into the state directory of a L{DirectoryStorage}."""
-
-    def __init__(
-        self,
-        storage: DirectoryStorage,
-        path: str,
-        size: int | None,
-        sha256: str | None,
-        mtime_ns: int | None,
-        temp_name: str,
-        handle: BinaryIO,
-        resumable: bool,
-        run_writes: BlockingRunner[Any] | None = None,
-    ) -> None:
-        self.path = path
-        self.expected_size = size
-        self._sha256 = sha256
-        self._mtime_ns = mtime_ns
-        self._storage = storage
-        self._temp_name = temp_name
-        self._handle = handle
-        self._resumable = resumable
-        handle.seek(0, os.SEEK_END)
-        self.offset = handle.tell()
-        if size is not None and self.offset > size:
-            handle.truncate(0)
-            self.offset = 0
-        handle.seek(0)
-        self._digest = _hash_file(handle, self.offset)  # begin() runs this off the reactor
-        self.prefix_sha256: str | None = self._digest.hexdigest()
-        self.received = self.offset
-        self.stored: Receipt | None = None
-        self._closed = False
-        # Writing and hashing in the background (run_writes): chunks wait in
-        # _queue while one batch is in flight; above _QUEUE_HIGH bytes the
-        # registered producer is paused, so memory stays bounded.
-        self._run_writes = run_writes
-        self._queue: list[bytes] = []
-        self._queued = 0
-        self._in_flight: Deferred[Any] | None = None
-        self._error: TransferError | None = None
-        self._idle_waiters: list[Deferred[None]] = []
-        self._producer: IPushProducer | None = None
-        self._paused = False
-
-    def check(self, additional: int) -> None:
-        total = self.received + additional
-        if self.expected_size is not None and total > self.expected_size:
-            raise TransferError(422, f"more bytes than the announced Size {self.expected_size}")
-        self._storage.check_size(total)
-        self._storage.check_space(additional, os.path.dirname(self._temp_name))
-
-    # -- IConsumer: the transport is our producer ------------------------------
-
-    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
-        """Pause C{producer} (a push producer) while too many bytes wait to be written."""
-        self._producer = cast(IPushProducer, producer)  # a transport: it pauses and resumes
-
-    def unregisterProducer(self) -> None:
-        """Leave the producer alone from now on."""
-        self._producer = None
-        self._paused = False
-
-    def write(self, data: bytes) -> None:
-        if self._error is not None:
-            raise self._error
-        self.check(len(data))
-        if self._run_writes is None:
-            try:
-                self._handle.write(data)
-            except OSError as exc:
-                raise _os_error(exc, "write") from exc
-            self._digest.update(data)
-            self.received += len(data)
-            return
-        self.received += len(data)
-        self._queue.append(data)
-        self._queued += len(data)
-        if self._in_flight is None:
-            self._start_batch()
-        elif self._queued >= _QUEUE_HIGH and self._producer is not None and not self._paused:
-            self._paused = True
-            self._producer.pauseProducing()
-
-    def _start_batch(self) -> None:
-        batch, self._queue, self._queued = self._queue, [], 0
-        run = self._run_writes
-        assert run is not None
-        if sum(map(len, batch)) >= _PARALLEL_BATCH:
-            # hashlib and write() both release the GIL: do them side by side
-            both = [run(lambda: self._write_all(batch)), run(lambda: self._hash_all(batch))]
-            done: Deferred[Any] = DeferredList(both, fireOnOneErrback=True, consumeErrors=True)
-        else:
-            done = run(lambda: self._write_and_hash(batch))
-        self._in_flight = done
-        done.addBoth(self._batch_done)
-
-    def _write_all(self, batch: list[bytes]) -> None:
-        for chunk in batch:
-            self._handle.write(chunk)
-
-    def _hash_all(self, batch: list[bytes]) -> None:
-        for chunk in batch:
-            self._digest.update(chunk)
-
-    def _write_and_hash(self, batch: list[bytes]) -> None:
-        self._write_all(batch)
-        self._hash_all(batch)
-
-    def _batch_done(self, result: Any) -> None:
-        self._in_flight = None
-        if isinstance(result, Failure):
-            if isinstance(result.value, FirstError):
-                result = result.value.subFailure
-            self._error = _write_error(result)
-            self._queue, self._queued = [], 0
-        elif self._queue and not self._closed:
-            self._start_batch()
-        if self._paused and (self._error is not None or self._queued < _QUEUE_LOW):
-            self._paused = False
-            if self._producer is not None:
-                self._producer.resumeProducing()  # the next write() raises any error
-        if self._in_flight is None:
-            waiters, self._idle_waiters = self._idle_waiters, []
-            for waiter in waiters:
-                waiter.callback(None)
-
-    def _idle(self) -> Deferred[None]:
-        """Fires once every queued byte is written and hashed (or failed)."""
-        if self._in_flight is None:
-            return succeed(None)
-        waiter: Deferred[None] = Deferred()
-        self._idle_waiters.append(waiter)
-        return waiter
-
-    def finish(self, sha256: str | None = None) -> Deferred[Receipt]:
-        self.unregisterProducer()
-        if self._run_writes is None:
-            return self._finish_written(sha256)
-        return self._idle().addCallback(lambda _: self._finish_written(sha256))
-
-    def _finish_written(self, claimed: str | None) -> Deferred[Receipt]:
-        if self._closed:
-            return fail(TransferError(500, "the upload was aborted"))
-        if self._error is not None:
-            self.abort(keep_partial=False)
-            return fail(self._error)
-        if self.expected_size is not None and self.received < self.expected_size:
-            self.abort(keep_partial=True)
-            return fail(
-                TransferError(
-                    422, f"short upload: {self.received} of {self.expected_size} bytes arrived"
-                )
-            )
-        digest = self._digest.hexdigest()
-        if self._sha256 is not None and digest != self._sha256:
-            self.abort(keep_partial=False)
-            return fail(TransferError(422, f"SHA256 mismatch: received data hashes to {digest}"))
-        if claimed is not None and digest != claimed:
-            # I1: bytes that are not the sender's file as it is now never get a
-            # final name, and a stale prefix is not offered again.
-            self.abort(keep_partial=False)
-            if self.offset:
-                reason = (
-                    f"the {self.offset} bytes held from an earlier upload differ from your"
-                    " file; send it again from the start"
-                )
-            else:
-                reason = "the file changed while it was sent (its SHA-256 differs)"
-            return fail(TransferError(422, reason))
-        return self._storage.run_blocking(lambda: self._make_durable(digest))
-
-    def _make_durable(self, digest: str) -> Receipt:
-        try:
-            self._handle.flush()
-            if self._mtime_ns is not None:
-                os.utime(self._handle.fileno(), ns=(time.time_ns(), self._mtime_ns))
-            os.fsync(self._handle.fileno())
-            stored_path = self._storage.place(
-                self._temp_name, self.path, self.received, digest, self._mtime_ns
-            )
-        except TransferError:
-            self._discard_here()
-            raise
-        except OSError as exc:
-            self._discard_here()
-            raise _os_error(exc, "store the file") from exc
-        self._close()
-        return Receipt(self.received, digest, stored_path)
-
-    def _discard_here(self) -> None:
-        """Remove the file and close it in this thread (a worker of C{run_blocking})."""
-        if not self._closed:
-            self._storage.discard(self._temp_name)
-            self._close()
-
-    def abort(self, keep_partial: bool) -> None:
-        if self._closed:
-            return
-        self.unregisterProducer()
-        self._queue, self._queued = [], 0
-        if self._in_flight is not None:
-            # a worker thread still writes to the handle: close it afterwards
-            self._idle().addCallback(lambda _: self.abort(keep_partial))
-            return
-        if keep_partial and self._resumable:
-            self._handle.flush()  # unbuffered: nothing to write; closing a kept file is cheap
-            self._close()
-            return
-        # Unlinking an open file only removes its name (a new upload of the
-        # same file starts a new one at once); its blocks are freed when the
-        # last descriptor closes, which for a large file can take long: that
-        # close runs through run_blocking, off the reactor thread.
-        self._storage.discard(self._temp_name)
-        self._closed = True
-        closing = self._storage.run_blocking(self._handle.close)
-        closing.addErrback(lambda failure: log.failure("closing a discarded upload", failure))
-
-    def _close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._handle.close()  # also releases the resume lock
-
-
-@implementer(IUpload)
-class _AlreadyStored:
-    """The exact file is already in place (the sender's SHA256 says so): nothing to receive."""
-
-    prefix_sha256 = None
-
-    def __init__(self, receipt: Receipt) -> None:
-        self.path = receipt.path
-        self.expected_size = receipt.size
-        self.offset = self.received = receipt.size
-        self.stored: Receipt | None = receipt
-
-    def write(self, data: bytes) -> None:
-        self.check(len(data))
-
-    def check(self, additional: int) -> None:
-        if additional:
-            raise TransferError(422, "the file is already stored; no bytes expected")
-
-    def finish(self, sha256: str | None = None) -> Deferred[Receipt]:
-        assert self.stored is not None
-        if sha256 is not None and sha256 != self.stored.sha256:
-            return fail(TransferError(422, "SHA256 mismatch with the announced SHA256"))
-        return succeed(self.stored)
-
-    def abort(self, keep_partial: bool) -> None:
-        pass
-
-
-@implementer(IUpload)
-class _StoredCandidate:
-    """Stored files with the sender's Size and Mtime: the sender proves its digest.
-
-    The server tells nothing about these files (I2): the sender hashes its own
-    file and presents the digest (the trailer) to C{finish}, which answers with
-    the copy holding exactly those bytes, or 422 when none does (the sender
-    then sends the file with C{fresh}).
-    """
-
-    prefix_sha256 = None
-    stored = None
-
-    def __init__(self, path: str, size: int, digests: dict[str, str]) -> None:
-        self.path = path
-        self.expected_size = size
-        self.offset = self.received = size
-        self._digests = digests
-
-    def write(self, data: bytes) -> None:
-        self.check(len(data))
-
-    def check(self, additional: int) -> None:
-        if additional:
-            raise TransferError(422, "only the SHA-256 trailer is expected")
-
-    def finish(self, sha256: str | None = None) -> Deferred[Receipt]:
-        for stored_path, digest in self._digests.items():
-            if sha256 is not None and hmac.compare_digest(digest, sha256):
-                return succeed(Receipt(self.expected_size, digest, stored_path))
-        return fail(
-            TransferError(
-                422, "the stored file with this Size and Mtime differs from yours; send it again"
-            )
-        )
-
-    def abort(self, keep_partial: bool) -> None:
-        pass
 
 
 @implementer(IStorage)
@@ -494,7 +74,7 @@ class DirectoryStorage:
         root: str | os.PathLike[str],
         on_conflict: ConflictPolicy = "rename",
         *,
-        run_blocking: BlockingRunner[Any] = _run_here,
+        run_blocking: BlockingRunner[Any] = run_here,
         run_writes: BlockingRunner[Any] | None = None,
         min_free: int = 0,
         max_size: int | None = None,
@@ -511,6 +91,7 @@ class DirectoryStorage:
         self._state = os.path.join(self.root, STATE_DIR)
         for sub in ("partial", "tmp", "digests"):
             os.makedirs(os.path.join(self._state, sub), exist_ok=True)
+        self._digests = DigestCache(os.path.join(self._state, "digests"))
         self.mtime_range = probe_mtime_range(os.path.join(self._state, "tmp"))
         """The earliest and latest Mtime (ns) the root's file system keeps as given."""
 
@@ -571,7 +152,7 @@ class DirectoryStorage:
         if sha256 is not None:
             for stored_path, info in copies.items():
                 if self._stored_digest(stored_path, info) == sha256:
-                    return _AlreadyStored(Receipt(info.st_size, sha256, stored_path))
+                    return AlreadyStored(Receipt(info.st_size, sha256, stored_path))
         elif trailer and not fresh and mtime_ns is not None and size is not None:
             same_mtime = {
                 stored_path: self._stored_digest(stored_path, info)
@@ -579,7 +160,7 @@ class DirectoryStorage:
                 if self._same_mtime(stored_path, info, mtime_ns)
             }
             if same_mtime:
-                return _StoredCandidate(path, size, same_mtime)
+                return StoredCandidate(path, size, same_mtime)
         if existing is not None and self.on_conflict == "refuse":
             raise TransferError(409, f"{path} already exists")
         resumable = size is not None and (sha256 is not None or (trailer and mtime_ns is not None))
@@ -594,19 +175,19 @@ class DirectoryStorage:
         if fresh:
             handle.truncate(0)
         try:
-            return _Upload(
+            return Upload(
                 self, path, size, sha256, mtime_ns, temp_name, handle, resumable, self.run_writes
             )
         except OSError as exc:
             handle.close()
-            raise _os_error(exc, "read the partial file") from exc
+            raise os_error(exc, "read the partial file") from exc
 
     def _open_temp(self, temp_name: str) -> BinaryIO:
         full = os.path.join(self._state, temp_name)
         try:
             fd = os.open(full, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
         except OSError as exc:
-            raise _os_error(exc, "create a temporary file") from exc
+            raise os_error(exc, "create a temporary file") from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -656,7 +237,7 @@ class DirectoryStorage:
         except FileNotFoundError:
             return {}
         except OSError as exc:
-            raise _os_error(exc, "look up the file") from exc
+            raise os_error(exc, "look up the file") from exc
         return found
 
     def _same_mtime(self, path: str, existing: os.stat_result, mtime_ns: int) -> bool:
@@ -668,50 +249,20 @@ class DirectoryStorage:
         """
         if existing.st_mtime_ns // 10**9 == mtime_ns // 10**9:
             return True
-        record = self._digest_record(path)
-        return (
-            record is not None
-            and record.get("key") == _stat_key(existing)
-            and record.get("mtime_ns") == mtime_ns
-        )
+        return self._digests.announced_mtime(path, existing) == mtime_ns
 
     def _stored_digest(self, path: str, existing: os.stat_result) -> str:
         """The SHA-256 of a stored file: from the cache, or by reading it (blocking)."""
-        cached = self._digest_record(path)
-        if cached is not None and cached.get("key") == _stat_key(existing):
-            return str(cached["sha256"])
+        cached = self._digests.digest(path, existing)
+        if cached is not None:
+            return cached
         handle, _ = self.open_read(path)
         with handle:
             info = os.fstat(handle.fileno())
-            digest: str = _hash_file(handle).hexdigest()
-        if _stat_key(info) == _stat_key(existing):
-            self._write_digest_record(path, existing, digest, None)
+            digest: str = hash_file(handle).hexdigest()
+        if stat_key(info) == stat_key(existing):
+            self._digests.remember(path, existing, digest, None)
         return digest
-
-    def _digest_file(self, path: str) -> str:
-        name = hashlib.sha256(path.encode()).hexdigest()
-        return os.path.join(self._state, "digests", name)
-
-    def _digest_record(self, path: str) -> dict[str, Any] | None:
-        try:
-            with open(self._digest_file(path)) as handle:
-                record: dict[str, Any] = json.load(handle)
-        except (OSError, ValueError):
-            return None
-        return record if isinstance(record, dict) and record.get("path") == path else None
-
-    def _write_digest_record(
-        self, path: str, existing: os.stat_result, digest: str, mtime_ns: int | None
-    ) -> None:
-        record = {"path": path, "key": _stat_key(existing), "sha256": digest, "mtime_ns": mtime_ns}
-        target = self._digest_file(path)
-        temp = f"{target}.{secrets.token_hex(4)}"
-        try:
-            with open(temp, "w") as handle:
-                json.dump(record, handle)
-            os.replace(temp, target)
-        except OSError:
-            pass  # the cache is an optimisation only
 
     def discard(self, temp_name: str) -> None:
         """Remove a temporary or partial file."""
@@ -754,7 +305,7 @@ class DirectoryStorage:
             placed = os.stat(stored_name, dir_fd=parent_fd, follow_symlinks=False)
         stored_path = "/".join([*parents, stored_name])
         if digest is not None:
-            self._write_digest_record(stored_path, placed, digest, mtime_ns)
+            self._digests.remember(stored_path, placed, digest, mtime_ns)
         return stored_path
 
     def _identical_copy(self, path: str, size: int, digest: str) -> str | None:
@@ -860,7 +411,7 @@ class DirectoryStorage:
                 os.makedirs(os.path.join(state, sub), exist_ok=True)
             self._record_state_dir("/".join(relative))
         except OSError as exc:
-            raise _os_error(exc, "make a temporary directory there") from exc
+            raise os_error(exc, "make a temporary directory there") from exc
         return state
 
     def _record_state_dir(self, relative: str) -> None:
@@ -902,7 +453,7 @@ class DirectoryStorage:
         except FileNotFoundError:
             raise TransferError(404, f"{path} not found") from None
         except OSError as exc:
-            raise _os_error(exc, "open the file") from exc
+            raise os_error(exc, "open the file") from exc
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             os.close(fd)
@@ -920,7 +471,7 @@ class DirectoryStorage:
         except FileNotFoundError:
             return None
         except OSError as exc:
-            raise _os_error(exc, "look up the file") from exc
+            raise os_error(exc, "look up the file") from exc
 
     @contextmanager
     def _directory(self, parents: list[str], create: bool) -> Iterator[int]:
@@ -994,7 +545,3 @@ def _remove_old(folder_fd: int, before: float) -> int:
             finally:
                 os.close(fd)
     return removed
-
-
-def _stat_key(info: os.stat_result) -> list[int]:
-    return [info.st_size, info.st_mtime_ns, info.st_ino]

@@ -1,0 +1,35 @@
+"""Where received bytes touch the disk: the stores and what they promise.
+
+L{IStorage} is what the TCP receiver and the TFTP server store through;
+L{DirectoryStorage} keeps files under one root directory.  One store per
+module, beside each other:
+
+ - C{_interfaces}: L{IStorage}, L{IUpload}, L{Receipt};
+ - C{directory}: L{DirectoryStorage} (temporary file, fsync, atomic link,
+   resume, conflict policy);
+ - C{_upload}: one upload and its background writer;
+ - C{_conflicts}: C{name (1).ext} within the file system's limits;
+ - C{_digests}: the cache of stored files' SHA-256.
+"""
+
+from filexfer.storage._conflicts import numbered_name
+from filexfer.storage._interfaces import (
+    CONFLICT_POLICIES,
+    BlockingRunner,
+    ConflictPolicy,
+    IStorage,
+    IUpload,
+    Receipt,
+)
+from filexfer.storage.directory import DirectoryStorage
+
+__all__ = [
+    "CONFLICT_POLICIES",
+    "BlockingRunner",
+    "ConflictPolicy",
+    "DirectoryStorage",
+    "IStorage",
+    "IUpload",
+    "Receipt",
+    "numbered_name",
+]

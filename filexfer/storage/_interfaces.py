@@ -1,0 +1,100 @@
+"""What a store is: L{IStorage}, L{IUpload}, and the L{Receipt} of a stored file.
+
+A store keeps files by relative path (PROTOCOL.md section 1.3, restated in
+docs/protocol.md); the TCP receiver and the TFTP server talk to it only
+through these interfaces, so a second store (an object store) sits beside
+L{filexfer.storage.DirectoryStorage} without either knowing the other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import BinaryIO, Literal, TypeVar
+
+import attrs
+from twisted.internet.defer import Deferred
+from zope.interface import Attribute, Interface
+
+ConflictPolicy = Literal["rename", "overwrite", "refuse"]
+CONFLICT_POLICIES: tuple[ConflictPolicy, ...] = ("rename", "overwrite", "refuse")
+
+_T = TypeVar("_T")
+BlockingRunner = Callable[[Callable[[], _T]], "Deferred[_T]"]
+"""Runs blocking work somewhere (a thread pool, or inline) and fires with its result."""
+
+
+@attrs.frozen
+class Receipt:
+    """What a finished upload stored: the server's C{done} line."""
+
+    size: int
+    sha256: str
+    path: str
+
+
+class IUpload(Interface):
+    """One file being received."""
+
+    path = Attribute("The relative path that was asked for.")
+    offset = Attribute("Bytes already held from an interrupted upload; data continues here.")
+    received = Attribute("Bytes held so far, the offset included.")
+    expected_size = Attribute("The announced size, or None.")
+    stored = Attribute(
+        "A Receipt when this exact file is already stored (established by the"
+        " SHA256 the sender announced), else None."
+    )
+    prefix_sha256 = Attribute(
+        "The hex SHA-256 of the bytes [0, offset) held from an interrupted upload,"
+        " for the sender to check against its own file; None when the held bytes"
+        " are a stored file that the sender must prove with its digest instead."
+    )
+
+    def write(data: bytes) -> None:
+        """Append C{data}; raise L{TransferError} (413, 422, 507) to stop."""
+
+    def check(additional: int) -> None:
+        """Raise L{TransferError} (413, 422, 507) if C{additional} more bytes would break a limit.
+
+        Nothing is written: a receiver that gathers bytes before it writes
+        them (TFTP) refuses the datagram that breaks a rule instead of
+        acknowledging it.
+        """
+
+    def finish(sha256: str | None = None) -> Deferred[Receipt]:
+        """Verify, fsync and move the file into place; fire with its receipt.
+
+        @param sha256: the sender's SHA-256 of its whole file, sent after the
+            data (the FX/1 trailer); the stored bytes must hash to it.
+        Fails with L{TransferError} (422 short or mismatched, 409 exists).
+        """
+
+    def abort(keep_partial: bool) -> None:
+        """Stop: discard the bytes, or keep them for a later resume."""
+
+
+class IStorage(Interface):
+    """A place that stores uploads and serves downloads by relative path."""
+
+    def begin(
+        path: str,
+        size: int | None,
+        sha256: str | None,
+        mtime_ns: int | None,
+        *,
+        trailer: bool = False,
+        fresh: bool = False,
+    ) -> Deferred[IUpload]:
+        """Start receiving C{path}; fire with the upload, or fail with L{TransferError}.
+
+        @param size: the announced size in bytes, or None (then limits apply
+            as bytes arrive).
+        @param sha256: the announced hex SHA-256 of the whole file, or None.
+        @param mtime_ns: the announced modification time, ns since the epoch.
+        @param trailer: the sender will present its SHA-256 after the data
+            (C{finish(sha256)}): resume by Size and Mtime and the stored-file
+            check become safe (PROTOCOL.md 1.2.0, I1 and I2).
+        @param fresh: ignore any held bytes and stored candidates; start at 0.
+        """
+
+    def open_read(path: str) -> tuple[BinaryIO, int]:
+        """Open a stored file for reading: (file, size); L{TransferError} 404/403."""

@@ -1,0 +1,346 @@
+"""One file being received: its temporary file, its background writer, its checks.
+
+L{Upload} writes and hashes the received bytes (in a thread pool when its
+store says so, pausing the producer while too much waits), verifies them
+against any announced or trailing SHA-256, and asks its L{UploadSite} to
+place the file.  L{AlreadyStored} and L{StoredCandidate} are the uploads
+that receive nothing: the file is there (by the announced SHA-256), or may
+be (by Size and Mtime, proved by the sender's trailer).
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import time
+from typing import Any, BinaryIO, Protocol, cast
+
+from twisted.internet.defer import Deferred, DeferredList, FirstError, fail, succeed
+from twisted.internet.interfaces import IConsumer, IProducer, IPushProducer
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from filexfer._errors import TransferError
+from filexfer._log import log
+from filexfer.storage._disk import hash_file, os_error, write_error
+from filexfer.storage._interfaces import BlockingRunner, IUpload, Receipt
+
+_QUEUE_HIGH = 4 << 20
+"""Queued bytes of one upload above which its producer (the socket) is paused."""
+_QUEUE_LOW = 1 << 20
+"""Queued bytes below which a paused producer is resumed."""
+_PARALLEL_BATCH = 1 << 20
+"""Batches this large are written and hashed in two threads at once."""
+
+
+class UploadSite(Protocol):
+    """What an L{Upload} needs from the store it belongs to."""
+
+    run_blocking: BlockingRunner[Any]
+
+    def check_size(self, size: int) -> None:
+        """Refuse (413) a file of C{size} bytes."""
+
+    def check_space(self, incoming: int, where: str | None = None) -> None:
+        """Refuse (507) C{incoming} more bytes on the file system of C{where}."""
+
+    def place(self, temp_name: str, path: str, size: int, digest: str, mtime_ns: int | None) -> str:
+        """Give the finished temporary file its final name; return the relative path."""
+
+    def discard(self, temp_name: str) -> None:
+        """Remove a temporary or partial file."""
+
+
+@implementer(IUpload, IConsumer)
+class Upload:
+    """A file being received into the state directory of a L{DirectoryStorage}."""
+
+    def __init__(
+        self,
+        storage: UploadSite,
+        path: str,
+        size: int | None,
+        sha256: str | None,
+        mtime_ns: int | None,
+        temp_name: str,
+        handle: BinaryIO,
+        resumable: bool,
+        run_writes: BlockingRunner[Any] | None = None,
+    ) -> None:
+        self.path = path
+        self.expected_size = size
+        self._sha256 = sha256
+        self._mtime_ns = mtime_ns
+        self._storage = storage
+        self._temp_name = temp_name
+        self._handle = handle
+        self._resumable = resumable
+        handle.seek(0, os.SEEK_END)
+        self.offset = handle.tell()
+        if size is not None and self.offset > size:
+            handle.truncate(0)
+            self.offset = 0
+        handle.seek(0)
+        self._digest = hash_file(handle, self.offset)  # begin() runs this off the reactor
+        self.prefix_sha256: str | None = self._digest.hexdigest()
+        self.received = self.offset
+        self.stored: Receipt | None = None
+        self._closed = False
+        # Writing and hashing in the background (run_writes): chunks wait in
+        # _queue while one batch is in flight; above _QUEUE_HIGH bytes the
+        # registered producer is paused, so memory stays bounded.
+        self._run_writes = run_writes
+        self._queue: list[bytes] = []
+        self._queued = 0
+        self._in_flight: Deferred[Any] | None = None
+        self._error: TransferError | None = None
+        self._idle_waiters: list[Deferred[None]] = []
+        self._producer: IPushProducer | None = None
+        self._paused = False
+
+    def check(self, additional: int) -> None:
+        total = self.received + additional
+        if self.expected_size is not None and total > self.expected_size:
+            raise TransferError(422, f"more bytes than the announced Size {self.expected_size}")
+        self._storage.check_size(total)
+        self._storage.check_space(additional, os.path.dirname(self._temp_name))
+
+    # -- IConsumer: the transport is our producer ------------------------------
+
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
+        """Pause C{producer} (a push producer) while too many bytes wait to be written."""
+        self._producer = cast(IPushProducer, producer)  # a transport: it pauses and resumes
+
+    def unregisterProducer(self) -> None:
+        """Leave the producer alone from now on."""
+        self._producer = None
+        self._paused = False
+
+    def write(self, data: bytes) -> None:
+        if self._error is not None:
+            raise self._error
+        self.check(len(data))
+        if self._run_writes is None:
+            try:
+                self._handle.write(data)
+            except OSError as exc:
+                raise os_error(exc, "write") from exc
+            self._digest.update(data)
+            self.received += len(data)
+            return
+        self.received += len(data)
+        self._queue.append(data)
+        self._queued += len(data)
+        if self._in_flight is None:
+            self._start_batch()
+        elif self._queued >= _QUEUE_HIGH and self._producer is not None and not self._paused:
+            self._paused = True
+            self._producer.pauseProducing()
+
+    def _start_batch(self) -> None:
+        batch, self._queue, self._queued = self._queue, [], 0
+        run = self._run_writes
+        assert run is not None
+        if sum(map(len, batch)) >= _PARALLEL_BATCH:
+            # hashlib and write() both release the GIL: do them side by side
+            both = [run(lambda: self._write_all(batch)), run(lambda: self._hash_all(batch))]
+            done: Deferred[Any] = DeferredList(both, fireOnOneErrback=True, consumeErrors=True)
+        else:
+            done = run(lambda: self._write_and_hash(batch))
+        self._in_flight = done
+        done.addBoth(self._batch_done)
+
+    def _write_all(self, batch: list[bytes]) -> None:
+        for chunk in batch:
+            self._handle.write(chunk)
+
+    def _hash_all(self, batch: list[bytes]) -> None:
+        for chunk in batch:
+            self._digest.update(chunk)
+
+    def _write_and_hash(self, batch: list[bytes]) -> None:
+        self._write_all(batch)
+        self._hash_all(batch)
+
+    def _batch_done(self, result: Any) -> None:
+        self._in_flight = None
+        if isinstance(result, Failure):
+            if isinstance(result.value, FirstError):
+                result = result.value.subFailure
+            self._error = write_error(result)
+            self._queue, self._queued = [], 0
+        elif self._queue and not self._closed:
+            self._start_batch()
+        if self._paused and (self._error is not None or self._queued < _QUEUE_LOW):
+            self._paused = False
+            if self._producer is not None:
+                self._producer.resumeProducing()  # the next write() raises any error
+        if self._in_flight is None:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    def _idle(self) -> Deferred[None]:
+        """Fires once every queued byte is written and hashed (or failed)."""
+        if self._in_flight is None:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._idle_waiters.append(waiter)
+        return waiter
+
+    def finish(self, sha256: str | None = None) -> Deferred[Receipt]:
+        self.unregisterProducer()
+        if self._run_writes is None:
+            return self._finish_written(sha256)
+        return self._idle().addCallback(lambda _: self._finish_written(sha256))
+
+    def _finish_written(self, claimed: str | None) -> Deferred[Receipt]:
+        if self._closed:
+            return fail(TransferError(500, "the upload was aborted"))
+        if self._error is not None:
+            self.abort(keep_partial=False)
+            return fail(self._error)
+        if self.expected_size is not None and self.received < self.expected_size:
+            self.abort(keep_partial=True)
+            return fail(
+                TransferError(
+                    422, f"short upload: {self.received} of {self.expected_size} bytes arrived"
+                )
+            )
+        digest = self._digest.hexdigest()
+        if self._sha256 is not None and digest != self._sha256:
+            self.abort(keep_partial=False)
+            return fail(TransferError(422, f"SHA256 mismatch: received data hashes to {digest}"))
+        if claimed is not None and digest != claimed:
+            # I1: bytes that are not the sender's file as it is now never get a
+            # final name, and a stale prefix is not offered again.
+            self.abort(keep_partial=False)
+            if self.offset:
+                reason = (
+                    f"the {self.offset} bytes held from an earlier upload differ from your"
+                    " file; send it again from the start"
+                )
+            else:
+                reason = "the file changed while it was sent (its SHA-256 differs)"
+            return fail(TransferError(422, reason))
+        return self._storage.run_blocking(lambda: self._make_durable(digest))
+
+    def _make_durable(self, digest: str) -> Receipt:
+        try:
+            self._handle.flush()
+            if self._mtime_ns is not None:
+                os.utime(self._handle.fileno(), ns=(time.time_ns(), self._mtime_ns))
+            os.fsync(self._handle.fileno())
+            stored_path = self._storage.place(
+                self._temp_name, self.path, self.received, digest, self._mtime_ns
+            )
+        except TransferError:
+            self._discard_here()
+            raise
+        except OSError as exc:
+            self._discard_here()
+            raise os_error(exc, "store the file") from exc
+        self._close()
+        return Receipt(self.received, digest, stored_path)
+
+    def _discard_here(self) -> None:
+        """Remove the file and close it in this thread (a worker of C{run_blocking})."""
+        if not self._closed:
+            self._storage.discard(self._temp_name)
+            self._close()
+
+    def abort(self, keep_partial: bool) -> None:
+        if self._closed:
+            return
+        self.unregisterProducer()
+        self._queue, self._queued = [], 0
+        if self._in_flight is not None:
+            # a worker thread still writes to the handle: close it afterwards
+            self._idle().addCallback(lambda _: self.abort(keep_partial))
+            return
+        if keep_partial and self._resumable:
+            self._handle.flush()  # unbuffered: nothing to write; closing a kept file is cheap
+            self._close()
+            return
+        # Unlinking an open file only removes its name (a new upload of the
+        # same file starts a new one at once); its blocks are freed when the
+        # last descriptor closes, which for a large file can take long: that
+        # close runs through run_blocking, off the reactor thread.
+        self._storage.discard(self._temp_name)
+        self._closed = True
+        closing = self._storage.run_blocking(self._handle.close)
+        closing.addErrback(lambda failure: log.failure("closing a discarded upload", failure))
+
+    def _close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._handle.close()  # also releases the resume lock
+
+
+@implementer(IUpload)
+class AlreadyStored:
+    """The exact file is already in place (the sender's SHA256 says so): nothing to receive."""
+
+    prefix_sha256 = None
+
+    def __init__(self, receipt: Receipt) -> None:
+        self.path = receipt.path
+        self.expected_size = receipt.size
+        self.offset = self.received = receipt.size
+        self.stored: Receipt | None = receipt
+
+    def write(self, data: bytes) -> None:
+        self.check(len(data))
+
+    def check(self, additional: int) -> None:
+        if additional:
+            raise TransferError(422, "the file is already stored; no bytes expected")
+
+    def finish(self, sha256: str | None = None) -> Deferred[Receipt]:
+        assert self.stored is not None
+        if sha256 is not None and sha256 != self.stored.sha256:
+            return fail(TransferError(422, "SHA256 mismatch with the announced SHA256"))
+        return succeed(self.stored)
+
+    def abort(self, keep_partial: bool) -> None:
+        pass
+
+
+@implementer(IUpload)
+class StoredCandidate:
+    """Stored files with the sender's Size and Mtime: the sender proves its digest.
+
+    The server tells nothing about these files (I2): the sender hashes its own
+    file and presents the digest (the trailer) to C{finish}, which answers with
+    the copy holding exactly those bytes, or 422 when none does (the sender
+    then sends the file with C{fresh}).
+    """
+
+    prefix_sha256 = None
+    stored = None
+
+    def __init__(self, path: str, size: int, digests: dict[str, str]) -> None:
+        self.path = path
+        self.expected_size = size
+        self.offset = self.received = size
+        self._digests = digests
+
+    def write(self, data: bytes) -> None:
+        self.check(len(data))
+
+    def check(self, additional: int) -> None:
+        if additional:
+            raise TransferError(422, "only the SHA-256 trailer is expected")
+
+    def finish(self, sha256: str | None = None) -> Deferred[Receipt]:
+        for stored_path, digest in self._digests.items():
+            if sha256 is not None and hmac.compare_digest(digest, sha256):
+                return succeed(Receipt(self.expected_size, digest, stored_path))
+        return fail(
+            TransferError(
+                422, "the stored file with this Size and Mtime differs from yours; send it again"
+            )
+        )
+
+    def abort(self, keep_partial: bool) -> None:
+        pass
