@@ -11,7 +11,8 @@ import argparse
 import os
 import re
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
 from itertools import pairwise
 from typing import Any, TextIO
 
@@ -124,12 +125,12 @@ class ProgressBars:
         self.enabled = enabled and stream.isatty()
         self._stream = stream
 
-    def for_file(
-        self, label: str, total: int | None
-    ) -> tuple[ProgressCallback, Callable[[], None]]:
-        """A progress callback and a closer for one file."""
+    @contextmanager
+    def for_file(self, label: str, total: int | None) -> Iterator[ProgressCallback]:
+        """A progress callback for one file, its bar closed when the block ends."""
         if not self.enabled:
-            return (lambda done, total: None), (lambda: None)
+            yield lambda done, total: None
+            return
         from tqdm import tqdm
 
         bar = tqdm(
@@ -148,7 +149,10 @@ class ProgressBars:
                 bar.total = total
             bar.update(done - bar.n)
 
-        return update, bar.close
+        try:
+            yield update
+        finally:
+            bar.close()
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -266,41 +270,92 @@ def _tftp_options(args: argparse.Namespace) -> dict[str, Any]:
 
 async def _send(reactor: Any, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     dest = parse_destination(args.dest)
-    bars = ProgressBars(not args.no_progress, err)
     if dest.scheme == "tftp":
-        return await _send_tftp(reactor, args, dest, bars, out, err)
-    if args.plain and any(os.path.isdir(source) for source in args.files):
-        raise UserError("--plain sends single files only; send directories with FX/1", 2)
-    plan = list(files_to_send(args.files, dest.path))
-    make_endpoint = _endpoint_maker(reactor, dest, args)
+        plan = _tftp_plan(args, dest)
+        transport = _tftp_transport(reactor, dest, args)
+    else:
+        if args.plain and any(os.path.isdir(source) for source in args.files):
+            raise UserError("--plain sends single files only; send directories with FX/1", 2)
+        plan = list(files_to_send(args.files, dest.path))
+        transport = _tcp_transport(reactor, dest, args, err)
+    return await send_all(plan, transport, ProgressBars(not args.no_progress, err), out, err)
+
+
+@attrs.frozen
+class Sent:
+    """What one transport says it did with one file, for the success line."""
+
+    where: str  # the remote name or URL the file went to
+    size: int  # bytes
+
+
+@attrs.frozen
+class Transport:
+    """How files go over one transport: send one, and what a success means."""
+
+    send_one: Callable[[str, str, ProgressCallback], Awaitable[Sent]]
+    """C{send_one(local, remote, progress)}: send one file, or fail with why."""
+    outcome: str
+    """What the success line says after the byte count (C{"stored and verified"})."""
+
+
+CONNECTION_FAILURES = (ConnectError, DNSLookupError)
+"""Failures to reach the server at all: the files after one are not tried."""
+
+
+async def send_all(
+    plan: Sequence[tuple[str, str]],
+    transport: Transport,
+    bars: ProgressBars,
+    out: TextIO,
+    err: TextIO,
+) -> int:
+    """Send every C{(local, remote)} of C{plan}; return the exit status.
+
+    Each file gets a progress bar, then one line: on stdout when it was
+    sent, on stderr when it failed.  After a failure to reach the server
+    the rest are not tried.  The status is 0 when every file was sent, 1
+    when any failed.
+    """
     failures = 0
     for local, remote in plan:
-        endpoint = make_endpoint()
-        update, close = bars.for_file(remote, os.path.getsize(local))
         try:
-            receipt = await send_file(
-                reactor,
-                endpoint,
-                local,
-                name=os.path.basename(remote) if args.plain else remote,
-                plain=args.plain,
-                token=args.token,
-                progress=update,
-                retry_deadline=args.retry_for,
-                on_retry=_retry_note(local, err),
-            )
+            with bars.for_file(remote, os.path.getsize(local)) as progress:
+                sent = await transport.send_one(local, remote, progress)
         except Exception:
-            close()
             failure = Failure()
             print(f"{PROG}: {local}: {describe_failure(failure)}", file=err)
             failures += 1
-            if failure.check(ConnectError, DNSLookupError):
+            if failure.check(*CONNECTION_FAILURES):
                 break
             continue
-        close()
-        how = "sent (classic form, not verified)" if args.plain else "stored and verified"
-        print(f"{local} -> {receipt.path}: {receipt.size} bytes {how}", file=out)
+        outcome = f" {transport.outcome}" if transport.outcome else ""
+        print(f"{local} -> {sent.where}: {sent.size} bytes{outcome}", file=out)
     return 1 if failures else 0
+
+
+def _tcp_transport(
+    reactor: Any, dest: Destination, args: argparse.Namespace, err: TextIO
+) -> Transport:
+    """FX/1 (or the classic form with --plain) over TCP, or TLS with --tls."""
+    make_endpoint = _endpoint_maker(reactor, dest, args)
+
+    async def send_one(local: str, remote: str, progress: ProgressCallback) -> Sent:
+        receipt = await send_file(
+            reactor,
+            make_endpoint(),
+            local,
+            name=os.path.basename(remote) if args.plain else remote,
+            plain=args.plain,
+            token=args.token,
+            progress=progress,
+            retry_deadline=args.retry_for,
+            on_retry=_retry_note(local, err),
+        )
+        return Sent(receipt.path, receipt.size)
+
+    how = "sent (classic form, not verified)" if args.plain else "stored and verified"
+    return Transport(send_one, how)
 
 
 def _retry_note(local: str, err: TextIO) -> Callable[[ServerRefused, float], None]:
@@ -337,40 +392,36 @@ def _endpoint_maker(reactor: Any, dest: Destination, args: argparse.Namespace) -
     )
 
 
-async def _send_tftp(
-    reactor: Any,
-    args: argparse.Namespace,
-    dest: Destination,
-    bars: ProgressBars,
-    out: TextIO,
-    err: TextIO,
-) -> int:
-    from filexfer import tftp
-
+def _tftp_plan(args: argparse.Namespace, dest: Destination) -> list[tuple[str, str]]:
+    """(local file, remote name) for each FILE sent to a tftp:// DEST."""
     if args.plain or any(os.path.isdir(source) for source in args.files):
         raise UserError("TFTP sends single files; --plain and directories are for TCP", 2)
     if len(args.files) > 1 and dest.path and not dest.path.endswith("/"):
         raise UserError("several files need a directory: end the tftp:// path with /", 2)
-    failures = 0
+    plan = []
     for local in args.files:
         if not os.path.isfile(local):
             raise UserError(f"{local}: no such file")
         remote = dest.path
         if not remote or remote.endswith("/"):
             remote += os.path.basename(local)
-        update, close = bars.for_file(remote, os.path.getsize(local))
-        try:
-            size = await tftp.upload(
-                reactor, dest.host, dest.port, local, remote, progress=update, **_tftp_options(args)
-            )
-        except Exception:
-            close()
-            print(f"{PROG}: {local}: {describe_failure(Failure())}", file=err)
-            failures += 1
-            continue
-        close()
-        print(f"{local} -> tftp://{dest.host}:{dest.port}/{remote}: {size} bytes", file=out)
-    return 1 if failures else 0
+        plan.append((local, remote))
+    return plan
+
+
+def _tftp_transport(reactor: Any, dest: Destination, args: argparse.Namespace) -> Transport:
+    """TFTP uploads (WRQ) to C{dest}, with the TFTP options given."""
+    from filexfer import tftp
+
+    options = _tftp_options(args)
+
+    async def send_one(local: str, remote: str, progress: ProgressCallback) -> Sent:
+        size = await tftp.upload(
+            reactor, dest.host, dest.port, local, remote, progress=progress, **options
+        )
+        return Sent(f"tftp://{dest.host}:{dest.port}/{remote}", size)
+
+    return Transport(send_one, "")
 
 
 async def _get(reactor: Any, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -387,16 +438,20 @@ async def _get(reactor: Any, args: argparse.Namespace, out: TextIO, err: TextIO)
     if os.path.lexists(local) and not args.overwrite:
         raise UserError(f"{local} exists; use --overwrite to replace it")
     bars = ProgressBars(not args.no_progress, err)
-    update, close = bars.for_file(dest.path, None)
     try:
-        size = await tftp.download(
-            reactor, dest.host, dest.port, dest.path, local, progress=update, **_tftp_options(args)
-        )
+        with bars.for_file(dest.path, None) as progress:
+            size = await tftp.download(
+                reactor,
+                dest.host,
+                dest.port,
+                dest.path,
+                local,
+                progress=progress,
+                **_tftp_options(args),
+            )
     except Exception:
-        close()
         print(f"{PROG}: {args.url}: {describe_failure(Failure())}", file=err)
         return 1
-    close()
     print(f"tftp://{dest.host}:{dest.port}/{dest.path} -> {local}: {size} bytes", file=out)
     return 0
 

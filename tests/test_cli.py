@@ -9,18 +9,23 @@ import os
 import subprocess
 import sys
 
+from twisted.internet.defer import ensureDeferred
 from twisted.internet.error import ConnectionRefusedError, DNSLookupError, TimeoutError
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from filexfer.cli import (
     Destination,
+    ProgressBars,
+    Sent,
+    Transport,
     UserError,
     _build_parser,
     _needs_tls,
     describe_failure,
     files_to_send,
     parse_destination,
+    send_all,
 )
 from filexfer.tcp.sender import SendError, ServerRefused
 
@@ -144,6 +149,78 @@ class DescribeFailureTests(unittest.TestCase):
             self.assertIn(expected, text)
             self.assertNotIn("\n", text)
             self.assertNotIn("Traceback", text)
+
+
+class SendAllTests(unittest.TestCase):
+    """The one per-file loop every transport sends through."""
+
+    def setUp(self) -> None:
+        base = os.path.abspath(self.mktemp())
+        self.files = [write_file(os.path.join(base, name), b"x" * 3) for name in "abcd"]
+        self.plan = [(local, os.path.basename(local)) for local in self.files]
+        self.tried: list[str] = []
+
+    def run_plan(
+        self, failures: dict[str, Exception], outcome: str = "done"
+    ) -> tuple[int, str, str]:
+        """Send the plan through a transport that fails the named files; status, out, err."""
+
+        async def send_one(local: str, remote: str, progress: object) -> Sent:
+            self.tried.append(remote)
+            if remote in failures:
+                raise failures[remote]
+            return Sent(f"there/{remote}", 3)
+
+        out, err = io.StringIO(), io.StringIO()
+        bars = ProgressBars(True, err)  # stderr is no terminal here: no bars
+        running = send_all(self.plan, Transport(send_one, outcome), bars, out, err)
+        status = self.successResultOf(ensureDeferred(running))
+        return status, out.getvalue(), err.getvalue()
+
+    def test_all_sent(self) -> None:
+        """Every file sent: one stdout line each with the transport's outcome, status 0."""
+        status, out, err = self.run_plan({})
+        self.assertEqual(status, 0)
+        self.assertEqual(err, "")
+        self.assertEqual(
+            out.splitlines(),
+            [f"{local} -> there/{remote}: 3 bytes done" for local, remote in self.plan],
+        )
+
+    def test_no_outcome(self) -> None:
+        """A transport without an outcome word ends the line at the byte count."""
+        _, out, _ = self.run_plan({})
+        self.assertTrue(out.splitlines()[0].endswith("there/a: 3 bytes done"))
+        _, out, _ = self.run_plan({}, outcome="")
+        self.assertTrue(out.splitlines()[0].endswith("there/a: 3 bytes"))
+
+    def test_refusal_goes_on(self) -> None:
+        """A file the server refuses is one stderr line; the others are still sent; status 1."""
+        status, out, err = self.run_plan({"b": ServerRefused(409, "b already exists")})
+        self.assertEqual(status, 1)
+        self.assertEqual(self.tried, ["a", "b", "c", "d"])
+        self.assertEqual(err, f"filexfer: {self.files[1]}: server refused: 409 b already exists\n")
+        self.assertEqual(len(out.splitlines()), 3)
+
+    def test_connection_failure_stops(self) -> None:
+        """After a failure to reach the server (refused, no such host) the rest are not tried."""
+        for error in (ConnectionRefusedError(), DNSLookupError("nowhere")):
+            self.tried.clear()
+            status, out, err = self.run_plan({"b": error})
+            self.assertEqual(status, 1)
+            self.assertEqual(self.tried, ["a", "b"])
+            self.assertEqual(len(out.splitlines()), 1)
+            self.assertEqual(len(err.splitlines()), 1)
+            self.assertTrue(err.startswith(f"filexfer: {self.files[1]}: "), err)
+
+    def test_vanished_file(self) -> None:
+        """A file gone since the plan was made is one line, not a traceback; the rest go on."""
+        os.remove(self.files[0])
+        status, out, err = self.run_plan({})
+        self.assertEqual(status, 1)
+        self.assertEqual(self.tried, ["b", "c", "d"])
+        self.assertEqual(len(err.splitlines()), 1)
+        self.assertIn(self.files[0], err)
 
 
 class RetryOptionTests(unittest.TestCase):
