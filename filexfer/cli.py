@@ -29,7 +29,7 @@ from twisted.python.failure import Failure
 
 from filexfer import __version__
 from filexfer._tls import keep_tls_libraries_out, needs_tls
-from filexfer.tcp.sender import RETRY_DEADLINE, SendError, ServerRefused, send_file
+from filexfer.tcp.sender import RETRY_DEADLINE, Progress, SendError, ServerRefused, send_file
 
 PROG = "filexfer"
 
@@ -115,7 +115,39 @@ def describe_failure(failure: Failure) -> str:
     return " ".join(text.split())
 
 
-ProgressCallback = Callable[[int, int | None], None]
+class ProgressBar:
+    """One file's tqdm bar, or nothing when C{stream} is None.
+
+    Call it as a progress callback; a total of None means not known yet.
+    """
+
+    def __init__(self, label: str, total: int | None, stream: TextIO | None) -> None:
+        self._bar: Any = None
+        if stream is not None:
+            from tqdm import tqdm
+
+            self._bar = tqdm(
+                total=total,
+                desc=label,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                file=stream,
+                leave=True,
+                dynamic_ncols=True,
+            )
+
+    def __call__(self, done: int, total: int | None) -> None:
+        if self._bar is None:
+            return
+        if total is not None and self._bar.total != total:
+            self._bar.total = total
+        self._bar.update(done - self._bar.n)
+
+    def close(self) -> None:
+        """Draw the bar a last time and leave it on the screen."""
+        if self._bar is not None:
+            self._bar.close()
 
 
 class ProgressBars:
@@ -126,31 +158,11 @@ class ProgressBars:
         self._stream = stream
 
     @contextmanager
-    def for_file(self, label: str, total: int | None) -> Iterator[ProgressCallback]:
-        """A progress callback for one file, its bar closed when the block ends."""
-        if not self.enabled:
-            yield lambda done, total: None
-            return
-        from tqdm import tqdm
-
-        bar = tqdm(
-            total=total,
-            desc=label,
-            unit="B",
-            unit_scale=True,
-            unit_divisor=1024,
-            file=self._stream,
-            leave=True,
-            dynamic_ncols=True,
-        )
-
-        def update(done: int, total: int | None) -> None:
-            if total is not None and bar.total != total:
-                bar.total = total
-            bar.update(done - bar.n)
-
+    def for_file(self, label: str, total: int | None) -> Iterator[ProgressBar]:
+        """A progress bar for one file, closed when the block ends."""
+        bar = ProgressBar(label, total, self._stream if self.enabled else None)
         try:
-            yield update
+            yield bar
         finally:
             bar.close()
 
@@ -293,7 +305,7 @@ class Sent:
 class Transport:
     """How files go over one transport: send one, and what a success means."""
 
-    send_one: Callable[[str, str, ProgressCallback], Awaitable[Sent]]
+    send_one: Callable[[str, str, Progress], Awaitable[Sent]]
     """C{send_one(local, remote, progress)}: send one file, or fail with why."""
     outcome: str
     """What the success line says after the byte count (C{"stored and verified"})."""
@@ -340,7 +352,7 @@ def _tcp_transport(
     """FX/1 (or the classic form with --plain) over TCP, or TLS with --tls."""
     make_endpoint = _endpoint_maker(reactor, dest, args)
 
-    async def send_one(local: str, remote: str, progress: ProgressCallback) -> Sent:
+    async def send_one(local: str, remote: str, progress: Progress) -> Sent:
         receipt = await send_file(
             reactor,
             make_endpoint(),
@@ -415,9 +427,16 @@ def _tftp_transport(reactor: Any, dest: Destination, args: argparse.Namespace) -
 
     options = _tftp_options(args)
 
-    async def send_one(local: str, remote: str, progress: ProgressCallback) -> Sent:
+    async def send_one(local: str, remote: str, progress: Progress) -> Sent:
+        total = os.path.getsize(local)  # an upload always knows it; Progress takes no None
         size = await tftp.upload(
-            reactor, dest.host, dest.port, local, remote, progress=progress, **options
+            reactor,
+            dest.host,
+            dest.port,
+            local,
+            remote,
+            progress=lambda done, _: progress(done, total),
+            **options,
         )
         return Sent(f"tftp://{dest.host}:{dest.port}/{remote}", size)
 

@@ -223,6 +223,28 @@ class SendAllTests(unittest.TestCase):
         self.assertIn(self.files[0], err)
 
 
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+class ProgressBarsTests(unittest.TestCase):
+    def test_bar_on_terminal(self) -> None:
+        """On a terminal a file's bar learns a total reported late and is closed at the end."""
+        screen = _Terminal()
+        with ProgressBars(True, screen).for_file("f.bin", None) as progress:
+            progress(512, 1024)
+        self.assertIn("f.bin", screen.getvalue())
+        self.assertIn("50%", screen.getvalue())
+
+    def test_no_bar(self) -> None:
+        """With --no-progress, or when stderr is no terminal, nothing is drawn."""
+        for enabled, stream in [(False, _Terminal()), (True, io.StringIO())]:
+            with ProgressBars(enabled, stream).for_file("f.bin", 10) as progress:
+                progress(5, 10)
+            self.assertEqual(stream.getvalue(), "")
+
+
 class RetryOptionTests(unittest.TestCase):
     def parse(self, *argv: str) -> argparse.Namespace:
         return _build_parser().parse_args(["send", *argv, "f", "host:1"])
