@@ -13,7 +13,6 @@ import re
 import sys
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
-from itertools import pairwise
 from typing import Any, TextIO
 
 import attrs
@@ -28,7 +27,8 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 
 from filexfer import __version__
-from filexfer._tls import keep_tls_libraries_out, needs_tls
+from filexfer._tls import keep_tls_libraries_out
+from filexfer.service import Options, make_service
 from filexfer.tcp.sender import RETRY_DEADLINE, Progress, SendError, ServerRefused, send_file
 
 PROG = "filexfer"
@@ -244,10 +244,40 @@ def _build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser(
         "serve",
+        add_help=False,  # its arguments, --help included, are ServeOptions'
         help="run the receiver in the foreground (same options as 'twistd filexfer'; "
         "see 'filexfer serve --help')",
     )
     return parser
+
+
+class ServeOptions(Options):
+    """C{filexfer serve}: exactly the options of C{twistd filexfer}, under this name."""
+
+    synopsis = f"Usage: {PROG} serve [options]"
+
+
+def parse_command_line(argv: Sequence[str]) -> argparse.Namespace:
+    """The arguments: argparse's for send and get, the service's Options for serve.
+
+    For serve, C{options} holds the parsed L{ServeOptions}, which have
+    already kept the TLS libraries out unless an endpoint needs them.
+
+    @raise UserError: a mistake in serve's options (status 2).
+    @raise SystemExit: after help, the version, or a mistake argparse found.
+    """
+    parser = _build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.command != "serve":
+        if rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        return args
+    args.options = ServeOptions()
+    try:
+        args.options.parseOptions(rest)
+    except usage.UsageError as error:
+        raise UserError(f"serve: {error}", 2) from None
+    return args
 
 
 def _seconds(text: str) -> float:
@@ -475,17 +505,10 @@ async def _get(reactor: Any, args: argparse.Namespace, out: TextIO, err: TextIO)
     return 0
 
 
-def _serve(reactor: Any, argv: list[str], err: TextIO) -> Deferred[int]:
+def _serve(reactor: Any, options: Options, err: TextIO) -> Deferred[int]:
     from twisted.internet.error import CannotListenError
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
-    from filexfer.service import Options, make_service
-
-    options = Options()
-    try:
-        options.parseOptions(argv)
-    except usage.UsageError as error:
-        raise UserError(f"serve: {error}", 2) from None
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)], redirectStandardIO=False)
     try:
         service = make_service(options, reactor)
@@ -501,7 +524,7 @@ def _serve(reactor: Any, argv: list[str], err: TextIO) -> Deferred[int]:
     return Deferred()  # runs until interrupted
 
 
-def _run(reactor: Any, args: argparse.Namespace, argv: list[str]) -> Deferred[int]:
+def _run(reactor: Any, args: argparse.Namespace) -> Deferred[int]:
     out, err = sys.stdout, sys.stderr
 
     async def guarded() -> int:
@@ -510,7 +533,7 @@ def _run(reactor: Any, args: argparse.Namespace, argv: list[str]) -> Deferred[in
                 return await _send(reactor, args, out, err)
             if args.command == "get":
                 return await _get(reactor, args, out, err)
-            return await _serve(reactor, argv, err)
+            return await _serve(reactor, args.options, err)
         except UserError as error:
             print(f"{PROG}: {error}", file=err)
             return error.status
@@ -522,42 +545,23 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the C{filexfer} console script."""
     from twisted.internet import task
 
-    arguments = list(sys.argv[1:] if argv is None else argv)
-    serve_argv: list[str] = []
-    if arguments[:1] == ["serve"]:
-        # serve takes the twistd plugin's options, parsed by the plugin's own Options
-        args = argparse.Namespace(command="serve")
-        serve_argv = arguments[1:]
-        if any(flag in serve_argv for flag in ("-h", "--help")):
-            _print_serve_help()
-            return
-    else:
-        args = _build_parser().parse_args(arguments)
-    if not _needs_tls(args, serve_argv):
-        keep_tls_libraries_out()
+    try:
+        args = parse_command_line(sys.argv[1:] if argv is None else argv)
+    except UserError as error:
+        print(f"{PROG}: {error}", file=sys.stderr)
+        raise SystemExit(error.status) from None
+    if args.command != "serve" and not _needs_tls(args):
+        keep_tls_libraries_out()  # serve's Options did so when no endpoint needs TLS
 
     def run(reactor: Any) -> Deferred[None]:
-        return _run(reactor, args, serve_argv).addCallback(_exit)
+        return _run(reactor, args).addCallback(_exit)
 
     task.react(run)
 
 
-def _needs_tls(args: argparse.Namespace, serve_argv: list[str]) -> bool:
-    """Will this run use TLS: send --tls, or serve with an endpoint other than plain ones?"""
-    if args.command == "send":
-        return bool(args.tls)
-    if args.command == "get":
-        return False
-    listens = [value for flag, value in pairwise(serve_argv) if flag == "--listen"]
-    listens += [arg.split("=", 1)[1] for arg in serve_argv if arg.startswith("--listen=")]
-    return needs_tls(listens)
-
-
-def _print_serve_help() -> None:
-    from filexfer.service import Options
-
-    usage_text = str(Options()).split("\n", 1)[1].lstrip("\n")
-    print(f"Usage: {PROG} serve {Options.synopsis}\n{usage_text}")
+def _needs_tls(args: argparse.Namespace) -> bool:
+    """Will send or get use TLS?  Only C{send --tls} does."""
+    return args.command == "send" and bool(args.tls)
 
 
 def _exit(status: int) -> None:

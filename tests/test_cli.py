@@ -24,12 +24,13 @@ from filexfer.cli import (
     _needs_tls,
     describe_failure,
     files_to_send,
+    parse_command_line,
     parse_destination,
     send_all,
 )
 from filexfer.tcp.sender import SendError, ServerRefused
 
-from .helpers import free_port, run_filexfer, write_file
+from .helpers import ROOT, child_env, free_port, run_filexfer, twistd_command, write_file
 
 
 class ParseDestinationTests(unittest.TestCase):
@@ -265,6 +266,56 @@ class RetryOptionTests(unittest.TestCase):
             self.assertIn("--retry-for", errors.getvalue())
 
 
+class ServeCommandLineTests(unittest.TestCase):
+    """C{filexfer serve} hands its arguments to the service's Options."""
+
+    def test_options(self) -> None:
+        """Every serve argument reaches the Options, in order, for the worker processes too."""
+        root = os.path.abspath(self.mktemp())
+        argv = ["--listen", "tcp6:0", "--listen=unix:/nowhere/fx.sock", "-r", root, "--no-tftp"]
+        args = parse_command_line(["serve", *argv])
+        self.assertEqual(args.command, "serve")
+        self.assertEqual(args.options["listen"], ["tcp6:0", "unix:/nowhere/fx.sock"])
+        self.assertEqual(args.options["root"], root)
+        self.assertTrue(args.options["no-tftp"])
+        self.assertIsNone(args.options["port"])
+        self.assertEqual(args.options.argv, argv)
+
+    def test_mistakes(self) -> None:
+        """The Options' complaints, endpoints included, are usage mistakes (status 2)."""
+        for argv in (["--bogus"], ["--port", "0"], ["--listen", "nonsense:1"], ["--version=x"]):
+            error = self.assertRaises(UserError, parse_command_line, ["serve", *argv])
+            self.assertEqual(error.status, 2, argv)
+            self.assertTrue(str(error).startswith("serve: "), str(error))
+
+    def test_other_commands_keep_strict_parsing(self) -> None:
+        """send and get still reject arguments they do not know (status 2)."""
+        errors = io.StringIO()
+        with self.assertRaises(SystemExit) as raised, contextlib.redirect_stderr(errors):
+            parse_command_line(["send", "f", "host:1", "--listen", "tcp:1"])
+        self.assertEqual(raised.exception.code, 2)
+        self.assertIn("unrecognized arguments: --listen tcp:1", errors.getvalue())
+
+    def test_help_same_as_twistd(self) -> None:
+        """C{filexfer serve --help} and C{twistd filexfer --help} list the same options."""
+        ours = run_filexfer("serve", "--help")
+        theirs = subprocess.run(
+            twistd_command("filexfer", "--help"),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=child_env(),
+            cwd=ROOT,
+        )
+        self.assertEqual(ours.returncode, 0, ours.stderr)
+        self.assertEqual(theirs.returncode, 0, theirs.stderr)
+        self.assertTrue(ours.stdout.startswith("Usage: filexfer serve [options]\n"), ours.stdout)
+        self.assertEqual(
+            ours.stdout.split("\n", 1)[1].split(), theirs.stdout.split("\n", 1)[1].split()
+        )
+        self.assertEqual(run_filexfer("serve", "-h").stdout, ours.stdout)
+
+
 class CommandTests(unittest.TestCase):
     """The command run as a real process (bounded in time)."""
 
@@ -348,16 +399,10 @@ class TLSLibrariesTests(unittest.TestCase):
     """Runs that do not use TLS keep pyOpenSSL (about 13 MiB) out of the process."""
 
     def test_needs_tls(self) -> None:
-        """Only send --tls and serve with a non-plain endpoint need the TLS libraries."""
-        send = argparse.Namespace(command="send", tls=False)
-        self.assertFalse(_needs_tls(send, []))
-        self.assertTrue(_needs_tls(argparse.Namespace(command="send", tls=True), []))
-        self.assertFalse(_needs_tls(argparse.Namespace(command="get"), []))
-        serve = argparse.Namespace(command="serve")
-        self.assertFalse(_needs_tls(serve, ["--port", "8000"]))
-        self.assertFalse(_needs_tls(serve, ["--listen", "tcp6:8000", "--listen=unix:/s"]))
-        self.assertTrue(_needs_tls(serve, ["--listen", "ssl:8443:privateKey=k.pem"]))
-        self.assertTrue(_needs_tls(serve, ["--listen=ssl:8443:privateKey=k.pem"]))
+        """Of send and get, only send --tls needs the TLS libraries (serve's Options decide)."""
+        self.assertFalse(_needs_tls(parse_command_line(["send", "f", "host:1"])))
+        self.assertTrue(_needs_tls(parse_command_line(["send", "--tls", "f", "host:1"])))
+        self.assertFalse(_needs_tls(parse_command_line(["get", "tftp://host/f"])))
 
     def test_reactor_without_tls_libraries(self) -> None:
         """Once kept out, the reactor starts without pyOpenSSL and TCP still works."""
