@@ -11,8 +11,8 @@ import argparse
 import os
 import re
 import sys
-from collections.abc import Callable, Iterator, Sequence
-from itertools import pairwise
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, TextIO
 
 import attrs
@@ -27,8 +27,9 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 
 from filexfer import __version__
-from filexfer._tls import keep_tls_libraries_out, needs_tls
-from filexfer.tcp.sender import RETRY_DEADLINE, SendError, ServerRefused, send_file
+from filexfer._tls import keep_tls_libraries_out
+from filexfer.service import Options, make_service
+from filexfer.tcp.sender import RETRY_DEADLINE, Progress, SendError, ServerRefused, send_file
 
 PROG = "filexfer"
 
@@ -114,7 +115,39 @@ def describe_failure(failure: Failure) -> str:
     return " ".join(text.split())
 
 
-ProgressCallback = Callable[[int, int | None], None]
+class ProgressBar:
+    """One file's tqdm bar, or nothing when C{stream} is None.
+
+    Call it as a progress callback; a total of None means not known yet.
+    """
+
+    def __init__(self, label: str, total: int | None, stream: TextIO | None) -> None:
+        self._bar: Any = None
+        if stream is not None:
+            from tqdm import tqdm
+
+            self._bar = tqdm(
+                total=total,
+                desc=label,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                file=stream,
+                leave=True,
+                dynamic_ncols=True,
+            )
+
+    def __call__(self, done: int, total: int | None) -> None:
+        if self._bar is None:
+            return
+        if total is not None and self._bar.total != total:
+            self._bar.total = total
+        self._bar.update(done - self._bar.n)
+
+    def close(self) -> None:
+        """Draw the bar a last time and leave it on the screen."""
+        if self._bar is not None:
+            self._bar.close()
 
 
 class ProgressBars:
@@ -124,31 +157,14 @@ class ProgressBars:
         self.enabled = enabled and stream.isatty()
         self._stream = stream
 
-    def for_file(
-        self, label: str, total: int | None
-    ) -> tuple[ProgressCallback, Callable[[], None]]:
-        """A progress callback and a closer for one file."""
-        if not self.enabled:
-            return (lambda done, total: None), (lambda: None)
-        from tqdm import tqdm
-
-        bar = tqdm(
-            total=total,
-            desc=label,
-            unit="B",
-            unit_scale=True,
-            unit_divisor=1024,
-            file=self._stream,
-            leave=True,
-            dynamic_ncols=True,
-        )
-
-        def update(done: int, total: int | None) -> None:
-            if total is not None and bar.total != total:
-                bar.total = total
-            bar.update(done - bar.n)
-
-        return update, bar.close
+    @contextmanager
+    def for_file(self, label: str, total: int | None) -> Iterator[ProgressBar]:
+        """A progress bar for one file, closed when the block ends."""
+        bar = ProgressBar(label, total, self._stream if self.enabled else None)
+        try:
+            yield bar
+        finally:
+            bar.close()
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -228,10 +244,40 @@ def _build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser(
         "serve",
+        add_help=False,  # its arguments, --help included, are ServeOptions'
         help="run the receiver in the foreground (same options as 'twistd filexfer'; "
         "see 'filexfer serve --help')",
     )
     return parser
+
+
+class ServeOptions(Options):
+    """C{filexfer serve}: exactly the options of C{twistd filexfer}, under this name."""
+
+    synopsis = f"Usage: {PROG} serve [options]"
+
+
+def parse_command_line(argv: Sequence[str]) -> argparse.Namespace:
+    """The arguments: argparse's for send and get, the service's Options for serve.
+
+    For serve, C{options} holds the parsed L{ServeOptions}, which have
+    already kept the TLS libraries out unless an endpoint needs them.
+
+    @raise UserError: a mistake in serve's options (status 2).
+    @raise SystemExit: after help, the version, or a mistake argparse found.
+    """
+    parser = _build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.command != "serve":
+        if rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        return args
+    args.options = ServeOptions()
+    try:
+        args.options.parseOptions(rest)
+    except usage.UsageError as error:
+        raise UserError(f"serve: {error}", 2) from None
+    return args
 
 
 def _seconds(text: str) -> float:
@@ -266,41 +312,92 @@ def _tftp_options(args: argparse.Namespace) -> dict[str, Any]:
 
 async def _send(reactor: Any, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     dest = parse_destination(args.dest)
-    bars = ProgressBars(not args.no_progress, err)
     if dest.scheme == "tftp":
-        return await _send_tftp(reactor, args, dest, bars, out, err)
-    if args.plain and any(os.path.isdir(source) for source in args.files):
-        raise UserError("--plain sends single files only; send directories with FX/1", 2)
-    plan = list(files_to_send(args.files, dest.path))
-    make_endpoint = _endpoint_maker(reactor, dest, args)
+        plan = _tftp_plan(args, dest)
+        transport = _tftp_transport(reactor, dest, args)
+    else:
+        if args.plain and any(os.path.isdir(source) for source in args.files):
+            raise UserError("--plain sends single files only; send directories with FX/1", 2)
+        plan = list(files_to_send(args.files, dest.path))
+        transport = _tcp_transport(reactor, dest, args, err)
+    return await send_all(plan, transport, ProgressBars(not args.no_progress, err), out, err)
+
+
+@attrs.frozen
+class Sent:
+    """What one transport says it did with one file, for the success line."""
+
+    where: str  # the remote name or URL the file went to
+    size: int  # bytes
+
+
+@attrs.frozen
+class Transport:
+    """How files go over one transport: send one, and what a success means."""
+
+    send_one: Callable[[str, str, Progress], Awaitable[Sent]]
+    """C{send_one(local, remote, progress)}: send one file, or fail with why."""
+    outcome: str
+    """What the success line says after the byte count (C{"stored and verified"})."""
+
+
+CONNECTION_FAILURES = (ConnectError, DNSLookupError)
+"""Failures to reach the server at all: the files after one are not tried."""
+
+
+async def send_all(
+    plan: Sequence[tuple[str, str]],
+    transport: Transport,
+    bars: ProgressBars,
+    out: TextIO,
+    err: TextIO,
+) -> int:
+    """Send every C{(local, remote)} of C{plan}; return the exit status.
+
+    Each file gets a progress bar, then one line: on stdout when it was
+    sent, on stderr when it failed.  After a failure to reach the server
+    the rest are not tried.  The status is 0 when every file was sent, 1
+    when any failed.
+    """
     failures = 0
     for local, remote in plan:
-        endpoint = make_endpoint()
-        update, close = bars.for_file(remote, os.path.getsize(local))
         try:
-            receipt = await send_file(
-                reactor,
-                endpoint,
-                local,
-                name=os.path.basename(remote) if args.plain else remote,
-                plain=args.plain,
-                token=args.token,
-                progress=update,
-                retry_deadline=args.retry_for,
-                on_retry=_retry_note(local, err),
-            )
+            with bars.for_file(remote, os.path.getsize(local)) as progress:
+                sent = await transport.send_one(local, remote, progress)
         except Exception:
-            close()
             failure = Failure()
             print(f"{PROG}: {local}: {describe_failure(failure)}", file=err)
             failures += 1
-            if failure.check(ConnectError, DNSLookupError):
+            if failure.check(*CONNECTION_FAILURES):
                 break
             continue
-        close()
-        how = "sent (classic form, not verified)" if args.plain else "stored and verified"
-        print(f"{local} -> {receipt.path}: {receipt.size} bytes {how}", file=out)
+        outcome = f" {transport.outcome}" if transport.outcome else ""
+        print(f"{local} -> {sent.where}: {sent.size} bytes{outcome}", file=out)
     return 1 if failures else 0
+
+
+def _tcp_transport(
+    reactor: Any, dest: Destination, args: argparse.Namespace, err: TextIO
+) -> Transport:
+    """FX/1 (or the classic form with --plain) over TCP, or TLS with --tls."""
+    make_endpoint = _endpoint_maker(reactor, dest, args)
+
+    async def send_one(local: str, remote: str, progress: Progress) -> Sent:
+        receipt = await send_file(
+            reactor,
+            make_endpoint(),
+            local,
+            name=os.path.basename(remote) if args.plain else remote,
+            plain=args.plain,
+            token=args.token,
+            progress=progress,
+            retry_deadline=args.retry_for,
+            on_retry=_retry_note(local, err),
+        )
+        return Sent(receipt.path, receipt.size)
+
+    how = "sent (classic form, not verified)" if args.plain else "stored and verified"
+    return Transport(send_one, how)
 
 
 def _retry_note(local: str, err: TextIO) -> Callable[[ServerRefused, float], None]:
@@ -337,40 +434,43 @@ def _endpoint_maker(reactor: Any, dest: Destination, args: argparse.Namespace) -
     )
 
 
-async def _send_tftp(
-    reactor: Any,
-    args: argparse.Namespace,
-    dest: Destination,
-    bars: ProgressBars,
-    out: TextIO,
-    err: TextIO,
-) -> int:
-    from filexfer import tftp
-
+def _tftp_plan(args: argparse.Namespace, dest: Destination) -> list[tuple[str, str]]:
+    """(local file, remote name) for each FILE sent to a tftp:// DEST."""
     if args.plain or any(os.path.isdir(source) for source in args.files):
         raise UserError("TFTP sends single files; --plain and directories are for TCP", 2)
     if len(args.files) > 1 and dest.path and not dest.path.endswith("/"):
         raise UserError("several files need a directory: end the tftp:// path with /", 2)
-    failures = 0
+    plan = []
     for local in args.files:
         if not os.path.isfile(local):
             raise UserError(f"{local}: no such file")
         remote = dest.path
         if not remote or remote.endswith("/"):
             remote += os.path.basename(local)
-        update, close = bars.for_file(remote, os.path.getsize(local))
-        try:
-            size = await tftp.upload(
-                reactor, dest.host, dest.port, local, remote, progress=update, **_tftp_options(args)
-            )
-        except Exception:
-            close()
-            print(f"{PROG}: {local}: {describe_failure(Failure())}", file=err)
-            failures += 1
-            continue
-        close()
-        print(f"{local} -> tftp://{dest.host}:{dest.port}/{remote}: {size} bytes", file=out)
-    return 1 if failures else 0
+        plan.append((local, remote))
+    return plan
+
+
+def _tftp_transport(reactor: Any, dest: Destination, args: argparse.Namespace) -> Transport:
+    """TFTP uploads (WRQ) to C{dest}, with the TFTP options given."""
+    from filexfer import tftp
+
+    options = _tftp_options(args)
+
+    async def send_one(local: str, remote: str, progress: Progress) -> Sent:
+        total = os.path.getsize(local)  # an upload always knows it; Progress takes no None
+        size = await tftp.upload(
+            reactor,
+            dest.host,
+            dest.port,
+            local,
+            remote,
+            progress=lambda done, _: progress(done, total),
+            **options,
+        )
+        return Sent(f"tftp://{dest.host}:{dest.port}/{remote}", size)
+
+    return Transport(send_one, "")
 
 
 async def _get(reactor: Any, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -387,31 +487,28 @@ async def _get(reactor: Any, args: argparse.Namespace, out: TextIO, err: TextIO)
     if os.path.lexists(local) and not args.overwrite:
         raise UserError(f"{local} exists; use --overwrite to replace it")
     bars = ProgressBars(not args.no_progress, err)
-    update, close = bars.for_file(dest.path, None)
     try:
-        size = await tftp.download(
-            reactor, dest.host, dest.port, dest.path, local, progress=update, **_tftp_options(args)
-        )
+        with bars.for_file(dest.path, None) as progress:
+            size = await tftp.download(
+                reactor,
+                dest.host,
+                dest.port,
+                dest.path,
+                local,
+                progress=progress,
+                **_tftp_options(args),
+            )
     except Exception:
-        close()
         print(f"{PROG}: {args.url}: {describe_failure(Failure())}", file=err)
         return 1
-    close()
     print(f"tftp://{dest.host}:{dest.port}/{dest.path} -> {local}: {size} bytes", file=out)
     return 0
 
 
-def _serve(reactor: Any, argv: list[str], err: TextIO) -> Deferred[int]:
+def _serve(reactor: Any, options: Options, err: TextIO) -> Deferred[int]:
     from twisted.internet.error import CannotListenError
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
-    from filexfer.service import Options, make_service
-
-    options = Options()
-    try:
-        options.parseOptions(argv)
-    except usage.UsageError as error:
-        raise UserError(f"serve: {error}", 2) from None
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)], redirectStandardIO=False)
     try:
         service = make_service(options, reactor)
@@ -427,7 +524,7 @@ def _serve(reactor: Any, argv: list[str], err: TextIO) -> Deferred[int]:
     return Deferred()  # runs until interrupted
 
 
-def _run(reactor: Any, args: argparse.Namespace, argv: list[str]) -> Deferred[int]:
+def _run(reactor: Any, args: argparse.Namespace) -> Deferred[int]:
     out, err = sys.stdout, sys.stderr
 
     async def guarded() -> int:
@@ -436,7 +533,7 @@ def _run(reactor: Any, args: argparse.Namespace, argv: list[str]) -> Deferred[in
                 return await _send(reactor, args, out, err)
             if args.command == "get":
                 return await _get(reactor, args, out, err)
-            return await _serve(reactor, argv, err)
+            return await _serve(reactor, args.options, err)
         except UserError as error:
             print(f"{PROG}: {error}", file=err)
             return error.status
@@ -448,42 +545,23 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the C{filexfer} console script."""
     from twisted.internet import task
 
-    arguments = list(sys.argv[1:] if argv is None else argv)
-    serve_argv: list[str] = []
-    if arguments[:1] == ["serve"]:
-        # serve takes the twistd plugin's options, parsed by the plugin's own Options
-        args = argparse.Namespace(command="serve")
-        serve_argv = arguments[1:]
-        if any(flag in serve_argv for flag in ("-h", "--help")):
-            _print_serve_help()
-            return
-    else:
-        args = _build_parser().parse_args(arguments)
-    if not _needs_tls(args, serve_argv):
-        keep_tls_libraries_out()
+    try:
+        args = parse_command_line(sys.argv[1:] if argv is None else argv)
+    except UserError as error:
+        print(f"{PROG}: {error}", file=sys.stderr)
+        raise SystemExit(error.status) from None
+    if args.command != "serve" and not _needs_tls(args):
+        keep_tls_libraries_out()  # serve's Options did so when no endpoint needs TLS
 
     def run(reactor: Any) -> Deferred[None]:
-        return _run(reactor, args, serve_argv).addCallback(_exit)
+        return _run(reactor, args).addCallback(_exit)
 
     task.react(run)
 
 
-def _needs_tls(args: argparse.Namespace, serve_argv: list[str]) -> bool:
-    """Will this run use TLS: send --tls, or serve with an endpoint other than plain ones?"""
-    if args.command == "send":
-        return bool(args.tls)
-    if args.command == "get":
-        return False
-    listens = [value for flag, value in pairwise(serve_argv) if flag == "--listen"]
-    listens += [arg.split("=", 1)[1] for arg in serve_argv if arg.startswith("--listen=")]
-    return needs_tls(listens)
-
-
-def _print_serve_help() -> None:
-    from filexfer.service import Options
-
-    usage_text = str(Options()).split("\n", 1)[1].lstrip("\n")
-    print(f"Usage: {PROG} serve {Options.synopsis}\n{usage_text}")
+def _needs_tls(args: argparse.Namespace) -> bool:
+    """Will send or get use TLS?  Only C{send --tls} does."""
+    return args.command == "send" and bool(args.tls)
 
 
 def _exit(status: int) -> None:

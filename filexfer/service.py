@@ -187,6 +187,8 @@ class Options(usage.Options):
         self["listen"] = []
         self["allow"] = []
 
+    opt_h = usage.Options.opt_help
+
     def opt_listen(self, description: str) -> None:
         """Twisted endpoint to listen on (repeatable): tcp6:8000, unix:/run/fx.sock, ..."""
         self["listen"].append(description)

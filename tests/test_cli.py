@@ -9,22 +9,28 @@ import os
 import subprocess
 import sys
 
+from twisted.internet.defer import ensureDeferred
 from twisted.internet.error import ConnectionRefusedError, DNSLookupError, TimeoutError
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from filexfer.cli import (
     Destination,
+    ProgressBars,
+    Sent,
+    Transport,
     UserError,
     _build_parser,
     _needs_tls,
     describe_failure,
     files_to_send,
+    parse_command_line,
     parse_destination,
+    send_all,
 )
 from filexfer.tcp.sender import SendError, ServerRefused
 
-from .helpers import free_port, run_filexfer, write_file
+from .helpers import ROOT, child_env, free_port, run_filexfer, twistd_command, write_file
 
 
 class ParseDestinationTests(unittest.TestCase):
@@ -146,6 +152,100 @@ class DescribeFailureTests(unittest.TestCase):
             self.assertNotIn("Traceback", text)
 
 
+class SendAllTests(unittest.TestCase):
+    """The one per-file loop every transport sends through."""
+
+    def setUp(self) -> None:
+        base = os.path.abspath(self.mktemp())
+        self.files = [write_file(os.path.join(base, name), b"x" * 3) for name in "abcd"]
+        self.plan = [(local, os.path.basename(local)) for local in self.files]
+        self.tried: list[str] = []
+
+    def run_plan(
+        self, failures: dict[str, Exception], outcome: str = "done"
+    ) -> tuple[int, str, str]:
+        """Send the plan through a transport that fails the named files; status, out, err."""
+
+        async def send_one(local: str, remote: str, progress: object) -> Sent:
+            self.tried.append(remote)
+            if remote in failures:
+                raise failures[remote]
+            return Sent(f"there/{remote}", 3)
+
+        out, err = io.StringIO(), io.StringIO()
+        bars = ProgressBars(True, err)  # stderr is no terminal here: no bars
+        running = send_all(self.plan, Transport(send_one, outcome), bars, out, err)
+        status = self.successResultOf(ensureDeferred(running))
+        return status, out.getvalue(), err.getvalue()
+
+    def test_all_sent(self) -> None:
+        """Every file sent: one stdout line each with the transport's outcome, status 0."""
+        status, out, err = self.run_plan({})
+        self.assertEqual(status, 0)
+        self.assertEqual(err, "")
+        self.assertEqual(
+            out.splitlines(),
+            [f"{local} -> there/{remote}: 3 bytes done" for local, remote in self.plan],
+        )
+
+    def test_no_outcome(self) -> None:
+        """A transport without an outcome word ends the line at the byte count."""
+        _, out, _ = self.run_plan({})
+        self.assertTrue(out.splitlines()[0].endswith("there/a: 3 bytes done"))
+        _, out, _ = self.run_plan({}, outcome="")
+        self.assertTrue(out.splitlines()[0].endswith("there/a: 3 bytes"))
+
+    def test_refusal_goes_on(self) -> None:
+        """A file the server refuses is one stderr line; the others are still sent; status 1."""
+        status, out, err = self.run_plan({"b": ServerRefused(409, "b already exists")})
+        self.assertEqual(status, 1)
+        self.assertEqual(self.tried, ["a", "b", "c", "d"])
+        self.assertEqual(err, f"filexfer: {self.files[1]}: server refused: 409 b already exists\n")
+        self.assertEqual(len(out.splitlines()), 3)
+
+    def test_connection_failure_stops(self) -> None:
+        """After a failure to reach the server (refused, no such host) the rest are not tried."""
+        for error in (ConnectionRefusedError(), DNSLookupError("nowhere")):
+            self.tried.clear()
+            status, out, err = self.run_plan({"b": error})
+            self.assertEqual(status, 1)
+            self.assertEqual(self.tried, ["a", "b"])
+            self.assertEqual(len(out.splitlines()), 1)
+            self.assertEqual(len(err.splitlines()), 1)
+            self.assertTrue(err.startswith(f"filexfer: {self.files[1]}: "), err)
+
+    def test_vanished_file(self) -> None:
+        """A file gone since the plan was made is one line, not a traceback; the rest go on."""
+        os.remove(self.files[0])
+        status, out, err = self.run_plan({})
+        self.assertEqual(status, 1)
+        self.assertEqual(self.tried, ["b", "c", "d"])
+        self.assertEqual(len(err.splitlines()), 1)
+        self.assertIn(self.files[0], err)
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+class ProgressBarsTests(unittest.TestCase):
+    def test_bar_on_terminal(self) -> None:
+        """On a terminal a file's bar learns a total reported late and is closed at the end."""
+        screen = _Terminal()
+        with ProgressBars(True, screen).for_file("f.bin", None) as progress:
+            progress(512, 1024)
+        self.assertIn("f.bin", screen.getvalue())
+        self.assertIn("50%", screen.getvalue())
+
+    def test_no_bar(self) -> None:
+        """With --no-progress, or when stderr is no terminal, nothing is drawn."""
+        for enabled, stream in [(False, _Terminal()), (True, io.StringIO())]:
+            with ProgressBars(enabled, stream).for_file("f.bin", 10) as progress:
+                progress(5, 10)
+            self.assertEqual(stream.getvalue(), "")
+
+
 class RetryOptionTests(unittest.TestCase):
     def parse(self, *argv: str) -> argparse.Namespace:
         return _build_parser().parse_args(["send", *argv, "f", "host:1"])
@@ -164,6 +264,56 @@ class RetryOptionTests(unittest.TestCase):
                 self.parse("--retry-for", value)
             self.assertEqual(raised.exception.code, 2, value)
             self.assertIn("--retry-for", errors.getvalue())
+
+
+class ServeCommandLineTests(unittest.TestCase):
+    """C{filexfer serve} hands its arguments to the service's Options."""
+
+    def test_options(self) -> None:
+        """Every serve argument reaches the Options, in order, for the worker processes too."""
+        root = os.path.abspath(self.mktemp())
+        argv = ["--listen", "tcp6:0", "--listen=unix:/nowhere/fx.sock", "-r", root, "--no-tftp"]
+        args = parse_command_line(["serve", *argv])
+        self.assertEqual(args.command, "serve")
+        self.assertEqual(args.options["listen"], ["tcp6:0", "unix:/nowhere/fx.sock"])
+        self.assertEqual(args.options["root"], root)
+        self.assertTrue(args.options["no-tftp"])
+        self.assertIsNone(args.options["port"])
+        self.assertEqual(args.options.argv, argv)
+
+    def test_mistakes(self) -> None:
+        """The Options' complaints, endpoints included, are usage mistakes (status 2)."""
+        for argv in (["--bogus"], ["--port", "0"], ["--listen", "nonsense:1"], ["--version=x"]):
+            error = self.assertRaises(UserError, parse_command_line, ["serve", *argv])
+            self.assertEqual(error.status, 2, argv)
+            self.assertTrue(str(error).startswith("serve: "), str(error))
+
+    def test_other_commands_keep_strict_parsing(self) -> None:
+        """send and get still reject arguments they do not know (status 2)."""
+        errors = io.StringIO()
+        with self.assertRaises(SystemExit) as raised, contextlib.redirect_stderr(errors):
+            parse_command_line(["send", "f", "host:1", "--listen", "tcp:1"])
+        self.assertEqual(raised.exception.code, 2)
+        self.assertIn("unrecognized arguments: --listen tcp:1", errors.getvalue())
+
+    def test_help_same_as_twistd(self) -> None:
+        """C{filexfer serve --help} and C{twistd filexfer --help} list the same options."""
+        ours = run_filexfer("serve", "--help")
+        theirs = subprocess.run(
+            twistd_command("filexfer", "--help"),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=child_env(),
+            cwd=ROOT,
+        )
+        self.assertEqual(ours.returncode, 0, ours.stderr)
+        self.assertEqual(theirs.returncode, 0, theirs.stderr)
+        self.assertTrue(ours.stdout.startswith("Usage: filexfer serve [options]\n"), ours.stdout)
+        self.assertEqual(
+            ours.stdout.split("\n", 1)[1].split(), theirs.stdout.split("\n", 1)[1].split()
+        )
+        self.assertEqual(run_filexfer("serve", "-h").stdout, ours.stdout)
 
 
 class CommandTests(unittest.TestCase):
@@ -249,16 +399,10 @@ class TLSLibrariesTests(unittest.TestCase):
     """Runs that do not use TLS keep pyOpenSSL (about 13 MiB) out of the process."""
 
     def test_needs_tls(self) -> None:
-        """Only send --tls and serve with a non-plain endpoint need the TLS libraries."""
-        send = argparse.Namespace(command="send", tls=False)
-        self.assertFalse(_needs_tls(send, []))
-        self.assertTrue(_needs_tls(argparse.Namespace(command="send", tls=True), []))
-        self.assertFalse(_needs_tls(argparse.Namespace(command="get"), []))
-        serve = argparse.Namespace(command="serve")
-        self.assertFalse(_needs_tls(serve, ["--port", "8000"]))
-        self.assertFalse(_needs_tls(serve, ["--listen", "tcp6:8000", "--listen=unix:/s"]))
-        self.assertTrue(_needs_tls(serve, ["--listen", "ssl:8443:privateKey=k.pem"]))
-        self.assertTrue(_needs_tls(serve, ["--listen=ssl:8443:privateKey=k.pem"]))
+        """Of send and get, only send --tls needs the TLS libraries (serve's Options decide)."""
+        self.assertFalse(_needs_tls(parse_command_line(["send", "f", "host:1"])))
+        self.assertTrue(_needs_tls(parse_command_line(["send", "--tls", "f", "host:1"])))
+        self.assertFalse(_needs_tls(parse_command_line(["get", "tftp://host/f"])))
 
     def test_reactor_without_tls_libraries(self) -> None:
         """Once kept out, the reactor starts without pyOpenSSL and TCP still works."""
