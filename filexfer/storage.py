@@ -120,7 +120,7 @@ class IStorage(Interface):
         @param mtime_ns: the announced modification time, ns since the epoch.
         @param trailer: the sender will present its SHA-256 after the data
             (C{finish(sha256)}): resume by Size and Mtime and the stored-file
-            check become safe (PROTOCOL.md 1.2.0, I1 and I2).
+            check become safe (docs/protocol.md, I1 and I2).
         @param fresh: ignore any held bytes and stored candidates; start at 0.
         """
 
@@ -699,7 +699,7 @@ class DirectoryStorage:
         When C{digest} is given and a file with exactly these bytes is already
         stored for C{path} (the path itself or, under C{rename}, one of its
         numbered copies), nothing new is made: that file's path is returned
-        (PROTOCOL.md 1.2.1).  The digest of the placed file is cached, with
+        (docs/protocol.md, "Copies by content").  The digest of the placed file is cached, with
         the announced C{mtime_ns}.
 
         @return: the relative path it was stored under.

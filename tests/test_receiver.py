@@ -484,7 +484,7 @@ class ExtendedFormTests(ReceiverTestCase):
 
 
 class HeaderNumberTests(ReceiverTestCase):
-    """Numbers in the FX/1 headers are bounded and judged at the handshake (PROTOCOL.md 1.2.1)."""
+    """FX/1 header numbers are bounded and judged at the handshake (docs/protocol.md, "Numbers")."""
 
     def assertRefusedAtHandshake(self, block: bytes, bytewise: bool = False) -> None:
         protocol, transport = self.connect()

@@ -1,4 +1,4 @@
-"""The TCP handshake on the wire: pure parse and encode (PROTOCOL.md 1.1, 1.2)."""
+"""The TCP handshake on the wire: pure parse and encode (docs/protocol.md, "TCP")."""
 
 from __future__ import annotations
 

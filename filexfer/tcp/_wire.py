@@ -1,4 +1,4 @@
-"""The TCP handshake on the wire (PROTOCOL.md section 1): parse and encode.
+"""The TCP handshake on the wire (docs/protocol.md, "TCP"): parse and encode.
 
 Pure code: bytes in, values out.  No transport, no disk, no reactor.
 """
@@ -344,7 +344,7 @@ def parse_reply(line: bytes) -> Reply:
     """Parse one line the server sent (without its newline).
 
     Offsets and sizes are 1 to L{MAX_SIZE_DIGITS} digits, error codes three
-    digits (PROTOCOL.md 1.4): a server cannot make the client convert more.
+    digits (docs/protocol.md, "Numbers"): a server cannot make the client convert more.
 
     @raise ValueError: for anything that is not a reply (and nothing else).
     """

@@ -456,7 +456,7 @@ class ReceiverProtocol(Protocol):
     handshake.upon(timed_out, enter=handshake, outputs=[_refuse_timeout])
     handshake.upon(connection_lost, enter=closed, outputs=[_log_vanished])
 
-    # The client sends nothing before "ok" (PROTOCOL.md 1.2.1).
+    # The client sends nothing before "ok" (docs/protocol.md, "FX/1").
     starting.upon(data_received, enter=starting, outputs=[_refuse_early_data])
     starting.upon(end_of_stream, enter=starting, outputs=[])
     starting.upon(accepted, enter=streaming, outputs=[_send_ok])

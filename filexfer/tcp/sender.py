@@ -264,7 +264,7 @@ class SenderProtocol(Protocol):
         if isinstance(reply, _wire.Refusal):
             if reply.code == 422 and self._offset and self._trailer:
                 # what the server held (a partial, a stored file) is not this
-                # file as it is now: one fresh attempt (PROTOCOL.md 1.2.0, I1)
+                # file as it is now: one fresh attempt (docs/protocol.md, I1)
                 self._fail(_StartAfresh(f"server refused: {reply.code} {reply.reason}"))
             else:
                 self._fail(ServerRefused(reply.code, reply.reason))
