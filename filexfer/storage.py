@@ -31,7 +31,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, BinaryIO, Literal, TypeVar, cast
 
-import attrs
 from twisted.internet.defer import Deferred, DeferredList, FirstError, fail, maybeDeferred, succeed
 from twisted.internet.interfaces import IConsumer, IProducer, IPushProducer
 from twisted.python.failure import Failure
@@ -39,8 +38,10 @@ from zope.interface import Attribute, Interface, implementer
 
 from filexfer._conflicts import name_limit, numbered_name  # numbered_name: re-exported
 from filexfer._errors import TransferError
+from filexfer._hashing import sha256_prefix
 from filexfer._mtime import check_mtime, probe_mtime_range
 from filexfer._names import STATE_DIR, validate_path
+from filexfer._receipt import Receipt  # re-exported: storage users import it from here
 
 ConflictPolicy = Literal["rename", "overwrite", "refuse"]
 CONFLICT_POLICIES: tuple[ConflictPolicy, ...] = ("rename", "overwrite", "refuse")
@@ -48,7 +49,6 @@ CONFLICT_POLICIES: tuple[ConflictPolicy, ...] = ("rename", "overwrite", "refuse"
 _T = TypeVar("_T")
 BlockingRunner = Callable[[Callable[[], _T]], "Deferred[_T]"]
 
-_HASH_CHUNK = 1 << 20
 _MAX_RENAME_TRIES = 10_000
 _DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _QUEUE_HIGH = 4 << 20
@@ -57,15 +57,6 @@ _QUEUE_LOW = 1 << 20
 """Queued bytes below which a paused producer is resumed."""
 _PARALLEL_BATCH = 1 << 20
 """Batches this large are written and hashed in two threads at once."""
-
-
-@attrs.frozen
-class Receipt:
-    """What a finished upload stored: the server's C{done} line."""
-
-    size: int
-    sha256: str
-    path: str
 
 
 class IUpload(Interface):
@@ -132,19 +123,6 @@ def _run_here(work: Callable[[], _T]) -> Deferred[_T]:
     return maybeDeferred(work)
 
 
-def _hash_file(handle: BinaryIO, limit: int | None = None) -> Any:
-    digest = hashlib.sha256()
-    remaining = limit
-    while remaining is None or remaining > 0:
-        chunk = handle.read(_HASH_CHUNK if remaining is None else min(_HASH_CHUNK, remaining))
-        if not chunk:
-            break
-        digest.update(chunk)
-        if remaining is not None:
-            remaining -= len(chunk)
-    return digest
-
-
 def _write_error(failure: Failure) -> TransferError:
     """The refusal for a background write that failed."""
     error = failure.value
@@ -197,7 +175,7 @@ class _Upload:
             handle.truncate(0)
             self.offset = 0
         handle.seek(0)
-        self._digest = _hash_file(handle, self.offset)  # begin() runs this off the reactor
+        self._digest = sha256_prefix(handle, self.offset)  # begin() runs this off the reactor
         self.prefix_sha256: str | None = self._digest.hexdigest()
         self.received = self.offset
         self.stored: Receipt | None = None
@@ -649,7 +627,7 @@ class DirectoryStorage:
         handle, _ = self.open_read(path)
         with handle:
             info = os.fstat(handle.fileno())
-            digest: str = _hash_file(handle).hexdigest()
+            digest: str = sha256_prefix(handle).hexdigest()
         if _stat_key(info) == _stat_key(existing):
             self._write_digest_record(path, existing, digest, None)
         return digest

@@ -10,9 +10,9 @@ from twisted.trial import unittest
 
 from filexfer._errors import TransferError
 from filexfer._mtime import NS_MAX, NS_MIN
+from filexfer._receipt import Receipt
 from filexfer.tcp import _wire
 from filexfer.tcp._wire import (
-    Done,
     Form,
     Ok,
     PutRequest,
@@ -377,7 +377,7 @@ class ReplyTests(unittest.TestCase):
         """In C{done} the path is the rest of the line, spaces included."""
         self.assertEqual(
             parse_reply(f"done 5 {DIGEST} dir/my file (1).txt".encode()),
-            Done(5, DIGEST, "dir/my file (1).txt"),
+            Receipt(5, DIGEST, "dir/my file (1).txt"),
         )
 
     def test_bad_done(self) -> None:
@@ -403,7 +403,7 @@ class ReplyTests(unittest.TestCase):
         self.assertEqual(parse_reply(encode_ok(7)[:-1]), Ok(7))
         line = encode_done(5, DIGEST, "a b/c")
         self.assertEqual(line, f"done 5 {DIGEST} a b/c\n".encode())
-        self.assertEqual(parse_reply(line[:-1]), Done(5, DIGEST, "a b/c"))
+        self.assertEqual(parse_reply(line[:-1]), Receipt(5, DIGEST, "a b/c"))
         error = TransferError(422, "short upload:\n1 of 2")
         self.assertEqual(encode_error(error), b"error 422 short upload: 1 of 2\n")
         self.assertEqual(

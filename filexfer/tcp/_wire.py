@@ -13,6 +13,7 @@ import attrs
 from filexfer._errors import TransferError
 from filexfer._mtime import NS_MAX, NS_MIN
 from filexfer._names import validate_name, validate_path
+from filexfer._receipt import Receipt
 
 FX_MAGIC = b"FX/"
 MAX_HEADER_BLOCK = 8192
@@ -304,15 +305,6 @@ class Ok:
 
 
 @attrs.frozen
-class Done:
-    """C{done <size> <sha256> <path>}: the file is durable under C{path}."""
-
-    size: int
-    sha256: str
-    path: str
-
-
-@attrs.frozen
 class Refusal:
     """C{error <code> <reason>}."""
 
@@ -320,7 +312,8 @@ class Refusal:
     reason: str
 
 
-Reply = Ok | Done | Refusal
+Reply = Ok | Receipt | Refusal
+"""C{done <size> <sha256> <path>} is read as the L{Receipt} it carries."""
 
 
 def encode_ok(offset: int, prefix_sha256: str | None = None, trailer: bool = False) -> bytes:
@@ -360,7 +353,7 @@ def parse_reply(line: bytes) -> Reply:
         size, _, rest = rest.partition(" ")
         digest, _, path = rest.partition(" ")
         if _SIZE.fullmatch(size) and _SHA256.fullmatch(digest) and path:
-            return Done(int(size), digest, path)
+            return Receipt(int(size), digest, path)
     if word == "error":
         code, _, reason = rest.partition(" ")
         if _CODE.fullmatch(code):

@@ -39,7 +39,8 @@ from zope.interface import implementer
 from filexfer._errors import TransferError
 from filexfer._guard import AccessPolicy, ConnectionLimits
 from filexfer._log import log, log_transfer
-from filexfer.storage import IStorage, IUpload, Receipt
+from filexfer._receipt import Receipt
+from filexfer.storage import IStorage, IUpload
 from filexfer.tcp import _wire
 
 PREFIX_WAIT = 0.5

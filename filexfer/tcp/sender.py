@@ -31,14 +31,14 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from filexfer._hashing import HASH_READ, ShortFile, sha256_prefix
 from filexfer._mtime import NS_MAX, NS_MIN
-from filexfer.storage import Receipt
+from filexfer._receipt import Receipt
 from filexfer.tcp import _wire
 
 CHUNK_SIZE = 256 * 1024
 _SENDFILE_MAX = 8 << 20
 """Bytes per C{sendfile} call (the kernel sends what the socket takes)."""
-_HASH_READ = 1 << 20
 _REPORT_EVERY = 4 << 20
 """Progress reports from the sending thread, in bytes."""
 _POLL_MS = 100
@@ -162,7 +162,7 @@ class _ThreadedSend:
         error: BaseException | None = None
         try:
             while position < self._end and not self._stopped.is_set():
-                chunk = os.pread(handle, min(_HASH_READ, self._end - position), position)
+                chunk = os.pread(handle, min(HASH_READ, self._end - position), position)
                 if not chunk:
                     break
                 self._digest.update(chunk)
@@ -221,7 +221,7 @@ class SenderProtocol(Protocol):
         self._producing = False
         self._finished_sending = False
         self._threaded: _ThreadedSend | None = None
-        self._early_done: _wire.Done | None = None
+        self._early_done: Receipt | None = None
         self._trailer = False
         self._offset = 0
         self.result: Deferred[Receipt] = Deferred()
@@ -279,9 +279,9 @@ class SenderProtocol(Protocol):
             else:
                 self._trailer = reply.trailer
                 self._start_streaming(reply.offset)
-        elif isinstance(reply, _wire.Done) and self._finished_sending:
+        elif isinstance(reply, Receipt) and self._finished_sending:
             self._check_receipt(reply)
-        elif isinstance(reply, _wire.Done) and self._threaded is not None:
+        elif isinstance(reply, Receipt) and self._threaded is not None:
             self._early_done = reply  # the hashing thread has yet to report
         else:
             self._fail(SendError(f"unexpected reply from server: {line[:80]!r}"))
@@ -398,7 +398,7 @@ class SenderProtocol(Protocol):
             trailer = _wire.encode_trailer(self._digest.hexdigest())
             self.transport.write(trailer)  # type: ignore[union-attr]
 
-    def _check_receipt(self, done: _wire.Done) -> None:
+    def _check_receipt(self, done: Receipt) -> None:
         ours = self._digest.hexdigest()
         if done.size != self._size or done.sha256 != ours:
             self._fail(
@@ -408,7 +408,7 @@ class SenderProtocol(Protocol):
                 )
             )
             return
-        self._succeed(Receipt(done.size, done.sha256, done.path))
+        self._succeed(done)
 
     def _report_progress(self) -> None:
         if self._progress is not None:
@@ -487,16 +487,11 @@ def _hash_prefix(handle: BinaryIO, length: int) -> Any:
 
     @raise SendError: the file is shorter than C{length}.
     """
-    digest = hashlib.sha256()
     handle.seek(0)
-    remaining = length
-    while remaining > 0:
-        chunk = handle.read(min(_HASH_READ, remaining))
-        if not chunk:
-            raise SendError(f"the file is shorter than {length} bytes")
-        digest.update(chunk)
-        remaining -= len(chunk)
-    return digest
+    try:
+        return sha256_prefix(handle, length, exact=True)
+    except ShortFile as short:
+        raise SendError(str(short)) from None
 
 
 def send_file(
