@@ -13,20 +13,20 @@ from filexfer._mtime import NS_MAX, NS_MIN
 from filexfer._receipt import Receipt
 from filexfer.tcp import _wire
 from filexfer.tcp._wire import (
+    ClassicRequest,
     Form,
     Ok,
     PutRequest,
     Refusal,
-    SeedRequest,
     classify,
     encode_done,
     encode_error,
     encode_ok,
     encode_put,
     format_mtime,
+    parse_classic,
     parse_header_block,
     parse_reply,
-    parse_seed,
 )
 
 DIGEST = hashlib.sha256(b"hello").hexdigest()
@@ -59,25 +59,25 @@ class ClassifyTests(unittest.TestCase):
     def test_other_names_are_seed(self) -> None:
         """Other first chunks, including ones starting with F, are classic names."""
         for first in [b"file.txt", b"Foo", b"FY", b"fx/1", b"FX.txt", b"X"]:
-            self.assertIs(classify(first), Form.SEED, first)
+            self.assertIs(classify(first), Form.CLASSIC, first)
 
 
 class SeedTests(unittest.TestCase):
     def test_name(self) -> None:
         """The whole chunk is the name."""
-        self.assertEqual(parse_seed(b"report.pdf"), SeedRequest("report.pdf"))
+        self.assertEqual(parse_classic(b"report.pdf"), ClassicRequest("report.pdf"))
 
     def test_one_trailing_newline_dropped(self) -> None:
         """One trailing LF or CRLF (C{echo name | nc}) is dropped; a second is not."""
-        self.assertEqual(parse_seed(b"name\n"), SeedRequest("name"))
-        self.assertEqual(parse_seed(b"name\r\n"), SeedRequest("name"))
-        error = self.assertRaises(TransferError, parse_seed, b"name\n\n")
+        self.assertEqual(parse_classic(b"name\n"), ClassicRequest("name"))
+        self.assertEqual(parse_classic(b"name\r\n"), ClassicRequest("name"))
+        error = self.assertRaises(TransferError, parse_classic, b"name\n\n")
         self.assertEqual(error.code, 400)
 
     def test_bad_names(self) -> None:
         """Bad classic names are refused with 400."""
         for chunk in [b"../x", b"..", b"a/b", b"\xff", b"a\x00"]:
-            self.assertEqual(self.assertRaises(TransferError, parse_seed, chunk).code, 400)
+            self.assertEqual(self.assertRaises(TransferError, parse_classic, chunk).code, 400)
 
 
 class HeaderBlockTests(unittest.TestCase):

@@ -17,7 +17,7 @@ from filexfer._receipt import Receipt
 
 FX_MAGIC = b"FX/"
 MAX_HEADER_BLOCK = 8192
-SEED_OK = b"ok"
+CLASSIC_OK = b"ok"
 
 MAX_SIZE_DIGITS = 20
 """Digits a Size (or an offset or size in a reply) may have: 2**64 has 20."""
@@ -41,7 +41,7 @@ _MTIME = re.compile(r"(?P<sign>[+-]?)(?P<seconds>[0-9]+)(?:\.(?P<fraction>[0-9]+
 class Form(Enum):
     """Which handshake a connection's first bytes announce."""
 
-    SEED = "seed"
+    CLASSIC = "classic"
     EXTENDED = "extended"
     UNDECIDED = "undecided"
 
@@ -56,11 +56,11 @@ def classify(first: bytes) -> Form:
         return Form.EXTENDED
     if FX_MAGIC.startswith(first):
         return Form.UNDECIDED
-    return Form.SEED
+    return Form.CLASSIC
 
 
 @attrs.frozen
-class SeedRequest:
+class ClassicRequest:
     """The classic form: a bare file name."""
 
     name: str
@@ -81,14 +81,14 @@ class PutRequest:
     """C{Resume: no}: the server ignores held bytes and stored candidates."""
 
 
-Request = SeedRequest | PutRequest
+Request = ClassicRequest | PutRequest
 
 TRAILER_FIELD = "SHA256"
 MAX_TRAILER = 128
 """Longest trailer line accepted, in bytes (C{SHA256: <64 hex>} needs 73)."""
 
 
-def parse_seed(chunk: bytes) -> SeedRequest:
+def parse_classic(chunk: bytes) -> ClassicRequest:
     """Take a classic client's first chunk as the whole file name.
 
     One trailing newline (as C{echo name | nc} sends) is dropped.
@@ -98,7 +98,7 @@ def parse_seed(chunk: bytes) -> SeedRequest:
         chunk = chunk[:-2]
     elif chunk.endswith(b"\n"):
         chunk = chunk[:-1]
-    return SeedRequest(validate_name(chunk))
+    return ClassicRequest(validate_name(chunk))
 
 
 def parse_header_block(buffer: bytes) -> tuple[PutRequest | None, bytes]:

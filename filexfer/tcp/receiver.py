@@ -76,7 +76,7 @@ class ReceiverProtocol(Protocol):
         self._prefix_timer: IDelayedCall | None = None
         self._prefix_expired = False
         self._peer_finished = False
-        self._form = "tcp"
+        self._form = "classic"
         self._upload: IUpload | None = None
         self._peer = "?"
         self._path = ""
@@ -211,12 +211,12 @@ class ReceiverProtocol(Protocol):
         form = _wire.classify(self._buffer)
         if form is _wire.Form.UNDECIDED:
             if self._prefix_expired:
-                return _wire.parse_seed(self._buffer), b""
+                return _wire.parse_classic(self._buffer), b""
             if self._prefix_timer is None:
                 self._prefix_timer = self._clock.callLater(PREFIX_WAIT, self._prefix_wait_over)
             return None, b""
-        if form is _wire.Form.SEED:
-            return _wire.parse_seed(self._buffer), b""
+        if form is _wire.Form.CLASSIC:
+            return _wire.parse_classic(self._buffer), b""
         self._form = "fx/1"
         return _wire.parse_header_block(self._buffer)
 
@@ -227,7 +227,7 @@ class ReceiverProtocol(Protocol):
     @_machine.output()
     def _start(self, request: _wire.Request) -> None:
         self._buffer = b""
-        self._path = request.name if isinstance(request, _wire.SeedRequest) else request.path
+        self._path = request.name if isinstance(request, _wire.ClassicRequest) else request.path
         try:
             self.factory.check_token(request)
         except TransferError as error:
@@ -235,7 +235,7 @@ class ReceiverProtocol(Protocol):
             return
         storage = self.factory.storage
         starting: Deferred[IUpload]
-        if isinstance(request, _wire.SeedRequest):
+        if isinstance(request, _wire.ClassicRequest):
             starting = maybeDeferred(storage.begin, request.name, None, None, None)
         else:
             self._trailer = request.trailer
@@ -270,8 +270,8 @@ class ReceiverProtocol(Protocol):
         if IConsumer.providedBy(upload):
             # storage that writes in the background pauses us while it catches up
             IConsumer(upload).registerProducer(self.transport, True)  # type: ignore[arg-type]
-        if self._form == "tcp":
-            self.transport.write(_wire.SEED_OK)  # type: ignore[union-attr]
+        if self._form == "classic":
+            self.transport.write(_wire.CLASSIC_OK)  # type: ignore[union-attr]
         else:
             prefix = upload.prefix_sha256 if upload.offset < (upload.expected_size or 0) else None
             line = _wire.encode_ok(upload.offset, prefix, self._trailer)
@@ -373,7 +373,7 @@ class ReceiverProtocol(Protocol):
         self._reply_done(receipt, outcome)
 
     def _reply_done(self, receipt: Receipt, outcome: str) -> None:
-        if self._form != "tcp":
+        if self._form != "classic":
             line = _wire.encode_done(receipt.size, receipt.sha256, receipt.path)
             self.transport.write(line)  # type: ignore[union-attr]
         self._log(self._received(), f"{outcome} {receipt.path!r}")
@@ -385,7 +385,7 @@ class ReceiverProtocol(Protocol):
         if self._upload is not None:
             self._upload.abort(keep_partial=False)  # a no-op once finish() kept a short partial
         self._log(self._received(), f"refused: {error.code} {error.reason}")
-        if self._form == "tcp" and self._upload is not None:
+        if self._form == "classic" and self._upload is not None:
             # The classic form has no words after "ok": a reset is the only
             # way to tell the client that its file was not stored.
             self.transport.abortConnection()  # type: ignore[union-attr]
@@ -592,7 +592,7 @@ class ReceiverFactory(Factory):
         """Refuse with 401 unless the request carries the shared secret."""
         if self.token is None:
             return
-        if isinstance(request, _wire.SeedRequest):
+        if isinstance(request, _wire.ClassicRequest):
             raise TransferError(401, "this server requires a token: use the FX/1 form")
         if request.token is None or not _constant_time_equal(request.token, self.token):
             raise TransferError(401, "bad or missing token")

@@ -88,7 +88,7 @@ class _FileProducer:
 
 
 class _ThreadedSend:
-    """Streams a byte range of a file to a plain TCP socket off the reactor thread.
+    """Streams a byte range of a file to a TCP socket without TLS off the reactor thread.
 
     One thread pushes bytes [start, end) with C{os.sendfile} (no copy through
     Python), another hashes [0, end), so that a resumed upload's prefix is
@@ -181,7 +181,7 @@ class _ThreadedSend:
 
 
 def _socket_fd(transport: object) -> int | None:
-    """The descriptor of a plain (not TLS) TCP connection, else None."""
+    """The descriptor of a TCP connection without TLS, else None."""
     from twisted.internet import tcp  # here: importing it loads TLS, which a send may not need
 
     if isinstance(transport, tcp.Connection) and not getattr(transport, "TLS", False):
@@ -192,7 +192,7 @@ def _socket_fd(transport: object) -> int | None:
 class SenderProtocol(Protocol):
     """Sends one file: handshake, wait for C{ok}, stream, wait for C{done}.
 
-    Over plain TCP on a reactor with threads, the bytes go out with
+    Over TCP without TLS on a reactor with threads, the bytes go out with
     C{sendfile} and are hashed in a second thread (L{_ThreadedSend}); over
     TLS, or in memory, a pull producer sends a chunk at a time.
     """
@@ -201,7 +201,7 @@ class SenderProtocol(Protocol):
         self,
         handle: BinaryIO,
         size: int,
-        request: _wire.SeedRequest | _wire.PutRequest,
+        request: _wire.ClassicRequest | _wire.PutRequest,
         progress: Progress | None,
         clock: IReactorTime,
         idle_timeout: float,
@@ -212,7 +212,7 @@ class SenderProtocol(Protocol):
         self._handle = handle
         self._size = size
         self._request = request
-        self._plain = isinstance(request, _wire.SeedRequest)
+        self._classic = isinstance(request, _wire.ClassicRequest)
         self._progress = progress
         self._digest = hashlib.sha256()
         self._sent = 0
@@ -230,7 +230,7 @@ class SenderProtocol(Protocol):
         self._timer = self._clock.callLater(self._idle_timeout, self._stalled)
         if hasattr(self.transport, "bufferSize"):
             self.transport.bufferSize = CHUNK_SIZE  # type: ignore[union-attr]
-        if isinstance(self._request, _wire.SeedRequest):
+        if isinstance(self._request, _wire.ClassicRequest):
             self.transport.write(self._request.name.encode("utf-8"))  # type: ignore[union-attr]
         else:
             self.transport.write(_wire.encode_put(self._request))  # type: ignore[union-attr]
@@ -246,8 +246,8 @@ class SenderProtocol(Protocol):
     def dataReceived(self, data: bytes) -> None:
         self._still_alive()
         self._buffer += data
-        if self._plain and not self._streaming and self._buffer.startswith(_wire.SEED_OK):
-            self._buffer = self._buffer[len(_wire.SEED_OK) :]
+        if self._classic and not self._streaming and self._buffer.startswith(_wire.CLASSIC_OK):
+            self._buffer = self._buffer[len(_wire.CLASSIC_OK) :]
             self._start_streaming(0)
         while b"\n" in self._buffer and not self.result.called:
             line, _, self._buffer = self._buffer.partition(b"\n")
@@ -268,7 +268,7 @@ class SenderProtocol(Protocol):
                 self._fail(_StartAfresh(f"server refused: {reply.code} {reply.reason}"))
             else:
                 self._fail(ServerRefused(reply.code, reply.reason))
-        elif isinstance(reply, _wire.Ok) and not self._streaming and not self._plain:
+        elif isinstance(reply, _wire.Ok) and not self._streaming and not self._classic:
             if reply.offset > self._size:
                 self._fail(SendError(f"server offered offset {reply.offset} beyond the file"))
             elif reply.trailer and reply.offset:
@@ -392,7 +392,7 @@ class SenderProtocol(Protocol):
         self._stop_producing()
         if self._sent != self._size:
             self._fail(SendError(f"file changed while sending: {self._sent} of {self._size} bytes"))
-        elif self._plain:
+        elif self._classic:
             self.transport.loseConnection()  # type: ignore[union-attr]
         elif self._trailer:
             trailer = _wire.encode_trailer(self._digest.hexdigest())
@@ -448,7 +448,7 @@ class SenderProtocol(Protocol):
         if self._buffer.startswith(b"error"):
             self._handle_reply(self._buffer)
         elif (
-            self._plain
+            self._classic
             and self._streaming
             and self._sent == self._size
             and reason.check(ConnectionDone)
@@ -467,7 +467,7 @@ class SenderProtocol(Protocol):
     @property
     def _request_path(self) -> str:
         request = self._request
-        return request.name if isinstance(request, _wire.SeedRequest) else request.path
+        return request.name if isinstance(request, _wire.ClassicRequest) else request.path
 
 
 def _describe_tls_failure(reason: Failure) -> str | None:
@@ -584,7 +584,7 @@ def _send_once(
     endpoint: IStreamClientEndpoint,
     path: str | os.PathLike[str],
     name: str | None,
-    plain: bool,
+    classic: bool,
     token: str | None,
     progress: Progress | None,
     idle_timeout: float,
@@ -598,9 +598,9 @@ def _send_once(
         return fail(SendError(f"cannot read {os.fspath(path)}: {exc.strerror}"))
     info = os.fstat(handle.fileno())
     remote = name if name is not None else os.path.basename(os.fspath(path))
-    request: _wire.SeedRequest | _wire.PutRequest
-    if plain:
-        request = _wire.SeedRequest(remote)
+    request: _wire.ClassicRequest | _wire.PutRequest
+    if classic:
+        request = _wire.ClassicRequest(remote)
     else:
         # Mtime is optional: a time no server accepts (after 2262-04-11, which
         # ext4 can hold) is left out rather than have the upload refused.
