@@ -76,7 +76,8 @@ class ReceiverProtocol(Protocol):
         self._prefix_timer: IDelayedCall | None = None
         self._prefix_expired = False
         self._peer_finished = False
-        self._form = "classic"
+        self._classic = True
+        """Until FX/ is seen; decides the replies and the log line."""
         self._upload: IUpload | None = None
         self._peer = "?"
         self._path = ""
@@ -205,6 +206,12 @@ class ReceiverProtocol(Protocol):
             self._disarm()
             self.refused(TransferError(400, "data arrived before the server's ok"))
             return
+        self._path = request.name if isinstance(request, _wire.ClassicRequest) else request.path
+        try:
+            self.factory.check_token(request)
+        except TransferError as error:
+            self.refused(error)
+            return
         self.parsed(request)
 
     def _parse_buffer(self) -> tuple[_wire.Request | None, bytes]:
@@ -217,7 +224,7 @@ class ReceiverProtocol(Protocol):
             return None, b""
         if form is _wire.Form.CLASSIC:
             return _wire.parse_classic(self._buffer), b""
-        self._form = "fx/1"
+        self._classic = False
         return _wire.parse_header_block(self._buffer)
 
     def _prefix_wait_over(self) -> None:
@@ -227,12 +234,6 @@ class ReceiverProtocol(Protocol):
     @_machine.output()
     def _start(self, request: _wire.Request) -> None:
         self._buffer = b""
-        self._path = request.name if isinstance(request, _wire.ClassicRequest) else request.path
-        try:
-            self.factory.check_token(request)
-        except TransferError as error:
-            self.refused(error)
-            return
         storage = self.factory.storage
         starting: Deferred[IUpload]
         if isinstance(request, _wire.ClassicRequest):
@@ -270,7 +271,7 @@ class ReceiverProtocol(Protocol):
         if IConsumer.providedBy(upload):
             # storage that writes in the background pauses us while it catches up
             IConsumer(upload).registerProducer(self.transport, True)  # type: ignore[arg-type]
-        if self._form == "classic":
+        if self._classic:
             self.transport.write(_wire.CLASSIC_OK)  # type: ignore[union-attr]
         else:
             prefix = upload.prefix_sha256 if upload.offset < (upload.expected_size or 0) else None
@@ -341,7 +342,7 @@ class ReceiverProtocol(Protocol):
         upload = self._upload
         assert upload is not None
         upload.abort(keep_partial=True)
-        self.refused(TransferError(422, "the connection ended before the SHA256 trailer"))
+        self._refuse(TransferError(422, "the connection ended before the SHA256 trailer"))
 
     @_machine.output()
     def _finish(self) -> None:
@@ -373,7 +374,7 @@ class ReceiverProtocol(Protocol):
         self._reply_done(receipt, outcome)
 
     def _reply_done(self, receipt: Receipt, outcome: str) -> None:
-        if self._form != "classic":
+        if not self._classic:
             line = _wire.encode_done(receipt.size, receipt.sha256, receipt.path)
             self.transport.write(line)  # type: ignore[union-attr]
         self._log(self._received(), f"{outcome} {receipt.path!r}")
@@ -381,11 +382,15 @@ class ReceiverProtocol(Protocol):
 
     @_machine.output()
     def _send_error(self, error: TransferError) -> None:
+        self._refuse(error)
+
+    def _refuse(self, error: TransferError) -> None:
+        """Say why (the classic form after C{ok}: reset), log, and close."""
         self._disarm()
         if self._upload is not None:
             self._upload.abort(keep_partial=False)  # a no-op once finish() kept a short partial
         self._log(self._received(), f"refused: {error.code} {error.reason}")
-        if self._form == "classic" and self._upload is not None:
+        if self._classic and self._upload is not None:
             # The classic form has no words after "ok": a reset is the only
             # way to tell the client that its file was not stored.
             self.transport.abortConnection()  # type: ignore[union-attr]
@@ -421,7 +426,7 @@ class ReceiverProtocol(Protocol):
         stage = "handshake" if self._upload is None else "transfer"
         if self._upload is not None:
             self._upload.abort(keep_partial=True)  # a stalled upload may be resumed
-        self.refused(TransferError(408, f"{stage} timed out"))
+        self._refuse(TransferError(408, f"{stage} timed out"))
 
     @_machine.output()
     def _keep_partial(self, reason: Failure) -> None:
@@ -454,7 +459,7 @@ class ReceiverProtocol(Protocol):
     handshake.upon(parsed, enter=starting, outputs=[_start])
     handshake.upon(end_of_stream, enter=closed, outputs=[_close])
     handshake.upon(refused, enter=closed, outputs=[_send_error])
-    handshake.upon(timed_out, enter=handshake, outputs=[_refuse_timeout])
+    handshake.upon(timed_out, enter=closed, outputs=[_refuse_timeout])
     handshake.upon(connection_lost, enter=closed, outputs=[_log_vanished])
 
     # The client sends nothing before "ok" (docs/protocol.md, "FX/1").
@@ -463,7 +468,7 @@ class ReceiverProtocol(Protocol):
     starting.upon(accepted, enter=streaming, outputs=[_send_ok])
     starting.upon(already_stored, enter=closed, outputs=[_send_ok_and_done])
     starting.upon(refused, enter=closed, outputs=[_send_error])
-    starting.upon(timed_out, enter=starting, outputs=[_refuse_timeout])
+    starting.upon(timed_out, enter=closed, outputs=[_refuse_timeout])
     starting.upon(connection_lost, enter=closed, outputs=[_note_gone])
 
     streaming.upon(data_received, enter=streaming, outputs=[_write])
@@ -471,14 +476,14 @@ class ReceiverProtocol(Protocol):
     streaming.upon(data_complete, enter=trailer, outputs=[])
     streaming.upon(end_of_stream, enter=finishing, outputs=[_finish])
     streaming.upon(refused, enter=closed, outputs=[_send_error])
-    streaming.upon(timed_out, enter=streaming, outputs=[_refuse_timeout])
+    streaming.upon(timed_out, enter=closed, outputs=[_refuse_timeout])
     streaming.upon(connection_lost, enter=closed, outputs=[_keep_partial])
 
     trailer.upon(data_received, enter=trailer, outputs=[_read_trailer])
     trailer.upon(trailer_received, enter=finishing, outputs=[_finish])
-    trailer.upon(end_of_stream, enter=trailer, outputs=[_refuse_short])
+    trailer.upon(end_of_stream, enter=closed, outputs=[_refuse_short])
     trailer.upon(refused, enter=closed, outputs=[_send_error])
-    trailer.upon(timed_out, enter=trailer, outputs=[_refuse_timeout])
+    trailer.upon(timed_out, enter=closed, outputs=[_refuse_timeout])
     trailer.upon(connection_lost, enter=closed, outputs=[_keep_partial])
 
     # Reading is paused while finishing; bytes beyond Size in the final read
@@ -527,7 +532,7 @@ class ReceiverProtocol(Protocol):
 
     def _log(self, nbytes: int, outcome: str) -> None:
         log_transfer(
-            protocol=self._form,
+            protocol="classic" if self._classic else "fx/1",
             peer=self._peer,
             path=self._path,
             nbytes=nbytes,
