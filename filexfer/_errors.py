@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 class TransferError(Exception):
-    """A transfer was refused or failed; C{code} follows PROTOCOL.md 1.4.
+    """A transfer was refused or failed; C{code} follows docs/protocol.md, "Error codes".
 
     @ivar code: an HTTP-like status (400, 401, 403, 404, 408, 409, 413, 422,
         503, 507).

@@ -1,7 +1,7 @@
 """Validation of the names and paths that peers ask us to store or read.
 
 Pure functions: no file system access.  The rules are those of
-PROTOCOL.md section 1.3.
+docs/protocol.md, "Paths and storage".
 """
 
 from __future__ import annotations

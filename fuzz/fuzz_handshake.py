@@ -1,4 +1,4 @@
-"""Coverage-guided fuzzing of the FX/1 handshake parser and the seed-name check (atheris).
+"""Coverage-guided fuzzing of the FX/1 handshake parser and the classic-name check (atheris).
 
     pip install atheris
     python fuzz/fuzz_handshake.py -max_total_time=60        # a short run
@@ -26,7 +26,7 @@ def test_one_input(data: bytes) -> None:
     except TransferError:
         pass
     try:
-        _wire.parse_seed(data)
+        _wire.parse_classic(data)
     except TransferError:
         pass
     try:

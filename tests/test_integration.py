@@ -28,7 +28,7 @@ from .helpers import (
 )
 
 TRANSFER_LINE = (
-    r"(?P<form>fx/1|tcp) 127\.0\.0\.1:\d+ '(?P<path>{path})' (?P<bytes>\d+) bytes "
+    r"(?P<form>fx/1|classic) 127\.0\.0\.1:\d+ '(?P<path>{path})' (?P<bytes>\d+) bytes "
     r"in (?P<seconds>[0-9.]+)s \((?P<rate>[0-9.]+) MB/s\): (?P<outcome>.*)$"
 )
 
@@ -85,7 +85,7 @@ class TwistdTests(unittest.TestCase):
         status, out, err = self.send("--plain", classic, dest)
         self.assertEqual(status, 0, err)
         line = server.log.wait_for(transfer_line("classic.txt"))
-        self.assertEqual(line["form"], "tcp")
+        self.assertEqual(line["form"], "classic")
         with open(os.path.join(self.root, "classic.txt"), "rb") as handle:
             self.assertEqual(handle.read(), b"the classic way")
 

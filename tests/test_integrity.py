@@ -1,4 +1,4 @@
-"""Integrity at the edges (PROTOCOL.md 1.2.0, I1-I4): a final name holds the sender's bytes.
+"""Integrity at the edges (docs/protocol.md, I1-I4): a final name holds the sender's bytes.
 
 Each test is one input from the integrity issue, or another input of the
 same kind: a resumed prefix or an "already stored" answer that is not the

@@ -1,4 +1,4 @@
-"""Name and path validation (PROTOCOL.md 1.3)."""
+"""Name and path validation (docs/protocol.md, "Paths and storage")."""
 
 from __future__ import annotations
 

@@ -16,6 +16,7 @@ from twisted.trial import unittest
 
 from filexfer._errors import TransferError
 from filexfer._guard import AccessPolicy, ConnectionLimits
+from filexfer._receipt import Receipt
 from filexfer.storage import DirectoryStorage
 from filexfer.tcp import _wire, receiver
 from filexfer.tcp.receiver import PREFIX_WAIT, ReceiverFactory, ReceiverProtocol
@@ -266,7 +267,7 @@ class ExtendedFormTests(ReceiverTestCase):
         protocol.readConnectionLost()
         self.assertEqual(transport.value(), b"ok 0\n" + self.done_line(data, "d/no size.bin"))
         reply = _wire.parse_reply(transport.value().split(b"\n")[1])
-        self.assertEqual(reply, _wire.Done(len(data), sha256_bytes(data), "d/no size.bin"))
+        self.assertEqual(reply, Receipt(len(data), sha256_bytes(data), "d/no size.bin"))
 
     def test_done_only_after_durable(self) -> None:
         """C{done} is sent only once the file is in place (fsync and rename done)."""
@@ -484,7 +485,7 @@ class ExtendedFormTests(ReceiverTestCase):
 
 
 class HeaderNumberTests(ReceiverTestCase):
-    """Numbers in the FX/1 headers are bounded and judged at the handshake (PROTOCOL.md 1.2.1)."""
+    """FX/1 header numbers are bounded and judged at the handshake (docs/protocol.md, "Numbers")."""
 
     def assertRefusedAtHandshake(self, block: bytes, bytewise: bool = False) -> None:
         protocol, transport = self.connect()

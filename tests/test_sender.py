@@ -39,7 +39,7 @@ IDLE = 60.0
 class SenderHarness:
     """A SenderProtocol over a StringTransport, with a record of its progress."""
 
-    def __init__(self, data: bytes, request: _wire.SeedRequest | _wire.PutRequest) -> None:
+    def __init__(self, data: bytes, request: _wire.ClassicRequest | _wire.PutRequest) -> None:
         self.data = data
         self.clock = Clock()
         self.progress: list[tuple[int, int]] = []
@@ -92,9 +92,9 @@ class _EagerPullTransport(StringTransport):
 
 
 def harness(data: bytes, plain: bool = False, **headers: Any) -> SenderHarness:
-    request: _wire.SeedRequest | _wire.PutRequest
+    request: _wire.ClassicRequest | _wire.PutRequest
     if plain:
-        request = _wire.SeedRequest("file.bin")
+        request = _wire.ClassicRequest("file.bin")
     else:
         request = _wire.PutRequest("file.bin", len(data), **headers)
     result = SenderHarness(data, request)

@@ -1,4 +1,4 @@
-"""The TCP handshake on the wire: pure parse and encode (PROTOCOL.md 1.1, 1.2)."""
+"""The TCP handshake on the wire: pure parse and encode (docs/protocol.md, "TCP")."""
 
 from __future__ import annotations
 
@@ -10,23 +10,23 @@ from twisted.trial import unittest
 
 from filexfer._errors import TransferError
 from filexfer._mtime import NS_MAX, NS_MIN
+from filexfer._receipt import Receipt
 from filexfer.tcp import _wire
 from filexfer.tcp._wire import (
-    Done,
+    ClassicRequest,
     Form,
     Ok,
     PutRequest,
     Refusal,
-    SeedRequest,
     classify,
     encode_done,
     encode_error,
     encode_ok,
     encode_put,
     format_mtime,
+    parse_classic,
     parse_header_block,
     parse_reply,
-    parse_seed,
 )
 
 DIGEST = hashlib.sha256(b"hello").hexdigest()
@@ -59,25 +59,25 @@ class ClassifyTests(unittest.TestCase):
     def test_other_names_are_seed(self) -> None:
         """Other first chunks, including ones starting with F, are classic names."""
         for first in [b"file.txt", b"Foo", b"FY", b"fx/1", b"FX.txt", b"X"]:
-            self.assertIs(classify(first), Form.SEED, first)
+            self.assertIs(classify(first), Form.CLASSIC, first)
 
 
 class SeedTests(unittest.TestCase):
     def test_name(self) -> None:
         """The whole chunk is the name."""
-        self.assertEqual(parse_seed(b"report.pdf"), SeedRequest("report.pdf"))
+        self.assertEqual(parse_classic(b"report.pdf"), ClassicRequest("report.pdf"))
 
     def test_one_trailing_newline_dropped(self) -> None:
         """One trailing LF or CRLF (C{echo name | nc}) is dropped; a second is not."""
-        self.assertEqual(parse_seed(b"name\n"), SeedRequest("name"))
-        self.assertEqual(parse_seed(b"name\r\n"), SeedRequest("name"))
-        error = self.assertRaises(TransferError, parse_seed, b"name\n\n")
+        self.assertEqual(parse_classic(b"name\n"), ClassicRequest("name"))
+        self.assertEqual(parse_classic(b"name\r\n"), ClassicRequest("name"))
+        error = self.assertRaises(TransferError, parse_classic, b"name\n\n")
         self.assertEqual(error.code, 400)
 
     def test_bad_names(self) -> None:
         """Bad classic names are refused with 400."""
         for chunk in [b"../x", b"..", b"a/b", b"\xff", b"a\x00"]:
-            self.assertEqual(self.assertRaises(TransferError, parse_seed, chunk).code, 400)
+            self.assertEqual(self.assertRaises(TransferError, parse_classic, chunk).code, 400)
 
 
 class HeaderBlockTests(unittest.TestCase):
@@ -377,7 +377,7 @@ class ReplyTests(unittest.TestCase):
         """In C{done} the path is the rest of the line, spaces included."""
         self.assertEqual(
             parse_reply(f"done 5 {DIGEST} dir/my file (1).txt".encode()),
-            Done(5, DIGEST, "dir/my file (1).txt"),
+            Receipt(5, DIGEST, "dir/my file (1).txt"),
         )
 
     def test_bad_done(self) -> None:
@@ -403,7 +403,7 @@ class ReplyTests(unittest.TestCase):
         self.assertEqual(parse_reply(encode_ok(7)[:-1]), Ok(7))
         line = encode_done(5, DIGEST, "a b/c")
         self.assertEqual(line, f"done 5 {DIGEST} a b/c\n".encode())
-        self.assertEqual(parse_reply(line[:-1]), Done(5, DIGEST, "a b/c"))
+        self.assertEqual(parse_reply(line[:-1]), Receipt(5, DIGEST, "a b/c"))
         error = TransferError(422, "short upload:\n1 of 2")
         self.assertEqual(encode_error(error), b"error 422 short upload: 1 of 2\n")
         self.assertEqual(

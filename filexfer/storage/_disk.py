@@ -1,11 +1,10 @@
-"""Small helpers for stores on a local file system: hashing, errors, inline work."""
+"""Small helpers for stores on a local file system: errors, inline work."""
 
 from __future__ import annotations
 
 import errno
-import hashlib
 from collections.abc import Callable
-from typing import Any, BinaryIO, TypeVar
+from typing import TypeVar
 
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.python.failure import Failure
@@ -13,26 +12,11 @@ from twisted.python.failure import Failure
 from filexfer._errors import TransferError
 
 _T = TypeVar("_T")
-_HASH_CHUNK = 1 << 20
 
 
 def run_here(work: Callable[[], _T]) -> Deferred[_T]:
     """Run C{work} now, in this thread; its result or failure as a Deferred."""
     return maybeDeferred(work)
-
-
-def hash_file(handle: BinaryIO, limit: int | None = None) -> Any:
-    """The SHA-256 state after C{limit} bytes (all, when None) read from C{handle}."""
-    digest = hashlib.sha256()
-    remaining = limit
-    while remaining is None or remaining > 0:
-        chunk = handle.read(_HASH_CHUNK if remaining is None else min(_HASH_CHUNK, remaining))
-        if not chunk:
-            break
-        digest.update(chunk)
-        if remaining is not None:
-            remaining -= len(chunk)
-    return digest
 
 
 def write_error(failure: Failure) -> TransferError:

@@ -1,7 +1,7 @@
 """What a store is: L{IStorage}, L{IUpload}, and the L{Receipt} of a stored file.
 
-A store keeps files by relative path (PROTOCOL.md section 1.3, restated in
-docs/protocol.md); the TCP receiver and the TFTP server talk to it only
+A store keeps files by relative path (docs/protocol.md, "Paths and
+storage"); the TCP receiver and the TFTP server talk to it only
 through these interfaces, so a second store (an object store) sits beside
 L{filexfer.storage.DirectoryStorage} without either knowing the other.
 """
@@ -11,9 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import BinaryIO, Literal, TypeVar
 
-import attrs
 from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
+
+from filexfer._receipt import Receipt  # re-exported: storage users import it from here
 
 ConflictPolicy = Literal["rename", "overwrite", "refuse"]
 CONFLICT_POLICIES: tuple[ConflictPolicy, ...] = ("rename", "overwrite", "refuse")
@@ -21,15 +22,6 @@ CONFLICT_POLICIES: tuple[ConflictPolicy, ...] = ("rename", "overwrite", "refuse"
 _T = TypeVar("_T")
 BlockingRunner = Callable[[Callable[[], _T]], "Deferred[_T]"]
 """Runs blocking work somewhere (a thread pool, or inline) and fires with its result."""
-
-
-@attrs.frozen
-class Receipt:
-    """What a finished upload stored: the server's C{done} line."""
-
-    size: int
-    sha256: str
-    path: str
 
 
 class IUpload(Interface):
@@ -92,7 +84,7 @@ class IStorage(Interface):
         @param mtime_ns: the announced modification time, ns since the epoch.
         @param trailer: the sender will present its SHA-256 after the data
             (C{finish(sha256)}): resume by Size and Mtime and the stored-file
-            check become safe (PROTOCOL.md 1.2.0, I1 and I2).
+            check become safe (docs/protocol.md, I1 and I2).
         @param fresh: ignore any held bytes and stored candidates; start at 0.
         """
 

@@ -21,8 +21,9 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from filexfer._errors import TransferError
+from filexfer._hashing import sha256_prefix
 from filexfer._log import log
-from filexfer.storage._disk import hash_file, os_error, write_error
+from filexfer.storage._disk import os_error, write_error
 from filexfer.storage._interfaces import BlockingRunner, IUpload, Receipt
 
 _QUEUE_HIGH = 4 << 20
@@ -81,7 +82,7 @@ class Upload:
             handle.truncate(0)
             self.offset = 0
         handle.seek(0)
-        self._digest = hash_file(handle, self.offset)  # begin() runs this off the reactor
+        self._digest = sha256_prefix(handle, self.offset)  # begin() runs this off the reactor
         self.prefix_sha256: str | None = self._digest.hexdigest()
         self.received = self.offset
         self.stored: Receipt | None = None

@@ -32,11 +32,12 @@ from twisted.internet.defer import Deferred, fail
 from zope.interface import implementer
 
 from filexfer._errors import TransferError
+from filexfer._hashing import sha256_prefix
 from filexfer._mtime import check_mtime, probe_mtime_range
 from filexfer._names import STATE_DIR, validate_path
 from filexfer.storage._conflicts import name_limit, numbered_name
 from filexfer.storage._digests import DigestCache, stat_key
-from filexfer.storage._disk import hash_file, os_error, run_here
+from filexfer.storage._disk import os_error, run_here
 from filexfer.storage._interfaces import (
     CONFLICT_POLICIES,
     BlockingRunner,
@@ -259,7 +260,7 @@ class DirectoryStorage:
         handle, _ = self.open_read(path)
         with handle:
             info = os.fstat(handle.fileno())
-            digest: str = hash_file(handle).hexdigest()
+            digest: str = sha256_prefix(handle).hexdigest()
         if stat_key(info) == stat_key(existing):
             self._digests.remember(path, existing, digest, None)
         return digest
@@ -284,7 +285,7 @@ class DirectoryStorage:
         When C{digest} is given and a file with exactly these bytes is already
         stored for C{path} (the path itself or, under C{rename}, one of its
         numbered copies), nothing new is made: that file's path is returned
-        (PROTOCOL.md 1.2.1).  The digest of the placed file is cached, with
+        (docs/protocol.md, "Copies by content").  The digest of the placed file is cached, with
         the announced C{mtime_ns}.
 
         @return: the relative path it was stored under.

@@ -1,4 +1,4 @@
-"""The TCP handshake on the wire (PROTOCOL.md section 1): parse and encode.
+"""The TCP handshake on the wire (docs/protocol.md, "TCP"): parse and encode.
 
 Pure code: bytes in, values out.  No transport, no disk, no reactor.
 """
@@ -13,10 +13,11 @@ import attrs
 from filexfer._errors import TransferError
 from filexfer._mtime import NS_MAX, NS_MIN
 from filexfer._names import validate_name, validate_path
+from filexfer._receipt import Receipt
 
 FX_MAGIC = b"FX/"
 MAX_HEADER_BLOCK = 8192
-SEED_OK = b"ok"
+CLASSIC_OK = b"ok"
 
 MAX_SIZE_DIGITS = 20
 """Digits a Size (or an offset or size in a reply) may have: 2**64 has 20."""
@@ -40,7 +41,7 @@ _MTIME = re.compile(r"(?P<sign>[+-]?)(?P<seconds>[0-9]+)(?:\.(?P<fraction>[0-9]+
 class Form(Enum):
     """Which handshake a connection's first bytes announce."""
 
-    SEED = "seed"
+    CLASSIC = "classic"
     EXTENDED = "extended"
     UNDECIDED = "undecided"
 
@@ -55,11 +56,11 @@ def classify(first: bytes) -> Form:
         return Form.EXTENDED
     if FX_MAGIC.startswith(first):
         return Form.UNDECIDED
-    return Form.SEED
+    return Form.CLASSIC
 
 
 @attrs.frozen
-class SeedRequest:
+class ClassicRequest:
     """The classic form: a bare file name."""
 
     name: str
@@ -80,14 +81,14 @@ class PutRequest:
     """C{Resume: no}: the server ignores held bytes and stored candidates."""
 
 
-Request = SeedRequest | PutRequest
+Request = ClassicRequest | PutRequest
 
 TRAILER_FIELD = "SHA256"
 MAX_TRAILER = 128
 """Longest trailer line accepted, in bytes (C{SHA256: <64 hex>} needs 73)."""
 
 
-def parse_seed(chunk: bytes) -> SeedRequest:
+def parse_classic(chunk: bytes) -> ClassicRequest:
     """Take a classic client's first chunk as the whole file name.
 
     One trailing newline (as C{echo name | nc} sends) is dropped.
@@ -97,7 +98,7 @@ def parse_seed(chunk: bytes) -> SeedRequest:
         chunk = chunk[:-2]
     elif chunk.endswith(b"\n"):
         chunk = chunk[:-1]
-    return SeedRequest(validate_name(chunk))
+    return ClassicRequest(validate_name(chunk))
 
 
 def parse_header_block(buffer: bytes) -> tuple[PutRequest | None, bytes]:
@@ -304,15 +305,6 @@ class Ok:
 
 
 @attrs.frozen
-class Done:
-    """C{done <size> <sha256> <path>}: the file is durable under C{path}."""
-
-    size: int
-    sha256: str
-    path: str
-
-
-@attrs.frozen
 class Refusal:
     """C{error <code> <reason>}."""
 
@@ -320,7 +312,8 @@ class Refusal:
     reason: str
 
 
-Reply = Ok | Done | Refusal
+Reply = Ok | Receipt | Refusal
+"""C{done <size> <sha256> <path>} is read as the L{Receipt} it carries."""
 
 
 def encode_ok(offset: int, prefix_sha256: str | None = None, trailer: bool = False) -> bytes:
@@ -344,7 +337,7 @@ def parse_reply(line: bytes) -> Reply:
     """Parse one line the server sent (without its newline).
 
     Offsets and sizes are 1 to L{MAX_SIZE_DIGITS} digits, error codes three
-    digits (PROTOCOL.md 1.4): a server cannot make the client convert more.
+    digits (docs/protocol.md, "Numbers"): a server cannot make the client convert more.
 
     @raise ValueError: for anything that is not a reply (and nothing else).
     """
@@ -360,7 +353,7 @@ def parse_reply(line: bytes) -> Reply:
         size, _, rest = rest.partition(" ")
         digest, _, path = rest.partition(" ")
         if _SIZE.fullmatch(size) and _SHA256.fullmatch(digest) and path:
-            return Done(int(size), digest, path)
+            return Receipt(int(size), digest, path)
     if word == "error":
         code, _, reason = rest.partition(" ")
         if _CODE.fullmatch(code):

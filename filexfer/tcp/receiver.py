@@ -39,7 +39,8 @@ from zope.interface import implementer
 from filexfer._errors import TransferError
 from filexfer._guard import AccessPolicy, ConnectionLimits
 from filexfer._log import log, log_transfer
-from filexfer.storage import IStorage, IUpload, Receipt
+from filexfer._receipt import Receipt
+from filexfer.storage import IStorage, IUpload
 from filexfer.tcp import _wire
 
 PREFIX_WAIT = 0.5
@@ -75,7 +76,8 @@ class ReceiverProtocol(Protocol):
         self._prefix_timer: IDelayedCall | None = None
         self._prefix_expired = False
         self._peer_finished = False
-        self._form = "tcp"
+        self._classic = True
+        """Until FX/ is seen; decides the replies and the log line."""
         self._upload: IUpload | None = None
         self._peer = "?"
         self._path = ""
@@ -204,19 +206,25 @@ class ReceiverProtocol(Protocol):
             self._disarm()
             self.refused(TransferError(400, "data arrived before the server's ok"))
             return
+        self._path = request.name if isinstance(request, _wire.ClassicRequest) else request.path
+        try:
+            self.factory.check_token(request)
+        except TransferError as error:
+            self.refused(error)
+            return
         self.parsed(request)
 
     def _parse_buffer(self) -> tuple[_wire.Request | None, bytes]:
         form = _wire.classify(self._buffer)
         if form is _wire.Form.UNDECIDED:
             if self._prefix_expired:
-                return _wire.parse_seed(self._buffer), b""
+                return _wire.parse_classic(self._buffer), b""
             if self._prefix_timer is None:
                 self._prefix_timer = self._clock.callLater(PREFIX_WAIT, self._prefix_wait_over)
             return None, b""
-        if form is _wire.Form.SEED:
-            return _wire.parse_seed(self._buffer), b""
-        self._form = "fx/1"
+        if form is _wire.Form.CLASSIC:
+            return _wire.parse_classic(self._buffer), b""
+        self._classic = False
         return _wire.parse_header_block(self._buffer)
 
     def _prefix_wait_over(self) -> None:
@@ -226,15 +234,9 @@ class ReceiverProtocol(Protocol):
     @_machine.output()
     def _start(self, request: _wire.Request) -> None:
         self._buffer = b""
-        self._path = request.name if isinstance(request, _wire.SeedRequest) else request.path
-        try:
-            self.factory.check_token(request)
-        except TransferError as error:
-            self.refused(error)
-            return
         storage = self.factory.storage
         starting: Deferred[IUpload]
-        if isinstance(request, _wire.SeedRequest):
+        if isinstance(request, _wire.ClassicRequest):
             starting = maybeDeferred(storage.begin, request.name, None, None, None)
         else:
             self._trailer = request.trailer
@@ -269,8 +271,8 @@ class ReceiverProtocol(Protocol):
         if IConsumer.providedBy(upload):
             # storage that writes in the background pauses us while it catches up
             IConsumer(upload).registerProducer(self.transport, True)  # type: ignore[arg-type]
-        if self._form == "tcp":
-            self.transport.write(_wire.SEED_OK)  # type: ignore[union-attr]
+        if self._classic:
+            self.transport.write(_wire.CLASSIC_OK)  # type: ignore[union-attr]
         else:
             prefix = upload.prefix_sha256 if upload.offset < (upload.expected_size or 0) else None
             line = _wire.encode_ok(upload.offset, prefix, self._trailer)
@@ -340,7 +342,7 @@ class ReceiverProtocol(Protocol):
         upload = self._upload
         assert upload is not None
         upload.abort(keep_partial=True)
-        self.refused(TransferError(422, "the connection ended before the SHA256 trailer"))
+        self._refuse(TransferError(422, "the connection ended before the SHA256 trailer"))
 
     @_machine.output()
     def _finish(self) -> None:
@@ -372,7 +374,7 @@ class ReceiverProtocol(Protocol):
         self._reply_done(receipt, outcome)
 
     def _reply_done(self, receipt: Receipt, outcome: str) -> None:
-        if self._form != "tcp":
+        if not self._classic:
             line = _wire.encode_done(receipt.size, receipt.sha256, receipt.path)
             self.transport.write(line)  # type: ignore[union-attr]
         self._log(self._received(), f"{outcome} {receipt.path!r}")
@@ -380,11 +382,15 @@ class ReceiverProtocol(Protocol):
 
     @_machine.output()
     def _send_error(self, error: TransferError) -> None:
+        self._refuse(error)
+
+    def _refuse(self, error: TransferError) -> None:
+        """Say why (the classic form after C{ok}: reset), log, and close."""
         self._disarm()
         if self._upload is not None:
             self._upload.abort(keep_partial=False)  # a no-op once finish() kept a short partial
         self._log(self._received(), f"refused: {error.code} {error.reason}")
-        if self._form == "tcp" and self._upload is not None:
+        if self._classic and self._upload is not None:
             # The classic form has no words after "ok": a reset is the only
             # way to tell the client that its file was not stored.
             self.transport.abortConnection()  # type: ignore[union-attr]
@@ -420,7 +426,7 @@ class ReceiverProtocol(Protocol):
         stage = "handshake" if self._upload is None else "transfer"
         if self._upload is not None:
             self._upload.abort(keep_partial=True)  # a stalled upload may be resumed
-        self.refused(TransferError(408, f"{stage} timed out"))
+        self._refuse(TransferError(408, f"{stage} timed out"))
 
     @_machine.output()
     def _keep_partial(self, reason: Failure) -> None:
@@ -453,16 +459,16 @@ class ReceiverProtocol(Protocol):
     handshake.upon(parsed, enter=starting, outputs=[_start])
     handshake.upon(end_of_stream, enter=closed, outputs=[_close])
     handshake.upon(refused, enter=closed, outputs=[_send_error])
-    handshake.upon(timed_out, enter=handshake, outputs=[_refuse_timeout])
+    handshake.upon(timed_out, enter=closed, outputs=[_refuse_timeout])
     handshake.upon(connection_lost, enter=closed, outputs=[_log_vanished])
 
-    # The client sends nothing before "ok" (PROTOCOL.md 1.2.1).
+    # The client sends nothing before "ok" (docs/protocol.md, "FX/1").
     starting.upon(data_received, enter=starting, outputs=[_refuse_early_data])
     starting.upon(end_of_stream, enter=starting, outputs=[])
     starting.upon(accepted, enter=streaming, outputs=[_send_ok])
     starting.upon(already_stored, enter=closed, outputs=[_send_ok_and_done])
     starting.upon(refused, enter=closed, outputs=[_send_error])
-    starting.upon(timed_out, enter=starting, outputs=[_refuse_timeout])
+    starting.upon(timed_out, enter=closed, outputs=[_refuse_timeout])
     starting.upon(connection_lost, enter=closed, outputs=[_note_gone])
 
     streaming.upon(data_received, enter=streaming, outputs=[_write])
@@ -470,14 +476,14 @@ class ReceiverProtocol(Protocol):
     streaming.upon(data_complete, enter=trailer, outputs=[])
     streaming.upon(end_of_stream, enter=finishing, outputs=[_finish])
     streaming.upon(refused, enter=closed, outputs=[_send_error])
-    streaming.upon(timed_out, enter=streaming, outputs=[_refuse_timeout])
+    streaming.upon(timed_out, enter=closed, outputs=[_refuse_timeout])
     streaming.upon(connection_lost, enter=closed, outputs=[_keep_partial])
 
     trailer.upon(data_received, enter=trailer, outputs=[_read_trailer])
     trailer.upon(trailer_received, enter=finishing, outputs=[_finish])
-    trailer.upon(end_of_stream, enter=trailer, outputs=[_refuse_short])
+    trailer.upon(end_of_stream, enter=closed, outputs=[_refuse_short])
     trailer.upon(refused, enter=closed, outputs=[_send_error])
-    trailer.upon(timed_out, enter=trailer, outputs=[_refuse_timeout])
+    trailer.upon(timed_out, enter=closed, outputs=[_refuse_timeout])
     trailer.upon(connection_lost, enter=closed, outputs=[_keep_partial])
 
     # Reading is paused while finishing; bytes beyond Size in the final read
@@ -526,7 +532,7 @@ class ReceiverProtocol(Protocol):
 
     def _log(self, nbytes: int, outcome: str) -> None:
         log_transfer(
-            protocol=self._form,
+            protocol="classic" if self._classic else "fx/1",
             peer=self._peer,
             path=self._path,
             nbytes=nbytes,
@@ -591,7 +597,7 @@ class ReceiverFactory(Factory):
         """Refuse with 401 unless the request carries the shared secret."""
         if self.token is None:
             return
-        if isinstance(request, _wire.SeedRequest):
+        if isinstance(request, _wire.ClassicRequest):
             raise TransferError(401, "this server requires a token: use the FX/1 form")
         if request.token is None or not _constant_time_equal(request.token, self.token):
             raise TransferError(401, "bad or missing token")

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any, BinaryIO, cast
 
+from automat import MethodicalMachine
 from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
@@ -31,14 +32,14 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from filexfer._hashing import HASH_READ, ShortFile, sha256_prefix
 from filexfer._mtime import NS_MAX, NS_MIN
-from filexfer.storage import Receipt
+from filexfer._receipt import Receipt
 from filexfer.tcp import _wire
 
 CHUNK_SIZE = 256 * 1024
 _SENDFILE_MAX = 8 << 20
 """Bytes per C{sendfile} call (the kernel sends what the socket takes)."""
-_HASH_READ = 1 << 20
 _REPORT_EVERY = 4 << 20
 """Progress reports from the sending thread, in bytes."""
 _POLL_MS = 100
@@ -88,7 +89,7 @@ class _FileProducer:
 
 
 class _ThreadedSend:
-    """Streams a byte range of a file to a plain TCP socket off the reactor thread.
+    """Streams a byte range of a file to a TCP socket without TLS off the reactor thread.
 
     One thread pushes bytes [start, end) with C{os.sendfile} (no copy through
     Python), another hashes [0, end), so that a resumed upload's prefix is
@@ -162,7 +163,7 @@ class _ThreadedSend:
         error: BaseException | None = None
         try:
             while position < self._end and not self._stopped.is_set():
-                chunk = os.pread(handle, min(_HASH_READ, self._end - position), position)
+                chunk = os.pread(handle, min(HASH_READ, self._end - position), position)
                 if not chunk:
                     break
                 self._digest.update(chunk)
@@ -181,7 +182,7 @@ class _ThreadedSend:
 
 
 def _socket_fd(transport: object) -> int | None:
-    """The descriptor of a plain (not TLS) TCP connection, else None."""
+    """The descriptor of a TCP connection without TLS, else None."""
     from twisted.internet import tcp  # here: importing it loads TLS, which a send may not need
 
     if isinstance(transport, tcp.Connection) and not getattr(transport, "TLS", False):
@@ -192,16 +193,21 @@ def _socket_fd(transport: object) -> int | None:
 class SenderProtocol(Protocol):
     """Sends one file: handshake, wait for C{ok}, stream, wait for C{done}.
 
-    Over plain TCP on a reactor with threads, the bytes go out with
+    Over TCP without TLS on a reactor with threads, the bytes go out with
     C{sendfile} and are hashed in a second thread (L{_ThreadedSend}); over
     TLS, or in memory, a pull producer sends a chunk at a time.
+
+    A connection moves through a declared state machine (the table is at the
+    end of the class); C{dataReceived} and C{connectionLost} only feed it.
     """
+
+    _machine = MethodicalMachine()
 
     def __init__(
         self,
         handle: BinaryIO,
         size: int,
-        request: _wire.SeedRequest | _wire.PutRequest,
+        request: _wire.ClassicRequest | _wire.PutRequest,
         progress: Progress | None,
         clock: IReactorTime,
         idle_timeout: float,
@@ -212,81 +218,195 @@ class SenderProtocol(Protocol):
         self._handle = handle
         self._size = size
         self._request = request
-        self._plain = isinstance(request, _wire.SeedRequest)
+        self._classic = isinstance(request, _wire.ClassicRequest)
         self._progress = progress
         self._digest = hashlib.sha256()
+        self._hashed_upto = 0
+        """Bytes of the file that C{_digest} covers before sending starts."""
         self._sent = 0
         self._buffer = b""
-        self._streaming = False
-        self._producing = False
-        self._finished_sending = False
-        self._threaded: _ThreadedSend | None = None
-        self._early_done: _wire.Done | None = None
-        self._trailer = False
+        self._line = b""
+        """The reply being handled, for messages about it."""
         self._offset = 0
+        self._trailer = False
+        self._producer: _FileProducer | None = None
+        """Registered with the transport while pulling."""
+        self._threads: _ThreadedSend | None = None
+        """Running from C{threaded} until both threads have reported."""
+        self._early_receipt: Receipt | None = None
+        """The receipt held in C{confirmed_early}."""
         self.result: Deferred[Receipt] = Deferred()
+
+    # -- Twisted's calls -----------------------------------------------------
 
     def connectionMade(self) -> None:
         self._timer = self._clock.callLater(self._idle_timeout, self._stalled)
         if hasattr(self.transport, "bufferSize"):
             self.transport.bufferSize = CHUNK_SIZE  # type: ignore[union-attr]
-        if isinstance(self._request, _wire.SeedRequest):
+        if isinstance(self._request, _wire.ClassicRequest):
             self.transport.write(self._request.name.encode("utf-8"))  # type: ignore[union-attr]
         else:
             self.transport.write(_wire.encode_put(self._request))  # type: ignore[union-attr]
 
-    def _stalled(self) -> None:
-        self._timer = None
-        self._fail(SendError(f"no progress for {self._idle_timeout:g} seconds; giving up"))
-
-    def _still_alive(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.reset(self._idle_timeout)
-
     def dataReceived(self, data: bytes) -> None:
         self._still_alive()
-        self._buffer += data
-        if self._plain and not self._streaming and self._buffer.startswith(_wire.SEED_OK):
-            self._buffer = self._buffer[len(_wire.SEED_OK) :]
-            self._start_streaming(0)
-        while b"\n" in self._buffer and not self.result.called:
-            line, _, self._buffer = self._buffer.partition(b"\n")
-            self._handle_reply(line)
-        if len(self._buffer) > _wire.MAX_HEADER_BLOCK:
-            self._fail(SendError("the server sent an overlong reply"))
+        self.data_received(data)
 
-    def _handle_reply(self, line: bytes) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self.connection_lost(reason)
+
+    # -- states ----------------------------------------------------------------
+
+    @_machine.state(initial=True)
+    def handshake(self) -> None:
+        """The request is sent; waiting for C{ok} (or C{error})."""
+
+    @_machine.state()
+    def checking_prefix(self) -> None:
+        """C{ok <offset> <prefix>}: hashing our first offset bytes to compare."""
+
+    @_machine.state()
+    def pulling(self) -> None:
+        """Sending a chunk per pull of the transport (TLS, in memory)."""
+
+    @_machine.state()
+    def threaded(self) -> None:
+        """One thread sends with C{sendfile}, another hashes."""
+
+    @_machine.state()
+    def confirmed_early(self) -> None:
+        """C{done} came in while our hashing thread still runs: checked when it ends."""
+
+    @_machine.state()
+    def confirming(self) -> None:
+        """All bytes (and the trailer) are sent: waiting for C{done}, or the classic close."""
+
+    @_machine.state()
+    def done(self) -> None:
+        """The result has fired."""
+
+    # -- inputs ----------------------------------------------------------------
+
+    @_machine.input()
+    def data_received(self, data: bytes) -> None:
+        "Bytes from the server."
+
+    @_machine.input()
+    def offered_pull(self, offset: int, trailer: bool) -> None:
+        "The server's ok: send from offset, a chunk per pull."
+
+    @_machine.input()
+    def offered_threads(self, offset: int, trailer: bool) -> None:
+        "The server's ok: send from offset with sendfile and a hashing thread."
+
+    @_machine.input()
+    def prefix_offered(self, offset: int, theirs: str | None) -> None:
+        "The server holds [0, offset) with this digest (None: a stored file to prove)."
+
+    @_machine.input()
+    def prefix_verified_pull(self, offset: int, trailer: bool) -> None:
+        "Our first offset bytes are what the server holds: pull the rest."
+
+    @_machine.input()
+    def prefix_verified_threads(self, offset: int, trailer: bool) -> None:
+        "Our first offset bytes are what the server holds: send the rest in threads."
+
+    @_machine.input()
+    def all_sent(self) -> None:
+        "Every byte of the file is sent and hashed."
+
+    @_machine.input()
+    def receipt_received(self, receipt: Receipt) -> None:
+        "The server's done line."
+
+    @_machine.input()
+    def refused(self, refusal: _wire.Refusal) -> None:
+        "The server's error line."
+
+    @_machine.input()
+    def failed(self, error: SendError) -> None:
+        "Something on our side ends the send (timeout, bad reply, unreadable file)."
+
+    @_machine.input()
+    def connection_lost(self, reason: Failure) -> None:
+        "The connection is gone."
+
+    # -- outputs: replies --------------------------------------------------------
+
+    @_machine.output()
+    def _read_first_replies(self, data: bytes) -> None:
+        self._buffer += data
+        if self._classic and self._buffer.startswith(_wire.CLASSIC_OK):
+            self._buffer = self._buffer[len(_wire.CLASSIC_OK) :]
+            self._offer(0, False)
+        self._read_lines()
+
+    @_machine.output()
+    def _read_replies(self, data: bytes) -> None:
+        self._buffer += data
+        self._read_lines()
+
+    def _read_lines(self) -> None:
+        while b"\n" in self._buffer and not self.result.called:
+            self._line, _, self._buffer = self._buffer.partition(b"\n")
+            self._dispatch(self._line)
+        if len(self._buffer) > _wire.MAX_HEADER_BLOCK:
+            self.failed(SendError("the server sent an overlong reply"))
+
+    def _dispatch(self, line: bytes) -> None:
+        """Turn one reply line into the machine's input for it."""
         try:
             reply = _wire.parse_reply(line)
         except ValueError as error:
-            self._fail(SendError(str(error)))
+            self.failed(SendError(str(error)))
             return
         if isinstance(reply, _wire.Refusal):
-            if reply.code == 422 and self._offset and self._trailer:
-                # what the server held (a partial, a stored file) is not this
-                # file as it is now: one fresh attempt (PROTOCOL.md 1.2.0, I1)
-                self._fail(_StartAfresh(f"server refused: {reply.code} {reply.reason}"))
-            else:
-                self._fail(ServerRefused(reply.code, reply.reason))
-        elif isinstance(reply, _wire.Ok) and not self._streaming and not self._plain:
-            if reply.offset > self._size:
-                self._fail(SendError(f"server offered offset {reply.offset} beyond the file"))
-            elif reply.trailer and reply.offset:
-                self._streaming = True
-                self._trailer = True
-                self._offset = reply.offset
-                self._check_prefix(reply.offset, reply.prefix_sha256)
-            else:
-                self._trailer = reply.trailer
-                self._start_streaming(reply.offset)
-        elif isinstance(reply, _wire.Done) and self._finished_sending:
-            self._check_receipt(reply)
-        elif isinstance(reply, _wire.Done) and self._threaded is not None:
-            self._early_done = reply  # the hashing thread has yet to report
+            self.refused(reply)
+        elif isinstance(reply, Receipt):
+            self.receipt_received(reply)
+        elif self._classic:
+            self.failed(SendError(f"unexpected reply from server: {line[:80]!r}"))
+        elif reply.offset > self._size:
+            self.failed(SendError(f"server offered offset {reply.offset} beyond the file"))
+        elif reply.trailer and reply.offset:
+            self.prefix_offered(reply.offset, reply.prefix_sha256)
         else:
-            self._fail(SendError(f"unexpected reply from server: {line[:80]!r}"))
+            self._offer(reply.offset, reply.trailer)
 
-    def _check_prefix(self, offset: int, theirs: str | None) -> None:
+    def _offer(self, offset: int, trailer: bool) -> None:
+        if self._can_use_threads():
+            self.offered_threads(offset, trailer)
+        else:
+            self.offered_pull(offset, trailer)
+
+    def _can_use_threads(self) -> bool:
+        return IReactorThreads.providedBy(self._clock) and _socket_fd(self.transport) is not None
+
+    @_machine.output()
+    def _unexpected(self) -> None:
+        self._fail(SendError(f"unexpected reply from server: {self._line[:80]!r}"))
+
+    @_machine.output()
+    def _report_refusal(self, refusal: _wire.Refusal) -> None:
+        self._fail(self._refusal_error(refusal))
+
+    def _refusal_error(self, refusal: _wire.Refusal) -> SendError:
+        if refusal.code == 422 and self._offset and self._trailer:
+            # what the server held (a partial, a stored file) is not this
+            # file as it is now: one fresh attempt (docs/protocol.md, I1)
+            return _StartAfresh(f"server refused: {refusal.code} {refusal.reason}")
+        return ServerRefused(refusal.code, refusal.reason)
+
+    @_machine.output()
+    def _give_up(self, error: SendError) -> None:
+        self._fail(error)
+
+    # -- outputs: the prefix -------------------------------------------------------
+
+    @_machine.output()
+    def _hash_our_prefix(self, offset: int, theirs: str | None) -> None:
         """Hash our bytes [0, offset) (off the reactor thread when it has threads), then go on.
 
         C{theirs} is the server's SHA-256 of the bytes it holds: a mismatch
@@ -294,6 +414,8 @@ class SenderProtocol(Protocol):
         stops and a fresh one follows.  Without it (C{ok <size> -}, a stored
         file with our Size and Mtime) the trailer carries the proof.
         """
+        self._offset = offset
+        self._trailer = True
         if IReactorThreads.providedBy(self._clock):
             hashing = deferToThreadPool(
                 cast(Any, self._clock),
@@ -309,52 +431,65 @@ class SenderProtocol(Protocol):
             if self.result.called:
                 return
             if theirs is not None and digest.hexdigest() != theirs:
-                self._fail(_StartAfresh("the server holds other bytes for this file"))
+                self.failed(_StartAfresh("the server holds other bytes for this file"))
                 return
             self._digest = digest
-            self._start_streaming(offset, prefix_hashed=True)
+            self._hashed_upto = offset
+            if self._can_use_threads():
+                self.prefix_verified_threads(offset, True)
+            else:
+                self.prefix_verified_pull(offset, True)
 
         def failed(failure: Failure) -> None:
-            self._fail(SendError(f"cannot read the file: {failure.getErrorMessage()}"))
+            self.failed(SendError(f"cannot read the file: {failure.getErrorMessage()}"))
 
         hashing.addCallbacks(hashed, failed)
 
-    def _start_streaming(self, offset: int, prefix_hashed: bool = False) -> None:
-        self._streaming = True
-        self._sent = offset
-        self._report_progress()
-        sock_fd = _socket_fd(self.transport)
-        if sock_fd is not None and IReactorThreads.providedBy(self._clock):
-            # The hashing thread starts at 0 unless the prefix is hashed
-            # already: a resumed prefix is hashed off the reactor thread too.
-            self._threaded = _ThreadedSend(
-                cast(IReactorThreads, self._clock),
-                sock_fd,
-                self._handle.fileno(),
-                offset,
-                self._size,
-                self._digest,
-                self._sent_by_thread,
-                self._threads_finished,
-                hash_from=offset if prefix_hashed else 0,
-            )
-            return
-        if offset and not prefix_hashed:
+    # -- outputs: sending ----------------------------------------------------------
+
+    @_machine.output()
+    def _start_threads(self, offset: int, trailer: bool) -> None:
+        self._begin_at(offset, trailer)
+        # The hashing thread starts at 0 unless the prefix is hashed
+        # already: a resumed prefix is hashed off the reactor thread too.
+        self._threads = _ThreadedSend(
+            cast(IReactorThreads, self._clock),
+            cast(int, _socket_fd(self.transport)),
+            self._handle.fileno(),
+            offset,
+            self._size,
+            self._digest,
+            self._sent_by_thread,
+            self._threads_finished,
+            hash_from=self._hashed_upto if self._hashed_upto == offset else 0,
+        )
+
+    @_machine.output()
+    def _start_pull(self, offset: int, trailer: bool) -> None:
+        self._begin_at(offset, trailer)
+        if offset and self._hashed_upto != offset:
             self._digest = _hash_prefix(self._handle, offset)
         self._handle.seek(offset)
         if offset == self._size:
-            self._all_sent()
+            self._sent_everything()
             return
-        self._producing = True  # first: a real transport pulls the first chunk at once
-        self.transport.registerProducer(_FileProducer(self), False)  # type: ignore[union-attr]
+        # first: a real transport pulls the first chunk at once
+        self._producer = _FileProducer(self)
+        self.transport.registerProducer(self._producer, False)  # type: ignore[union-attr]
+
+    def _begin_at(self, offset: int, trailer: bool) -> None:
+        self._offset = offset
+        self._trailer = trailer
+        self._sent = offset
+        self._report_progress()
 
     def send_next_chunk(self) -> None:
         """Send one more chunk (the producer's pull)."""
-        if self._finished_sending:
+        if self._producer is None:
             return
         chunk = self._handle.read(min(CHUNK_SIZE, self._size - self._sent))
         if not chunk:
-            self._all_sent()
+            self._sent_everything()
             return
         self._digest.update(chunk)
         self._sent += len(chunk)
@@ -362,7 +497,11 @@ class SenderProtocol(Protocol):
         self._still_alive()
         self._report_progress()
         if self._sent >= self._size:
-            self._all_sent()
+            self._sent_everything()
+
+    def stop_streaming(self) -> None:
+        """The transport gave up on us: no more pulls."""
+        self._producer = None
 
     def _sent_by_thread(self, position: int) -> None:
         self._sent = position
@@ -370,45 +509,183 @@ class SenderProtocol(Protocol):
         self._report_progress()
 
     def _threads_finished(self, sent: int, hashed: int, error: BaseException | None) -> None:
-        self._threaded = None
-        if self._finished_sending:
+        self._threads = None
+        if self.result.called:
             return  # stopped: the result is settled already
         if error is not None:
-            self._fail(SendError(f"sending failed: {error}"))
+            self.failed(SendError(f"sending failed: {error}"))
             return
         self._sent = min(sent, hashed)
-        self._all_sent()
-        early, self._early_done = self._early_done, None
-        if early is not None and not self.result.called:
-            self._check_receipt(early)
+        self._sent_everything()
 
-    def stop_streaming(self) -> None:
-        """The transport gave up on us."""
-        self._finished_sending = True
-
-    def _all_sent(self) -> None:
-        if self._finished_sending:
-            return
-        self._stop_producing()
+    def _sent_everything(self) -> None:
         if self._sent != self._size:
-            self._fail(SendError(f"file changed while sending: {self._sent} of {self._size} bytes"))
-        elif self._plain:
+            self.failed(
+                SendError(f"file changed while sending: {self._sent} of {self._size} bytes")
+            )
+        else:
+            self.all_sent()
+
+    @_machine.output()
+    def _send_trailer_or_close(self) -> None:
+        self._stop_sending()
+        if self._classic:
             self.transport.loseConnection()  # type: ignore[union-attr]
         elif self._trailer:
             trailer = _wire.encode_trailer(self._digest.hexdigest())
             self.transport.write(trailer)  # type: ignore[union-attr]
 
-    def _check_receipt(self, done: _wire.Done) -> None:
+    def _stop_sending(self) -> None:
+        """No more reads from the file (it is closed once the result fires)."""
+        if self._threads is not None:
+            self._threads.stop()
+        if self._producer is not None:  # not registered when nothing was left to send
+            self._producer = None
+            self.transport.unregisterProducer()  # type: ignore[union-attr]
+
+    # -- outputs: the receipt --------------------------------------------------------
+
+    @_machine.output()
+    def _hold_receipt(self, receipt: Receipt) -> None:
+        self._early_receipt = receipt  # the hashing thread has yet to report
+
+    @_machine.output()
+    def _check_held_receipt(self) -> None:
+        self._stop_sending()
+        assert self._early_receipt is not None
+        self._verify(self._early_receipt)
+
+    @_machine.output()
+    def _check_receipt(self, receipt: Receipt) -> None:
+        self._verify(receipt)
+
+    def _verify(self, receipt: Receipt) -> None:
         ours = self._digest.hexdigest()
-        if done.size != self._size or done.sha256 != ours:
+        if receipt.size != self._size or receipt.sha256 != ours:
             self._fail(
                 SendError(
-                    f"server stored {done.size} bytes hashing to {done.sha256}, "
+                    f"server stored {receipt.size} bytes hashing to {receipt.sha256}, "
                     f"but the file has {self._size} bytes hashing to {ours}"
                 )
             )
             return
-        self._succeed(Receipt(done.size, done.sha256, done.path))
+        self._succeed(receipt)
+
+    # -- outputs: the connection ends ------------------------------------------------
+
+    @_machine.output()
+    def _lost_in_handshake(self, reason: Failure) -> None:
+        self._connection_failed(reason, "during the handshake")
+
+    @_machine.output()
+    def _lost_unconfirmed(self, reason: Failure) -> None:
+        self._connection_failed(reason, "before the server confirmed")
+
+    @_machine.output()
+    def _lost_after_sending(self, reason: Failure) -> None:
+        if self._classic and not self._buffer.startswith(b"error") and reason.check(ConnectionDone):
+            # the classic form's only confirmation is the server's clean close
+            self._succeed(Receipt(self._size, self._digest.hexdigest(), self._request_path))
+        else:
+            self._connection_failed(reason, "before the server confirmed")
+
+    def _connection_failed(self, reason: Failure, stage: str) -> None:
+        self._stop_sending()
+        if self._buffer.startswith(b"error"):
+            try:
+                refusal = _wire.parse_reply(self._buffer)
+            except ValueError as error:
+                self._fail(SendError(str(error)))
+                return
+            assert isinstance(refusal, _wire.Refusal)
+            self._fail(self._refusal_error(refusal))
+            return
+        tls_problem = _describe_tls_failure(reason)
+        if tls_problem is not None:
+            self._fail(SendError(tls_problem))
+            return
+        self._fail(SendError(f"connection closed {stage}: {reason.getErrorMessage()}"))
+
+    # -- transitions ---------------------------------------------------------------
+
+    handshake.upon(data_received, enter=handshake, outputs=[_read_first_replies])
+    handshake.upon(offered_pull, enter=pulling, outputs=[_start_pull])
+    handshake.upon(offered_threads, enter=threaded, outputs=[_start_threads])
+    handshake.upon(prefix_offered, enter=checking_prefix, outputs=[_hash_our_prefix])
+    handshake.upon(receipt_received, enter=done, outputs=[_unexpected])
+    handshake.upon(refused, enter=done, outputs=[_report_refusal])
+    handshake.upon(failed, enter=done, outputs=[_give_up])
+    handshake.upon(connection_lost, enter=done, outputs=[_lost_in_handshake])
+
+    checking_prefix.upon(data_received, enter=checking_prefix, outputs=[_read_replies])
+    checking_prefix.upon(prefix_verified_pull, enter=pulling, outputs=[_start_pull])
+    checking_prefix.upon(prefix_verified_threads, enter=threaded, outputs=[_start_threads])
+    checking_prefix.upon(refused, enter=done, outputs=[_report_refusal])
+    checking_prefix.upon(failed, enter=done, outputs=[_give_up])
+    checking_prefix.upon(connection_lost, enter=done, outputs=[_lost_unconfirmed])
+
+    pulling.upon(data_received, enter=pulling, outputs=[_read_replies])
+    pulling.upon(all_sent, enter=confirming, outputs=[_send_trailer_or_close])
+    pulling.upon(refused, enter=done, outputs=[_report_refusal])
+    pulling.upon(failed, enter=done, outputs=[_give_up])
+    pulling.upon(connection_lost, enter=done, outputs=[_lost_unconfirmed])
+
+    threaded.upon(data_received, enter=threaded, outputs=[_read_replies])
+    threaded.upon(all_sent, enter=confirming, outputs=[_send_trailer_or_close])
+    threaded.upon(receipt_received, enter=confirmed_early, outputs=[_hold_receipt])
+    threaded.upon(refused, enter=done, outputs=[_report_refusal])
+    threaded.upon(failed, enter=done, outputs=[_give_up])
+    threaded.upon(connection_lost, enter=done, outputs=[_lost_unconfirmed])
+
+    # The receipt is in; our hashing thread is not done: wait for it, even
+    # when the server has closed already.
+    confirmed_early.upon(data_received, enter=confirmed_early, outputs=[_read_replies])
+    confirmed_early.upon(all_sent, enter=done, outputs=[_check_held_receipt])
+    confirmed_early.upon(receipt_received, enter=confirmed_early, outputs=[_hold_receipt])
+    confirmed_early.upon(refused, enter=done, outputs=[_report_refusal])
+    confirmed_early.upon(failed, enter=done, outputs=[_give_up])
+    confirmed_early.upon(connection_lost, enter=confirmed_early, outputs=[])
+
+    confirming.upon(data_received, enter=confirming, outputs=[_read_replies])
+    confirming.upon(receipt_received, enter=done, outputs=[_check_receipt])
+    confirming.upon(refused, enter=done, outputs=[_report_refusal])
+    confirming.upon(failed, enter=done, outputs=[_give_up])
+    confirming.upon(connection_lost, enter=done, outputs=[_lost_after_sending])
+
+    # A second ok, or a done before the bytes, is a server out of step.
+    for _state in (checking_prefix, pulling, threaded, confirmed_early, confirming):
+        for _offer_input in (offered_pull, offered_threads, prefix_offered):
+            _state.upon(_offer_input, enter=done, outputs=[_unexpected])
+    for _state in (checking_prefix, pulling):
+        _state.upon(receipt_received, enter=done, outputs=[_unexpected])
+
+    # Nothing moves once the result has fired: late thread reports, a prefix
+    # hashed after a failure, the close that follows our own.
+    for _input in (
+        data_received,
+        offered_pull,
+        offered_threads,
+        prefix_offered,
+        prefix_verified_pull,
+        prefix_verified_threads,
+        all_sent,
+        receipt_received,
+        refused,
+        failed,
+        connection_lost,
+    ):
+        done.upon(_input, enter=done, outputs=[])
+    del _state, _offer_input, _input
+
+    # -- helpers -------------------------------------------------------------------
+
+    def _stalled(self) -> None:
+        self._timer = None
+        self.failed(SendError(f"no progress for {self._idle_timeout:g} seconds; giving up"))
+
+    def _still_alive(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.reset(self._idle_timeout)
 
     def _report_progress(self) -> None:
         if self._progress is not None:
@@ -420,54 +697,15 @@ class SenderProtocol(Protocol):
         self.transport.loseConnection()  # type: ignore[union-attr]
 
     def _fail(self, error: Exception) -> None:
-        self._stop_producing()
+        self._stop_sending()
         if not self.result.called:
             self.result.errback(Failure(error))
         self.transport.loseConnection()  # type: ignore[union-attr]
 
-    def _stop_producing(self) -> None:
-        """No more reads from the file (it is closed once the result fires)."""
-        if self._threaded is not None:
-            self._threaded.stop()
-        if not self._finished_sending:
-            self._finished_sending = True
-            if self._producing:  # not registered when nothing was left to send
-                self._producing = False
-                self.transport.unregisterProducer()  # type: ignore[union-attr]
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        if self._early_done is not None and self._threaded is not None:
-            return  # the receipt came in; it is checked once our hashing thread is done
-        if self._threaded is not None:
-            self._threaded.stop()
-        self._finished_sending = True
-        if self.result.called:
-            return
-        if self._buffer.startswith(b"error"):
-            self._handle_reply(self._buffer)
-        elif (
-            self._plain
-            and self._streaming
-            and self._sent == self._size
-            and reason.check(ConnectionDone)
-        ):
-            self.result.callback(Receipt(self._size, self._digest.hexdigest(), self._request_path))
-        else:
-            tls_problem = _describe_tls_failure(reason)
-            if tls_problem is not None:
-                self.result.errback(Failure(SendError(tls_problem)))
-                return
-            stage = "before the server confirmed" if self._streaming else "during the handshake"
-            self.result.errback(
-                Failure(SendError(f"connection closed {stage}: {reason.getErrorMessage()}"))
-            )
-
     @property
     def _request_path(self) -> str:
         request = self._request
-        return request.name if isinstance(request, _wire.SeedRequest) else request.path
+        return request.name if isinstance(request, _wire.ClassicRequest) else request.path
 
 
 def _describe_tls_failure(reason: Failure) -> str | None:
@@ -487,16 +725,11 @@ def _hash_prefix(handle: BinaryIO, length: int) -> Any:
 
     @raise SendError: the file is shorter than C{length}.
     """
-    digest = hashlib.sha256()
     handle.seek(0)
-    remaining = length
-    while remaining > 0:
-        chunk = handle.read(min(_HASH_READ, remaining))
-        if not chunk:
-            raise SendError(f"the file is shorter than {length} bytes")
-        digest.update(chunk)
-        remaining -= len(chunk)
-    return digest
+    try:
+        return sha256_prefix(handle, length, exact=True)
+    except ShortFile as short:
+        raise SendError(str(short)) from None
 
 
 def send_file(
@@ -589,7 +822,7 @@ def _send_once(
     endpoint: IStreamClientEndpoint,
     path: str | os.PathLike[str],
     name: str | None,
-    plain: bool,
+    classic: bool,
     token: str | None,
     progress: Progress | None,
     idle_timeout: float,
@@ -603,9 +836,9 @@ def _send_once(
         return fail(SendError(f"cannot read {os.fspath(path)}: {exc.strerror}"))
     info = os.fstat(handle.fileno())
     remote = name if name is not None else os.path.basename(os.fspath(path))
-    request: _wire.SeedRequest | _wire.PutRequest
-    if plain:
-        request = _wire.SeedRequest(remote)
+    request: _wire.ClassicRequest | _wire.PutRequest
+    if classic:
+        request = _wire.ClassicRequest(remote)
     else:
         # Mtime is optional: a time no server accepts (after 2262-04-11, which
         # ext4 can hold) is left out rather than have the upload refused.

@@ -84,7 +84,7 @@ MODES = ("octet", "netascii")
 MAX_OPTION_DIGITS = 20
 """Digits an option value may have (a 64-bit tsize needs 20); longer is malformed."""
 MAX_ERROR_MESSAGE = 511
-"""Bytes of an ERROR message, so that the packet fits in 516 bytes (PROTOCOL.md 2)."""
+"""Bytes of an ERROR message, so that the packet fits in 516 bytes (RFC 1350)."""
 
 
 class MalformedPacket(ValueError):
