@@ -209,6 +209,7 @@ class _Upload:
         self._queue: list[bytes] = []
         self._queued = 0
         self._in_flight: Deferred[Any] | None = None
+        self._in_flight_bytes = 0
         self._error: TransferError | None = None
         self._idle_waiters: list[Deferred[None]] = []
         self._producer: IPushProducer | None = None
@@ -231,7 +232,10 @@ class _Upload:
         if self.expected_size is not None and self.received + len(data) > self.expected_size:
             raise TransferError(422, f"more bytes than the announced Size {self.expected_size}")
         self._storage.check_size(self.received + len(data))
-        self._storage.check_space(len(data), os.path.dirname(self._temp_name))
+        # Bytes still queued or being written are not on the disk yet: they
+        # count against the reserve too, or a fast sender outruns the check.
+        unwritten = self._queued + self._in_flight_bytes
+        self._storage.check_space(unwritten + len(data), os.path.dirname(self._temp_name))
         if self._run_writes is None:
             try:
                 self._handle.write(data)
@@ -251,9 +255,10 @@ class _Upload:
 
     def _start_batch(self) -> None:
         batch, self._queue, self._queued = self._queue, [], 0
+        self._in_flight_bytes = sum(map(len, batch))
         run = self._run_writes
         assert run is not None
-        if sum(map(len, batch)) >= _PARALLEL_BATCH:
+        if self._in_flight_bytes >= _PARALLEL_BATCH:
             # hashlib and write() both release the GIL: do them side by side
             both = [run(lambda: self._write_all(batch)), run(lambda: self._hash_all(batch))]
             done: Deferred[Any] = DeferredList(both, fireOnOneErrback=True, consumeErrors=True)
@@ -276,6 +281,7 @@ class _Upload:
 
     def _batch_done(self, result: Any) -> None:
         self._in_flight = None
+        self._in_flight_bytes = 0
         if isinstance(result, Failure):
             if isinstance(result.value, FirstError):
                 result = result.value.subFailure
