@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import io
 import os
+import shutil
 import time
 from typing import Any
 
@@ -577,6 +578,21 @@ class QuotaTests(StorageTestCase):
         upload.abort(keep_partial=False)
         self.assertEqual(state_files(self.root, "tmp"), [])
 
+    def test_min_free_counts_bytes_not_yet_written(self) -> None:
+        """Bytes queued for (or being written by) the write thread count against the reserve."""
+        runner = ManualRunner()  # no batch is written until told: nothing reaches the disk
+        chunk = b"x" * (256 << 10)
+        free = 64 << 20
+        storage = self.make_storage(min_free=free - 3 * len(chunk), run_writes=runner)
+        self.patch(shutil, "disk_usage", lambda where: _Usage(free))
+        upload = self.begin_on(storage, "f", None)
+        for _ in range(3):
+            upload.write(chunk)  # room for exactly three: one in flight, two queued
+        self.assertRefused(507, upload.write, chunk)
+        upload.abort(keep_partial=False)
+        runner.run_all()
+        self.assertEqual(state_files(self.root, "tmp"), [])
+
     def test_enospc_maps_to_507(self) -> None:
         """A disk-full error while writing becomes 507."""
         storage = _FullDiskStorage(self.root)
@@ -585,6 +601,13 @@ class QuotaTests(StorageTestCase):
         self.assertEqual(error.code, 507)
         upload.abort(keep_partial=False)
         self.assertEqual(visible_files(self.root), [])
+
+
+class _Usage:
+    """What C{shutil.disk_usage} tells: here only C{free} is read."""
+
+    def __init__(self, free: int) -> None:
+        self.free = free
 
 
 class _NoSpaceFile(io.FileIO):

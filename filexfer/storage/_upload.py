@@ -94,6 +94,7 @@ class Upload:
         self._queue: list[bytes] = []
         self._queued = 0
         self._in_flight: Deferred[Any] | None = None
+        self._in_flight_bytes = 0
         self._error: TransferError | None = None
         self._idle_waiters: list[Deferred[None]] = []
         self._producer: IPushProducer | None = None
@@ -104,7 +105,10 @@ class Upload:
         if self.expected_size is not None and total > self.expected_size:
             raise TransferError(422, f"more bytes than the announced Size {self.expected_size}")
         self._storage.check_size(total)
-        self._storage.check_space(additional, os.path.dirname(self._temp_name))
+        # Bytes still queued or being written are not on the disk yet: they
+        # count against the reserve too, or a fast sender outruns the check.
+        unwritten = self._queued + self._in_flight_bytes
+        self._storage.check_space(unwritten + additional, os.path.dirname(self._temp_name))
 
     # -- IConsumer: the transport is our producer ------------------------------
 
@@ -140,9 +144,10 @@ class Upload:
 
     def _start_batch(self) -> None:
         batch, self._queue, self._queued = self._queue, [], 0
+        self._in_flight_bytes = sum(map(len, batch))
         run = self._run_writes
         assert run is not None
-        if sum(map(len, batch)) >= _PARALLEL_BATCH:
+        if self._in_flight_bytes >= _PARALLEL_BATCH:
             # hashlib and write() both release the GIL: do them side by side
             both = [run(lambda: self._write_all(batch)), run(lambda: self._hash_all(batch))]
             done: Deferred[Any] = DeferredList(both, fireOnOneErrback=True, consumeErrors=True)
@@ -165,6 +170,7 @@ class Upload:
 
     def _batch_done(self, result: Any) -> None:
         self._in_flight = None
+        self._in_flight_bytes = 0
         if isinstance(result, Failure):
             if isinstance(result.value, FirstError):
                 result = result.value.subFailure
