@@ -1,4 +1,4 @@
-"""TFTP packets, option negotiation and netascii: pure functions, no I/O.
+"""TFTP packets and option negotiation: pure functions, no I/O.
 
 RFC 1350 (the protocol), RFC 2347 (option negotiation, OACK), RFC 2348
 (C{blksize}), RFC 2349 (C{timeout}, C{tsize}) and RFC 7440 (C{windowsize}).
@@ -13,7 +13,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable, Mapping, Sequence
 from enum import IntEnum
-from typing import Literal
+from typing import Any, Literal
 
 import attrs
 
@@ -154,6 +154,24 @@ Packet = ReadRequest | WriteRequest | Data | Ack | Error | OptionAck
 
 _HEADER = struct.Struct("!HH")
 _OPCODE = struct.Struct("!H")
+
+
+def fast_block(datagram: Any, addr: Any, peer: tuple[str, int] | None, opcode: int) -> int:
+    """The block number of a C{opcode} packet (DATA or ACK) from C{peer}, else -1.
+
+    The hot path of every transfer: it reads the header without L{decode}.
+    C{datagram} may be a memoryview, C{addr} anything indexable as (host, port).
+    """
+    if (
+        peer is not None
+        and addr[1] == peer[1]
+        and addr[0] == peer[0]
+        and len(datagram) >= 4
+        and datagram[1] == opcode
+        and datagram[0] == 0
+    ):
+        return (datagram[2] << 8) | datagram[3]
+    return -1
 
 
 def encode_data(block: int, payload: bytes) -> bytes:
@@ -397,43 +415,3 @@ def check_oack(requested: Mapping[str, str], answered: Options) -> Negotiated:
         elif name == "tsize":
             tsize = value
     return Negotiated(answered, blksize, windowsize, timeout, tsize)
-
-
-# -- netascii -------------------------------------------------------------------
-
-
-class NetasciiEncoder:
-    """Local bytes -> netascii: LF becomes CR LF, CR becomes CR NUL.
-
-    The conversion is byte-local, so chunks may be cut anywhere.
-    """
-
-    def encode(self, data: bytes) -> bytes:
-        """Convert one chunk."""
-        return data.replace(b"\r", b"\r\0").replace(b"\n", b"\r\n")
-
-
-class NetasciiDecoder:
-    """Netascii -> local bytes: CR LF becomes LF, CR NUL becomes CR.
-
-    A CR followed by anything else is kept as it is.  A CR at the end of a
-    chunk is held back until the next chunk (or L{flush}) shows what follows.
-    """
-
-    def __init__(self) -> None:
-        self._pending = b""
-
-    def decode(self, data: bytes) -> bytes:
-        """Convert one chunk; may hold back a trailing CR."""
-        if self._pending:
-            data = self._pending + data
-            self._pending = b""
-        if data.endswith(b"\r"):
-            self._pending = b"\r"
-            data = data[:-1]
-        return data.replace(b"\r\n", b"\n").replace(b"\r\0", b"\r")
-
-    def flush(self) -> bytes:
-        """The end of the stream: release a held-back CR."""
-        pending, self._pending = self._pending, b""
-        return pending

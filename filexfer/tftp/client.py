@@ -21,21 +21,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.protocol import DatagramProtocol
 from twisted.python.failure import Failure
 
-from filexfer.tftp._engine import (
-    BlockReceiver,
-    BlockSender,
-    FileBlocks,
-    NetasciiBlocks,
-    Retransmitter,
-    Send,
-    enable_gro,
-    enlarge_buffers,
-    fast_block,
-    make_send,
-    make_send_many,
-    read_burst,
-    read_directly,
-)
+from filexfer.tftp._netascii import NetasciiBlocks, NetasciiDecoder
 from filexfer.tftp._packets import (
     DEFAULT_BLKSIZE,
     ILLEGAL_OPERATION,
@@ -55,7 +41,6 @@ from filexfer.tftp._packets import (
     ErrorCode,
     MalformedPacket,
     Negotiated,
-    NetasciiDecoder,
     OptionAck,
     OptionRefused,
     ReadRequest,
@@ -65,8 +50,11 @@ from filexfer.tftp._packets import (
     encode,
     encode_ack,
     encode_error,
+    fast_block,
 )
 from filexfer.tftp._packets import Error as ErrorPacket
+from filexfer.tftp._udp import Send, make_send, make_send_many, open_port, read_burst
+from filexfer.tftp._window import FileBlocks, Retransmitter, WindowReceiver, WindowSender
 
 DEFAULT_CLIENT_BLKSIZE = 1428
 """Fits one 1500-byte Ethernet frame: 1428 + 4 (TFTP) + 8 (UDP) + 40 (IPv6) < 1500."""
@@ -369,7 +357,7 @@ class _Uploader(_ClientTransfer):
         self.handle = handle
         self.size = size
         self.netascii = netascii
-        self.sender: BlockSender | None = None
+        self.sender: WindowSender | None = None
 
     def first_reply(self, packet: object) -> None:
         if isinstance(packet, OptionAck):
@@ -382,7 +370,7 @@ class _Uploader(_ClientTransfer):
             self.abort(ILLEGAL_OPERATION, f"unexpected {type(packet).__name__} after WRQ")
             return
         blocks = (NetasciiBlocks if self.netascii else FileBlocks)(self.handle, settings.blksize)
-        self.sender = BlockSender(
+        self.sender = WindowSender(
             clock=self.reactor,
             send=self.send,
             next_block=blocks.next_block,
@@ -436,7 +424,7 @@ class _Downloader(_ClientTransfer):
         )
         self.handle: BinaryIO = os.fdopen(fd, "wb", buffering=1 << 20)
         self.decoder = NetasciiDecoder() if netascii else None
-        self.receiver: BlockReceiver | None = None
+        self.receiver: WindowReceiver | None = None
         self.total: int | None = None
         self.written = 0
         self.renamed = False
@@ -455,7 +443,7 @@ class _Downloader(_ClientTransfer):
             return
         self.total = settings.tsize if self.decoder is None else None
         self.burst = min(settings.windowsize, 64) + 1
-        self.receiver = BlockReceiver(
+        self.receiver = WindowReceiver(
             clock=self.reactor,
             send=self.send,
             deliver=self._deliver if self.decoder is not None else self.handle.write,
@@ -544,16 +532,14 @@ def _run(reactor: Any, host: str, port: int, make: Callable[..., _ClientTransfer
         transfer = make(server=(address, port))
         interface = "::" if isIPv6Address(address) else ""
         blksize = int(transfer.options.get("blksize", DEFAULT_BLKSIZE))
-        size = MAX_BLKSIZE + 4 if blksize > 8188 else 8192
         try:
-            transfer.port = reactor.listenUDP(0, transfer, interface=interface, maxPacketSize=size)
+            transfer.port, transfer.gro = open_port(
+                reactor, transfer, interface=interface, blksize=blksize, gro=transfer.wants_gro
+            )
         except Exception:
             transfer.done = True
             transfer.cleanup()
             raise
-        enlarge_buffers(transfer.port)
-        if read_directly(transfer.port) and transfer.wants_gro:
-            transfer.gro = enable_gro(transfer.port)
         return transfer.result
 
     return _resolve(reactor, host).addCallback(start)

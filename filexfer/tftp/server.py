@@ -22,24 +22,9 @@ from filexfer._errors import TransferError
 from filexfer._guard import AccessPolicy
 from filexfer._log import log, log_transfer
 from filexfer.storage import IStorage, IUpload, Receipt
-from filexfer.tftp._engine import (
-    BlockReceiver,
-    BlockSender,
-    FileBlocks,
-    NetasciiBlocks,
-    Send,
-    SendMany,
-    enable_gro,
-    enlarge_buffers,
-    fast_block,
-    make_send,
-    make_send_many,
-    read_burst,
-    read_directly,
-)
+from filexfer.tftp._netascii import NetasciiBlocks, NetasciiDecoder
 from filexfer.tftp._packets import (
     ACCESS_VIOLATION,
-    DEFAULT_BLKSIZE,
     ILLEGAL_OPERATION,
     MAX_BLKSIZE,
     MODES,
@@ -53,7 +38,6 @@ from filexfer.tftp._packets import (
     Error,
     MalformedPacket,
     Negotiated,
-    NetasciiDecoder,
     OptionAck,
     ReadRequest,
     ServerCaps,
@@ -63,13 +47,21 @@ from filexfer.tftp._packets import (
     encode_ack,
     encode_error,
     error_code_for,
+    fast_block,
     negotiate,
 )
+from filexfer.tftp._udp import MAX_DATAGRAM as MAX_DATAGRAM  # the old home of the name
+from filexfer.tftp._udp import (
+    Send,
+    SendMany,
+    make_send,
+    make_send_many,
+    open_port,
+    read_burst,
+)
+from filexfer.tftp._window import FileBlocks, WindowReceiver, WindowSender
 
 Address = tuple[str, int]
-
-MAX_DATAGRAM = MAX_BLKSIZE + 4
-"""Pass this as C{maxPacketSize} to C{listenUDP} so that large blocks fit."""
 
 _WRITE_BUFFER = 256 * 1024
 
@@ -288,12 +280,12 @@ class _ReadTransfer(_Transfer):
         self.handle = handle
         self.netascii = netascii
         self.retries = retries
-        self.sender: BlockSender | None = None
+        self.sender: WindowSender | None = None
 
     def begin(self) -> None:
         settings = self.settings
         blocks = (NetasciiBlocks if self.netascii else FileBlocks)(self.handle, settings.blksize)
-        self.sender = BlockSender(
+        self.sender = WindowSender(
             clock=self.server.reactor,
             send=self.send,
             next_block=blocks.next_block,
@@ -396,14 +388,14 @@ class _WriteTransfer(_Transfer):
         self.decoder = NetasciiDecoder() if netascii else None
         self.buffer = bytearray()
         self.retries = retries
-        self.receiver: BlockReceiver | None = None
+        self.receiver: WindowReceiver | None = None
         self.dally = self.timeout * max(1, retries)
         self.receipt: Receipt | None = None
         self.finishing = False
 
     def begin(self) -> None:
         settings = self.settings
-        self.receiver = BlockReceiver(
+        self.receiver = WindowReceiver(
             clock=self.server.reactor,
             send=self.send,
             deliver=self._deliver,
@@ -674,10 +666,13 @@ class TFTPServerProtocol(DatagramProtocol):
         transfer.key = (transfer.peer, request)
         self._requests[transfer.key] = transfer
         self.transfers.add(transfer)
-        size = MAX_DATAGRAM if transfer.settings.blksize > DEFAULT_BLKSIZE else 8192
         try:
-            transfer.port = self.reactor.listenUDP(
-                0, transfer, interface=interface, maxPacketSize=size
+            transfer.port, transfer.gro = open_port(
+                self.reactor,
+                transfer,
+                interface=interface,
+                blksize=transfer.settings.blksize,
+                gro=transfer.wants_gro,
             )
         except Exception as exc:
             self.forget(transfer)
@@ -688,10 +683,6 @@ class TFTPServerProtocol(DatagramProtocol):
             return
         if transfer.done:  # it ended while starting (e.g. the file could not be read)
             transfer.close()
-            return
-        enlarge_buffers(transfer.port)
-        if read_directly(transfer.port) and transfer.wants_gro:
-            transfer.gro = enable_gro(transfer.port)
 
     def forget_request(self, transfer: _Transfer) -> None:
         """A transfer has ended: a repeat of its request is a new request."""
