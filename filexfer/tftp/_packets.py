@@ -135,12 +135,17 @@ class Ack:
     block: int
 
 
+def _one_line(message: str) -> str:
+    """C{message} as one line: NULs, line breaks and runs of white space become one space."""
+    return " ".join(message.replace("\0", " ").split())
+
+
 @attrs.frozen
 class Error:
-    """ERROR: C{code} and a one-line C{message}."""
+    """ERROR: C{code} and a one-line C{message} (made one line when built)."""
 
     code: int
-    message: str
+    message: str = attrs.field(converter=_one_line)
 
 
 @attrs.frozen
@@ -185,13 +190,14 @@ def encode_ack(block: int) -> bytes:
 
 
 def encode_error(code: int, message: str) -> bytes:
-    """The datagram for ERROR C{code} with C{message} (one line, NULs removed).
+    """The datagram for ERROR C{code} with C{message}: the one ERROR encoder.
 
-    The message is cut (at a character boundary) to L{MAX_ERROR_MESSAGE}
-    bytes: clients read with 512-byte buffers.
+    The message is made one line (NULs removed) and cut (at a character
+    boundary) to L{MAX_ERROR_MESSAGE} bytes: clients read with 512-byte
+    buffers.  C{encode(Error(code, message))} gives the same datagram.
     """
-    text = " ".join(message.replace("\0", " ").split())
-    data = text.encode("utf-8")[:MAX_ERROR_MESSAGE].decode("utf-8", "ignore").encode("utf-8")
+    data = _one_line(message).encode("utf-8")[:MAX_ERROR_MESSAGE]
+    data = data.decode("utf-8", "ignore").encode("utf-8")
     return _HEADER.pack(OP_ERROR, code & 0xFFFF) + data + b"\0"
 
 
@@ -208,7 +214,7 @@ def encode(packet: Packet) -> bytes:
     if isinstance(packet, Ack):
         return encode_ack(packet.block)
     if isinstance(packet, Error):
-        return _HEADER.pack(OP_ERROR, packet.code) + packet.message.encode("utf-8") + b"\0"
+        return encode_error(packet.code, packet.message)
     if isinstance(packet, OptionAck):
         return _OPCODE.pack(OP_OACK) + _encode_options(packet.options)
     opcode = OP_RRQ if isinstance(packet, ReadRequest) else OP_WRQ

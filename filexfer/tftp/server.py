@@ -22,7 +22,7 @@ from zope.interface import implementer
 
 from filexfer._errors import TransferError
 from filexfer._guard import AccessPolicy
-from filexfer._log import log, log_transfer
+from filexfer._log import describe_peer, log, log_transfer
 from filexfer.storage import IStorage, IUpload, Receipt
 from filexfer.tftp._netascii import NetasciiDecoder
 from filexfer.tftp._packets import (
@@ -55,11 +55,6 @@ from filexfer.tftp._udp import Address, open_port, write_to
 from filexfer.tftp.transfer import Receiver, Sender, Transfer
 
 _WRITE_BUFFER = 256 * 1024
-
-
-def _peer_text(addr: Address) -> str:
-    host, port = addr[0], addr[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class _ServerTransfer(Transfer):
@@ -137,7 +132,7 @@ class _ServerTransfer(Transfer):
         self.cleanup()
         log_transfer(
             protocol=self.kind,
-            peer=_peer_text(self.peer),
+            peer=describe_peer(self.peer),
             path=self.path,
             nbytes=self.nbytes(),
             seconds=self.server.reactor.seconds() - self.started,
@@ -447,7 +442,7 @@ class TFTPServerProtocol(DatagramProtocol):
         self._error(peer, error_code_for(exc.code), exc.reason)
         log_transfer(
             protocol="tftp-rrq" if isinstance(request, ReadRequest) else "tftp-wrq",
-            peer=_peer_text(peer),
+            peer=describe_peer(peer),
             path=path,
             nbytes=0,
             seconds=0.0,
