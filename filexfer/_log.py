@@ -2,9 +2,28 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.logger import Logger
 
 log = Logger(namespace="filexfer")
+
+
+def describe_peer(address: Any) -> str:
+    """C{host:port} (C{[host]:port} for IPv6) of a peer, as every log line shows it.
+
+    C{address} is an C{IAddress} with C{host} and C{port} (TCP) or a
+    C{(host, port)} tuple (UDP); any other address (a UNIX socket) is shown
+    as its own text.
+    """
+    if isinstance(address, tuple):
+        host, port = address[0], address[1]
+    else:
+        host = getattr(address, "host", None)
+        port = getattr(address, "port", None)
+        if host is None:
+            return str(address)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def log_transfer(

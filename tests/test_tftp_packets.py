@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from twisted.trial import unittest
 
 from filexfer.tftp import _packets as p
+from filexfer.tftp._netascii import NetasciiDecoder, NetasciiEncoder
 
 _name = st.binary(min_size=1, max_size=40).filter(lambda b: b"\0" not in b)
 _text = st.text(
@@ -338,16 +339,16 @@ class NetasciiTests(unittest.TestCase):
 
     def test_encode(self) -> None:
         """LF becomes CR LF and CR becomes CR NUL."""
-        self.assertEqual(p.NetasciiEncoder().encode(b"a\nb\rc\r\n"), b"a\r\nb\r\0c\r\0\r\n")
+        self.assertEqual(NetasciiEncoder().encode(b"a\nb\rc\r\n"), b"a\r\nb\r\0c\r\0\r\n")
 
     def test_decode(self) -> None:
         """CR LF becomes LF, CR NUL becomes CR, a lone CR stays."""
-        decoder = p.NetasciiDecoder()
+        decoder = NetasciiDecoder()
         self.assertEqual(decoder.decode(b"a\r\nb\r\0c\rd") + decoder.flush(), b"a\nb\rc\rd")
 
     def test_trailing_cr_held_back(self) -> None:
         """A CR at the end of a chunk waits for the next chunk."""
-        decoder = p.NetasciiDecoder()
+        decoder = NetasciiDecoder()
         self.assertEqual(decoder.decode(b"x\r"), b"x")
         self.assertEqual(decoder.decode(b"\ny\r"), b"\ny")
         self.assertEqual(decoder.flush(), b"\r")
@@ -356,9 +357,9 @@ class NetasciiTests(unittest.TestCase):
     @settings(max_examples=300, deadline=None)
     def test_incremental_round_trip(self, data: bytes, cuts: list[int]) -> None:
         """Encoding then decoding in arbitrary chunks gives back the original bytes."""
-        encoder = p.NetasciiEncoder()
+        encoder = NetasciiEncoder()
         wire = b"".join(encoder.encode(piece) for piece in _cut(data, cuts))
-        decoder = p.NetasciiDecoder()
+        decoder = NetasciiDecoder()
         local = b"".join(decoder.decode(piece) for piece in _cut(wire, cuts[::-1]))
         self.assertEqual(local + decoder.flush(), data)
 
@@ -366,6 +367,6 @@ class NetasciiTests(unittest.TestCase):
     @settings(max_examples=300, deadline=None)
     def test_decode_matches_reference(self, wire: bytes, cuts: list[int]) -> None:
         """Chunked decoding of any bytes (even invalid netascii) matches a byte-wise decoder."""
-        decoder = p.NetasciiDecoder()
+        decoder = NetasciiDecoder()
         local = b"".join(decoder.decode(piece) for piece in _cut(wire, cuts)) + decoder.flush()
         self.assertEqual(local, _reference_decode(wire))

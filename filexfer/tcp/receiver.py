@@ -38,7 +38,7 @@ from zope.interface import implementer
 
 from filexfer._errors import TransferError
 from filexfer._guard import AccessPolicy, ConnectionLimits
-from filexfer._log import log, log_transfer
+from filexfer._log import describe_peer, log, log_transfer
 from filexfer._receipt import Receipt
 from filexfer.storage import IStorage, IUpload
 from filexfer.tcp import _wire
@@ -51,15 +51,6 @@ LINGER = 5.0
 
 READ_SIZE = 256 * 1024
 """Bytes read from the socket at a time: large reads mean fewer Python calls."""
-
-
-def describe_peer(address: IAddress) -> str:
-    """C{host:port} (C{[host]:port} for IPv6) or the address's own text."""
-    host = getattr(address, "host", None)
-    port = getattr(address, "port", None)
-    if host is None:
-        return str(address)
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 @implementer(IHalfCloseableProtocol)

@@ -1,4 +1,4 @@
-"""TFTP packets, option negotiation and netascii: pure functions, no I/O.
+"""TFTP packets and option negotiation: pure functions, no I/O.
 
 RFC 1350 (the protocol), RFC 2347 (option negotiation, OACK), RFC 2348
 (C{blksize}), RFC 2349 (C{timeout}, C{tsize}) and RFC 7440 (C{windowsize}).
@@ -13,7 +13,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable, Mapping, Sequence
 from enum import IntEnum
-from typing import Literal
+from typing import Any, Literal
 
 import attrs
 
@@ -135,12 +135,17 @@ class Ack:
     block: int
 
 
+def _one_line(message: str) -> str:
+    """C{message} as one line: NULs, line breaks and runs of white space become one space."""
+    return " ".join(message.replace("\0", " ").split())
+
+
 @attrs.frozen
 class Error:
-    """ERROR: C{code} and a one-line C{message}."""
+    """ERROR: C{code} and a one-line C{message} (made one line when built)."""
 
     code: int
-    message: str
+    message: str = attrs.field(converter=_one_line)
 
 
 @attrs.frozen
@@ -156,6 +161,24 @@ _HEADER = struct.Struct("!HH")
 _OPCODE = struct.Struct("!H")
 
 
+def fast_block(datagram: Any, addr: Any, peer: tuple[str, int] | None, opcode: int) -> int:
+    """The block number of a C{opcode} packet (DATA or ACK) from C{peer}, else -1.
+
+    The hot path of every transfer: it reads the header without L{decode}.
+    C{datagram} may be a memoryview, C{addr} anything indexable as (host, port).
+    """
+    if (
+        peer is not None
+        and addr[1] == peer[1]
+        and addr[0] == peer[0]
+        and len(datagram) >= 4
+        and datagram[1] == opcode
+        and datagram[0] == 0
+    ):
+        return (datagram[2] << 8) | datagram[3]
+    return -1
+
+
 def encode_data(block: int, payload: bytes) -> bytes:
     """The datagram for DATA C{block} (taken modulo 65536)."""
     return _HEADER.pack(OP_DATA, block & 0xFFFF) + payload
@@ -167,13 +190,14 @@ def encode_ack(block: int) -> bytes:
 
 
 def encode_error(code: int, message: str) -> bytes:
-    """The datagram for ERROR C{code} with C{message} (one line, NULs removed).
+    """The datagram for ERROR C{code} with C{message}: the one ERROR encoder.
 
-    The message is cut (at a character boundary) to L{MAX_ERROR_MESSAGE}
-    bytes: clients read with 512-byte buffers.
+    The message is made one line (NULs removed) and cut (at a character
+    boundary) to L{MAX_ERROR_MESSAGE} bytes: clients read with 512-byte
+    buffers.  C{encode(Error(code, message))} gives the same datagram.
     """
-    text = " ".join(message.replace("\0", " ").split())
-    data = text.encode("utf-8")[:MAX_ERROR_MESSAGE].decode("utf-8", "ignore").encode("utf-8")
+    data = _one_line(message).encode("utf-8")[:MAX_ERROR_MESSAGE]
+    data = data.decode("utf-8", "ignore").encode("utf-8")
     return _HEADER.pack(OP_ERROR, code & 0xFFFF) + data + b"\0"
 
 
@@ -190,7 +214,7 @@ def encode(packet: Packet) -> bytes:
     if isinstance(packet, Ack):
         return encode_ack(packet.block)
     if isinstance(packet, Error):
-        return _HEADER.pack(OP_ERROR, packet.code) + packet.message.encode("utf-8") + b"\0"
+        return encode_error(packet.code, packet.message)
     if isinstance(packet, OptionAck):
         return _OPCODE.pack(OP_OACK) + _encode_options(packet.options)
     opcode = OP_RRQ if isinstance(packet, ReadRequest) else OP_WRQ
@@ -397,43 +421,3 @@ def check_oack(requested: Mapping[str, str], answered: Options) -> Negotiated:
         elif name == "tsize":
             tsize = value
     return Negotiated(answered, blksize, windowsize, timeout, tsize)
-
-
-# -- netascii -------------------------------------------------------------------
-
-
-class NetasciiEncoder:
-    """Local bytes -> netascii: LF becomes CR LF, CR becomes CR NUL.
-
-    The conversion is byte-local, so chunks may be cut anywhere.
-    """
-
-    def encode(self, data: bytes) -> bytes:
-        """Convert one chunk."""
-        return data.replace(b"\r", b"\r\0").replace(b"\n", b"\r\n")
-
-
-class NetasciiDecoder:
-    """Netascii -> local bytes: CR LF becomes LF, CR NUL becomes CR.
-
-    A CR followed by anything else is kept as it is.  A CR at the end of a
-    chunk is held back until the next chunk (or L{flush}) shows what follows.
-    """
-
-    def __init__(self) -> None:
-        self._pending = b""
-
-    def decode(self, data: bytes) -> bytes:
-        """Convert one chunk; may hold back a trailing CR."""
-        if self._pending:
-            data = self._pending + data
-            self._pending = b""
-        if data.endswith(b"\r"):
-            self._pending = b"\r"
-            data = data[:-1]
-        return data.replace(b"\r\n", b"\n").replace(b"\r\0", b"\r")
-
-    def flush(self) -> bytes:
-        """The end of the stream: release a held-back CR."""
-        pending, self._pending = self._pending, b""
-        return pending

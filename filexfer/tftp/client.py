@@ -18,24 +18,9 @@ from typing import Any, BinaryIO, Literal
 
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.protocol import DatagramProtocol
 from twisted.python.failure import Failure
 
-from filexfer.tftp._engine import (
-    BlockReceiver,
-    BlockSender,
-    FileBlocks,
-    NetasciiBlocks,
-    Retransmitter,
-    Send,
-    enable_gro,
-    enlarge_buffers,
-    fast_block,
-    make_send,
-    make_send_many,
-    read_burst,
-    read_directly,
-)
+from filexfer.tftp._netascii import NetasciiDecoder
 from filexfer.tftp._packets import (
     DEFAULT_BLKSIZE,
     ILLEGAL_OPERATION,
@@ -46,27 +31,25 @@ from filexfer.tftp._packets import (
     MIN_TIMEOUT,
     MODES,
     NOT_DEFINED,
-    OP_ACK,
-    OP_DATA,
     OPTION_REFUSED,
-    UNKNOWN_TID,
     Ack,
     Data,
     ErrorCode,
-    MalformedPacket,
     Negotiated,
-    NetasciiDecoder,
     OptionAck,
     OptionRefused,
     ReadRequest,
     WriteRequest,
     check_oack,
-    decode,
     encode,
     encode_ack,
     encode_error,
 )
 from filexfer.tftp._packets import Error as ErrorPacket
+from filexfer.tftp._udp import Address, open_port, write_to
+from filexfer.tftp._window import Retransmitter
+from filexfer.tftp.transfer import Progress as Progress
+from filexfer.tftp.transfer import Receiver, Sender, Transfer
 
 DEFAULT_CLIENT_BLKSIZE = 1428
 """Fits one 1500-byte Ethernet frame: 1428 + 4 (TFTP) + 8 (UDP) + 40 (IPv6) < 1500."""
@@ -76,9 +59,6 @@ DEFAULT_CLIENT_WINDOWSIZE = 64
 Linux receive buffer (212 KB) even for a peer that does not enlarge it."""
 DEFAULT_CLIENT_TIMEOUT = 1.0
 DEFAULT_CLIENT_RETRIES = 5
-
-Progress = Callable[[int, int | None], object]
-"""C{progress(done_bytes, total_bytes_or_None)}."""
 
 _PROGRESS_STEP = 256 * 1024
 
@@ -137,139 +117,57 @@ def _requested_options(
     return options
 
 
-class _ClientTransfer(DatagramProtocol):
-    """One client transfer on its own port: request phase, then data phase."""
+class _ClientTransfer(Transfer):
+    """One client transfer on its own port: request phase, then data phase.
 
-    noisy = False
+    The request is repeated until the server answers from a port of its
+    own (its TID); the first reply pins that port as the peer.
+    """
 
     def __init__(
         self,
         reactor: Any,
-        server: tuple[str, int],
+        server: Address,
         request: bytes,
         options: dict[str, str],
         timeout: float,
         retries: int,
         progress: Progress | None,
     ) -> None:
+        super().__init__(reactor, None, timeout, retries)
         self.reactor = reactor
         self.server = server
         self.request = request
         self.options = options
-        self.timeout = timeout
-        self.retries = retries
         self.progress = progress
-        self.peer: tuple[str, int] | None = None
         self.result: Deferred[int] = Deferred(lambda _: self.fail(TFTPError(0, "cancelled")))
-        self.port: Any = None
-        self.done = False
         self.request_timer = Retransmitter(
             reactor, timeout, retries, self._send_request, self._no_answer
         )
         self._reported = 0
-        self.send: Send = self._not_pinned
-
-    # -- plumbing -------------------------------------------------------------
-
-    def _not_pinned(self, datagram: bytes) -> None:
-        pass
-
-    def send_to(self) -> tuple[str, int]:
-        """The server's transfer port (once pinned)."""
-        assert self.peer is not None
-        return self.peer
 
     def _send_request(self) -> None:
-        try:
-            self.transport.write(self.request, self.server)  # type: ignore[union-attr]
-        except OSError:
-            pass
+        write_to(self.transport, self.request, self.server)
 
     def startProtocol(self) -> None:
         self._send_request()
         self.request_timer.progress()
 
-    burst = 1
-    """The most reads L{readable} makes per readiness event."""
+    def may_reply(self, addr: Address) -> bool:
+        return _same_host(addr[0], self.server[0])
 
-    wants_gro = False
-    """Receive coalesced runs of datagrams (UDP GRO) when the port allows."""
+    def pin(self, peer: Address) -> None:
+        super().pin(peer)
+        self.request_timer.stop()
 
-    gro = False
+    def peer_error(self, packet: ErrorPacket) -> None:
+        self.fail(TFTPError(packet.code, packet.message))
 
-    def readable(self, sock: Any, bufsize: int) -> None:
-        """The port is readable: make up to L{burst} reads (see L{read_directly}).
+    def local_error(self, exc: OSError) -> None:
+        self.abort(NOT_DEFINED, f"local I/O error: {exc}")
 
-        DATA or ACK from the pinned server port go straight to
-        L{fast_packet}; reading stops when it says the server now waits
-        for us, so no C{recvfrom} is wasted on an empty socket.
-        """
-        read_burst(sock, bufsize, self.burst, self.gro, self._datagram)
-        self.after_reading()
-
-    def _datagram(self, datagram: Any, addr: Any) -> bool:
-        block = fast_block(datagram, addr, self.peer, self.fast_opcode)
-        if block >= 0 and not self.done:
-            try:
-                return self.fast_packet(block, datagram)
-            except OSError as exc:
-                self.abort(NOT_DEFINED, f"local I/O error: {exc}")
-            except Exception as exc:  # a bug, not the network
-                self.fail(exc)
-            return True
-        self.datagramReceived(bytes(datagram), addr)
-        return self.done
-
-    def after_reading(self) -> None:
-        """A burst of datagrams was handled (progress reports go here)."""
-
-    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
-        try:
-            self._received(datagram, addr)
-        except Exception as exc:  # a bug, not the network: fail the transfer with it
-            self.fail(exc)
-        else:
-            self.after_reading()
-
-    def _received(self, datagram: bytes, addr: Any) -> None:
-        if self.done:
-            return
-        block = fast_block(datagram, addr, self.peer, self.fast_opcode)
-        if block >= 0:
-            try:
-                self.fast_packet(block, datagram)
-            except OSError as exc:
-                self.abort(NOT_DEFINED, f"local I/O error: {exc}")
-            return
-        source = (addr[0], addr[1])
-        if self.peer is None:
-            if not _same_host(source[0], self.server[0]):
-                return
-        elif source != self.peer:
-            try:
-                self.transport.write(  # type: ignore[union-attr]
-                    encode_error(UNKNOWN_TID, "unknown transfer ID"), addr
-                )
-            except OSError:
-                pass
-            return
-        try:
-            packet = decode(datagram)
-        except MalformedPacket:
-            return
-        if isinstance(packet, ErrorPacket):
-            self.fail(TFTPError(packet.code, packet.message))
-            return
-        try:
-            if self.peer is None:
-                self.peer = source
-                self.send = make_send(self.transport, source)
-                self.request_timer.stop()
-                self.first_reply(packet)
-            else:
-                self.packet_received(packet)
-        except OSError as exc:
-            self.abort(NOT_DEFINED, f"local I/O error: {exc}")
+    def crashed(self, exc: Exception) -> None:
+        self.fail(exc)  # a bug, not the network: fail the transfer with it
 
     def negotiated(self, packet: OptionAck) -> Negotiated | None:
         """Check an OACK; on a bad one send ERROR 8, fail, and return None."""
@@ -278,6 +176,10 @@ class _ClientTransfer(DatagramProtocol):
         except OptionRefused as exc:
             self.abort(OPTION_REFUSED, str(exc))
             return None
+
+    def packet_received(self, packet: object) -> None:
+        if not isinstance(packet, OptionAck):  # a repeated OACK is harmless
+            self.abort(ILLEGAL_OPERATION, f"unexpected {type(packet).__name__}")
 
     def abort(self, code: int, message: str) -> None:
         """Tell the server we give up, and fail."""
@@ -303,7 +205,7 @@ class _ClientTransfer(DatagramProtocol):
     def succeed(self, nbytes: int) -> None:
         """The transfer completed."""
         self._end()
-        self.closed().addCallback(self._callback, nbytes)
+        self.close_port().addCallback(self._callback, nbytes)
 
     def fail(self, exc: Exception) -> None:
         """The transfer failed."""
@@ -311,7 +213,7 @@ class _ClientTransfer(DatagramProtocol):
             return
         self._end()
         failure = Failure(exc)
-        self.closed().addCallback(lambda _: self._errback(failure))
+        self.close_port().addCallback(lambda _: self._errback(failure))
 
     def _callback(self, _: object, nbytes: int) -> None:
         if not self.result.called:
@@ -326,50 +228,15 @@ class _ClientTransfer(DatagramProtocol):
         self.request_timer.stop()
         self.cleanup()
 
-    def closed(self) -> Deferred[None]:
-        """Close the port; fires once it is closed."""
-        port, self.port = self.port, None
-        if port is None:
-            return succeed(None)
-        result = port.stopListening()
-        return result if isinstance(result, Deferred) else succeed(None)
 
-    # -- for subclasses -----------------------------------------------------
-
-    fast_opcode = -1
-    """Once the transfer runs, packets with this opcode skip L{decode}."""
-
-    def fast_packet(self, block: int, datagram: bytes) -> bool:
-        """A datagram with opcode L{fast_opcode} from the server's transfer port.
-
-        Returns True when nothing more is expected from the server until it
-        hears from us.
-        """
-        raise NotImplementedError
-
-    def first_reply(self, packet: object) -> None:
-        """The server's first answer (OACK, ACK 0 or DATA 1)."""
-        raise NotImplementedError
-
-    def packet_received(self, packet: object) -> None:
-        """A later packet from the server's transfer port."""
-        raise NotImplementedError
-
-    def cleanup(self) -> None:
-        """Release files and timers."""
-
-
-class _Uploader(_ClientTransfer):
+class _Uploader(Sender, _ClientTransfer):
     """Send a local file with WRQ."""
-
-    fast_opcode = OP_ACK
 
     def __init__(self, handle: BinaryIO, size: int, netascii: bool, **kw: Any) -> None:
         super().__init__(**kw)
         self.handle = handle
         self.size = size
         self.netascii = netascii
-        self.sender: BlockSender | None = None
 
     def first_reply(self, packet: object) -> None:
         if isinstance(packet, OptionAck):
@@ -381,51 +248,26 @@ class _Uploader(_ClientTransfer):
         else:
             self.abort(ILLEGAL_OPERATION, f"unexpected {type(packet).__name__} after WRQ")
             return
-        blocks = (NetasciiBlocks if self.netascii else FileBlocks)(self.handle, settings.blksize)
-        self.sender = BlockSender(
-            clock=self.reactor,
-            send=self.send,
-            next_block=blocks.next_block,
-            blksize=settings.blksize,
-            windowsize=settings.windowsize,
-            timeout=self.timeout,
-            retries=self.retries,
+        self.send_file(
+            self.handle,
+            self.netascii,
+            settings,
+            handshake=None,
             on_done=self._sent,
-            on_timeout=self.timed_out,
             on_progress=self._progress if self.progress is not None else None,
-            send_many=make_send_many(self.transport, self.send_to(), self.send),
         )
-        self.sender.start()
-
-    def fast_packet(self, block: int, datagram: bytes) -> bool:
-        if self.sender is not None:
-            self.sender.ack_received(block)
-        return True  # one ACK per window: the next one comes after our DATA
-
-    def packet_received(self, packet: object) -> None:
-        if not isinstance(packet, OptionAck):  # a repeated OACK is harmless
-            self.abort(ILLEGAL_OPERATION, f"unexpected {type(packet).__name__}")
 
     def _progress(self, done: int) -> None:
         self.report(done, None if self.netascii else self.size)
 
     def _sent(self) -> None:
-        assert self.sender is not None
-        done = self.sender.acked_bytes
+        done = self.nbytes()
         self.report(done, None if self.netascii else self.size, final=True)
         self.succeed(self.size if not self.netascii else done)
 
-    def cleanup(self) -> None:
-        if self.sender is not None:
-            self.sender.stop()
-        self.handle.close()
 
-
-class _Downloader(_ClientTransfer):
+class _Downloader(Receiver, _ClientTransfer):
     """Receive a remote file with RRQ into a temporary file, then rename it."""
-
-    fast_opcode = OP_DATA
-    wants_gro = True
 
     def __init__(self, local_path: str, netascii: bool, **kw: Any) -> None:
         super().__init__(**kw)
@@ -436,7 +278,6 @@ class _Downloader(_ClientTransfer):
         )
         self.handle: BinaryIO = os.fdopen(fd, "wb", buffering=1 << 20)
         self.decoder = NetasciiDecoder() if netascii else None
-        self.receiver: BlockReceiver | None = None
         self.total: int | None = None
         self.written = 0
         self.renamed = False
@@ -454,37 +295,20 @@ class _Downloader(_ClientTransfer):
             self.abort(ILLEGAL_OPERATION, f"unexpected {type(packet).__name__} after RRQ")
             return
         self.total = settings.tsize if self.decoder is None else None
-        self.burst = min(settings.windowsize, 64) + 1
-        self.receiver = BlockReceiver(
-            clock=self.reactor,
-            send=self.send,
-            deliver=self._deliver if self.decoder is not None else self.handle.write,
-            blksize=settings.blksize,
-            windowsize=settings.windowsize,
-            timeout=self.timeout,
-            retries=self.retries,
+        self.receive_file(
+            settings,
+            handshake=handshake,
+            write=self.handle.write if self.decoder is None else self._write_counted,
             on_last=self._last_block,
-            on_timeout=self.timed_out,
         )
-        self.receiver.start(handshake)
         if isinstance(packet, Data):
+            assert self.receiver is not None
             self.receiver.data_received(packet.block, packet.payload)
 
-    def fast_packet(self, block: int, datagram: bytes) -> bool:
-        if self.receiver is None:
-            return True
-        return self.receiver.data_received(block, datagram[4:])
-
-    def packet_received(self, packet: object) -> None:
-        if not isinstance(packet, OptionAck):  # a repeated OACK: the timer re-ACKs
-            self.abort(ILLEGAL_OPERATION, f"unexpected {type(packet).__name__}")
-
-    def _deliver(self, payload: bytes) -> None:
-        """Netascii: convert, then write (octet blocks go straight to the file)."""
-        assert self.decoder is not None
-        payload = self.decoder.decode(bytes(payload))
-        self.handle.write(payload)
-        self.written += len(payload)
+    def _write_counted(self, data: bytes) -> None:
+        """Netascii: count the converted bytes (octet counts what was received)."""
+        self.handle.write(data)
+        self.written += len(data)
 
     def after_reading(self) -> None:
         if self.receiver is not None and self.decoder is None:
@@ -497,9 +321,7 @@ class _Downloader(_ClientTransfer):
         if self.decoder is None:
             self.written = self.receiver.received_bytes
         else:
-            tail = self.decoder.flush()
-            self.handle.write(tail)
-            self.written += len(tail)
+            self._write_counted(self.netascii_tail())
         self.handle.close()
         os.replace(self.temp_path, self.local_path)
         self.renamed = True
@@ -508,8 +330,7 @@ class _Downloader(_ClientTransfer):
         self.succeed(self.written)
 
     def cleanup(self) -> None:
-        if self.receiver is not None:
-            self.receiver.stop()
+        super().cleanup()
         if not self.handle.closed:
             self.handle.close()
         if not self.renamed:
@@ -544,16 +365,14 @@ def _run(reactor: Any, host: str, port: int, make: Callable[..., _ClientTransfer
         transfer = make(server=(address, port))
         interface = "::" if isIPv6Address(address) else ""
         blksize = int(transfer.options.get("blksize", DEFAULT_BLKSIZE))
-        size = MAX_BLKSIZE + 4 if blksize > 8188 else 8192
         try:
-            transfer.port = reactor.listenUDP(0, transfer, interface=interface, maxPacketSize=size)
+            transfer.port, transfer.gro = open_port(
+                reactor, transfer, interface=interface, blksize=blksize, gro=transfer.wants_gro
+            )
         except Exception:
             transfer.done = True
             transfer.cleanup()
             raise
-        enlarge_buffers(transfer.port)
-        if read_directly(transfer.port) and transfer.wants_gro:
-            transfer.gro = enable_gro(transfer.port)
         return transfer.result
 
     return _resolve(reactor, host).addCallback(start)

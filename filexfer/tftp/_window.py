@@ -1,258 +1,28 @@
-"""The two halves of a TFTP data transfer, shared by the server and the client.
+"""The window: how TFTP data moves and is retransmitted (RFC 1350, RFC 7440).
 
-L{BlockSender} sends DATA blocks a window at a time and slides on ACKs;
-L{BlockReceiver} takes DATA blocks in order and ACKs every window.  Both
+L{WindowSender} sends DATA blocks a window at a time and slides on ACKs;
+L{WindowReceiver} takes DATA blocks in order and ACKs every window.  Both
 retransmit on timeout only (never on a duplicate packet: no Sorcerer's
 Apprentice), through a L{Retransmitter}.  They know nothing about sockets:
-they are given a C{send(datagram)} callable and a clock.
+they are given a C{send(datagram)} callable (see L{filexfer.tftp._udp}) and
+a clock.  L{FileBlocks} cuts a file into the blocks a sender sends.
 """
 
 from __future__ import annotations
 
-import errno
-import socket
 import struct
-import sys
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
-from twisted.internet import udp
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
-from filexfer.tftp._packets import NetasciiEncoder, encode_ack
+from filexfer.tftp._packets import encode_ack
+from filexfer.tftp._udp import Send, SendMany
 
 _DATA_HEADER = struct.Struct("!HH").pack
 
-Send = Callable[[bytes], None]
-SendMany = Callable[[Sequence[bytes]], None]
-
-_SOCKET_BUFFER = 4 * 1024 * 1024
 _READ_AHEAD = 1024 * 1024
-
-# Linux UDP segmentation offload (GSO, 4.18+) and receive coalescing (GRO,
-# 5.0+); the values are from <linux/udp.h>, which Python does not export.
-_SOL_UDP = 17
-_UDP_SEGMENT = 103
-_UDP_GRO = 104
-_LINUX = sys.platform.startswith("linux") and hasattr(socket.socket, "sendmsg")
-_GSO_MAX_SEGMENTS = 64
-_GSO_MAX_BYTES = 65000
-_GRO_BUFFER = 65536
-_GRO_SPACE = socket.CMSG_SPACE(4) if _LINUX else 0
-_LOST = (errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS, errno.ECONNREFUSED, errno.EINTR)
-
-
-def fast_block(datagram: Any, addr: Any, peer: tuple[str, int] | None, opcode: int) -> int:
-    """The block number of a C{opcode} packet (DATA or ACK) from C{peer}, else -1.
-
-    The hot path of every transfer: it reads the header without decoding.
-    """
-    if (
-        peer is not None
-        and addr[1] == peer[1]
-        and addr[0] == peer[0]
-        and len(datagram) >= 4
-        and datagram[1] == opcode
-        and datagram[0] == 0
-    ):
-        return (datagram[2] << 8) | datagram[3]
-    return -1
-
-
-def make_send(transport: Any, peer: tuple[str, int]) -> Send:
-    """A fast C{send(datagram)} to C{peer} through a UDP C{transport}.
-
-    With a real Twisted UDP port this calls the socket's C{sendto} directly,
-    skipping the per-datagram address validation of C{Port.write}; any other
-    transport (a test fake) is written to.  A full socket buffer or an ICMP
-    error counts as a lost datagram: the retransmission timer recovers.
-    """
-    get_handle = getattr(transport, "getHandle", None)
-    sock = get_handle() if get_handle is not None else None
-    if isinstance(sock, socket.socket):
-        sendto = sock.sendto
-
-        def send(datagram: bytes) -> None:
-            try:
-                sendto(datagram, peer)
-            except OSError:
-                pass
-
-    else:
-        write = transport.write
-
-        def send(datagram: bytes) -> None:
-            try:
-                write(datagram, peer)
-            except OSError:
-                pass
-
-    return send
-
-
-def make_send_many(transport: Any, peer: tuple[str, int], send: Send) -> SendMany:
-    """A C{send_many(datagrams)} to C{peer}: one system call per run of blocks.
-
-    On Linux a run of equal-sized datagrams (a window of full blocks, maybe
-    ended by the short last one) goes out in one C{sendmsg} with UDP
-    segmentation offload (C{UDP_SEGMENT}): the kernel cuts the buffer into
-    the very same datagrams, each its own UDP packet on the wire, at a
-    fraction of the cost of one C{sendto} each.  Where the kernel or the
-    route cannot (no checksum offload, a segment above the MTU, IPsec), the
-    first failure switches the transfer to plain C{send} for good.
-    """
-    get_handle = getattr(transport, "getHandle", None)
-    sock = get_handle() if get_handle is not None else None
-    if not _LINUX or not isinstance(sock, socket.socket):
-
-        def send_each(datagrams: Sequence[bytes]) -> None:
-            for datagram in datagrams:
-                send(datagram)
-
-        return send_each
-
-    sendmsg = sock.sendmsg
-    gso = [True]
-    cmsgs: dict[int, list[tuple[int, int, bytes]]] = {}
-
-    def send_many(datagrams: Sequence[bytes]) -> None:
-        count = len(datagrams)
-        start = 0
-        while start < count:
-            size = len(datagrams[start])
-            limit = min(_GSO_MAX_SEGMENTS, _GSO_MAX_BYTES // size) if size else 1
-            end = start + 1
-            while end < count and end - start < limit and len(datagrams[end]) == size:
-                end += 1
-            if end < count and end - start < limit and len(datagrams[end]) < size:
-                end += 1  # a shorter datagram may end a run (the last block)
-            if end - start == 1 or not gso[0]:
-                for index in range(start, end):
-                    send(datagrams[index])
-            else:
-                cmsg = cmsgs.get(size)
-                if cmsg is None:
-                    cmsg = cmsgs[size] = [(_SOL_UDP, _UDP_SEGMENT, struct.pack("=H", size))]
-                try:
-                    sendmsg(datagrams[start:end], cmsg, 0, peer)
-                except OSError as exc:
-                    if exc.errno not in _LOST:  # GSO refused here: send one by one
-                        gso[0] = False
-                        for index in range(start, end):
-                            send(datagrams[index])
-            start = end
-
-    return send_many
-
-
-def enable_gro(transport: Any) -> bool:
-    """Ask Linux to hand over runs of datagrams coalesced (C{UDP_GRO}).
-
-    Only for a port whose protocol reads it with L{read_burst}, which splits
-    them again; plain C{recvfrom} would see them glued together.
-    """
-    get_handle = getattr(transport, "getHandle", None)
-    sock = get_handle() if get_handle is not None else None
-    if not _LINUX or not isinstance(sock, socket.socket):
-        return False
-    try:
-        sock.setsockopt(_SOL_UDP, _UDP_GRO, 1)
-    except OSError:
-        return False
-    return True
-
-
-Handler = Callable[[Any, Any], bool]
-"""C{handle(datagram, addr)}: True to stop reading (the peer now waits for us)."""
-
-
-def read_burst(sock: Any, bufsize: int, burst: int, gro: bool, handle: Handler) -> None:
-    """Read up to C{burst} times from C{sock}, passing each datagram to C{handle}.
-
-    Stops at an empty socket or when C{handle} returns True.  With C{gro}
-    (see L{enable_gro}) one read may return several datagrams of one size
-    glued together; they are handed over one by one, as memoryviews, and all
-    of them are handled even if one says stop.  An error other than an empty
-    socket (an ICMP report about an earlier datagram) is skipped over.
-    """
-    if not gro:
-        recvfrom = sock.recvfrom
-        for _ in range(burst):
-            try:
-                datagram, addr = recvfrom(bufsize)
-            except BlockingIOError:
-                return
-            except OSError:
-                continue
-            if handle(datagram, addr):
-                return
-        return
-    recvmsg = sock.recvmsg
-    for _ in range(burst):
-        try:
-            data, ancdata, _flags, addr = recvmsg(_GRO_BUFFER, _GRO_SPACE)
-        except BlockingIOError:
-            return
-        except OSError:
-            continue
-        length = len(data)
-        size = length
-        for level, kind, value in ancdata:
-            if level == _SOL_UDP and kind == _UDP_GRO and len(value) >= 2:
-                size = int.from_bytes(value[:4] if len(value) >= 4 else value[:2], sys.byteorder)
-        if size <= 0 or size >= length:
-            if handle(data, addr):
-                return
-            continue
-        view = memoryview(data)
-        stop = False
-        for start in range(0, length, size):
-            if handle(view[start : start + size], addr):
-                stop = True
-        if stop:
-            return
-
-
-def enlarge_buffers(transport: Any) -> None:
-    """Ask for big socket buffers so a window of large blocks is not dropped."""
-    get_handle = getattr(transport, "getHandle", None)
-    sock = get_handle() if get_handle is not None else None
-    if not isinstance(sock, socket.socket):
-        return
-    for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, option, _SOCKET_BUFFER)
-        except OSError:
-            pass
-
-
-class _ReadingPort(udp.Port):
-    """A UDP port that lets its protocol read the socket itself.
-
-    Twisted's C{Port.doRead} drains the socket until C{EAGAIN} and calls
-    C{datagramReceived} for each datagram through two exception handlers.
-    A TFTP transfer knows better when to stop: a sender expects one ACK per
-    window, a receiver nothing more after it has ACKed; reading on would
-    only cost a failing C{recvfrom}.  The protocol's C{readable(sock,
-    bufsize)} reads what it wants, bounded, and handles every error itself;
-    epoll is level-triggered, so whatever it leaves is reported again.
-    """
-
-    def doRead(self) -> None:
-        self.protocol.readable(self.socket, self.maxPacketSize)
-
-
-def read_directly(port: Any) -> bool:
-    """Make a real Twisted UDP C{port} call its protocol's C{readable} itself.
-
-    Any other port (a test fake) is left alone and keeps calling
-    C{datagramReceived}.  Returns whether the port was changed.
-    """
-    if type(port) is udp.Port and callable(getattr(port.protocol, "readable", None)):
-        port.__class__ = _ReadingPort
-        return True
-    return False
 
 
 class Retransmitter:
@@ -345,28 +115,7 @@ class FileBlocks:
         return chunk[start:end]
 
 
-class NetasciiBlocks:
-    """Reads a file as netascii blocks of C{blksize} bytes."""
-
-    def __init__(self, handle: BinaryIO, blksize: int) -> None:
-        self._handle = handle
-        self._blksize = blksize
-        self._encoder = NetasciiEncoder()
-        self._buffer = b""
-        self._eof = False
-
-    def next_block(self) -> bytes:
-        """The next block; shorter than C{blksize} (maybe empty) at the end."""
-        while len(self._buffer) < self._blksize and not self._eof:
-            chunk = self._handle.read(64 * 1024)
-            if not chunk:
-                self._eof = True
-            self._buffer += self._encoder.encode(chunk)
-        block, self._buffer = self._buffer[: self._blksize], self._buffer[self._blksize :]
-        return block
-
-
-class BlockSender:
+class WindowSender:
     """Send DATA blocks, C{windowsize} at a time (RFC 1350, RFC 7440).
 
     An ACK of any block inside the window slides the window past it; if
@@ -519,7 +268,7 @@ class BlockSender:
         self.timer.stop()
 
 
-class BlockReceiver:
+class WindowReceiver:
     """Receive DATA blocks in order, ACKing every C{windowsize} blocks.
 
     A block ahead of the expected one (a gap) makes it ACK the last block it
