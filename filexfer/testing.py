@@ -8,7 +8,11 @@
  - L{InMemoryEndpoint}, L{connect_in_memory}, L{HalfCloseFakeTransport}: the
    pieces it is made of, for tests that need them apart;
  - L{ManualRunner}: a C{run_blocking} that runs the storage's work only when
-   the test says so, to look at a transfer while the storage is busy.
+   the test says so, to look at a transfer while the storage is busy;
+ - L{start_receiver}, L{start_tftp_server}: a receiver or a TFTP server on a
+   free loopback port of the real reactor, storing under a root directory,
+   for tests that want real sockets (L{RunningReceiver.stop} and
+   L{RunningTFTPServer.stop} close everything again).
 
 The pytest fixtures built on these are in L{filexfer.pytest_plugin}.
 
@@ -39,12 +43,18 @@ import os
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
-from twisted.internet.defer import Deferred, fail, succeed
+import attrs
+from twisted.internet.defer import Deferred, fail, gatherResults, maybeDeferred, succeed
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
+    IAddress,
     IHalfCloseableProtocol,
+    IListeningPort,
     IProtocol,
     IProtocolFactory,
+    IReactorTCP,
+    IReactorUDP,
     IStreamClientEndpoint,
 )
 from twisted.internet.protocol import Factory
@@ -59,14 +69,16 @@ from filexfer.storage import (
     CONFLICT_POLICIES,
     BlockingRunner,
     ConflictPolicy,
+    DirectoryStorage,
     IStorage,
     IUpload,
     Receipt,
     numbered_name,
 )
 from filexfer.storage._disk import run_here
-from filexfer.tcp.receiver import ReceiverFactory
+from filexfer.tcp.receiver import ReceiverFactory, ReceiverProtocol
 from filexfer.tcp.sender import send_file
+from filexfer.tftp.server import TFTPServerProtocol
 
 __all__ = [
     "HalfCloseFakeTransport",
@@ -75,8 +87,14 @@ __all__ = [
     "ManualRunner",
     "MemoryStorage",
     "MemoryUpload",
+    "RunningReceiver",
+    "RunningTFTPServer",
     "connect_in_memory",
+    "start_receiver",
+    "start_tftp_server",
 ]
+
+LOOPBACK = "127.0.0.1"
 
 _MAX_RENAME_TRIES = 10_000
 _EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
@@ -500,3 +518,171 @@ class ManualRunner:
                 result.errback(Failure())
             else:
                 result.callback(value)
+
+
+# -- real sockets on loopback ------------------------------------------------------
+
+
+class _ClosingReceiverFactory(ReceiverFactory):
+    """A L{ReceiverFactory} that can close the connections it still has."""
+
+    def __init__(self, storage: IStorage, **options: Any) -> None:
+        super().__init__(storage, **options)
+        self._open: dict[ReceiverProtocol, list[Deferred[None]]] = {}
+        self._idle_waiters: list[Deferred[None]] = []
+
+    def buildProtocol(self, addr: IAddress | None) -> ReceiverProtocol:
+        protocol = super().buildProtocol(addr)
+        self._open[protocol] = []
+        return protocol
+
+    def release(self, connection: ReceiverProtocol) -> None:
+        super().release(connection)
+        for waiter in self._open.pop(connection, []):
+            waiter.callback(None)
+        if not self._open:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    def idle(self) -> Deferred[None]:
+        """Fires once no connection is open."""
+        if not self._open:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._idle_waiters.append(waiter)
+        return waiter
+
+    def close_connections(self) -> Deferred[None]:
+        """Abort every open connection; fires once each has reported its end."""
+        waiting: list[Deferred[None]] = []
+        for connection, waiters in list(self._open.items()):
+            waiter: Deferred[None] = Deferred()
+            waiters.append(waiter)
+            waiting.append(waiter)
+            if connection.transport is not None:
+                connection.transport.abortConnection()  # type: ignore[attr-defined]
+        return gatherResults(waiting).addCallback(lambda _: None)
+
+
+@attrs.define
+class RunningReceiver:
+    """A L{ReceiverFactory} listening on a loopback TCP port (L{start_receiver})."""
+
+    host: str
+    port: int
+    root: str
+    """The root directory the receiver stores into."""
+    storage: DirectoryStorage
+    factory: ReceiverFactory
+    _listening: IListeningPort
+    _closing: _ClosingReceiverFactory
+
+    def endpoint(self, reactor: IReactorTCP) -> IStreamClientEndpoint:
+        """A client endpoint to this receiver, for L{send_file}."""
+        return TCP4ClientEndpoint(reactor, self.host, self.port)
+
+    def path(self, stored: str) -> str:
+        """The local path of a stored relative path (as a receipt names it)."""
+        return os.path.join(self.root, *stored.split("/"))
+
+    def idle(self) -> Deferred[None]:
+        """Fires once no connection to the receiver is open.
+
+        A classic upload has no receipt: the sender is done when it has
+        closed, the receiver when it has stored the file and closed too.
+        Await this before looking for the file.
+        """
+        return self._closing.idle()
+
+    def stop(self) -> Deferred[None]:
+        """Stop listening and abort the connections still open; fires when all are closed."""
+
+        async def stop() -> None:
+            await maybeDeferred(self._listening.stopListening)
+            await self._closing.close_connections()
+
+        return Deferred.fromCoroutine(stop())
+
+
+def start_receiver(
+    reactor: IReactorTCP, root: str | os.PathLike[str], **options: Any
+) -> Deferred[RunningReceiver]:
+    """Listen with a L{ReceiverFactory} on a free port of 127.0.0.1, storing under C{root}.
+
+    @param reactor: the running reactor (it is also the receiver's clock).
+    @param options: more keyword arguments for L{ReceiverFactory} (C{token}...).
+    @return: fires with the L{RunningReceiver}; call its C{stop} at the end.
+    """
+    storage = DirectoryStorage(root)
+    factory = _ClosingReceiverFactory(storage, clock=reactor, **options)
+
+    def listening(port: IListeningPort) -> RunningReceiver:
+        address = port.getHost()
+        return RunningReceiver(
+            address.host,  # type: ignore[attr-defined]
+            address.port,  # type: ignore[attr-defined]
+            storage.root,
+            storage,
+            factory,
+            port,
+            factory,
+        )
+
+    endpoint = TCP4ServerEndpoint(reactor, 0, interface=LOOPBACK)
+    return endpoint.listen(factory).addCallback(listening)
+
+
+@attrs.define
+class RunningTFTPServer:
+    """A L{TFTPServerProtocol} listening on a loopback UDP port (L{start_tftp_server})."""
+
+    host: str
+    port: int
+    root: str
+    """The root directory the server stores into and serves from."""
+    storage: DirectoryStorage
+    protocol: TFTPServerProtocol
+    _listening: IListeningPort
+
+    def path(self, stored: str) -> str:
+        """The local path of a stored relative path."""
+        return os.path.join(self.root, *stored.split("/"))
+
+    def stop(self) -> Deferred[None]:
+        """End the running transfers and stop listening; fires when every port is closed."""
+
+        async def stop() -> None:
+            await self.protocol.stop_transfers()
+            await maybeDeferred(self._listening.stopListening)
+
+        return Deferred.fromCoroutine(stop())
+
+
+def start_tftp_server(
+    reactor: IReactorUDP, root: str | os.PathLike[str], **options: Any
+) -> Deferred[RunningTFTPServer]:
+    """Serve TFTP on a free UDP port of 127.0.0.1, storing under C{root}.
+
+    @param reactor: the running reactor.
+    @param options: more keyword arguments for L{TFTPServerProtocol}
+        (C{allow_write}, C{timeout}...).
+    @return: fires with the L{RunningTFTPServer}; call its C{stop} at the end.
+    """
+    storage = DirectoryStorage(root)
+    protocol = TFTPServerProtocol(storage=storage, reactor=reactor, **options)
+    try:
+        port = reactor.listenUDP(0, protocol, interface=LOOPBACK, maxPacketSize=8192)
+    except Exception:
+        return fail()
+    address = port.getHost()
+    return succeed(
+        RunningTFTPServer(
+            address.host,  # type: ignore[attr-defined]
+            address.port,  # type: ignore[attr-defined]
+            storage.root,
+            storage,
+            protocol,
+            port,
+        )
+    )
