@@ -26,6 +26,11 @@ C{@pytest_twisted.inlineCallbacks})::
    port, storing under (and serving from) C{tmp_path / "filexfer-tftp"}.
 
 Each is stopped at teardown, its connections and transfers closed.
+
+pytest-twisted runs the reactor in a greenlet from the first such test on:
+trial C{TestCase}s that use the real reactor cannot follow in the same
+session (pytest-dev/pytest-twisted#147); run the two kinds apart, or use
+L{filexfer.testing.start_receiver} from trial.
 """
 
 from __future__ import annotations

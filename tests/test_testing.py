@@ -1,7 +1,8 @@
 """filexfer.testing and filexfer.pytest_plugin: the doubles and fixtures users test with.
 
-The fixtures are tested in pytest-twisted's style (plain functions), the
-doubles as trial test cases: both styles users write are shown working.
+The fixtures are tested in pytest-twisted's style (plain functions, in
+tests/pytest_twisted_style.py, run by a pytest of their own), the doubles as
+trial test cases: both styles users write are shown working.
 """
 
 from __future__ import annotations
@@ -9,28 +10,26 @@ from __future__ import annotations
 import doctest
 import hashlib
 import os
-from pathlib import Path
+import subprocess
+import sys
 from typing import Any
 
-import pytest
-import pytest_twisted
 from twisted.internet.defer import Deferred
 from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
 import filexfer.testing
-from filexfer import IStorage, IUpload, Receipt, TransferError, send_file
+from filexfer import IStorage, IUpload, Receipt, TransferError
 from filexfer.tcp.sender import ServerRefused
 from filexfer.testing import (
     InMemoryReceiver,
     ManualRunner,
     MemoryStorage,
-    RunningReceiver,
-    RunningTFTPServer,
 )
-from filexfer.tftp.client import download, upload
 
-from .helpers import payload, sha256_bytes, write_file
+from .helpers import ROOT, child_env, payload, sha256_bytes, write_file
+
+STYLE_FILE = os.path.join("tests", "pytest_twisted_style.py")
 
 
 def _reactor() -> Any:
@@ -39,92 +38,32 @@ def _reactor() -> Any:
     return reactor
 
 
-# -- the pytest fixtures, in pytest-twisted's style ------------------------------------
+# -- the pytest fixtures, in their own pytest run -------------------------------------
 
 
-@pytest_twisted.ensureDeferred
-async def test_receiver_fixture_stores_on_disk(
-    filexfer_receiver: RunningReceiver, tmp_path: Path
-) -> None:
-    """send_file over real loopback TCP to filexfer_receiver stores the bytes under its root."""
-    reactor = _reactor()
-    data = payload(300_000, seed=1)
-    local = write_file(str(tmp_path / "local" / "data.bin"), data)
-    receipt = await send_file(reactor, filexfer_receiver.endpoint(reactor), local, name="in/d.bin")
-    assert receipt == Receipt(len(data), sha256_bytes(data), "in/d.bin")
-    assert Path(filexfer_receiver.path("in/d.bin")).read_bytes() == data
-    assert filexfer_receiver.root == str(tmp_path / "filexfer-receiver")
+class FixtureTests(unittest.TestCase):
+    """The fixtures' tests (tests/pytest_twisted_style.py) pass in a pytest of their own.
 
+    They are written in pytest-twisted's style; run in this session, they would
+    start the reactor in pytest-twisted's greenlet, after which the trial test
+    cases that use the real reactor fail with ReactorAlreadyRunning: the two
+    styles do not mix in one session (pytest-dev/pytest-twisted#147).
+    """
 
-@pytest_twisted.inlineCallbacks
-def test_receiver_fixture_classic_form(filexfer_receiver: RunningReceiver, tmp_path: Path) -> Any:
-    """The classic form works against the fixture too (an inlineCallbacks test)."""
-    reactor = _reactor()
-    local = write_file(str(tmp_path / "plain.txt"), b"plain bytes")
-    yield send_file(reactor, filexfer_receiver.endpoint(reactor), local, plain=True)
-    yield filexfer_receiver.idle()  # no receipt in the classic form: wait for the receiver
-    assert Path(filexfer_receiver.path("plain.txt")).read_bytes() == b"plain bytes"
-
-
-@pytest_twisted.ensureDeferred
-async def test_receiver_fixture_refusal(filexfer_receiver: RunningReceiver, tmp_path: Path) -> None:
-    """A refusal from the real receiver reaches the sender as ServerRefused."""
-    reactor = _reactor()
-    local = write_file(str(tmp_path / "x"), b"x")
-    with pytest.raises(ServerRefused) as caught:
-        await send_file(reactor, filexfer_receiver.endpoint(reactor), local, name=".filexfer/x")
-    assert caught.value.code == 403
-
-
-@pytest_twisted.ensureDeferred
-async def test_receiver_stop_closes_open_connections(tmp_path: Path) -> None:
-    """RunningReceiver.stop aborts a connection still in its handshake and stops listening."""
-    from twisted.internet.endpoints import connectProtocol
-    from twisted.internet.protocol import Protocol
-
-    reactor = _reactor()
-    receiver = await filexfer.testing.start_receiver(reactor, tmp_path / "root")
-    lost: Deferred[None] = Deferred()
-
-    class Idle(Protocol):
-        def connectionLost(self, reason: Any = None) -> None:
-            lost.callback(None)
-
-    await connectProtocol(receiver.endpoint(reactor), Idle())
-    await receiver.stop()
-    await lost
-    with pytest.raises(Exception, match="refused"):
-        await connectProtocol(receiver.endpoint(reactor), Protocol())
-
-
-@pytest_twisted.ensureDeferred
-async def test_tftp_fixture_download(
-    filexfer_tftp_server: RunningTFTPServer, tmp_path: Path
-) -> None:
-    """filexfer.tftp.client.download fetches a file from filexfer_tftp_server."""
-    data = payload(100_000, seed=2)
-    write_file(filexfer_tftp_server.path("boot/image.bin"), data)
-    target = tmp_path / "image.bin"
-    size = await download(
-        _reactor(), filexfer_tftp_server.host, filexfer_tftp_server.port, "boot/image.bin", target
-    )
-    assert size == len(data)
-    assert target.read_bytes() == data
-
-
-@pytest_twisted.ensureDeferred
-async def test_tftp_fixture_upload(filexfer_tftp_server: RunningTFTPServer, tmp_path: Path) -> None:
-    """An upload to filexfer_tftp_server lands under its root."""
-    local = write_file(str(tmp_path / "up.bin"), b"u" * 2000)
-    server = filexfer_tftp_server
-    await upload(_reactor(), server.host, server.port, local, "up/u.bin")
-    assert Path(server.path("up/u.bin")).read_bytes() == b"u" * 2000
-
-
-def test_memory_storage_fixture(filexfer_memory_storage: MemoryStorage) -> None:
-    """filexfer_memory_storage is a fresh, empty MemoryStorage."""
-    assert isinstance(filexfer_memory_storage, MemoryStorage)
-    assert filexfer_memory_storage.files == {}
+    def test_fixture_tests_pass(self) -> None:
+        """pytest (-p twisted, the plugin from tests/conftest.py) runs them all green."""
+        result = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", STYLE_FILE],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=child_env(),
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+        )
+        output = result.stdout + result.stderr
+        self.assertEqual(result.returncode, 0, output)
+        self.assertRegex(output, r"\b8 passed\b")
 
 
 # -- MemoryStorage, as a trial test case ---------------------------------------------
