@@ -1,4 +1,4 @@
-"""Shared test utilities: file fixtures, in-memory connections, bounded processes.
+"""Shared test utilities: file fixtures, sockets, bounded processes.
 
 Nothing here sleeps to synchronise: processes are awaited with timeouts and
 their logs are read line by line by a thread that wakes waiters on a
@@ -17,15 +17,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from twisted.internet.defer import Deferred
-from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IHalfCloseableProtocol
-from twisted.internet.task import Clock
-from twisted.python.failure import Failure
-from twisted.test import iosim
+# The in-memory doubles are public in filexfer.testing; re-exported for the tests
+# that import them from here.
+from filexfer.testing import HalfCloseFakeTransport as HalfCloseFakeTransport
+from filexfer.testing import ManualRunner as ManualRunner
+from filexfer.testing import connect_in_memory as connect_in_memory
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 """The repository root (where the twisted/plugins directory lives)."""
@@ -74,67 +73,6 @@ def visible_files(root: str) -> list[str]:
 def state_files(root: str, sub: str) -> list[str]:
     """Names in the storage's state sub-directory (C{tmp}, C{partial}, C{digests})."""
     return sorted(os.listdir(os.path.join(root, ".filexfer", sub)))
-
-
-# -- in-memory connections ---------------------------------------------------
-
-
-class HalfCloseFakeTransport(iosim.FakeTransport):
-    """An iosim transport that delivers a clean close like a real TCP FIN.
-
-    Real TCP transports tell an L{IHalfCloseableProtocol} about the peer's
-    FIN with C{readConnectionLost} before C{connectionLost}; plain iosim
-    only calls C{connectionLost}.
-    """
-
-    def reportDisconnect(self) -> None:
-        reason = self.disconnectReason
-        if (
-            self.tls is None
-            and isinstance(reason, ConnectionDone)
-            and IHalfCloseableProtocol.providedBy(self.protocol)
-        ):
-            self.protocol.readConnectionLost()
-        super().reportDisconnect()
-
-
-def connect_in_memory(
-    server: Any, client: Any, clock: Clock | None = None, greet: bool = True
-) -> iosim.IOPump:
-    """Connect two protocols with half-close-aware fake transports.
-
-    @param greet: pump until quiet right away (iosim's default).
-    """
-    server_transport = HalfCloseFakeTransport(
-        server, isServer=True, peerAddress=iosim.FakeAddress()
-    )
-    client_transport = HalfCloseFakeTransport(client, isServer=False)
-    return iosim.connect(
-        server, server_transport, client, client_transport, greet=greet, clock=clock
-    )
-
-
-class ManualRunner:
-    """A C{run_blocking} for storage that runs work only when told to."""
-
-    def __init__(self) -> None:
-        self.pending: list[tuple[Callable[[], Any], Deferred[Any]]] = []
-
-    def __call__(self, work: Callable[[], Any]) -> Deferred[Any]:
-        result: Deferred[Any] = Deferred()
-        self.pending.append((work, result))
-        return result
-
-    def run_all(self) -> None:
-        """Run the queued work now, firing each Deferred."""
-        while self.pending:
-            work, result = self.pending.pop(0)
-            try:
-                value = work()
-            except Exception:
-                result.errback(Failure())
-            else:
-                result.callback(value)
 
 
 # -- sockets -----------------------------------------------------------------------

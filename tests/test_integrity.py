@@ -22,10 +22,10 @@ from filexfer.storage import DirectoryStorage, Receipt
 from filexfer.tcp import _wire
 from filexfer.tcp.receiver import ReceiverFactory, ReceiverProtocol
 from filexfer.tcp.sender import send_file
+from filexfer.testing import InMemoryEndpoint
 
 from .helpers import sha256_bytes, state_files, visible_files, write_file
 from .test_receiver import HalfClosingTransport
-from .test_sender import InMemoryEndpoint
 
 MTIME_NS = 1_700_000_000_123_456_789
 A = b"A" * 100_000

@@ -27,10 +27,10 @@ from filexfer.service import Options, make_service
 from filexfer.storage import DirectoryStorage
 from filexfer.tcp import _wire
 from filexfer.tcp.receiver import ReceiverFactory, ReceiverProtocol
+from filexfer.testing import ManualRunner
 
 from .helpers import (
     LOOPBACK,
-    ManualRunner,
     payload,
     recv_all,
     reset_socket,

@@ -20,8 +20,9 @@ from filexfer._receipt import Receipt
 from filexfer.storage import DirectoryStorage
 from filexfer.tcp import _wire, receiver
 from filexfer.tcp.receiver import PREFIX_WAIT, ReceiverFactory, ReceiverProtocol
+from filexfer.testing import ManualRunner
 
-from .helpers import ManualRunner, payload, sha256_bytes, state_files, visible_files
+from .helpers import payload, sha256_bytes, state_files, visible_files
 
 MTIME_NS = 1_650_000_000_000_000_000
 

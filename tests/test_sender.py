@@ -22,10 +22,9 @@ from filexfer.storage import DirectoryStorage, Receipt
 from filexfer.tcp import _wire
 from filexfer.tcp.receiver import ReceiverFactory
 from filexfer.tcp.sender import CHUNK_SIZE, SenderProtocol, SendError, ServerRefused, send_file
+from filexfer.testing import HalfCloseFakeTransport, InMemoryEndpoint
 
 from .helpers import (
-    HalfCloseFakeTransport,
-    connect_in_memory,
     payload,
     sha256_bytes,
     state_files,
@@ -381,22 +380,6 @@ class MtimeHeaderTests(unittest.TestCase):
         handshake = self.handshake_for(beyond)
         self.assertNotIn(b"Mtime", handshake)
         self.assertTrue(handshake.startswith(b"FX/1 PUT f.bin\nSize: 3\n"))
-
-
-@implementer(IStreamClientEndpoint)
-class InMemoryEndpoint:
-    """Connects the client protocol to a fresh server protocol through iosim."""
-
-    def __init__(self, server_factory: Factory, clock: Clock) -> None:
-        self.server_factory = server_factory
-        self.clock = clock
-        self.pumps: list[iosim.IOPump] = []
-
-    def connect(self, factory: Factory) -> Deferred[Protocol]:
-        client = factory.buildProtocol(iosim.FakeAddress())
-        server = self.server_factory.buildProtocol(iosim.FakeAddress())
-        self.pumps.append(connect_in_memory(server, client, self.clock, greet=False))
-        return succeed(client)
 
 
 @implementer(IStreamClientEndpoint)

@@ -16,9 +16,10 @@ from filexfer._guard import ConnectionLimits
 from filexfer.storage import DirectoryStorage, Receipt
 from filexfer.tcp.receiver import ReceiverFactory, ReceiverProtocol
 from filexfer.tcp.sender import RETRY_DEADLINE, ServerRefused, retry_wait, send_file
+from filexfer.testing import InMemoryEndpoint
 
 from .helpers import payload, sha256_bytes, visible_files, write_file
-from .test_sender import InMemoryEndpoint, RefusingEndpoint
+from .test_sender import RefusingEndpoint
 
 
 class RetryWaitTests(unittest.TestCase):

@@ -14,8 +14,9 @@ from twisted.trial import unittest
 
 from filexfer._errors import TransferError
 from filexfer.storage import DirectoryStorage, IStorage, IUpload, Receipt, numbered_name
+from filexfer.testing import ManualRunner
 
-from .helpers import ManualRunner, payload, sha256_bytes, state_files, visible_files, write_file
+from .helpers import payload, sha256_bytes, state_files, visible_files, write_file
 
 MTIME_NS = 1_600_000_000_000_000_000
 

@@ -1,0 +1,688 @@
+"""Test doubles for code that embeds filexfer, in the spirit of C{treq.testing}.
+
+ - L{MemoryStorage}: an L{IStorage} that keeps files in a dict, with the
+   protocol's rules (names, conflict policy, Size, SHA256, 404) but no disk;
+ - L{InMemoryReceiver}: a L{ReceiverFactory} that L{send_file} (or a client
+   protocol of your own) reaches through C{twisted.test.iosim}, with a
+   L{Clock}: no sockets, no threads, every result there at once;
+ - L{InMemoryEndpoint}, L{connect_in_memory}, L{HalfCloseFakeTransport}: the
+   pieces it is made of, for tests that need them apart;
+ - L{ManualRunner}: a C{run_blocking} that runs the storage's work only when
+   the test says so, to look at a transfer while the storage is busy;
+ - L{start_receiver}, L{start_tftp_server}: a receiver or a TFTP server on a
+   free loopback port of the real reactor, storing under a root directory,
+   for tests that want real sockets (L{RunningReceiver.stop} and
+   L{RunningTFTPServer.stop} close everything again).
+
+The pytest fixtures built on these are in L{filexfer.pytest_plugin}.
+
+A file sent with L{send_file} to a receiver storing into memory::
+
+    >>> import os, tempfile
+    >>> from filexfer.testing import InMemoryReceiver, MemoryStorage
+    >>> storage = MemoryStorage()
+    >>> receiver = InMemoryReceiver(storage)
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     local = os.path.join(folder, "hello.txt")
+    ...     with open(local, "wb") as handle:
+    ...         _ = handle.write(b"hello")
+    ...     receipts = []
+    ...     _ = receiver.send_file(local, name="notes/hello.txt").addCallback(receipts.append)
+    >>> receipts[0].path, receipts[0].size
+    ('notes/hello.txt', 5)
+    >>> storage.files
+    {'notes/hello.txt': b'hello'}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+import os
+from collections.abc import Callable
+from typing import Any, BinaryIO
+
+import attrs
+from twisted.internet.defer import Deferred, fail, gatherResults, maybeDeferred, succeed
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import (
+    IAddress,
+    IHalfCloseableProtocol,
+    IListeningPort,
+    IProtocol,
+    IProtocolFactory,
+    IReactorTCP,
+    IReactorUDP,
+    IStreamClientEndpoint,
+)
+from twisted.internet.protocol import Factory
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+from twisted.test import iosim
+from zope.interface import implementer
+
+from filexfer._errors import TransferError
+from filexfer._names import validate_path
+from filexfer.storage import (
+    CONFLICT_POLICIES,
+    BlockingRunner,
+    ConflictPolicy,
+    DirectoryStorage,
+    IStorage,
+    IUpload,
+    Receipt,
+    numbered_name,
+)
+from filexfer.storage._disk import run_here
+from filexfer.tcp.receiver import ReceiverFactory, ReceiverProtocol
+from filexfer.tcp.sender import send_file
+from filexfer.tftp.server import TFTPServerProtocol
+
+__all__ = [
+    "HalfCloseFakeTransport",
+    "InMemoryEndpoint",
+    "InMemoryReceiver",
+    "ManualRunner",
+    "MemoryStorage",
+    "MemoryUpload",
+    "RunningReceiver",
+    "RunningTFTPServer",
+    "connect_in_memory",
+    "start_receiver",
+    "start_tftp_server",
+]
+
+LOOPBACK = "127.0.0.1"
+
+_MAX_RENAME_TRIES = 10_000
+_EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+
+
+# -- storage -----------------------------------------------------------------------
+
+
+@implementer(IStorage)
+class MemoryStorage:
+    """An L{IStorage} that keeps finished files in L{files}, a dict.
+
+    It follows the rules of L{filexfer.storage.DirectoryStorage} that a
+    peer can observe: the path rules of L{filexfer._names.validate_path}
+    (400, 403 for C{.filexfer}); a path under a stored file is refused (403);
+    the conflict policy (C{name (1).ext}, shortened as on a file system
+    with 255-byte names), checked at C{begin} and again when the file is
+    placed; C{max_size} against the announced Size and the arriving bytes
+    (413); more bytes than Size, fewer, or bytes that do not hash to the
+    announced or the trailing SHA256 (422, and nothing is stored); a file
+    whose exact bytes are already stored for the path (the path itself or,
+    under C{rename}, one of its numbered copies) is not stored again: the
+    receipt names that copy, at C{begin} when the SHA256 is announced,
+    otherwise once the bytes are in.
+
+    What it leaves out: there is no resume (the offset is always 0 and
+    C{abort(keep_partial=True)} keeps nothing), no "stored candidate" by
+    Size and Mtime (the sender sends the whole file and the copy is found
+    by content), no free-space reserve (507) and no check of the Mtime
+    against a file system's range.  The announced Mtime of each stored file
+    is kept in L{mtimes}.
+
+    @param on_conflict: C{"rename"}, C{"overwrite"} or C{"refuse"}.
+    @param max_size: the largest accepted file in bytes, or None.
+    @param run_blocking: runs the start and the placing of each upload; by
+        default at once.  A L{ManualRunner} holds them until the test runs them.
+
+    @ivar files: the stored files, by relative path.
+    @ivar mtimes: the Mtime (ns) announced with each stored file that had one.
+    """
+
+    def __init__(
+        self,
+        on_conflict: ConflictPolicy = "rename",
+        *,
+        max_size: int | None = None,
+        run_blocking: BlockingRunner[Any] = run_here,
+    ) -> None:
+        if on_conflict not in CONFLICT_POLICIES:
+            raise ValueError(f"on_conflict must be one of {', '.join(CONFLICT_POLICIES)}")
+        self.on_conflict = on_conflict
+        self.max_size = max_size
+        self.run_blocking = run_blocking
+        self.files: dict[str, bytes] = {}
+        self.mtimes: dict[str, int] = {}
+
+    # -- receiving ---------------------------------------------------------
+
+    def begin(
+        self,
+        path: str,
+        size: int | None = None,
+        sha256: str | None = None,
+        mtime_ns: int | None = None,
+        *,
+        trailer: bool = False,
+        fresh: bool = False,
+    ) -> Deferred[IUpload]:
+        """Start receiving C{path} (see L{IStorage.begin}).
+
+        C{trailer} and C{fresh} change nothing here: nothing is ever held
+        from an earlier upload.
+        """
+        try:
+            path = validate_path(path)
+            if size is not None:
+                self.check_size(size)
+        except TransferError as error:
+            return fail(error)
+        return self.run_blocking(lambda: self._begin(path, size, sha256, mtime_ns))
+
+    def _begin(
+        self, path: str, size: int | None, sha256: str | None, mtime_ns: int | None
+    ) -> IUpload:
+        self._check_parents(path)
+        if self._is_directory(path) and self.on_conflict == "overwrite":
+            raise TransferError(409, f"{path} exists and is a directory")
+        if sha256 is not None and size is not None:
+            stored = self._identical_copy(path, size, sha256)
+            if stored is not None:
+                return MemoryUpload(self, path, size, sha256, mtime_ns, stored=stored)
+        if self._taken(path) and self.on_conflict == "refuse":
+            raise TransferError(409, f"{path} already exists")
+        return MemoryUpload(self, path, size, sha256, mtime_ns)
+
+    def check_size(self, size: int) -> None:
+        """Refuse with 413 a file of C{size} bytes above C{max_size}."""
+        if self.max_size is not None and size > self.max_size:
+            raise TransferError(
+                413, f"file is larger than the server allows ({self.max_size} bytes)"
+            )
+
+    def place(self, path: str, data: bytes, digest: str, mtime_ns: int | None) -> Receipt:
+        """Store verified bytes under C{path} by the conflict policy; their receipt."""
+        self._check_parents(path)
+        identical = self._identical_copy(path, len(data), digest)
+        if identical is not None:
+            return identical
+        if self.on_conflict == "overwrite":
+            if self._is_directory(path):
+                raise TransferError(409, f"{path} exists and is a directory")
+            stored_path = path
+        elif not self._taken(path):
+            stored_path = path
+        elif self.on_conflict == "refuse":
+            raise TransferError(409, f"{path} already exists")
+        else:
+            stored_path = self._free_name(path)
+        self.files[stored_path] = data
+        if mtime_ns is None:
+            self.mtimes.pop(stored_path, None)
+        else:
+            self.mtimes[stored_path] = mtime_ns
+        return Receipt(len(data), digest, stored_path)
+
+    # -- names -------------------------------------------------------------
+
+    def _check_parents(self, path: str) -> None:
+        parts = path.split("/")
+        for end in range(1, len(parts)):
+            if "/".join(parts[:end]) in self.files:
+                raise TransferError(403, f"cannot store {path}: the path crosses a file")
+
+    def _is_directory(self, path: str) -> bool:
+        prefix = path + "/"
+        return any(stored.startswith(prefix) for stored in self.files)
+
+    def _taken(self, path: str) -> bool:
+        return path in self.files or self._is_directory(path)
+
+    def _numbered(self, path: str, number: int) -> str:
+        *parents, name = path.split("/")
+        return "/".join([*parents, numbered_name(name, number)])
+
+    def _free_name(self, path: str) -> str:
+        for number in range(1, _MAX_RENAME_TRIES):
+            candidate = self._numbered(path, number)
+            if not self._taken(candidate):
+                return candidate
+        raise TransferError(409, f"no free name for {path}: {_MAX_RENAME_TRIES} are taken")
+
+    def _copies(self, path: str) -> list[str]:
+        """C{path} and, under C{rename}, its numbered copies up to the first free number."""
+        found = [path] if path in self.files else []
+        if self.on_conflict != "rename":
+            return found
+        for number in range(1, _MAX_RENAME_TRIES):
+            candidate = self._numbered(path, number)
+            if candidate not in self.files:
+                break
+            found.append(candidate)
+        return found
+
+    def _identical_copy(self, path: str, size: int, digest: str) -> Receipt | None:
+        for stored_path in self._copies(path):
+            data = self.files[stored_path]
+            if len(data) == size and hmac.compare_digest(hashlib.sha256(data).hexdigest(), digest):
+                return Receipt(size, digest, stored_path)
+        return None
+
+    # -- reading -----------------------------------------------------------
+
+    def open_read(self, path: str) -> tuple[BinaryIO, int]:
+        """A stored file as (a C{BytesIO}, its size); 404 when absent, 403 for a directory."""
+        path = validate_path(path)
+        if path in self.files:
+            data = self.files[path]
+            return io.BytesIO(data), len(data)
+        if self._is_directory(path):
+            raise TransferError(403, f"{path} is not a regular file")
+        raise TransferError(404, f"{path} not found")
+
+
+@implementer(IUpload)
+class MemoryUpload:
+    """One file being received into a L{MemoryStorage}; nothing is held on abort.
+
+    With C{stored}, the exact file is already there: no bytes are expected,
+    and C{finish} answers with that receipt.
+    """
+
+    prefix_sha256: str | None = _EMPTY_SHA256
+    offset = 0
+
+    def __init__(
+        self,
+        storage: MemoryStorage,
+        path: str,
+        size: int | None,
+        sha256: str | None,
+        mtime_ns: int | None,
+        *,
+        stored: Receipt | None = None,
+    ) -> None:
+        self.path = path
+        self.expected_size = size
+        self.stored = stored
+        self._storage = storage
+        self._sha256 = sha256
+        self._mtime_ns = mtime_ns
+        self._buffer = bytearray()
+        self._closed = False
+        if stored is not None:
+            self.prefix_sha256 = None
+            self.offset = stored.size
+
+    @property
+    def received(self) -> int:
+        """Bytes held so far."""
+        return self.offset + len(self._buffer)
+
+    def check(self, additional: int) -> None:
+        """Refuse (422, 413) C{additional} bytes that would break Size or C{max_size}."""
+        if self.stored is not None:
+            if additional:
+                raise TransferError(422, "the file is already stored; no bytes expected")
+            return
+        total = self.received + additional
+        if self.expected_size is not None and total > self.expected_size:
+            raise TransferError(422, f"more bytes than the announced Size {self.expected_size}")
+        self._storage.check_size(total)
+
+    def write(self, data: bytes) -> None:
+        """Keep C{data}, after L{check}."""
+        if self._closed:
+            raise TransferError(500, "the upload was aborted")
+        self.check(len(data))
+        self._buffer += data
+
+    def finish(self, sha256: str | None = None) -> Deferred[Receipt]:
+        """Verify Size and SHA256, then store by the conflict policy."""
+        if self._closed:
+            return fail(TransferError(500, "the upload was aborted"))
+        if self.stored is not None:
+            if sha256 is not None and sha256 != self.stored.sha256:
+                return fail(TransferError(422, "SHA256 mismatch with the announced SHA256"))
+            self._closed = True
+            return succeed(self.stored)
+        if self.expected_size is not None and self.received < self.expected_size:
+            self.abort(keep_partial=True)
+            return fail(
+                TransferError(
+                    422, f"short upload: {self.received} of {self.expected_size} bytes arrived"
+                )
+            )
+        data = bytes(self._buffer)
+        digest = hashlib.sha256(data).hexdigest()
+        if self._sha256 is not None and digest != self._sha256:
+            self.abort(keep_partial=False)
+            return fail(TransferError(422, f"SHA256 mismatch: received data hashes to {digest}"))
+        if sha256 is not None and digest != sha256:
+            self.abort(keep_partial=False)
+            return fail(
+                TransferError(422, "the file changed while it was sent (its SHA-256 differs)")
+            )
+        self.abort(keep_partial=False)  # the bytes are in `data` now
+        return self._storage.run_blocking(
+            lambda: self._storage.place(self.path, data, digest, self._mtime_ns)
+        )
+
+    def abort(self, keep_partial: bool) -> None:
+        """Drop the bytes (there is no resume: C{keep_partial} keeps nothing)."""
+        self._closed = True
+        self._buffer = bytearray()
+
+
+# -- connections in memory --------------------------------------------------------
+
+
+class HalfCloseFakeTransport(iosim.FakeTransport):
+    """An iosim transport that delivers a clean close like a real TCP FIN.
+
+    Real TCP transports tell an L{IHalfCloseableProtocol} about the peer's
+    FIN with C{readConnectionLost} before C{connectionLost}; plain iosim
+    only calls C{connectionLost}.  L{filexfer.ReceiverProtocol} needs the
+    former to complete a classic upload.
+    """
+
+    def reportDisconnect(self) -> None:
+        """Tell the protocol of the peer's clean close, then of the connection's end."""
+        reason = self.disconnectReason
+        if (
+            self.tls is None
+            and isinstance(reason, ConnectionDone)
+            and IHalfCloseableProtocol.providedBy(self.protocol)
+        ):
+            self.protocol.readConnectionLost()
+        super().reportDisconnect()
+
+
+def connect_in_memory(
+    server: IProtocol, client: IProtocol, clock: Clock | None = None, greet: bool = True
+) -> iosim.IOPump:
+    """Connect two protocols with L{HalfCloseFakeTransport}s; the pump that moves bytes.
+
+    @param clock: advanced by 0 at each pump (calls due now run).
+    @param greet: pump until quiet right away (iosim's default).
+    """
+    server_transport = HalfCloseFakeTransport(
+        server, isServer=True, peerAddress=iosim.FakeAddress()
+    )
+    client_transport = HalfCloseFakeTransport(client, isServer=False)
+    return iosim.connect(
+        server, server_transport, client, client_transport, greet=greet, clock=clock
+    )
+
+
+@implementer(IStreamClientEndpoint)
+class InMemoryEndpoint:
+    """A client endpoint that connects to a fresh protocol of C{server_factory} via iosim.
+
+    Nothing moves until a pump in L{pumps} (one per connection) is pumped.
+    """
+
+    def __init__(self, server_factory: Factory, clock: Clock) -> None:
+        self.server_factory = server_factory
+        self.clock = clock
+        self.pumps: list[iosim.IOPump] = []
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
+        """Build both protocols and connect them; fires at once with the client."""
+        client = protocolFactory.buildProtocol(iosim.FakeAddress())
+        server = self.server_factory.buildProtocol(iosim.FakeAddress())
+        assert client is not None and server is not None
+        self.pumps.append(connect_in_memory(server, client, self.clock, greet=False))
+        connected: IProtocol = client
+        return succeed(connected)
+
+    def flush(self) -> None:
+        """Pump every connection until none moves a byte."""
+        moved = True
+        while moved:
+            moved = False
+            for pump in list(self.pumps):
+                moved = pump.flush() or moved
+
+
+class InMemoryReceiver:
+    """A L{ReceiverFactory} on C{storage}, reached in memory with a L{Clock}.
+
+    @param storage: where files go; a new L{MemoryStorage} by default.
+    @param clock: the receiver's and the sender's clock; advance it to
+        reach timeouts and the waits between retries.
+    @param options: more keyword arguments for L{ReceiverFactory}
+        (C{token}, C{limits}, C{handshake_timeout}...).
+    """
+
+    def __init__(
+        self, storage: IStorage | None = None, *, clock: Clock | None = None, **options: Any
+    ) -> None:
+        self.storage: IStorage = storage if storage is not None else MemoryStorage()
+        self.clock = clock if clock is not None else Clock()
+        self.factory = ReceiverFactory(self.storage, clock=self.clock, **options)
+        self.endpoint = InMemoryEndpoint(self.factory, self.clock)
+
+    def send_file(self, path: str | os.PathLike[str], **options: Any) -> Deferred[Receipt]:
+        """L{send_file} the local file at C{path} here; pumped until it is done.
+
+        @param options: keyword arguments for L{send_file} (C{name},
+            C{plain}, C{token}...).
+        @return: the Deferred of L{send_file}: it has fired unless the
+            storage holds work (a L{ManualRunner}) or the sender waits on
+            the clock (a 503 retry).
+        """
+        result = send_file(self.clock, self.endpoint, path, **options)
+        self.flush()
+        return result
+
+    def connect(self, client: IProtocol) -> iosim.IOPump:
+        """Connect a client protocol of your own to a new receiver protocol.
+
+        Nothing moves until the returned pump is pumped.
+        """
+        server = self.factory.buildProtocol(iosim.FakeAddress())
+        pump = connect_in_memory(server, client, self.clock, greet=False)
+        self.endpoint.pumps.append(pump)
+        return pump
+
+    def flush(self) -> None:
+        """Pump every connection until nothing moves (a fresh attempt is a new one)."""
+        self.endpoint.flush()
+
+
+# -- blocking work -----------------------------------------------------------------
+
+
+class ManualRunner:
+    """A C{run_blocking} for a storage that runs the work only when told to.
+
+    Pass it as C{run_blocking} to L{MemoryStorage} or
+    L{filexfer.DirectoryStorage}; the transfer waits (as it would on a busy
+    thread pool) until the test calls L{run_all}.
+    """
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[Callable[[], Any], Deferred[Any]]] = []
+
+    def __call__(self, work: Callable[[], Any]) -> Deferred[Any]:
+        """Queue C{work}; the Deferred fires with its result when it runs."""
+        result: Deferred[Any] = Deferred()
+        self.pending.append((work, result))
+        return result
+
+    def run_all(self) -> None:
+        """Run the queued work now, firing each Deferred (work queued meanwhile too)."""
+        while self.pending:
+            work, result = self.pending.pop(0)
+            try:
+                value = work()
+            except Exception:
+                result.errback(Failure())
+            else:
+                result.callback(value)
+
+
+# -- real sockets on loopback ------------------------------------------------------
+
+
+class _ClosingReceiverFactory(ReceiverFactory):
+    """A L{ReceiverFactory} that can close the connections it still has."""
+
+    def __init__(self, storage: IStorage, **options: Any) -> None:
+        super().__init__(storage, **options)
+        self._open: dict[ReceiverProtocol, list[Deferred[None]]] = {}
+        self._idle_waiters: list[Deferred[None]] = []
+
+    def buildProtocol(self, addr: IAddress | None) -> ReceiverProtocol:
+        protocol = super().buildProtocol(addr)
+        self._open[protocol] = []
+        return protocol
+
+    def release(self, connection: ReceiverProtocol) -> None:
+        super().release(connection)
+        for waiter in self._open.pop(connection, []):
+            waiter.callback(None)
+        if not self._open:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    def idle(self) -> Deferred[None]:
+        """Fires once no connection is open."""
+        if not self._open:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._idle_waiters.append(waiter)
+        return waiter
+
+    def close_connections(self) -> Deferred[None]:
+        """Abort every open connection; fires once each has reported its end."""
+        waiting: list[Deferred[None]] = []
+        for connection, waiters in list(self._open.items()):
+            waiter: Deferred[None] = Deferred()
+            waiters.append(waiter)
+            waiting.append(waiter)
+            if connection.transport is not None:
+                connection.transport.abortConnection()  # type: ignore[attr-defined]
+        return gatherResults(waiting).addCallback(lambda _: None)
+
+
+@attrs.define
+class RunningReceiver:
+    """A L{ReceiverFactory} listening on a loopback TCP port (L{start_receiver})."""
+
+    host: str
+    port: int
+    root: str
+    """The root directory the receiver stores into."""
+    storage: DirectoryStorage
+    factory: ReceiverFactory
+    _listening: IListeningPort
+    _closing: _ClosingReceiverFactory
+
+    def endpoint(self, reactor: IReactorTCP) -> IStreamClientEndpoint:
+        """A client endpoint to this receiver, for L{send_file}."""
+        return TCP4ClientEndpoint(reactor, self.host, self.port)
+
+    def path(self, stored: str) -> str:
+        """The local path of a stored relative path (as a receipt names it)."""
+        return os.path.join(self.root, *stored.split("/"))
+
+    def idle(self) -> Deferred[None]:
+        """Fires once no connection to the receiver is open.
+
+        A classic upload has no receipt: the sender is done when it has
+        closed, the receiver when it has stored the file and closed too.
+        Await this before looking for the file.
+        """
+        return self._closing.idle()
+
+    def stop(self) -> Deferred[None]:
+        """Stop listening and abort the connections still open; fires when all are closed."""
+
+        async def stop() -> None:
+            await maybeDeferred(self._listening.stopListening)
+            await self._closing.close_connections()
+
+        return Deferred.fromCoroutine(stop())
+
+
+def start_receiver(
+    reactor: IReactorTCP, root: str | os.PathLike[str], **options: Any
+) -> Deferred[RunningReceiver]:
+    """Listen with a L{ReceiverFactory} on a free port of 127.0.0.1, storing under C{root}.
+
+    @param reactor: the running reactor (it is also the receiver's clock).
+    @param options: more keyword arguments for L{ReceiverFactory} (C{token}...).
+    @return: fires with the L{RunningReceiver}; call its C{stop} at the end.
+    """
+    storage = DirectoryStorage(root)
+    factory = _ClosingReceiverFactory(storage, clock=reactor, **options)
+
+    def listening(port: IListeningPort) -> RunningReceiver:
+        address = port.getHost()
+        return RunningReceiver(
+            address.host,  # type: ignore[attr-defined]
+            address.port,  # type: ignore[attr-defined]
+            storage.root,
+            storage,
+            factory,
+            port,
+            factory,
+        )
+
+    endpoint = TCP4ServerEndpoint(reactor, 0, interface=LOOPBACK)
+    return endpoint.listen(factory).addCallback(listening)
+
+
+@attrs.define
+class RunningTFTPServer:
+    """A L{TFTPServerProtocol} listening on a loopback UDP port (L{start_tftp_server})."""
+
+    host: str
+    port: int
+    root: str
+    """The root directory the server stores into and serves from."""
+    storage: DirectoryStorage
+    protocol: TFTPServerProtocol
+    _listening: IListeningPort
+
+    def path(self, stored: str) -> str:
+        """The local path of a stored relative path."""
+        return os.path.join(self.root, *stored.split("/"))
+
+    def stop(self) -> Deferred[None]:
+        """End the running transfers and stop listening; fires when every port is closed."""
+
+        async def stop() -> None:
+            await self.protocol.stop_transfers()
+            await maybeDeferred(self._listening.stopListening)
+
+        return Deferred.fromCoroutine(stop())
+
+
+def start_tftp_server(
+    reactor: IReactorUDP, root: str | os.PathLike[str], **options: Any
+) -> Deferred[RunningTFTPServer]:
+    """Serve TFTP on a free UDP port of 127.0.0.1, storing under C{root}.
+
+    @param reactor: the running reactor.
+    @param options: more keyword arguments for L{TFTPServerProtocol}
+        (C{allow_write}, C{timeout}...).
+    @return: fires with the L{RunningTFTPServer}; call its C{stop} at the end.
+    """
+    storage = DirectoryStorage(root)
+    protocol = TFTPServerProtocol(storage=storage, reactor=reactor, **options)
+    try:
+        port = reactor.listenUDP(0, protocol, interface=LOOPBACK, maxPacketSize=8192)
+    except Exception:
+        return fail()
+    address = port.getHost()
+    return succeed(
+        RunningTFTPServer(
+            address.host,  # type: ignore[attr-defined]
+            address.port,  # type: ignore[attr-defined]
+            storage.root,
+            storage,
+            protocol,
+            port,
+        )
+    )

@@ -1,0 +1,10 @@
+"""The suite's pytest configuration: filexfer's own fixtures.
+
+Installed normally, filexfer registers its plugin by entry point; the
+entry point's name is the module's, so naming it here too is a no-op then
+(pytest skips a plugin already registered under that name), and it is what
+loads the plugin when the package is an editable install made before the
+entry point existed, or not installed at all (PYTHONPATH).
+"""
+
+pytest_plugins = ["filexfer.pytest_plugin"]
