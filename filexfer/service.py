@@ -16,6 +16,7 @@ from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.python import usage
+from twisted.python.threadpool import ThreadPool
 
 from filexfer._guard import AccessPolicy, ConnectionLimits
 from filexfer._log import log
@@ -280,6 +281,33 @@ def remove_stale_in(storage: DirectoryStorage, max_age: float) -> Deferred[Any]:
     return removing
 
 
+HASHING_THREADS = 2
+"""Threads that hash bytes on disk to start uploads (resumes, stored-file checks)."""
+
+
+class HashingPool(Service):
+    """A thread pool of L{HASHING_THREADS} threads for long hashing jobs.
+
+    It starts with its first job and stops with the service.
+    """
+
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
+        self.pool = ThreadPool(minthreads=0, maxthreads=HASHING_THREADS, name="filexfer-hashing")
+
+    def run(self, work: Any) -> Any:
+        """Run C{work} in the pool; a Deferred of its result."""
+        if not self.pool.started:
+            self.pool.start()
+        return deferToThreadPool(self.reactor, self.pool, work)
+
+    def stopService(self) -> Any:
+        """Let running jobs end and stop the threads."""
+        super().stopService()
+        if self.pool.started:
+            self.pool.stop()
+
+
 def make_service(options: Options, reactor: Any) -> MultiService:
     """Build the service tree for C{options}, on C{reactor}."""
     raise_open_files_limit()
@@ -288,16 +316,23 @@ def make_service(options: Options, reactor: Any) -> MultiService:
     def in_thread(work: Any) -> Any:
         return deferToThreadPool(reactor, pool, work)
 
+    # Hashing bytes already on disk to start an upload (a large partial, a
+    # stored file without a cached digest) can take minutes: a small pool of
+    # its own keeps the shared pool free for every other upload's writes.
+    hashing_pool = HashingPool(reactor)  # a child of the top service, below
+
     storage = DirectoryStorage(
         os.path.abspath(options["root"]),
         options["on-conflict"],
         run_blocking=in_thread,
         run_writes=in_thread,
+        run_hashing=hashing_pool.run,
         min_free=options["min-free"],
         max_size=options["max-size"],
     )
     access = AccessPolicy(options["allow"])
     top = MultiService()
+    hashing_pool.setServiceParent(top)
     factory = ReceiverFactory(
         storage,
         clock=reactor,

@@ -388,3 +388,91 @@ class TFTPArrivingBytesLimitTests(unittest.TestCase):
         self.assertIsInstance(packets[-1], p.Error)
         self.assertEqual(packets[-1].code, p.DISK_FULL)  # type: ignore[union-attr]
         self.assertEqual((h.stored("big.bin"), h.temp_files(), port.closed), (None, [], True))
+
+
+class StartingAnUploadTests(IntegrityTestCase):
+    """What starting an upload needs from the disk: room for the rest, threads for the rest."""
+
+    def test_resume_needs_room_only_for_the_rest(self) -> None:
+        """A resume is refused (507) only when what is still to come does not fit."""
+        self.cut_upload("six.bin", A, 60_000, trailer=True)
+        free = {"bytes": 50_000}
+        self.patch(
+            type(self.storage),
+            "check_space",
+            lambda storage, incoming, where=None: _room(incoming, free["bytes"]),
+        )
+        protocol, transport = self.connect()
+        request = _wire.PutRequest("six.bin", len(A), None, MTIME_NS, trailer=True)
+        protocol.dataReceived(_wire.encode_put(request))
+        self.assertTrue(transport.value().startswith(b"ok 60000 "), transport.value())
+        protocol.connectionLost(Failure(ConnectionDone()))
+        free["bytes"] = 30_000  # 40,000 still to come no longer fit
+        protocol, transport = self.connect()
+        protocol.dataReceived(_wire.encode_put(request))
+        self.assertTrue(transport.value().startswith(b"error 507 "), transport.value())
+        self.assertEqual(len(state_files(self.root, "partial")), 1)  # kept for later
+
+    def test_fresh_start_counts_the_dropped_partial(self) -> None:
+        """C{Resume: no} drops the held bytes before the room is judged."""
+        self.cut_upload("six.bin", A, 60_000, trailer=True)
+        seen: list[int] = []
+        self.patch(
+            type(self.storage),
+            "check_space",
+            lambda storage, incoming, where=None: seen.append(incoming),
+        )
+        protocol, transport = self.connect()
+        request = _wire.PutRequest("six.bin", len(A), None, MTIME_NS, trailer=True, fresh=True)
+        protocol.dataReceived(_wire.encode_put(request))
+        self.assertEqual(transport.value(), b"ok 0 %s\n" % sha256_bytes(b"").encode())
+        self.assertEqual(seen[0], len(A))
+
+    def test_hashing_has_its_own_runner(self) -> None:
+        """Hashing a held prefix goes through run_hashing; a small upload is served meanwhile."""
+        from filexfer.testing import ManualRunner
+
+        self.cut_upload("big.bin", A, 60_000, trailer=True)
+        hashing = ManualRunner()
+        self.storage.run_hashing = hashing
+        big, big_transport = self.connect()
+        request = _wire.PutRequest("big.bin", len(A), None, MTIME_NS, trailer=True)
+        big.dataReceived(_wire.encode_put(request))
+        self.assertEqual((big_transport.value(), len(hashing.pending)), (b"", 1))
+        small, small_transport = self.connect()
+        small.dataReceived(_wire.encode_put(_wire.PutRequest("small.txt", 5)))
+        small.dataReceived(b"hello")
+        self.assertTrue(small_transport.value().endswith(b" small.txt\n"), small_transport.value())
+        hashing.run_all()
+        self.assertTrue(big_transport.value().startswith(b"ok 60000 "), big_transport.value())
+
+    def test_no_handshake_timeout_while_the_server_works(self) -> None:
+        """The handshake timer stops once the handshake is complete: slow hashing is no 408."""
+        from filexfer.testing import ManualRunner
+
+        self.cut_upload("big.bin", A, 60_000, trailer=True)
+        self.storage.run_hashing = hashing = ManualRunner()
+        protocol, transport = self.connect()
+        request = _wire.PutRequest("big.bin", len(A), None, MTIME_NS, trailer=True)
+        protocol.dataReceived(_wire.encode_put(request))
+        self.clock.advance(self.factory.handshake_timeout * 3)
+        self.assertEqual(transport.value(), b"")
+        hashing.run_all()
+        self.assertTrue(transport.value().startswith(b"ok 60000 "), transport.value())
+
+    def test_overwrite_refuses_symlink_at_handshake(self) -> None:
+        """Under overwrite, a symlink at the final name is a 409 before any byte; it stays."""
+        self.storage.on_conflict = "overwrite"
+        os.makedirs(self.root, exist_ok=True)
+        os.symlink("/etc/passwd", os.path.join(self.root, "s"))
+        protocol, transport = self.connect()
+        protocol.dataReceived(_wire.encode_put(_wire.PutRequest("s", 3)))
+        self.assertTrue(transport.value().startswith(b"error 409 "), transport.value())
+        self.assertTrue(os.path.islink(os.path.join(self.root, "s")))
+
+
+def _room(incoming: int, free: int) -> None:
+    from filexfer._errors import TransferError
+
+    if incoming > free:
+        raise TransferError(507, "not enough free space on the server")

@@ -23,7 +23,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
-from filexfer.service import Options, make_service
+from filexfer.service import HashingPool, Options, make_service
 from filexfer.storage import DirectoryStorage
 from filexfer.tcp import _wire
 from filexfer.tcp.receiver import ReceiverFactory, ReceiverProtocol
@@ -149,6 +149,9 @@ class ServiceTests(unittest.TestCase):
         options = Options()
         options.parseOptions(["--listen", "tcp:0", "--no-tftp", "--root", self.root])
         self.top = make_service(options, reactor)
+        for child in self.top:
+            if isinstance(child, HashingPool):
+                self.addCleanup(child.stopService)  # its threads, if a test started them
 
     def storage(self) -> Any:
         (listener,) = [c for c in self.top if isinstance(c, internet.StreamServerEndpointService)]
@@ -156,9 +159,10 @@ class ServiceTests(unittest.TestCase):
 
     @inlineCallbacks
     def test_storage_work_runs_in_a_thread(self) -> Deferred[None]:  # type: ignore[misc]
-        """begin's disk work (run_blocking) and the writes (run_writes) run in other threads."""
+        """begin's look-ups and hashing, and the writes, run in other threads (two pools)."""
         storage = self.storage()
-        for run in (storage.run_blocking, storage.run_writes):
+        self.assertIsNot(storage.run_hashing, storage.run_blocking)
+        for run in (storage.run_blocking, storage.run_writes, storage.run_hashing):
             ran_in = yield run(threading.get_ident)
             self.assertNotEqual(ran_in, threading.get_ident())
 

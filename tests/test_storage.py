@@ -510,10 +510,8 @@ class SymlinkTests(StorageTestCase):
         os.symlink(self.target, os.path.join(self.root, "evil"))
         self.assertEqual(self.store("evil", b"new").path, "evil (1)")
         overwrite = self.make_storage(on_conflict="overwrite")
-        self.assertEqual(self.store("evil", b"new", storage=overwrite).path, "evil")
-        self.assertFalse(os.path.islink(os.path.join(self.root, "evil")))
-        os.unlink(os.path.join(self.root, "evil"))
-        os.symlink(self.target, os.path.join(self.root, "evil"))
+        self.assertRefused(409, overwrite.begin, "evil", 3)  # not replaced either (at begin)
+        self.assertTrue(os.path.islink(os.path.join(self.root, "evil")))
         refuse = self.make_storage(on_conflict="refuse")
         self.assertRefused(409, refuse.begin, "evil", 3)
         with open(self.target, "rb") as handle:

@@ -24,7 +24,7 @@ import secrets
 import shutil
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, BinaryIO
 
@@ -65,6 +65,11 @@ class DirectoryStorage:
         in a thread pool, one batch per upload at a time (in order); the
         upload then pauses the producer registered with it (L{IConsumer})
         while more than a few MiB wait.  By default inline, in C{write}.
+    @param run_hashing: runs the hashing of bytes already on disk that
+        starting an upload may need (a resumed prefix, a stored file whose
+        digest is not cached), e.g. in a small pool of its own so that large
+        files do not hold up the threads every other upload needs; by
+        default C{run_blocking}.
     @param min_free: bytes of free space to keep; uploads that would eat
         into it are refused with 507.
     @param max_size: largest accepted file, or None.
@@ -77,6 +82,7 @@ class DirectoryStorage:
         *,
         run_blocking: BlockingRunner[Any] = run_here,
         run_writes: BlockingRunner[Any] | None = None,
+        run_hashing: BlockingRunner[Any] | None = None,
         min_free: int = 0,
         max_size: int | None = None,
     ) -> None:
@@ -86,6 +92,7 @@ class DirectoryStorage:
         self.on_conflict = on_conflict
         self.run_blocking = run_blocking
         self.run_writes = run_writes
+        self._run_hashing = run_hashing
         self.min_free = min_free
         self.max_size = max_size
         os.makedirs(self.root, exist_ok=True)
@@ -95,6 +102,15 @@ class DirectoryStorage:
         self._digests = DigestCache(os.path.join(self._state, "digests"))
         self.mtime_range = probe_mtime_range(os.path.join(self._state, "tmp"))
         """The earliest and latest Mtime (ns) the root's file system keeps as given."""
+
+    @property
+    def run_hashing(self) -> BlockingRunner[Any]:
+        """Runs the hashing that starting an upload may need; C{run_blocking} unless set."""
+        return self._run_hashing if self._run_hashing is not None else self.run_blocking
+
+    @run_hashing.setter
+    def run_hashing(self, runner: BlockingRunner[Any] | None) -> None:
+        self._run_hashing = runner
 
     # -- receiving ---------------------------------------------------------
 
@@ -124,8 +140,11 @@ class DirectoryStorage:
                 check_mtime(mtime_ns, self.mtime_range)
         except TransferError:
             return fail()
-        return self.run_blocking(
+        looked_up = self.run_blocking(
             lambda: self._begin_on_disk(path, size, sha256, mtime_ns, trailer, fresh)
+        )
+        return looked_up.addCallback(
+            lambda found: self.run_hashing(found.work) if isinstance(found, _Hashing) else found
         )
 
     def _begin_on_disk(
@@ -136,34 +155,33 @@ class DirectoryStorage:
         mtime_ns: int | None,
         trailer: bool,
         fresh: bool,
-    ) -> IUpload:
+    ) -> IUpload | _Hashing:
+        """The look-ups of L{begin} (quick: C{run_blocking}).
+
+        @return: the upload, or the L{_Hashing} still needed to start it
+            (a held partial's prefix, a stored file whose digest is not
+            cached), which L{begin} runs through C{run_hashing}.
+        """
         *parents, name = path.split("/")
         self._check_name_lengths(path)
         state = self._state_dir_for(parents)  # on the target's file system
-        if size is not None:
-            self.check_space(size, state)
         existing = self._lookup_entry(parents, name)
         if (
             existing is not None
-            and stat.S_ISDIR(existing.st_mode)
             and self.on_conflict == "overwrite"
+            and not stat.S_ISREG(existing.st_mode)
         ):
-            raise TransferError(409, f"{path} exists and is a directory")
+            raise TransferError(409, f"{path} exists and is {_kind(existing)}; it is not replaced")
         copies = self._copies(path, size) if size is not None else {}
-        if sha256 is not None:
-            for stored_path, info in copies.items():
-                if self._stored_digest(stored_path, info) == sha256:
-                    return AlreadyStored(Receipt(info.st_size, sha256, stored_path))
-        elif trailer and not fresh and mtime_ns is not None and size is not None:
-            same_mtime = {
-                stored_path: self._stored_digest(stored_path, info)
-                for stored_path, info in copies.items()
-                if self._same_mtime(stored_path, info, mtime_ns)
+        if sha256 is None:
+            proved_later = trailer and not fresh and mtime_ns is not None
+            copies = {
+                stored: info
+                for stored, info in copies.items()
+                if proved_later
+                and mtime_ns is not None
+                and self._same_mtime(stored, info, mtime_ns)
             }
-            if same_mtime:
-                return StoredCandidate(path, size, same_mtime)
-        if existing is not None and self.on_conflict == "refuse":
-            raise TransferError(409, f"{path} already exists")
         resumable = size is not None and (sha256 is not None or (trailer and mtime_ns is not None))
         if resumable:
             key = hashlib.sha256(
@@ -172,13 +190,48 @@ class DirectoryStorage:
             temp_name = os.path.join(state, "partial", key)
         else:
             temp_name = os.path.join(state, "tmp", secrets.token_hex(16))
+
+        def start() -> IUpload:
+            digests = {stored: self._stored_digest(stored, info) for stored, info in copies.items()}
+            if sha256 is not None:
+                for stored, digest in digests.items():
+                    if hmac.compare_digest(digest, sha256):
+                        return AlreadyStored(Receipt(copies[stored].st_size, sha256, stored))
+            elif digests and size is not None:
+                return StoredCandidate(path, size, digests)
+            if existing is not None and self.on_conflict == "refuse":
+                raise TransferError(409, f"{path} already exists")
+            return self._open_upload(path, size, sha256, mtime_ns, temp_name, resumable, fresh)
+
+        uncached = any(self._digests.digest(p, info) is None for p, info in copies.items())
+        if uncached or (resumable and not fresh and _held(temp_name) > 0):
+            return _Hashing(start)
+        return start()
+
+    def _open_upload(
+        self,
+        path: str,
+        size: int | None,
+        sha256: str | None,
+        mtime_ns: int | None,
+        temp_name: str,
+        resumable: bool,
+        fresh: bool,
+    ) -> Upload:
         handle = self._open_temp(temp_name)
-        if fresh:
-            handle.truncate(0)
         try:
+            if fresh:
+                handle.truncate(0)
+            if size is not None:
+                # only what is still to come needs room (a resume's held bytes are there)
+                held = os.fstat(handle.fileno()).st_size
+                self.check_space(size - (held if held <= size else 0), os.path.dirname(temp_name))
             return Upload(
                 self, path, size, sha256, mtime_ns, temp_name, handle, resumable, self.run_writes
             )
+        except TransferError:
+            handle.close()  # a partial stays for a later resume
+            raise
         except OSError as exc:
             handle.close()
             raise os_error(exc, "read the partial file") from exc
@@ -321,10 +374,12 @@ class DirectoryStorage:
     def _link_by_policy(self, state_fd: int, temp_name: str, parent_fd: int, name: str) -> str:
         if self.on_conflict == "overwrite":
             try:
-                if stat.S_ISDIR(os.stat(name, dir_fd=parent_fd, follow_symlinks=False).st_mode):
-                    raise TransferError(409, f"{name} exists and is a directory")
+                info = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
             except FileNotFoundError:
                 pass
+            else:
+                if not stat.S_ISREG(info.st_mode):
+                    raise TransferError(409, f"{name} exists and is {_kind(info)}; not replaced")
             os.rename(temp_name, name, src_dir_fd=state_fd, dst_dir_fd=parent_fd)
             return name
         limit = self._name_limit(parent_fd)
@@ -546,3 +601,27 @@ def _remove_old(folder_fd: int, before: float) -> int:
             finally:
                 os.close(fd)
     return removed
+
+
+class _Hashing:
+    """Work that starting an upload still needs, and that hashes bytes on disk."""
+
+    def __init__(self, work: Callable[[], IUpload]) -> None:
+        self.work = work
+
+
+def _held(temp_name: str) -> int:
+    """Bytes a partial file holds (0 when there is none)."""
+    try:
+        return os.stat(temp_name, follow_symlinks=False).st_size
+    except OSError:
+        return 0
+
+
+def _kind(info: os.stat_result) -> str:
+    """What a non-regular directory entry is, for a person."""
+    if stat.S_ISDIR(info.st_mode):
+        return "a directory"
+    if stat.S_ISLNK(info.st_mode):
+        return "a symlink"
+    return "not a regular file"

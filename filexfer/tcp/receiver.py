@@ -224,6 +224,9 @@ class ReceiverProtocol(Protocol):
 
     @_machine.output()
     def _start(self, request: _wire.Request) -> None:
+        # The handshake is complete: from here the server is the one working
+        # (hashing a large partial can take a while), so its timer stops.
+        self._disarm()
         self._buffer = b""
         storage = self.factory.storage
         starting: Deferred[IUpload]
