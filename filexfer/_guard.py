@@ -15,6 +15,22 @@ RETRY_AFTER = 2.0
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+def canonical_host(host: str | None) -> str | None:
+    """C{host} with an IPv4-mapped IPv6 address (C{::ffff:a.b.c.d}) written as IPv4.
+
+    A dual-stack port sees IPv4 clients as mapped addresses: counted under
+    their IPv4 form, one client is one address whichever port it came in by.
+    """
+    if host is None or not host[:7].lower() == "::ffff:":
+        return host
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    mapped = getattr(address, "ipv4_mapped", None)
+    return str(mapped) if mapped is not None else host
+
+
 class AccessPolicy:
     """Allow only peers inside the given networks (everyone when none are given)."""
 
@@ -70,6 +86,7 @@ class ConnectionLimits:
 
     def enter(self, connection: object, host: str | None) -> TransferError | None:
         """Count C{connection} in, or return the 503 that refuses it."""
+        host = canonical_host(host)
         if self.max_connections is not None and len(self._hosts) >= self.max_connections:
             return self._busy("too many connections")
         if self.max_per_ip is not None and self._per_host[host] >= self.max_per_ip:

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from twisted.logger import Logger
 
 log = Logger(namespace="filexfer")
+
+_MAPPED = re.compile(r"^\[::ffff:([0-9.]+)\]:", re.IGNORECASE)
+
+
+def plain_peer(peer: str) -> str:
+    """C{[::ffff:a.b.c.d]:port} (an IPv4 client of a dual-stack port) -> C{a.b.c.d:port}."""
+    return _MAPPED.sub(r"\1:", peer, count=1)
 
 
 def describe_peer(address: Any) -> str:
@@ -40,7 +48,7 @@ def log_transfer(
     log.info(
         "{protocol} {peer} {path!r} {nbytes} bytes in {seconds:.3f}s ({rate:.1f} MB/s): {outcome}",
         protocol=protocol,
-        peer=peer,
+        peer=plain_peer(peer),
         path=path,
         nbytes=nbytes,
         seconds=seconds,

@@ -1,8 +1,9 @@
 """Several processes serving the same ports, to use every core (C{--workers N}).
 
 Each process opens the TCP port given by C{--port} and the TFTP port with
-C{SO_REUSEPORT}, so the kernel spreads new connections and requests across
-them.  The first process starts the others (C{python -m filexfer serve
+C{SO_REUSEPORT} (dual-stack, like C{--port} alone: see L{filexfer._ports}),
+so the kernel spreads new connections and requests across them.  The first
+process starts the others (C{python -m filexfer serve
 ... --worker-of PID}), forwards their log lines, and stops them when it
 stops; a worker whose parent disappears stops by itself.
 """
@@ -17,12 +18,13 @@ import sys
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 
 from filexfer._log import log
+from filexfer._ports import ListeningPort
 
 _TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\S+ ")
 """The time stamp a worker puts before its log lines (ours has one already)."""
@@ -31,82 +33,36 @@ STOP_GRACE = 10.0
 """Seconds a worker has to stop after SIGTERM before it is killed."""
 
 
-def shared_socket(
-    kind: socket.SocketKind, interface: str, port: int, backlog: int
-) -> socket.socket:
-    """A bound (and, for TCP, listening) socket that other processes may bind too."""
-    family = socket.AF_INET6 if ":" in interface else socket.AF_INET
-    sock = socket.socket(family, kind)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((interface, port))
-        if kind == socket.SOCK_STREAM:
-            sock.listen(backlog)
-        sock.setblocking(False)
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
-class _SharedPort(Service):
-    """A port opened with SO_REUSEPORT and handed to the reactor."""
-
-    kind = socket.SOCK_STREAM
-    label = "TCP"
-    backlog = 0
-
-    def __init__(self, reactor: Any, port: int, interface: str) -> None:
-        self.reactor = reactor
-        self.port = port
-        self.interface = interface
-        self._listening: Any = None
-
-    def _adopt(self, sock: socket.socket) -> Any:
-        raise NotImplementedError
-
-    def startService(self) -> None:
-        with shared_socket(self.kind, self.interface, self.port, self.backlog) as sock:
-            self._listening = self._adopt(sock)  # the reactor keeps its own descriptor
-        log.info(
-            "{label} port {port} shared (SO_REUSEPORT) by process {pid}",
-            label=self.label,
-            port=self.port,
-            pid=os.getpid(),
-        )
-        super().startService()
-
-    def stopService(self) -> Deferred[Any]:
-        super().stopService()
-        listening, self._listening = self._listening, None
-        return maybeDeferred(listening.stopListening) if listening is not None else succeed(None)
-
-
-class SharedStreamPort(_SharedPort):
-    """Listen for TCP, on all interfaces, on a port shared with the other workers."""
+class SharedStreamPort(ListeningPort):
+    """Listen for TCP on all addresses (IPv4 and IPv6), on a port shared with other workers."""
 
     def __init__(self, reactor: Any, port: int, factory: Any, backlog: int) -> None:
-        super().__init__(reactor, port, "")
+        super().__init__(
+            reactor,
+            socket.SOCK_STREAM,
+            port,
+            factory,
+            option=f"--port {port}",
+            backlog=backlog,
+            reuse_port=True,
+        )
         self.factory = factory
-        self.backlog = backlog
-
-    def _adopt(self, sock: socket.socket) -> Any:
-        return self.reactor.adoptStreamPort(sock.fileno(), sock.family, self.factory)
 
 
-class SharedDatagramPort(_SharedPort):
-    """Serve UDP on a port shared with the other workers."""
-
-    kind = socket.SOCK_DGRAM
-    label = "UDP"
+class SharedDatagramPort(ListeningPort):
+    """Serve UDP on a port shared with the other workers (all interfaces unless given one)."""
 
     def __init__(self, reactor: Any, port: int, protocol: Any, interface: str) -> None:
-        super().__init__(reactor, port, interface)
+        super().__init__(
+            reactor,
+            socket.SOCK_DGRAM,
+            port,
+            protocol,
+            option=f"--tftp-port {port}",
+            interface=interface,
+            reuse_port=True,
+        )
         self.protocol = protocol
-
-    def _adopt(self, sock: socket.socket) -> Any:
-        return self.reactor.adoptDatagramPort(sock.fileno(), sock.family, self.protocol, 65536)
 
 
 class _WorkerOutput(ProcessProtocol):

@@ -27,6 +27,7 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 
 from filexfer import __version__
+from filexfer._ports import StartupError
 from filexfer._tls import keep_tls_libraries_out
 from filexfer.service import Options, make_service
 from filexfer.tcp.sender import RETRY_DEADLINE, Progress, SendError, ServerRefused, send_file
@@ -514,8 +515,12 @@ def _serve(reactor: Any, options: Options, err: TextIO) -> Deferred[int]:
         service = make_service(options, reactor)
     except ValueError as error:  # e.g. a --listen description serverFromString cannot parse
         raise UserError(f"serve: {error}", 2) from None
+    except StartupError as error:  # --root unusable
+        raise UserError(f"serve: {error}") from None
     try:
         service.startService()
+    except StartupError as error:  # a port cannot be bound; names the option
+        raise UserError(f"serve: {error}") from None
     except CannotListenError as error:
         raise UserError(f"cannot listen on port {error.port}: {error.socketError}") from None
     except OSError as error:

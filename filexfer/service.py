@@ -8,7 +8,9 @@ from __future__ import annotations
 import os
 import re
 import resource
+import socket
 import sys
+import tempfile
 from typing import Any
 
 from twisted.application import internet
@@ -20,6 +22,7 @@ from twisted.python.threadpool import ThreadPool
 
 from filexfer._guard import AccessPolicy, ConnectionLimits
 from filexfer._log import log
+from filexfer._ports import ListeningPort, StartupError, describe_host
 from filexfer._tls import keep_tls_libraries_out, needs_tls
 from filexfer._workers import ParentWatch, SharedDatagramPort, SharedStreamPort, WorkerProcesses
 from filexfer.storage import CONFLICT_POLICIES, DirectoryStorage
@@ -80,25 +83,43 @@ def _positive(kind: type[int] | type[float], most: float | None = None) -> Any:
     return convert
 
 
+class _NamedParameter(usage.CoerceParameter):
+    """A parameter whose mistakes name the option: C{--port: must be at most 65535, not 'x'}."""
+
+    def dispatch(self, parameterName: str, value: str | None) -> None:
+        if value is None:
+            raise usage.UsageError(f"--{parameterName} needs a value")
+        try:
+            self.options.opts[parameterName] = self.coerce(value)
+        except ValueError as error:
+            raise usage.UsageError(f"--{parameterName}: {error}") from None
+
+
 class Options(usage.Options):
     """Options of C{twistd filexfer} and C{filexfer serve}."""
 
     synopsis = "[options]"
-    longdesc = (
-        "Receive files over TCP (the classic 'name / ok / bytes' push and the "
-        "verified, resumable FX/1 form) and serve TFTP on UDP, storing everything "
-        "under --root. Examples:\n"
-        "  twistd -n filexfer --port 8000 --root /srv/incoming\n"
-        "  twistd -n filexfer --listen tcp6:8000 --listen "
-        "ssl:8443:privateKey=key.pem:certKey=cert.pem --no-tftp"
+    longdesc = ""  # Twisted re-wraps longdesc into one paragraph: see getUsage
+    description = (
+        "Receive files over TCP (the classic 'name / ok / bytes' push and the\n"
+        "verified, resumable FX/1 form) and serve TFTP on UDP, storing everything\n"
+        "under --root. --port listens on IPv4 and IPv6.\n"
+        "\n"
+        "Examples:\n"
+        "  twistd -n --pidfile= filexfer --port 8000 --root /srv/incoming\n"
+        "  twistd -n --pidfile= filexfer --port 8000 --token-file /etc/filexfer.token\n"
+        "  twistd -n --pidfile= filexfer --no-tftp \\\n"
+        "      --listen ssl:8443:privateKey=key.pem:certKey=cert.pem\n"
+        "  filexfer serve --port 8000 --workers 4 --root /srv/incoming\n"
     )
+    """Shown after the options by --help, its lines kept as they are."""
 
     optParameters: list[list[Any]] = [
         [
             "port",
             "p",
             None,
-            f"TCP port on all interfaces (default {DEFAULT_PORT} "
+            f"TCP port on all interfaces, IPv4 and IPv6 (default {DEFAULT_PORT} "
             "unless --listen is given); TFTP uses the same number on UDP",
             _positive(int, 65535),
         ],
@@ -123,7 +144,12 @@ class Options(usage.Options):
             "UDP port for TFTP (default: the TCP port number)",
             _positive(int, 65535),
         ],
-        ["tftp-interface", None, "", "address for TFTP to bind (default all IPv4; '::' for IPv6)"],
+        [
+            "tftp-interface",
+            None,
+            "",
+            "address for TFTP to bind (default all addresses, IPv4 and IPv6)",
+        ],
         [
             "tftp-max-blksize",
             None,
@@ -176,6 +202,11 @@ class Options(usage.Options):
     optFlags = [
         ["no-tftp", None, "do not serve TFTP"],
         ["tftp-read-only", None, "refuse TFTP uploads (WRQ)"],
+        [
+            "tftp-allow-write-without-token",
+            None,
+            "with --token, accept TFTP uploads anyway (TFTP cannot carry the token)",
+        ],
         ["tftp-no-read", None, "refuse TFTP downloads (RRQ)"],
     ]
     compData = usage.Completions(
@@ -184,11 +215,18 @@ class Options(usage.Options):
 
     def __init__(self) -> None:
         super().__init__()
+        for name, handler in list(self._dispatch.items()):
+            if isinstance(handler, usage.CoerceParameter):
+                self._dispatch[name] = _NamedParameter(self, handler.coerce)
         self.argv: list[str] = []
         self["listen"] = []
         self["allow"] = []
 
     opt_h = usage.Options.opt_help
+
+    def getUsage(self, width: int | None = None) -> str:
+        """Twisted's usage text, then L{description} with its line breaks kept."""
+        return str(super().getUsage(width)).rstrip("\n") + "\n\n" + self.description
 
     def opt_listen(self, description: str) -> None:
         """Twisted endpoint to listen on (repeatable): tcp6:8000, unix:/run/fx.sock, ..."""
@@ -209,7 +247,10 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         if self["on-conflict"] not in CONFLICT_POLICIES:
-            raise usage.UsageError(f"--on-conflict must be one of {', '.join(CONFLICT_POLICIES)}")
+            raise usage.UsageError(
+                f"--on-conflict: must be one of {', '.join(CONFLICT_POLICIES)}, "
+                f"not {_shown(self['on-conflict'])}"
+            )
         if not self["listen"] and self["port"] is None:
             self["port"] = DEFAULT_PORT
         if self["token-file"] is not None:
@@ -217,11 +258,11 @@ class Options(usage.Options):
                 with open(self["token-file"]) as handle:
                     self["token"] = handle.read().strip()
             except OSError as exc:
-                raise usage.UsageError(f"cannot read --token-file: {exc.strerror}") from exc
+                raise usage.UsageError(f"--token-file: cannot read it: {exc.strerror}") from None
         if self["token"] == "":
-            raise usage.UsageError("the token must not be empty")
+            raise usage.UsageError("--token: the token must not be empty")
         if not 8 <= self["tftp-max-blksize"] <= 65464:
-            raise usage.UsageError("--tftp-max-blksize must be between 8 and 65464")
+            raise usage.UsageError("--tftp-max-blksize: must be between 8 and 65464")
         if self.shares_ports and self["listen"]:
             raise usage.UsageError(
                 "--workers shares --port and the TFTP port; it cannot share --listen endpoints"
@@ -234,7 +275,7 @@ class Options(usage.Options):
             try:
                 serverFromString(None, description)
             except Exception as exc:  # any parser's complaint is a usage mistake here
-                raise usage.UsageError(f"bad --listen {description!r}: {exc}") from exc
+                raise usage.UsageError(f"--listen {description!r}: {exc}") from None
 
     @property
     def shares_ports(self) -> bool:
@@ -242,11 +283,12 @@ class Options(usage.Options):
         return bool(self["workers"] > 1 or self["worker-of"] is not None)
 
     def endpoints(self) -> list[str]:
-        """The server endpoint descriptions for the TCP receiver."""
-        listen = list(self["listen"])
-        if self["port"] is not None:
-            listen.insert(0, f"tcp:{self['port']}:backlog={LISTEN_BACKLOG}")
-        return listen
+        """The --listen endpoint descriptions, with --port's backlog where they take one.
+
+        (--port itself is not an endpoint: it is bound dual-stack by
+        L{filexfer._ports.ListeningPort}.)
+        """
+        return [_with_backlog(description) for description in self["listen"]]
 
     def tftp_port(self) -> int | None:
         """The UDP port for TFTP, or None when TFTP is off or has no port."""
@@ -254,6 +296,17 @@ class Options(usage.Options):
             return None
         port: int | None = self["tftp-port"] if self["tftp-port"] is not None else self["port"]
         return port
+
+
+_BACKLOG_TYPES = ("tcp", "tcp6", "ssl", "unix")
+
+
+def _with_backlog(description: str) -> str:
+    """C{description} with C{backlog=LISTEN_BACKLOG} added, for the types that take one."""
+    kind = description.split(":", 1)[0].lower()
+    if kind in _BACKLOG_TYPES and "backlog=" not in description:
+        return f"{description}:backlog={LISTEN_BACKLOG}"
+    return description
 
 
 def raise_open_files_limit() -> int:
@@ -281,6 +334,64 @@ def remove_stale_in(storage: DirectoryStorage, max_age: float) -> Deferred[Any]:
     return removing
 
 
+class _EndpointListener(internet.StreamServerEndpointService):
+    """A --listen endpoint: failing to listen is a L{StartupError} naming it; the port is logged."""
+
+    def __init__(self, endpoint: Any, factory: Any, description: str) -> None:
+        super().__init__(endpoint, factory)
+        self.description = description
+        self._raiseSynchronously = True  # fail at start-up when the port is taken
+
+    def bind(self) -> None:
+        """Listen now (idempotent), for the twistd plugin to report failures before daemonising."""
+        if self._waitingForPort is None:
+            try:
+                super().privilegedStartService()
+            except Exception as error:
+                self._waitingForPort = None
+                reason = getattr(error, "socketError", None) or error
+                reason = getattr(reason, "strerror", None) or reason
+                raise StartupError(
+                    f"--listen {self.description}: cannot listen: {reason}"
+                ) from None
+            waiting: Deferred[Any] = self._waitingForPort  # type: ignore[assignment]
+            waiting.addCallback(self._listening)
+
+    def _listening(self, port: Any) -> Any:
+        log.info("listening for TCP on {where}", where=describe_host(port.getHost()))
+        return port
+
+    def privilegedStartService(self) -> None:
+        self.bind()
+
+    def startService(self) -> None:
+        self.bind()
+        Service.startService(self)
+
+
+def bind_ports(top: MultiService) -> None:
+    """Bind every port of the service built by L{make_service} now.
+
+    @raise StartupError: one cannot be bound; the message names the option.
+    """
+    for child in top:
+        bind = getattr(child, "bind", None)
+        if bind is not None:
+            bind()
+
+
+def _same_as_port(description: str, port: int | None) -> bool:
+    """Is C{description} a tcp/tcp6 endpoint on all addresses that --port already serves?"""
+    from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint, serverFromString
+
+    endpoint = serverFromString(None, description)
+    return (
+        isinstance(endpoint, TCP4ServerEndpoint | TCP6ServerEndpoint)
+        and endpoint._port == port
+        and endpoint._interface in ("", "::", "0.0.0.0")
+    )
+
+
 HASHING_THREADS = 2
 """Threads that hash bytes on disk to start uploads (resumes, stored-file checks)."""
 
@@ -288,7 +399,10 @@ HASHING_THREADS = 2
 class HashingPool(Service):
     """A thread pool of L{HASHING_THREADS} threads for long hashing jobs.
 
-    It starts with its first job and stops with the service.
+    Hashing bytes already on disk to start an upload (a large partial, a
+    stored file without a cached digest) can take minutes: a small pool of
+    its own keeps the reactor's pool free for every other upload.  It starts
+    with its first job and stops with the service.
     """
 
     def __init__(self, reactor: Any) -> None:
@@ -308,31 +422,50 @@ class HashingPool(Service):
             self.pool.stop()
 
 
-def make_service(options: Options, reactor: Any) -> MultiService:
-    """Build the service tree for C{options}, on C{reactor}."""
-    raise_open_files_limit()
+def _open_storage(options: Options, reactor: Any, hashing: HashingPool) -> DirectoryStorage:
+    """The storage under --root, or a L{StartupError} saying why not."""
     pool = reactor.getThreadPool()
 
     def in_thread(work: Any) -> Any:
         return deferToThreadPool(reactor, pool, work)
 
-    # Hashing bytes already on disk to start an upload (a large partial, a
-    # stored file without a cached digest) can take minutes: a small pool of
-    # its own keeps the shared pool free for every other upload's writes.
-    hashing_pool = HashingPool(reactor)  # a child of the top service, below
+    root = os.path.abspath(options["root"])
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise StartupError(f"--root {root}: not a directory")
+    try:
+        storage = DirectoryStorage(
+            root,
+            options["on-conflict"],
+            run_blocking=in_thread,
+            run_writes=in_thread,
+            run_hashing=hashing.run,
+            min_free=options["min-free"],
+            max_size=options["max-size"],
+        )
+        probe = tempfile.TemporaryFile(dir=os.path.join(root, ".filexfer"))
+        probe.close()
+    except OSError as error:
+        why = error.strerror or str(error)
+        if isinstance(error, FileExistsError | NotADirectoryError):
+            why = "a part of the path is not a directory"
+        raise StartupError(f"--root {root}: cannot store there: {why}") from None
+    return storage
 
-    storage = DirectoryStorage(
-        os.path.abspath(options["root"]),
-        options["on-conflict"],
-        run_blocking=in_thread,
-        run_writes=in_thread,
-        run_hashing=hashing_pool.run,
-        min_free=options["min-free"],
-        max_size=options["max-size"],
-    )
+
+def make_service(options: Options, reactor: Any) -> MultiService:
+    """Build the service tree for C{options}, on C{reactor}.
+
+    The ports are bound when the service starts, or earlier by L{bind_ports}.
+
+    @raise StartupError: the --root cannot be used.
+    """
+    raise_open_files_limit()
+    hashing = HashingPool(reactor)
+    storage = _open_storage(options, reactor, hashing)
+    log.info("storing into {root}", root=storage.root)
     access = AccessPolicy(options["allow"])
     top = MultiService()
-    hashing_pool.setServiceParent(top)
+    hashing.setServiceParent(top)
     factory = ReceiverFactory(
         storage,
         clock=reactor,
@@ -342,37 +475,81 @@ def make_service(options: Options, reactor: Any) -> MultiService:
         limits=ConnectionLimits(options["max-connections"], options["max-per-ip"]),
         access=access,
     )
+    factory.noisy = False  # no "Starting factory <...ReceiverFactory object at 0x...>"
+    port = options["port"]
     if options.shares_ports:
-        SharedStreamPort(reactor, options["port"], factory, LISTEN_BACKLOG).setServiceParent(top)
+        SharedStreamPort(reactor, port, factory, LISTEN_BACKLOG).setServiceParent(top)
     else:
         from twisted.internet.endpoints import serverFromString
 
-        for description in options.endpoints():
-            endpoint = serverFromString(reactor, description)
-            listening = internet.StreamServerEndpointService(endpoint, factory)
-            listening._raiseSynchronously = True  # fail at start-up when the port is taken
-            listening.setServiceParent(top)
+        if port is not None:
+            ListeningPort(
+                reactor,
+                socket.SOCK_STREAM,
+                port,
+                factory,
+                option=f"--port {port}",
+                backlog=LISTEN_BACKLOG,
+            ).setServiceParent(top)
+        for description in options["listen"]:
+            if port is not None and _same_as_port(description, port):
+                log.info(
+                    "--listen {description}: already served by --port {port} (IPv4 and IPv6)",
+                    description=description,
+                    port=port,
+                )
+                continue
+            endpoint = serverFromString(reactor, _with_backlog(description))
+            _EndpointListener(endpoint, factory, description).setServiceParent(top)
     tftp_port = options.tftp_port()
     if tftp_port is None and not options["no-tftp"]:
         log.warn("TFTP is off: with only --listen, give --tftp-port to serve TFTP")
     if tftp_port is not None:
         from filexfer.tftp.server import TFTPServerProtocol
 
+        allow_write = not options["tftp-read-only"]
+        if options["token"] is not None and allow_write:
+            if options["tftp-allow-write-without-token"]:
+                log.warn(
+                    "--token is set but TFTP cannot carry it: with "
+                    "--tftp-allow-write-without-token anyone who reaches UDP port {port} "
+                    "may upload",
+                    port=tftp_port,
+                )
+            else:
+                allow_write = False
+                log.warn(
+                    "--token is set and TFTP cannot carry it: TFTP uploads are refused "
+                    "(--tftp-allow-write-without-token accepts them anyway)"
+                )
+        if options["token"] is not None and not options["tftp-no-read"]:
+            log.warn(
+                "--token is set but TFTP downloads need none: anyone who reaches UDP port "
+                "{port} may read the files under --root (--tftp-no-read or --no-tftp to stop it)",
+                port=tftp_port,
+            )
         tftp = TFTPServerProtocol(
             storage=storage,
             reactor=reactor,
             allow_read=not options["tftp-no-read"],
-            allow_write=not options["tftp-read-only"],
+            allow_write=allow_write,
             max_blksize=options["tftp-max-blksize"],
             max_windowsize=options["tftp-max-windowsize"],
             access=access,
         )
+        tftp.noisy = False
+        option = f"--tftp-port {tftp_port}" if options["tftp-port"] else f"--port {tftp_port}"
         udp: Service
         if options.shares_ports:
             udp = SharedDatagramPort(reactor, tftp_port, tftp, options["tftp-interface"])
         else:
-            udp = internet.UDPServer(
-                tftp_port, tftp, interface=options["tftp-interface"], reactor=reactor
+            udp = ListeningPort(
+                reactor,
+                socket.SOCK_DGRAM,
+                tftp_port,
+                tftp,
+                option=option,
+                interface=options["tftp-interface"],
             )
         udp.setServiceParent(top)
     if options["worker-of"] is not None:

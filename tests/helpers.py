@@ -216,8 +216,8 @@ class ServerProcess:
         self.port = 0
 
     def wait_listening(self, timeout: float = PROCESS_TIMEOUT) -> int:
-        """Wait for the receiver's "starting on PORT" log line; return the port."""
-        match = self.log.wait_for(r"ReceiverFactory starting on (\d+)", timeout)
+        """Wait for the service's "listening for TCP on HOST:PORT" log line; return the port."""
+        match = self.log.wait_for(r"listening for TCP on \S+:(\d+)", timeout)
         self.port = int(match.group(1))
         return self.port
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from twisted.trial import unittest
 
 from filexfer._guard import AccessPolicy, ConnectionLimits
+from filexfer._log import plain_peer
 from filexfer.tcp._wire import parse_retry_hint
 
 
@@ -152,3 +153,21 @@ class ConnectionLimitsTests(unittest.TestCase):
         assert per_ip is not None and total is not None
         self.assertEqual(per_ip.reason, "too many connections from your address; retry in 3 s")
         self.assertEqual(parse_retry_hint(total.reason), 3.0)
+
+
+class MappedAddressTests(unittest.TestCase):
+    def test_limits_count_mapped_as_ipv4(self) -> None:
+        """A v4 client seen as ::ffff:a.b.c.d on a dual-stack port counts under a.b.c.d."""
+        limits = ConnectionLimits(max_per_ip=2)
+        self.assertIsNone(limits.enter(object(), "192.0.2.7"))
+        self.assertIsNone(limits.enter(object(), "::ffff:192.0.2.7"))
+        refused = limits.enter(object(), "::FFFF:192.0.2.7")
+        self.assertIsNotNone(refused)
+        self.assertEqual(limits.handshaking("192.0.2.7"), 2)
+        self.assertIsNone(limits.enter(object(), "2001:db8::1"))
+
+    def test_log_shows_mapped_as_ipv4(self) -> None:
+        """The transfer log writes [::ffff:a.b.c.d]:port as a.b.c.d:port."""
+        self.assertEqual(plain_peer("[::ffff:127.0.0.1]:4000"), "127.0.0.1:4000")
+        self.assertEqual(plain_peer("[::1]:4000"), "[::1]:4000")
+        self.assertEqual(plain_peer("10.0.0.1:5"), "10.0.0.1:5")

@@ -51,7 +51,7 @@ class TwistdTFTPTests(unittest.TestCase):
         )
         self.addCleanup(self.server.stop)
         self.server.wait_listening()
-        self.server.log.wait_for(rf"TFTPServerProtocol starting on {self.udp}")
+        self.server.log.wait_for(rf"listening for TFTP on UDP on \S+:{self.udp}\b")
 
     def curl(self, *args: str) -> subprocess.CompletedProcess[str]:
         """Run curl (installed by scripts/install-test-tools), bounded in time."""

@@ -238,7 +238,7 @@ class ArrivingBytesLimits:
         )
         self.addCleanup(self.server.stop)
         self.port = self.server.wait_listening()
-        self.server.log.wait_for(rf"TFTPServerProtocol starting on {self.udp}")
+        self.server.log.wait_for(rf"listening for TFTP on UDP on \S+:{self.udp}\b")
 
     def assert_nothing_kept(self) -> None:
         """Nothing under a final name; the temporary file goes (its removal may trail the log)."""

@@ -163,4 +163,4 @@ class CrowdTests(unittest.TestCase):
         self.assertLessEqual(open_fds(pid), idle_fds, "file descriptors leaked")
         self.assertEqual(state_files(root, "tmp") + state_files(root, "partial"), [])
         self.assertLess(rss_bytes(pid) - idle_rss, 64 << 20, "memory grew by over 64 MiB")
-        self.assertEqual(server.log.count(r"starting on"), 1)
+        self.assertEqual(server.log.count(r"listening for TCP on"), 1)

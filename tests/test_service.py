@@ -18,6 +18,7 @@ from twisted.python import usage
 from twisted.trial import unittest
 
 from filexfer import tap
+from filexfer._ports import ListeningPort
 from filexfer.service import DEFAULT_PORT, DEFAULT_ROOT, Options, make_service
 from filexfer.tcp.receiver import ReceiverFactory
 
@@ -38,7 +39,7 @@ class OptionsTests(unittest.TestCase):
         self.assertEqual(options["port"], 8000)
         self.assertEqual(options["root"], "received")
         self.assertEqual(options["on-conflict"], "rename")
-        self.assertEqual(options.endpoints(), ["tcp:8000:backlog=1024"])
+        self.assertEqual(options.endpoints(), [])  # --port is bound dual-stack, not an endpoint
         self.assertEqual(options.tftp_port(), 8000)
         self.assertIsNone(options["token"])
         self.assertEqual(options["allow"], [])
@@ -47,13 +48,16 @@ class OptionsTests(unittest.TestCase):
         """--listen may be given several times; alone it replaces the default port."""
         options = parse("--listen", "tcp6:9000", "--listen", "unix:/tmp/fx.sock")
         self.assertIsNone(options["port"])
-        self.assertEqual(options.endpoints(), ["tcp6:9000", "unix:/tmp/fx.sock"])
+        self.assertEqual(
+            options.endpoints(), ["tcp6:9000:backlog=1024", "unix:/tmp/fx.sock:backlog=1024"]
+        )
         self.assertIsNone(options.tftp_port())
 
     def test_port_and_listen(self) -> None:
         """--port and --listen together listen on both; TFTP follows --port."""
         options = parse("--port", "9001", "--listen", "tcp6:9002")
-        self.assertEqual(options.endpoints(), ["tcp:9001:backlog=1024", "tcp6:9002"])
+        self.assertEqual(options["port"], 9001)
+        self.assertEqual(options.endpoints(), ["tcp6:9002:backlog=1024"])
         self.assertEqual(options.tftp_port(), 9001)
         self.assertEqual(parse("-p", "9003", "--tftp-port", "69").tftp_port(), 69)
         self.assertIsNone(parse("--no-tftp").tftp_port())
@@ -157,22 +161,25 @@ class MakeServiceTests(unittest.TestCase):
         self.root = os.path.abspath(self.mktemp())
 
     def test_children(self) -> None:
-        """--no-tftp builds one TCP listener per endpoint and the stale-file cleaner, no UDP."""
+        """--no-tftp builds the --port listener, one per --listen endpoint, the cleaner; no UDP."""
         options = parse(
             "--port", "18123", "--listen", f"tcp:0:interface={LOOPBACK}", "--no-tftp",
             "--root", self.root,
         )  # fmt: skip
         top = make_service(options, reactor)
         children = list(top)
+        (port,) = [c for c in children if isinstance(c, ListeningPort)]
+        self.assertEqual((port.port, port.interface, port.backlog), (18123, "", 1024))
+        self.assertEqual(port.kind, socket.SOCK_STREAM)
+        self.assertIsInstance(port.handler, ReceiverFactory)
         listeners = [c for c in children if isinstance(c, internet.StreamServerEndpointService)]
-        self.assertEqual(len(listeners), 2)
-        ports = []
-        for listener in listeners:
-            self.assertIsInstance(listener.endpoint, TCP4ServerEndpoint)
-            self.assertIsInstance(listener.factory, ReceiverFactory)
-            ports.append((listener.endpoint._port, listener.endpoint._interface))
-        self.assertEqual(ports, [(18123, ""), (0, LOOPBACK)])
-        self.assertFalse(any(isinstance(c, internet.UDPServer) for c in children))
+        self.assertEqual(len(listeners), 1)
+        (listener,) = listeners
+        self.assertIsInstance(listener.endpoint, TCP4ServerEndpoint)
+        self.assertIsInstance(listener.factory, ReceiverFactory)
+        self.assertEqual((listener.endpoint._port, listener.endpoint._interface), (0, LOOPBACK))
+        self.assertEqual(listener.endpoint._backlog, 1024)
+        self.assertEqual([c for c in children if getattr(c, "kind", None) == socket.SOCK_DGRAM], [])
         self.assertTrue(any(isinstance(c, internet.TimerService) for c in children))
         self.assertTrue(os.path.isdir(os.path.join(self.root, ".filexfer")))
 
@@ -199,9 +206,9 @@ class MakeServiceTests(unittest.TestCase):
         """Without --no-tftp a UDP service is built on the TFTP port."""
         options = parse("--listen", "tcp:0", "--tftp-port", "18124", "--root", self.root)
         top = make_service(options, reactor)
-        udp = [c for c in top if isinstance(c, internet.UDPServer)]
+        udp = [c for c in top if isinstance(c, ListeningPort) and c.kind == socket.SOCK_DGRAM]
         self.assertEqual(len(udp), 1)
-        self.assertEqual(udp[0].args[0], 18124)
+        self.assertEqual(udp[0].port, 18124)
 
     @inlineCallbacks
     def test_runs_and_stores(self) -> Deferred[None]:  # type: ignore[misc]
@@ -243,7 +250,7 @@ class PluginTests(unittest.TestCase):
         makers = {maker.tapname: maker for maker in getPlugins(IServiceMaker)}
         self.assertIn("filexfer", makers)
         maker = makers["filexfer"]
-        self.assertIs(maker.options, Options)
+        self.assertTrue(issubclass(maker.options, Options))
         self.assertEqual(maker.makeService, tap.makeService)
 
 

@@ -117,7 +117,7 @@ class TLSTests(unittest.TestCase):
             cwd=base,
         )
         self.addCleanup(server.stop)
-        match = server.log.wait_for(r"starting on (\d+)")
+        match = server.log.wait_for(r"listening for TCP on \S+:(\d+)")
         server.port = int(match.group(1))
         return server, root, ca
 

@@ -61,9 +61,9 @@ class WorkersTests(unittest.TestCase):
             cwd=base,
         )
         self.addCleanup(server.stop)
-        server.log.wait_for(rf"worker 1: .*TCP port {tcp} shared")
-        server.log.wait_for(rf"worker 1: .*UDP port {udp} shared")
-        server.log.wait_for(rf"TCP port {tcp} shared .* process {server.process.pid}")
+        server.log.wait_for(rf"worker 1: .*listening for TCP on \[::\]:{tcp} .*shared")
+        server.log.wait_for(rf"worker 1: .*listening for TFTP on UDP on \[::\]:{udp} .*shared")
+        server.log.wait_for(rf"listening for TCP on \[::\]:{tcp} .*process {server.process.pid}")
         return server, tcp, udp, root
 
     def worker_pid(self, server: ServerProcess) -> int:

@@ -230,7 +230,9 @@ class DirectoryStorage:
                 self, path, size, sha256, mtime_ns, temp_name, handle, resumable, self.run_writes
             )
         except TransferError:
-            handle.close()  # a partial stays for a later resume
+            if os.fstat(handle.fileno()).st_size == 0:
+                self.discard(temp_name)  # made just now: nothing to keep
+            handle.close()  # a partial with bytes stays for a later resume
             raise
         except OSError as exc:
             handle.close()

@@ -390,6 +390,7 @@ class TFTPServerProtocol(DatagramProtocol):
             return
         if not self.access.allows(peer[0]):
             self._error(peer, ACCESS_VIOLATION, "your address is not allowed")
+            log.info("TFTP request from {peer} refused: not in --allow", peer=describe_peer(peer))
             return
         opcode = (datagram[0] << 8) | datagram[1]
         if opcode not in (OP_RRQ, OP_WRQ):
