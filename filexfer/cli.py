@@ -277,8 +277,8 @@ class Interrupt:
             os._exit(128 + signum)
         self.signum = signum
         self._deadline = reactor.callLater(self.GRACE, self._too_slow)
-        if self._running is not None and not self._running.called:
-            self._running.cancel()
+        if self._running is not None:
+            self._running.cancel()  # a no-op once it has a result; forwarded when chained
 
     def _too_slow(self) -> None:
         say(sys.stderr, f"{PROG}: interrupted by {self.name}; the transfer did not stop in time")
@@ -888,6 +888,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the C{filexfer} console script."""
     from twisted.internet import task
 
+    for signum in (signal.SIGINT, signal.SIGTERM):  # until the reactor runs: no traceback
+        signal.signal(signum, _quit)
     try:
         args = parse_command_line(sys.argv[1:] if argv is None else argv)
     except UserError as error:
@@ -904,6 +906,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         return _run(reactor, args, interrupt).addCallback(_exit)
 
     task.react(run)
+
+
+def _quit(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _needs_tls(args: argparse.Namespace) -> bool:
