@@ -899,6 +899,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         keep_tls_libraries_out()  # serve's Options did so when no endpoint needs TLS
 
     def run(reactor: Any) -> Deferred[None]:
+        # the reactor installs its handlers when it starts (SIGINT only over the default)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         interrupt = None
         if args.command != "serve":  # serve keeps the reactor's own clean shutdown
             interrupt = Interrupt()

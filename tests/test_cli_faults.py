@@ -254,7 +254,19 @@ class TreeTests(Base):
         """send_file itself refuses a FIFO at once (opened O_NONBLOCK, checked with fstat)."""
         fifo = os.path.join(self.base, "fifo")
         os.mkfifo(fifo)
-        failure = self.failureResultOf(send_file(Clock(), _NeverEndpoint(), fifo), SendError)
+        returned = threading.Event()
+
+        def release() -> None:  # bounds the test: a blocking open() is let go after a while
+            if not returned.wait(10):
+                with open(fifo, "wb"):
+                    pass
+
+        threading.Thread(target=release, daemon=True).start()
+        started = time.monotonic()
+        result = send_file(Clock(), _NeverEndpoint(), fifo)
+        returned.set()
+        self.assertLess(time.monotonic() - started, 5, "send_file blocked opening a FIFO")
+        failure = self.failureResultOf(result, SendError)
         self.assertIn("FIFO", str(failure.value))
 
 
@@ -522,9 +534,7 @@ class WordsTests(Base):
         port = free_port()
         self.serve("--listen", f"ssl:{port}:interface={LOOPBACK}:privateKey={key}:certKey={cert}")
         local = write_file(os.path.join(self.base, "f.txt"), b"f")
-        result = run_filexfer(
-            "send", "--no-progress", "--reply-timeout", "5", local, f"{LOOPBACK}:{port}"
-        )
+        result = run_filexfer("send", "--no-progress", local, f"{LOOPBACK}:{port}")
         self.assertEqual(result.returncode, 1)
         self.assertNotIn("closed cleanly", result.stderr)
         self.assertIn("--tls", result.stderr)
