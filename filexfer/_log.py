@@ -7,6 +7,8 @@ from typing import Any
 
 from twisted.logger import Logger
 
+from filexfer._text import escape
+
 log = Logger(namespace="filexfer")
 
 _MAPPED = re.compile(r"^\[::ffff:([0-9.]+)\]:", re.IGNORECASE)
@@ -43,15 +45,21 @@ def log_transfer(
     seconds: float,
     outcome: str,
 ) -> None:
-    """Log a finished (or failed) transfer: peer, path, bytes, seconds, rate, outcome."""
+    """Log a finished (or failed) transfer: peer, path, bytes, seconds, rate, outcome.
+
+    Whatever a peer chose is shown escaped, never raw: the path in Python's
+    quoted form (C{repr}, which escapes every control character), the peer and
+    the outcome (which may carry a stored name or a TFTP client's ERROR
+    message) through L{escape}.
+    """
     rate = nbytes / seconds / 1e6 if seconds > 0 else 0.0
     log.info(
         "{protocol} {peer} {path!r} {nbytes} bytes in {seconds:.3f}s ({rate:.1f} MB/s): {outcome}",
         protocol=protocol,
-        peer=plain_peer(peer),
+        peer=escape(plain_peer(peer)),
         path=path,
         nbytes=nbytes,
         seconds=seconds,
         rate=rate,
-        outcome=outcome,
+        outcome=escape(outcome),
     )

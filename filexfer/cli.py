@@ -1,8 +1,11 @@
 """The C{filexfer} command: send, get, serve.
 
 Exit codes: 0 when everything asked for was done and verified, 1 when a
-transfer failed, 2 for a usage mistake.  Every failure is one line on
-stderr, never a traceback.
+transfer failed, 2 for a usage mistake, 3 when everything else was sent but
+some entries were skipped (not regular files, or names the server would
+refuse), 130 after SIGINT (Ctrl-C) and 143 after SIGTERM.  Every failure is
+one line on stderr, never a traceback; text from a peer or a file name is
+printed through L{filexfer._text.escape}.
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import signal
+import stat
 import sys
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -23,14 +28,35 @@ from twisted.internet.error import (
     DNSLookupError,
     TimeoutError,
 )
+from twisted.internet.interfaces import IDelayedCall
 from twisted.python import usage
 from twisted.python.failure import Failure
 
 from filexfer import __version__
 from filexfer._ports import StartupError
+from filexfer._text import escape
 from filexfer._tls import keep_tls_libraries_out
 from filexfer.service import Options, make_service
-from filexfer.tcp.sender import RETRY_DEADLINE, Progress, SendError, ServerRefused, send_file
+from filexfer.tcp.sender import (
+    CONNECT_TIMEOUT,
+    IDLE_TIMEOUT,
+    REPLY_TIMEOUT,
+    RETRY_DEADLINE,
+    ConnectTimeout,
+    Progress,
+    ReplyTimeout,
+    SendError,
+    ServerRefused,
+    check_remote_name,
+    describe_mode,
+    send_file,
+)
+from filexfer.tftp.client import (
+    DEFAULT_CLIENT_BLKSIZE,
+    DEFAULT_CLIENT_RETRIES,
+    DEFAULT_CLIENT_TIMEOUT,
+    DEFAULT_CLIENT_WINDOWSIZE,
+)
 
 PROG = "filexfer"
 
@@ -77,22 +103,104 @@ def parse_destination(text: str) -> Destination:
     return Destination(scheme, match["v6"] or match["host"], port, (match["path"] or "")[1:])
 
 
-def files_to_send(sources: Sequence[str], remote_dir: str) -> Iterator[tuple[str, str]]:
-    """(local file, remote relative path) for every file; directories recursively."""
+STATUS_FAILED = 1
+STATUS_USAGE = 2
+STATUS_SKIPPED = 3
+"""Everything that could be sent was sent, but some entries were skipped."""
+
+
+def files_to_send(
+    sources: Sequence[str],
+    remote_dir: str,
+    skipped: list[str] | None = None,
+    classic: bool = False,
+) -> Iterator[tuple[str, str]]:
+    """(local file, remote relative path) for every file; directories recursively.
+
+    The rule for what is not a regular file (docs/usage.md, "What is sent"):
+    a symlink to a regular file is sent as a file under the link's name; a
+    symlink to a directory is not followed, except when it is a FILE given
+    on the command line; dangling symlinks, FIFOs, sockets and devices are
+    skipped, and so is a file whose remote name the server would refuse
+    (not valid UTF-8, a control character, ...).  Each skip appends one line
+    to C{skipped}; nothing is opened, so nothing can block.
+
+    @raise UserError: a FILE given on the command line does not exist.
+    """
+    notes: list[str] = [] if skipped is None else skipped
     prefix = remote_dir.strip("/")
     for source in sources:
-        if os.path.isdir(source):
+        try:
+            info = os.stat(source)  # the command line's own symlinks are followed
+        except FileNotFoundError:
+            if os.path.lexists(source):
+                notes.append(f"{source}: skipped: dangling symlink")
+                continue
+            raise UserError(f"{source}: no such file or directory") from None
+        except OSError as error:
+            notes.append(f"{source}: skipped: {error.strerror}")
+            continue
+        if stat.S_ISDIR(info.st_mode):
             top = os.path.basename(os.path.normpath(os.path.abspath(source)))
-            for folder, subdirs, names in os.walk(source):
-                subdirs.sort()
-                for name in sorted(names):
-                    local = os.path.join(folder, name)
-                    relative = os.path.relpath(local, source).replace(os.sep, "/")
-                    yield local, _join(prefix, top, relative)
-        elif os.path.exists(source):
-            yield source, _join(prefix, os.path.basename(source))
+            for local, relative in _walk(source, "", notes):
+                yield from _named(local, _join(prefix, top, relative), classic, notes)
+        elif stat.S_ISREG(info.st_mode):
+            yield from _named(source, _join(prefix, os.path.basename(source)), classic, notes)
         else:
-            raise UserError(f"{source}: no such file or directory")
+            notes.append(f"{source}: skipped: {describe_mode(info.st_mode)}")
+
+
+def _walk(folder: str, relative: str, notes: list[str]) -> Iterator[tuple[str, str]]:
+    """(local, relative) for the regular files below C{folder}, in name order."""
+    try:
+        with os.scandir(folder) as scan:
+            entries = sorted(scan, key=lambda entry: entry.name)
+    except OSError as error:
+        notes.append(f"{folder}: skipped: cannot read the directory: {error.strerror}")
+        return
+    for entry in entries:
+        local = entry.path
+        below = _join(relative, entry.name)
+        kind = _kind(local)
+        if kind == "file":
+            yield local, below
+        elif kind == "directory":
+            yield from _walk(local, below, notes)
+        else:
+            notes.append(f"{local}: skipped: {kind}")
+
+
+def _kind(path: str) -> str:
+    """C{"file"}, C{"directory"}, or why the entry at C{path} is skipped."""
+    try:
+        info = os.lstat(path)
+    except OSError as error:
+        return f"cannot read it: {error.strerror}"
+    if stat.S_ISREG(info.st_mode):
+        return "file"
+    if stat.S_ISDIR(info.st_mode):
+        return "directory"
+    if not stat.S_ISLNK(info.st_mode):
+        return describe_mode(info.st_mode)
+    try:
+        target = os.stat(path)
+    except OSError:
+        return "dangling symlink"
+    if stat.S_ISREG(target.st_mode):
+        return "file"
+    if stat.S_ISDIR(target.st_mode):
+        return "symlink to a directory (not followed)"
+    return f"symlink to {describe_mode(target.st_mode)}"
+
+
+def _named(local: str, remote: str, classic: bool, notes: list[str]) -> Iterator[tuple[str, str]]:
+    """C{(local, remote)}, unless the server's name rules refuse C{remote}."""
+    try:
+        check_remote_name(os.path.basename(remote) if classic else remote, classic)
+    except SendError as error:
+        notes.append(f"{local}: skipped: {error}")
+        return
+    yield local, remote
 
 
 def _join(*parts: str) -> str:
@@ -100,20 +208,83 @@ def _join(*parts: str) -> str:
 
 
 def describe_failure(failure: Failure) -> str:
-    """One line for a person, whatever went wrong."""
+    """One line for a person, whatever went wrong; anything a peer said is escaped."""
     error = failure.value
     if isinstance(error, ConnectionRefusedError):
         return "connection refused (is the server running on that port?)"
     if isinstance(error, DNSLookupError):
         return "cannot resolve the host name"
     if isinstance(error, TimeoutError):
-        return "timed out connecting"
+        return "timed out connecting (is the host up and the port open? see --connect-timeout)"
     if isinstance(error, ConnectError):
         return f"cannot connect: {error.osError or error}"
     if isinstance(error, SendError | UserError):
-        return str(error)
+        return escape(str(error))
     text = str(error) or error.__class__.__name__
-    return " ".join(text.split())
+    return escape(" ".join(text.split()))
+
+
+def say(stream: TextIO, text: str) -> None:
+    """Print one line, escaped: a file name or a peer's words cannot break it or the terminal."""
+    print(escape(text), file=stream)
+
+
+class Interrupt:
+    """SIGINT and SIGTERM during send or get: stop the transfer that runs, then report.
+
+    The first signal cancels the running transfer (L{guard}), which drops
+    the connection (an FX/1 server keeps the bytes for a resume) or removes
+    a download's temporary file; the command then prints one line and exits
+    with 128 + the signal's number.  A second signal, or a transfer that
+    does not stop within L{GRACE} seconds, ends the process at once.
+    """
+
+    GRACE = 5.0
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._running: Deferred[Any] | None = None
+        self._deadline: IDelayedCall | None = None
+
+    @property
+    def status(self) -> int:
+        """The exit status: 130 after SIGINT, 143 after SIGTERM."""
+        return 128 + (self.signum or 0)
+
+    @property
+    def name(self) -> str:
+        """The signal's name, C{SIGINT} or C{SIGTERM}."""
+        return signal.Signals(self.signum or 0).name
+
+    def guard(self, running: Deferred[Any]) -> Deferred[Any]:
+        """Cancel C{running} if a signal comes while it runs (at once if one came)."""
+        self._running = running
+        if self.signum is not None:
+            running.cancel()
+        return running
+
+    def install(self, reactor: Any) -> None:
+        """Take SIGINT and SIGTERM over from the reactor (call it once the reactor runs)."""
+
+        def handler(signum: int, frame: object) -> None:
+            reactor.callFromThread(self.fire, reactor, signum)
+
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, handler)
+
+    def fire(self, reactor: Any, signum: int) -> None:
+        """A signal came: cancel what runs; the second one ends the process now."""
+        if self.signum is not None:
+            os._exit(128 + signum)
+        self.signum = signum
+        self._deadline = reactor.callLater(self.GRACE, self._too_slow)
+        if self._running is not None:
+            self._running.cancel()  # a no-op once it has a result; forwarded when chained
+
+    def _too_slow(self) -> None:
+        say(sys.stderr, f"{PROG}: interrupted by {self.name}; the transfer did not stop in time")
+        sys.stderr.flush()
+        os._exit(self.status)
 
 
 class ProgressBar:
@@ -181,12 +352,14 @@ def _build_parser() -> argparse.ArgumentParser:
         "send",
         help="send files or directories to a filexfer server (or any TFTP server)",
         description="Send FILEs to DEST. Directories are sent recursively, keeping relative "
-        "paths. Exit 0 only when every file was stored and verified by the server.",
+        "paths; symlinks to files are sent as files, other entries that are not regular "
+        "files are skipped with one line each. Exit 0 only when every file was stored and "
+        "verified by the server.",
         epilog="examples:\n"
         "  filexfer send build.tar.gz backup.example.org:8000\n"
         "  filexfer send logs/ 10.0.0.5:8000/hosts/web1\n"
-        "  filexfer send --plain image.bin [::1]:9000\n"
-        "  filexfer send firmware.bin tftp://192.0.2.7:69/boot/\n",
+        "  filexfer send --plain image.bin '[::1]:9000'\n"
+        "  filexfer send firmware.bin tftp://192.0.2.7:69/boot/\n" + EXIT_CODES_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     send.add_argument("files", nargs="+", metavar="FILE", help="files or directories")
@@ -226,6 +399,30 @@ def _build_parser() -> argparse.ArgumentParser:
         f"randomised waits for up to SECONDS (default {RETRY_DEADLINE:g}; 0: never); "
         "TCP only",
     )
+    send.add_argument(
+        "--connect-timeout",
+        type=_positive_seconds,
+        default=CONNECT_TIMEOUT,
+        metavar="SECONDS",
+        help=f"give up when no connection is made within SECONDS (default {CONNECT_TIMEOUT:g}); "
+        "TCP only",
+    )
+    send.add_argument(
+        "--reply-timeout",
+        type=_positive_seconds,
+        default=REPLY_TIMEOUT,
+        metavar="SECONDS",
+        help="give up when the server has not answered the request SECONDS after the "
+        f"connection was made (default {REPLY_TIMEOUT:g}); TCP only",
+    )
+    send.add_argument(
+        "--idle-timeout",
+        type=_positive_seconds,
+        default=IDLE_TIMEOUT,
+        metavar="SECONDS",
+        help=f"give up when a transfer makes no progress for SECONDS (default {IDLE_TIMEOUT:g}); "
+        "TCP only",
+    )
     _add_common(send)
 
     get = commands.add_parser(
@@ -233,7 +430,10 @@ def _build_parser() -> argparse.ArgumentParser:
         help="download a file from a TFTP server",
         description="Download NAME from a TFTP server into LOCAL (default: the name's last "
         "component in the current directory). The file appears only once complete.",
-        epilog="example:\n  filexfer get tftp://127.0.0.1:8000/boot/pxelinux.0\n",
+        epilog="example:\n  filexfer get tftp://127.0.0.1:8000/boot/pxelinux.0\n"
+        + EXIT_CODES_HELP.replace(
+            "  3  everything else was sent; some entries were skipped (one line each)\n", ""
+        ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     get.add_argument("url", metavar="tftp://HOST:PORT/NAME")
@@ -292,13 +492,47 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _positive_seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds, more than 0."""
+    value = _seconds(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"seconds must be more than 0: {text!r}")
+    return value
+
+
+EXIT_CODES_HELP = (
+    "\nexit status:\n"
+    "  0  everything was done (and, for FX/1, verified by the server)\n"
+    "  1  a transfer failed\n"
+    "  2  a usage mistake\n"
+    "  3  everything else was sent; some entries were skipped (one line each)\n"
+    "  130, 143  interrupted by SIGINT (Ctrl-C) or SIGTERM\n"
+)
+
+
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     tftp = parser.add_argument_group("TFTP options")
-    tftp.add_argument("--blksize", type=int, default=None, help="TFTP block size (8-65464)")
-    tftp.add_argument("--windowsize", type=int, default=None, help="TFTP window size (1-65535)")
     tftp.add_argument(
-        "--timeout", type=float, default=None, help="TFTP retransmission timeout in seconds"
+        "--blksize",
+        type=int,
+        default=None,
+        help=f"TFTP block size, 8-65464 (default {DEFAULT_CLIENT_BLKSIZE})",
+    )
+    tftp.add_argument(
+        "--windowsize",
+        type=int,
+        default=None,
+        help=f"TFTP window size, 1-65535 (default {DEFAULT_CLIENT_WINDOWSIZE})",
+    )
+    tftp.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="TFTP retransmission timeout (default "
+        f"{DEFAULT_CLIENT_TIMEOUT:g}; the transfer gives up after {DEFAULT_CLIENT_RETRIES} "
+        "retransmissions without an answer)",
     )
 
 
@@ -311,17 +545,39 @@ def _tftp_options(args: argparse.Namespace) -> dict[str, Any]:
     return {key: value for key, value in options.items() if value is not None}
 
 
-async def _send(reactor: Any, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+async def _send(
+    reactor: Any,
+    args: argparse.Namespace,
+    out: TextIO,
+    err: TextIO,
+    interrupt: Interrupt | None = None,
+) -> int:
     dest = parse_destination(args.dest)
+    _check_remote_dir(dest)
+    skipped: list[str] = []
     if dest.scheme == "tftp":
-        plan = _tftp_plan(args, dest)
+        plan = _tftp_plan(args, dest, skipped)
         transport = _tftp_transport(reactor, dest, args)
     else:
         if args.plain and any(os.path.isdir(source) for source in args.files):
             raise UserError("--plain sends single files only; send directories with FX/1", 2)
-        plan = list(files_to_send(args.files, dest.path))
+        plan = list(files_to_send(args.files, dest.path, skipped, classic=args.plain))
         transport = _tcp_transport(reactor, dest, args, err)
-    return await send_all(plan, transport, ProgressBars(not args.no_progress, err), out, err)
+    for note in skipped:
+        say(err, f"{PROG}: {note}")
+    bars = ProgressBars(not args.no_progress, err)
+    status = await send_all(plan, transport, bars, out, err, interrupt=interrupt)
+    return STATUS_SKIPPED if status == 0 and skipped else status
+
+
+def _check_remote_dir(dest: Destination) -> None:
+    """The remote directory of DEST must pass the server's rules: a usage mistake if not."""
+    remote_dir = dest.path.strip("/")
+    if remote_dir:
+        try:
+            check_remote_name(remote_dir, classic=False)
+        except SendError as error:
+            raise UserError(f"bad remote path in DEST: {error}", 2) from None
 
 
 @attrs.frozen
@@ -340,9 +596,11 @@ class Transport:
     """C{send_one(local, remote, progress)}: send one file, or fail with why."""
     outcome: str
     """What the success line says after the byte count (C{"stored and verified"})."""
+    again: str = "run the same command again to send it from the start"
+    """What to do after an interruption."""
 
 
-CONNECTION_FAILURES = (ConnectError, DNSLookupError)
+CONNECTION_FAILURES = (ConnectError, DNSLookupError, ConnectTimeout, ReplyTimeout)
 """Failures to reach the server at all: the files after one are not tried."""
 
 
@@ -352,29 +610,59 @@ async def send_all(
     bars: ProgressBars,
     out: TextIO,
     err: TextIO,
+    interrupt: Interrupt | None = None,
 ) -> int:
     """Send every C{(local, remote)} of C{plan}; return the exit status.
 
     Each file gets a progress bar, then one line: on stdout when it was
     sent, on stderr when it failed.  After a failure to reach the server
     the rest are not tried.  The status is 0 when every file was sent, 1
-    when any failed.
+    when any failed; after a signal (C{interrupt}) the file being sent is
+    named in one line and the status is the interrupt's (130, 143).
     """
+    interrupt = interrupt or Interrupt()
     failures = 0
-    for local, remote in plan:
+    for index, (local, remote) in enumerate(plan):
         try:
-            with bars.for_file(remote, os.path.getsize(local)) as progress:
-                sent = await transport.send_one(local, remote, progress)
+            if interrupt.signum is not None:
+                raise _Stopped()
+            with bars.for_file(escape(remote), os.path.getsize(local)) as progress:
+                sending: Deferred[Sent] = Deferred.fromCoroutine(
+                    _awaited(transport.send_one(local, remote, progress))
+                )
+                sent = await interrupt.guard(sending)
         except Exception:
             failure = Failure()
-            print(f"{PROG}: {local}: {describe_failure(failure)}", file=err)
+            if interrupt.signum is not None:
+                say(err, _interrupted_line(interrupt, plan, index, transport))
+                return interrupt.status
+            say(err, f"{PROG}: {local}: {describe_failure(failure)}")
             failures += 1
             if failure.check(*CONNECTION_FAILURES):
                 break
             continue
         outcome = f" {transport.outcome}" if transport.outcome else ""
-        print(f"{local} -> {sent.where}: {sent.size} bytes{outcome}", file=out)
-    return 1 if failures else 0
+        say(out, f"{local} -> {sent.where}: {sent.size} bytes{outcome}")
+    return STATUS_FAILED if failures else 0
+
+
+async def _awaited(awaitable: Awaitable[Sent]) -> Sent:
+    return await awaitable
+
+
+class _Stopped(Exception):
+    """A signal came between two files."""
+
+
+def _interrupted_line(
+    interrupt: Interrupt, plan: Sequence[tuple[str, str]], index: int, transport: Transport
+) -> str:
+    left = len(plan) - index - 1
+    more = f" ({left} more {'file' if left == 1 else 'files'} not sent)" if left else ""
+    return (
+        f"{PROG}: interrupted by {interrupt.name} while sending {plan[index][0]}{more}; "
+        f"{transport.again}"
+    )
 
 
 def _tcp_transport(
@@ -394,20 +682,25 @@ def _tcp_transport(
             progress=progress,
             retry_deadline=args.retry_for,
             on_retry=_retry_note(local, err),
+            connect_timeout=args.connect_timeout,
+            reply_timeout=args.reply_timeout,
+            idle_timeout=args.idle_timeout,
         )
         return Sent(receipt.path, receipt.size)
 
-    how = "sent (classic form, not verified)" if args.plain else "stored and verified"
-    return Transport(send_one, how)
+    if args.plain:
+        return Transport(send_one, "sent (classic form, not verified)")
+    again = (
+        "run the same command again to resume (files already stored are checked, not sent again)"
+    )
+    return Transport(send_one, "stored and verified", again)
 
 
 def _retry_note(local: str, err: TextIO) -> Callable[[ServerRefused, float], None]:
     """An C{on_retry} that says on stderr that the server was busy and when we try again."""
 
     def note(refusal: ServerRefused, wait: float) -> None:
-        print(
-            f"{PROG}: {local}: server busy ({refusal.code}); trying again in {wait:.1f} s", file=err
-        )
+        say(err, f"{PROG}: {local}: server busy ({refusal.code}); trying again in {wait:.1f} s")
 
     return note
 
@@ -418,8 +711,9 @@ def _endpoint_maker(reactor: Any, dest: Destination, args: argparse.Namespace) -
 
     if args.cacert and not args.tls:
         raise UserError("--cacert goes with --tls", 2)
+    timeout = max(1, round(args.connect_timeout))  # send_file enforces the exact one
     if not args.tls:
-        return lambda: HostnameEndpoint(reactor, dest.host, dest.port, timeout=30)
+        return lambda: HostnameEndpoint(reactor, dest.host, dest.port, timeout=timeout)
     from twisted.internet.ssl import Certificate, optionsForClientTLS, platformTrust
 
     trust: Any = platformTrust()
@@ -431,21 +725,24 @@ def _endpoint_maker(reactor: Any, dest: Destination, args: argparse.Namespace) -
             raise UserError(f"cannot load --cacert {args.cacert}: {exc}") from None
     options = optionsForClientTLS(dest.host, trustRoot=trust)
     return lambda: wrapClientTLS(
-        options, HostnameEndpoint(reactor, dest.host, dest.port, timeout=30)
+        options, HostnameEndpoint(reactor, dest.host, dest.port, timeout=timeout)
     )
 
 
-def _tftp_plan(args: argparse.Namespace, dest: Destination) -> list[tuple[str, str]]:
-    """(local file, remote name) for each FILE sent to a tftp:// DEST."""
+def _tftp_plan(
+    args: argparse.Namespace, dest: Destination, skipped: list[str] | None = None
+) -> list[tuple[str, str]]:
+    """(local file, remote name) for each FILE sent to a tftp:// DEST.
+
+    What is not a regular file is skipped by the rule of L{files_to_send}.
+    """
     if args.plain or any(os.path.isdir(source) for source in args.files):
         raise UserError("TFTP sends single files; --plain and directories are for TCP", 2)
     if len(args.files) > 1 and dest.path and not dest.path.endswith("/"):
         raise UserError("several files need a directory: end the tftp:// path with /", 2)
     plan = []
-    for local in args.files:
-        if not os.path.isfile(local):
-            raise UserError(f"{local}: no such file")
-        remote = dest.path
+    for local, _ in files_to_send(args.files, "", skipped):
+        remote = dest.path  # checked by _check_remote_dir; the file names by files_to_send
         if not remote or remote.endswith("/"):
             remote += os.path.basename(local)
         plan.append((local, remote))
@@ -474,9 +771,16 @@ def _tftp_transport(reactor: Any, dest: Destination, args: argparse.Namespace) -
     return Transport(send_one, "")
 
 
-async def _get(reactor: Any, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+async def _get(
+    reactor: Any,
+    args: argparse.Namespace,
+    out: TextIO,
+    err: TextIO,
+    interrupt: Interrupt | None = None,
+) -> int:
     from filexfer import tftp
 
+    interrupt = interrupt or Interrupt()
     dest = parse_destination(args.url)
     if dest.scheme != "tftp":
         raise UserError("get takes a tftp:// URL (the TCP push only sends)", 2)
@@ -487,10 +791,12 @@ async def _get(reactor: Any, args: argparse.Namespace, out: TextIO, err: TextIO)
         local = os.path.join(local, os.path.basename(dest.path))
     if os.path.lexists(local) and not args.overwrite:
         raise UserError(f"{local} exists; use --overwrite to replace it")
+    _check_can_save(local)
+    url = f"tftp://{dest.host}:{dest.port}/{dest.path}"
     bars = ProgressBars(not args.no_progress, err)
     try:
-        with bars.for_file(dest.path, None) as progress:
-            size = await tftp.download(
+        with bars.for_file(escape(dest.path), None) as progress:
+            downloading = tftp.download(
                 reactor,
                 dest.host,
                 dest.port,
@@ -499,11 +805,46 @@ async def _get(reactor: Any, args: argparse.Namespace, out: TextIO, err: TextIO)
                 progress=progress,
                 **_tftp_options(args),
             )
+            size = await interrupt.guard(downloading)
     except Exception:
-        print(f"{PROG}: {args.url}: {describe_failure(Failure())}", file=err)
-        return 1
-    print(f"tftp://{dest.host}:{dest.port}/{dest.path} -> {local}: {size} bytes", file=out)
+        failure = Failure()
+        if interrupt.signum is not None:
+            say(
+                err,
+                f"{PROG}: interrupted by {interrupt.name} while downloading {url}; "
+                f"{local} was not written (TFTP cannot resume: run the command again)",
+            )
+            return interrupt.status
+        if isinstance(failure.value, OSError):
+            say(err, f"{PROG}: cannot save {local}: {failure.value.strerror}")
+        else:
+            say(err, f"{PROG}: {args.url}: {describe_failure(failure)}")
+        return STATUS_FAILED
+    _give_normal_mode(local)
+    say(out, f"{url} -> {local}: {size} bytes")
     return 0
+
+
+def _check_can_save(local: str) -> None:
+    """A directory to save C{local} in must exist and be writable: one line if not."""
+    folder = os.path.dirname(local) or "."
+    if not os.path.isdir(folder):
+        raise UserError(f"cannot save {local}: there is no directory {folder} (create it first)")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UserError(f"cannot save {local}: the directory {folder} is not writable")
+
+
+def _give_normal_mode(path: str) -> None:
+    """Give a downloaded file the mode new files get (0666 less the umask), as curl and tftp do.
+
+    The download is written to a private temporary file (0600) first.
+    """
+    umask = os.umask(0o022)
+    os.umask(umask)
+    try:
+        os.chmod(path, 0o666 & ~umask)
+    except OSError:
+        pass  # it is there with the temporary file's mode
 
 
 def _serve(reactor: Any, options: Options, err: TextIO) -> Deferred[int]:
@@ -529,18 +870,20 @@ def _serve(reactor: Any, options: Options, err: TextIO) -> Deferred[int]:
     return Deferred()  # runs until interrupted
 
 
-def _run(reactor: Any, args: argparse.Namespace) -> Deferred[int]:
+def _run(
+    reactor: Any, args: argparse.Namespace, interrupt: Interrupt | None = None
+) -> Deferred[int]:
     out, err = sys.stdout, sys.stderr
 
     async def guarded() -> int:
         try:
             if args.command == "send":
-                return await _send(reactor, args, out, err)
+                return await _send(reactor, args, out, err, interrupt)
             if args.command == "get":
-                return await _get(reactor, args, out, err)
+                return await _get(reactor, args, out, err, interrupt)
             return await _serve(reactor, args.options, err)
         except UserError as error:
-            print(f"{PROG}: {error}", file=err)
+            say(err, f"{PROG}: {error}")
             return error.status
 
     return ensureDeferred(guarded())
@@ -550,6 +893,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the C{filexfer} console script."""
     from twisted.internet import task
 
+    for signum in (signal.SIGINT, signal.SIGTERM):  # until the reactor runs: no traceback
+        signal.signal(signum, _quit)
     try:
         args = parse_command_line(sys.argv[1:] if argv is None else argv)
     except UserError as error:
@@ -559,9 +904,20 @@ def main(argv: Sequence[str] | None = None) -> None:
         keep_tls_libraries_out()  # serve's Options did so when no endpoint needs TLS
 
     def run(reactor: Any) -> Deferred[None]:
-        return _run(reactor, args).addCallback(_exit)
+        # the reactor installs its handlers when it starts (SIGINT only over the default)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        interrupt = None
+        if args.command != "serve":  # serve keeps the reactor's own clean shutdown
+            interrupt = Interrupt()
+            reactor.callWhenRunning(interrupt.install, reactor)
+        return _run(reactor, args, interrupt).addCallback(_exit)
 
     task.react(run)
+
+
+def _quit(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _needs_tls(args: argparse.Namespace) -> bool:

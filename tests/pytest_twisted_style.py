@@ -58,8 +58,10 @@ async def test_receiver_fixture_refusal(filexfer_receiver: RunningReceiver, tmp_
     """A refusal from the real receiver reaches the sender as ServerRefused."""
     reactor = _reactor()
     local = write_file(str(tmp_path / "x"), b"x")
-    with pytest.raises(ServerRefused) as caught:
-        await send_file(reactor, filexfer_receiver.endpoint(reactor), local, name=".filexfer/x")
+    endpoint = filexfer_receiver.endpoint(reactor)
+    await send_file(reactor, endpoint, local, name="a-file")
+    with pytest.raises(ServerRefused) as caught:  # only the server knows "a-file" is a file
+        await send_file(reactor, endpoint, local, name="a-file/x")
     assert caught.value.code == 403
 
 

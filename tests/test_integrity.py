@@ -476,3 +476,16 @@ def _room(incoming: int, free: int) -> None:
 
     if incoming > free:
         raise TransferError(507, "not enough free space on the server")
+
+
+class ClientWaitsForHashingTests(unittest.TestCase):
+    def test_first_reply_wait_grows_with_the_file(self) -> None:
+        """The client's first-reply wait covers the server hashing up to Size held bytes."""
+        from filexfer.tcp.sender import REPLY_TIMEOUT, _Timeouts, reply_wait
+
+        timeouts = _Timeouts(300.0, 10.0, REPLY_TIMEOUT)
+        small = _wire.PutRequest("s", 10, None, MTIME_NS, trailer=True)
+        huge = _wire.PutRequest("h", 100 * 10**9, None, MTIME_NS, trailer=True)
+        self.assertEqual(reply_wait(timeouts, small), REPLY_TIMEOUT)
+        self.assertGreaterEqual(reply_wait(timeouts, huge), REPLY_TIMEOUT + 100 * 10**9 / 50e6)
+        self.assertEqual(reply_wait(timeouts, _wire.ClassicRequest("c")), REPLY_TIMEOUT)

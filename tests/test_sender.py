@@ -461,8 +461,12 @@ class EndToEndTests(unittest.TestCase):
 
     def test_refusal(self) -> None:
         """A refusal reaches the caller as ServerRefused with the code."""
-        failure = self.failureResultOf(self.send(b"abc", "../x"), ServerRefused)
-        self.assertEqual(failure.value.code, 400)
+        self.storage = DirectoryStorage(self.root, on_conflict="refuse")
+        self.factory = ReceiverFactory(self.storage, clock=self.clock)
+        self.endpoint = InMemoryEndpoint(self.factory, self.clock)
+        self.successResultOf(self.send(b"abc", "x"))
+        failure = self.failureResultOf(self.send(b"abcd", "x"), ServerRefused)
+        self.assertEqual(failure.value.code, 409)
 
     def test_token(self) -> None:
         """The token is carried to a server that requires it."""

@@ -135,11 +135,12 @@ class RetryTests(unittest.TestCase):
         self.assertEqual((self.retries, len(self.endpoint.pumps)), ([], 1))
 
     def test_other_refusals_not_retried(self) -> None:
-        """A refusal other than 503 (here a bad name, 400) fails at once."""
+        """A refusal other than 503 (here a missing token, 401) fails at once."""
         self.send(b"abc", name="ok.bin")
-        result = send_file(self.clock, self.endpoint, os.path.join(self.local, "ok.bin"), name="..")
+        self.factory.token = "tok"
+        result = send_file(self.clock, self.endpoint, os.path.join(self.local, "ok.bin"))
         self.flush()
-        self.assertEqual(self.failureResultOf(result, ServerRefused).value.code, 400)
+        self.assertEqual(self.failureResultOf(result, ServerRefused).value.code, 401)
         self.assertEqual(self.retries, [])
         self.assertEqual(self.clock.getDelayedCalls(), [])
 

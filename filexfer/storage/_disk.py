@@ -35,8 +35,18 @@ def os_error(exc: OSError, action: str) -> TransferError:
         return TransferError(507, "no space left on the server")
     if exc.errno == errno.ENAMETOOLONG:
         return TransferError(400, "a name is too long for the server's file system")
-    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-        return TransferError(403, f"cannot {action}: the path crosses a symlink or a file")
+    if exc.errno == errno.ENOTDIR:
+        return TransferError(
+            403,
+            f"cannot {action}: a directory on the path is a file on the server; "
+            "choose another remote directory",
+        )
+    if exc.errno == errno.ELOOP:
+        return TransferError(
+            403,
+            f"cannot {action}: the path goes through a symlink on the server, "
+            "which it does not follow; choose another remote directory",
+        )
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return TransferError(403, f"cannot {action}: permission denied")
     return TransferError(500, f"cannot {action}: {exc.strerror}")

@@ -267,7 +267,30 @@ def format_mtime(mtime_ns: int) -> str:
 
 
 def encode_put(request: PutRequest) -> bytes:
-    """The client's FX/1 handshake for C{request}."""
+    """The client's FX/1 handshake for C{request}.
+
+    The block is parsed back before it is returned: a path or token that
+    would read differently on the server (a newline that starts a header
+    of its own, a trailing CR it would drop, a control character, spaces
+    around a token) is never sent.
+
+    @raise ValueError: C{request} cannot be sent as it is; the message says why.
+    """
+    token = request.token
+    if token is not None and (not token or token != token.strip() or "\n" in token):
+        raise ValueError("a token must be one line of text, without spaces at its ends")
+    try:
+        validate_path(request.path)
+        block = _encode_put(request)
+        parsed, rest = parse_header_block(block)
+    except TransferError as error:
+        raise ValueError(error.reason) from None
+    if parsed != request or rest:
+        raise ValueError("the request would not read back as it was sent")
+    return block
+
+
+def _encode_put(request: PutRequest) -> bytes:
     lines = [f"FX/1 PUT {request.path}"]
     if request.size is not None:
         lines.append(f"Size: {request.size}")

@@ -11,13 +11,15 @@ import hashlib
 import os
 import random
 import select
+import stat
 import threading
 from collections.abc import Callable
 from functools import partial
 from typing import Any, BinaryIO, cast
 
+import attrs
 from automat import MethodicalMachine
-from twisted.internet.defer import Deferred, fail, maybeDeferred
+from twisted.internet.defer import CancelledError, Deferred, fail, maybeDeferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
     IDelayedCall,
@@ -32,9 +34,12 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from filexfer._errors import TransferError
 from filexfer._hashing import HASH_READ, ShortFile, sha256_prefix
 from filexfer._mtime import NS_MAX, NS_MIN
+from filexfer._names import validate_name, validate_path
 from filexfer._receipt import Receipt
+from filexfer._text import escape
 from filexfer.tcp import _wire
 
 CHUNK_SIZE = 256 * 1024
@@ -44,6 +49,16 @@ _REPORT_EVERY = 4 << 20
 """Progress reports from the sending thread, in bytes."""
 _POLL_MS = 100
 """How long a blocked sending thread waits before it checks whether to stop."""
+
+CONNECT_TIMEOUT = 10.0
+"""Seconds L{send_file} waits for a connection by default."""
+REPLY_TIMEOUT = 30.0
+"""Seconds L{send_file} waits for the server's first reply by default."""
+HASHING_ALLOWANCE = 50_000_000
+"""Bytes of the file per second added to the first-reply wait: the server
+may hash what it holds (at 50 MB/s or better) before it answers."""
+IDLE_TIMEOUT = 300.0
+"""Seconds L{send_file} lets a transfer stall by default."""
 
 RETRY_DEADLINE = 60.0
 """Seconds L{send_file} keeps retrying a busy server by default."""
@@ -57,6 +72,14 @@ Progress = Callable[[int, int], None]
 
 class SendError(Exception):
     """A send failed; C{str()} is one line for a person."""
+
+
+class ConnectTimeout(SendError):
+    """No connection within the connect timeout."""
+
+
+class ReplyTimeout(SendError):
+    """The server accepted the connection but never answered the request."""
 
 
 class _StartAfresh(SendError):
@@ -211,9 +234,13 @@ class SenderProtocol(Protocol):
         progress: Progress | None,
         clock: IReactorTime,
         idle_timeout: float,
+        reply_timeout: float | None = None,
     ) -> None:
         self._clock = clock
         self._idle_timeout = idle_timeout
+        self._reply_timeout = reply_timeout
+        """Seconds for the first reply (None: the idle timeout)."""
+        self._answered = False
         self._timer: IDelayedCall | None = None
         self._handle = handle
         self._size = size
@@ -235,12 +262,17 @@ class SenderProtocol(Protocol):
         """Running from C{threaded} until both threads have reported."""
         self._early_receipt: Receipt | None = None
         """The receipt held in C{confirmed_early}."""
-        self.result: Deferred[Receipt] = Deferred()
+        self.result: Deferred[Receipt] = Deferred(self._cancelled)
+        """Cancelling it stops the send and drops the connection (the
+        server keeps what it received, for a resume)."""
 
     # -- Twisted's calls -----------------------------------------------------
 
     def connectionMade(self) -> None:
-        self._timer = self._clock.callLater(self._idle_timeout, self._stalled)
+        if self._reply_timeout is None:
+            self._timer = self._clock.callLater(self._idle_timeout, self._stalled)
+        else:
+            self._timer = self._clock.callLater(self._reply_timeout, self._no_reply)
         if hasattr(self.transport, "bufferSize"):
             self.transport.bufferSize = CHUNK_SIZE  # type: ignore[union-attr]
         if isinstance(self._request, _wire.ClassicRequest):
@@ -604,7 +636,27 @@ class SenderProtocol(Protocol):
         if tls_problem is not None:
             self._fail(SendError(tls_problem))
             return
-        self._fail(SendError(f"connection closed {stage}: {reason.getErrorMessage()}"))
+        self._fail(SendError(self._lost_text(reason, stage)))
+
+    def _lost_text(self, reason: Failure, stage: str) -> str:
+        """What a person should know about a connection that ended C{stage}."""
+        how = "closed" if reason.check(ConnectionDone) else "lost"
+        if stage == "during the handshake" and not self._answered:
+            if self._buffer[:1] in (b"\x15", b"\x16") and self._buffer[1:2] == b"\x03":
+                return (
+                    "the server answered in TLS and closed the connection: "
+                    "it expects TLS (use --tls)"
+                )
+            return (
+                f"the server {how} the connection during the handshake, without answering "
+                "(does it expect TLS (--tls), or is it not a filexfer server?)"
+            )
+        if self._classic:
+            return f"the server {how} the connection {stage}: the file may not be stored"
+        return (
+            f"the server {how} the connection {stage}: the file is not stored yet; "
+            "run the same command again to resume"
+        )
 
     # -- transitions ---------------------------------------------------------------
 
@@ -683,9 +735,31 @@ class SenderProtocol(Protocol):
         self._timer = None
         self.failed(SendError(f"no progress for {self._idle_timeout:g} seconds; giving up"))
 
+    def _no_reply(self) -> None:
+        self._timer = None
+        self.failed(
+            ReplyTimeout(
+                f"the server accepted the connection but did not answer within "
+                f"{self._reply_timeout:g} s (is it a filexfer server, with TLS if it needs it?)"
+            )
+        )
+
     def _still_alive(self) -> None:
         if self._timer is not None and self._timer.active():
-            self._timer.reset(self._idle_timeout)
+            if not self._answered and self._reply_timeout is not None:
+                self._timer.cancel()
+                self._timer = self._clock.callLater(self._idle_timeout, self._stalled)
+            else:
+                self._timer.reset(self._idle_timeout)
+        self._answered = True
+
+    def _cancelled(self, _: Deferred[Receipt]) -> None:
+        """The result was cancelled: stop reading and sending, drop the connection."""
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._stop_sending()
+        if self.transport is not None:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
 
     def _report_progress(self) -> None:
         if self._progress is not None:
@@ -716,8 +790,22 @@ def _describe_tls_failure(reason: Failure) -> str | None:
         args = getattr(reason.value, "args", ())
         details = [str(part[-1]) for part in args[0] if part] if args else []
         text = "; ".join(d for d in details if d) or "handshake failed"
-        return f"TLS: {text} (use --cacert for a private authority)"
+        if "certificate verify failed" in text:
+            return (
+                f"TLS: {text}: the server's certificate is not signed by an authority "
+                "this machine trusts (use --cacert FILE for a private authority)"
+            )
+        if any(sign in text for sign in _NOT_TLS):
+            return (
+                f"TLS: {text}: the server did not answer in TLS "
+                "(is this port plain TCP? then send without --tls)"
+            )
+        return f"TLS: {text}"
     return None
+
+
+_NOT_TLS = ("wrong version number", "packet length too long", "record layer failure", "http")
+"""OpenSSL's words when the peer answered something that is not TLS."""
 
 
 def _hash_prefix(handle: BinaryIO, length: int) -> Any:
@@ -741,10 +829,12 @@ def send_file(
     plain: bool = False,
     token: str | None = None,
     progress: Progress | None = None,
-    idle_timeout: float = 300.0,
+    idle_timeout: float = IDLE_TIMEOUT,
     retry_deadline: float = RETRY_DEADLINE,
     jitter: Callable[[], float] = random.random,
     on_retry: Callable[[ServerRefused, float], None] | None = None,
+    connect_timeout: float | None = CONNECT_TIMEOUT,
+    reply_timeout: float | None = REPLY_TIMEOUT,
 ) -> Deferred[Receipt]:
     """Send the file at C{path} to the receiver at C{endpoint}.
 
@@ -755,6 +845,12 @@ def send_file(
         result describes what was sent.
     @param token: the shared secret for servers that require one.
     @param idle_timeout: give up after this many seconds without progress.
+    @param connect_timeout: give up (L{ConnectTimeout}) when the endpoint
+        has not connected after this many seconds; None waits as long as
+        the endpoint does.
+    @param reply_timeout: give up (L{ReplyTimeout}) when the server has not
+        answered the request this many seconds after the connection was
+        made (a TLS handshake included); None uses C{idle_timeout}.
     @param retry_deadline: while this many seconds have not passed since the
         first attempt, a server that answers C{error 503} (busy) is tried
         again after a wait from L{retry_wait}; 0 never retries.  Nothing
@@ -764,10 +860,14 @@ def send_file(
     @return: a Deferred firing with the server's L{Receipt}, verified
         against the client's own SHA-256, or failing with L{SendError}
         (L{ServerRefused} for an C{error} reply, the last one when the
-        server stayed busy) or a connection error.
+        server stayed busy) or a connection error.  A name the server's
+        rules refuse, or a path that is not a regular file (a FIFO is never
+        opened in a way that blocks), fails with L{SendError} before
+        connecting.  Cancelling it stops the send and drops the connection;
+        the server keeps the bytes it has for a resume (FX/1).
     """
-
-    once = partial(_send_once, reactor, endpoint, path, name, plain, token, progress, idle_timeout)
+    timeouts = _Timeouts(idle_timeout, connect_timeout, reply_timeout)
+    once = partial(_send_once, reactor, endpoint, path, name, plain, token, progress, timeouts)
 
     def attempt() -> Deferred[Receipt]:
         def again_from_zero(failure: Failure) -> Deferred[Receipt]:
@@ -817,6 +917,79 @@ async def _retry_while_busy(
             retry += 1
 
 
+def reply_wait(
+    timeouts: _Timeouts, request: _wire.ClassicRequest | _wire.PutRequest
+) -> float | None:
+    """Seconds to wait for the first reply to C{request}.
+
+    Before it answers an FX/1 request the server may hash up to Size bytes it
+    already holds (a partial to resume, a stored file with our Size and
+    Mtime), so the wait grows by a second per L{HASHING_ALLOWANCE} bytes of
+    the file: 30 s for a small file, 20 s more per GB.
+    """
+    if timeouts.reply is None or not isinstance(request, _wire.PutRequest):
+        return timeouts.reply
+    return timeouts.reply + (request.size or 0) // HASHING_ALLOWANCE
+
+
+@attrs.frozen
+class _Timeouts:
+    idle: float
+    connect: float | None
+    reply: float | None
+
+
+def open_regular(path: str | os.PathLike[str]) -> BinaryIO:
+    """Open a regular file for reading, never blocking (a FIFO, a device).
+
+    The file is opened with C{O_NONBLOCK} and checked with C{fstat}, so
+    that what is opened is what is checked.
+
+    @raise SendError: it cannot be opened, or it is not a regular file.
+    """
+    text = os.fspath(path)
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOCTTY", 0)
+    try:
+        fd = os.open(text, flags)
+    except OSError as exc:
+        raise SendError(f"cannot read {text}: {exc.strerror}") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise SendError(f"cannot send {text}: {describe_mode(mode)}, not a regular file")
+    return os.fdopen(fd, "rb")
+
+
+def describe_mode(mode: int) -> str:
+    """What kind of file C{mode} (an C{st_mode}) is, in a few words."""
+    kinds = [
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISLNK, "a symlink"),
+        (stat.S_ISREG, "a regular file"),
+    ]
+    return next((words for test, words in kinds if test(mode)), "a special file")
+
+
+def check_remote_name(remote: str, classic: bool) -> None:
+    """Apply the server's rules (filexfer._names) to the name a file is sent under.
+
+    @raise SendError: the server would refuse it, or store it differently.
+    """
+    try:
+        if classic:
+            validate_name(remote)
+        else:
+            validate_path(remote)
+    except TransferError as error:
+        raise SendError(
+            f"cannot be sent under the name {escape(repr(remote))}: {error.reason}"
+        ) from None
+
+
 def _send_once(
     reactor: IReactorTime,
     endpoint: IStreamClientEndpoint,
@@ -825,17 +998,18 @@ def _send_once(
     classic: bool,
     token: str | None,
     progress: Progress | None,
-    idle_timeout: float,
+    timeouts: _Timeouts,
     *,
     fresh: bool,
 ) -> Deferred[Receipt]:
     """One attempt of L{send_file}: one connection, no retry; C{fresh}: C{Resume: no}."""
-    try:
-        handle = open(path, "rb")  # noqa: SIM115 - closed when the Deferred fires
-    except OSError as exc:
-        return fail(SendError(f"cannot read {os.fspath(path)}: {exc.strerror}"))
-    info = os.fstat(handle.fileno())
     remote = name if name is not None else os.path.basename(os.fspath(path))
+    try:
+        check_remote_name(remote, classic)
+        handle = open_regular(path)  # closed when the Deferred fires
+    except SendError as error:
+        return fail(error)
+    info = os.fstat(handle.fileno())
     request: _wire.ClassicRequest | _wire.PutRequest
     if classic:
         request = _wire.ClassicRequest(remote)
@@ -846,14 +1020,44 @@ def _send_once(
         request = _wire.PutRequest(
             remote, info.st_size, None, mtime_ns, token, trailer=True, fresh=fresh
         )
-    protocol = SenderProtocol(handle, info.st_size, request, progress, reactor, idle_timeout)
+        try:
+            _wire.encode_put(request)  # what connectionMade sends: checked before connecting
+        except ValueError as error:
+            handle.close()
+            return fail(SendError(f"cannot send {escape(repr(remote))}: {error}"))
+    protocol = SenderProtocol(
+        handle,
+        info.st_size,
+        request,
+        progress,
+        reactor,
+        timeouts.idle,
+        reply_wait(timeouts, request),
+    )
     connecting = endpoint.connect(Factory.forProtocol(lambda: protocol))
+    timer: IDelayedCall | None = None
+    if timeouts.connect is not None:
+        timer = reactor.callLater(timeouts.connect, connecting.cancel)
 
     def close(result: Any) -> Any:
         handle.close()
         return result
 
     def connected(_: Any) -> Deferred[Receipt]:
+        if timer is not None and timer.active():
+            timer.cancel()
         return protocol.result
 
-    return connecting.addCallback(connected).addBoth(close)
+    def not_connected(failure: Failure) -> Failure:
+        if timer is None or timer.active():
+            if timer is not None:
+                timer.cancel()
+            return failure  # refused, unreachable, or cancelled by our caller
+        if failure.check(CancelledError, "twisted.internet.error.ConnectingCancelledError"):
+            raise ConnectTimeout(
+                f"no connection within {timeouts.connect:g} s "
+                "(is the host up and the port open, or a firewall dropping packets?)"
+            )
+        return failure
+
+    return connecting.addErrback(not_connected).addCallback(connected).addBoth(close)
