@@ -706,7 +706,8 @@ class FakeUDPNetwork(Clock):
     of the clock's time; nothing moves until the clock does:
     L{flush} delivers what is due now, L{run_until} lets time pass until a
     Deferred has fired, and C{advance} works as on any L{Clock}.  A
-    datagram for an address where no port listens is dropped.
+    datagram for an address where no port listens is dropped when sent
+    (it is still in the sending port's C{sent}).
 
     Ports deliver to a TFTP transfer through its own burst reads and fast
     path (see L{FakeUDPPort}), as real ports do.
@@ -792,7 +793,12 @@ class FakeUDPNetwork(Clock):
         return None
 
     def carry(self, source: Address, target: Address, datagram: bytes) -> None:
-        """Put C{datagram} on the wire: lost, duplicated and delayed as configured."""
+        """Put C{datagram} on the wire: lost, duplicated and delayed as configured.
+
+        A datagram for an address where no port listens is dropped at once.
+        """
+        if self.port_at(target) is None:
+            return
         draw = self.random.random
         copies = 2 if self.duplicate and draw() < self.duplicate else 1
         for _ in range(copies):
