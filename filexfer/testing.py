@@ -705,7 +705,10 @@ class FakeUDPNetwork(Clock):
     C{latency} (plus up to C{jitter}, so later datagrams may overtake it)
     of the clock's time; nothing moves until the clock does:
     L{flush} delivers what is due now, L{run_until} lets time pass until a
-    Deferred has fired, and C{advance} works as on any L{Clock}.  A
+    Deferred has fired, and C{advance} works as on any L{Clock} (which
+    moves the time first, then runs what was due: a timer re-armed then
+    counts from the end of the step; step by step, or use L{run_until},
+    to keep retransmissions on time).  A
     datagram for an address where no port listens is dropped when sent
     (it is still in the sending port's C{sent}).
 
@@ -723,6 +726,8 @@ class FakeUDPNetwork(Clock):
 
     @ivar ports: every port opened, in order, closed ones included.
     @ivar listen_error: when set, C{listenUDP} raises it (say, no ports left).
+    @ivar drop: when set, called as C{drop(source, target, datagram)} for
+        every datagram sent; True loses it (to lose chosen datagrams).
     """
 
     def __init__(
@@ -744,6 +749,7 @@ class FakeUDPNetwork(Clock):
         self.host = host
         self.ports: list[FakeUDPPort] = []
         self.listen_error: Exception | None = None
+        self.drop: Callable[[Address, Address, bytes], bool] | None = None
         self._open: dict[int, FakeUDPPort] = {}
         self._next_number = 40000
 
@@ -798,6 +804,9 @@ class FakeUDPNetwork(Clock):
         A datagram for an address where no port listens is dropped at once.
         """
         if self.port_at(target) is None:
+            return
+        drop = self.drop
+        if drop is not None and drop(source, target, datagram):
             return
         draw = self.random.random
         copies = 2 if self.duplicate and draw() < self.duplicate else 1
