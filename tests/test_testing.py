@@ -68,7 +68,7 @@ class FixtureTests(unittest.TestCase):
         )
         output = result.stdout + result.stderr
         self.assertEqual(result.returncode, 0, output)
-        self.assertRegex(output, r"\b8 passed\b")
+        self.assertRegex(output, r"\b9 passed\b")
 
 
 # -- MemoryStorage, as a trial test case ---------------------------------------------
