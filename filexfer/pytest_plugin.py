@@ -20,6 +20,9 @@ C{@pytest_twisted.inlineCallbacks})::
         assert open(filexfer_receiver.path(receipt.path), "rb").read() == b"hello"
 
  - C{filexfer_memory_storage}: a fresh L{MemoryStorage};
+ - C{filexfer_fake_udp}: a fresh L{FakeUDPNetwork}, the reactor (a clock
+   with C{listenUDP}) for TFTP tests without sockets; like the storage, it
+   needs no pytest-twisted;
  - C{filexfer_receiver}: a L{RunningReceiver} on a free loopback TCP port,
    storing under C{tmp_path / "filexfer-receiver"};
  - C{filexfer_tftp_server}: a L{RunningTFTPServer} on a free loopback UDP
@@ -42,6 +45,7 @@ from typing import Any
 import pytest
 
 from filexfer.testing import (
+    FakeUDPNetwork,
     MemoryStorage,
     RunningReceiver,
     RunningTFTPServer,
@@ -66,6 +70,12 @@ def _reactor() -> Any:
 def filexfer_memory_storage() -> MemoryStorage:
     """A fresh L{MemoryStorage} (conflict policy C{rename}, no size limit)."""
     return MemoryStorage()
+
+
+@pytest.fixture
+def filexfer_fake_udp() -> FakeUDPNetwork:
+    """A fresh L{FakeUDPNetwork}: a clock and a lossless UDP network in memory."""
+    return FakeUDPNetwork()
 
 
 if pytest_twisted is not None:

@@ -9,6 +9,11 @@
    pieces it is made of, for tests that need them apart;
  - L{ManualRunner}: a C{run_blocking} that runs the storage's work only when
    the test says so, to look at a transfer while the storage is busy;
+ - L{FakeUDPNetwork}: a L{Clock} that also provides C{listenUDP}, a UDP
+   network in memory with optional latency, jitter, loss and duplication
+   (seeded); its L{FakeUDPPort}s hand datagrams to a TFTP transfer through
+   the transfer's own burst reads and fast path, as real sockets do, and
+   record what is written to them;
  - L{start_receiver}, L{start_tftp_server}: a receiver or a TFTP server on a
    free loopback port of the real reactor, storing under a root directory,
    for tests that want real sockets (L{RunningReceiver.stop} and
@@ -32,23 +37,47 @@ A file sent with L{send_file} to a receiver storing into memory::
     ('notes/hello.txt', 5)
     >>> storage.files
     {'notes/hello.txt': b'hello'}
+
+A TFTP download from a server, both on a lossy network in memory; the
+clock runs the retransmission timers::
+
+    >>> from filexfer.testing import FakeUDPNetwork
+    >>> from filexfer.tftp import TFTPServerProtocol, download
+    >>> network = FakeUDPNetwork(latency=0.001, loss=0.2, seed=1)
+    >>> storage = MemoryStorage()
+    >>> storage.files["boot.img"] = bytes(range(256)) * 40
+    >>> server = TFTPServerProtocol(storage=storage, reactor=network)
+    >>> _ = network.listenUDP(69, server)
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     local = os.path.join(folder, "boot.img")
+    ...     result = download(network, "127.0.0.1", 69, "boot.img", local, blksize=512)
+    ...     network.run_until(result)
+    ...     with open(local, "rb") as handle:
+    ...         handle.read() == storage.files["boot.img"]
+    True
+    True
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import hmac
 import io
 import os
+import random
+from collections import deque
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
 import attrs
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, fail, gatherResults, maybeDeferred, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
-from twisted.internet.error import ConnectionDone
+from twisted.internet.error import CannotListenError, ConnectionDone
 from twisted.internet.interfaces import (
     IAddress,
+    IDelayedCall,
     IHalfCloseableProtocol,
     IListeningPort,
     IProtocol,
@@ -56,8 +85,9 @@ from twisted.internet.interfaces import (
     IReactorTCP,
     IReactorUDP,
     IStreamClientEndpoint,
+    IUDPTransport,
 )
-from twisted.internet.protocol import Factory
+from twisted.internet.protocol import DatagramProtocol, Factory
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.test import iosim
@@ -78,9 +108,12 @@ from filexfer.storage import (
 from filexfer.storage._disk import run_here
 from filexfer.tcp.receiver import ReceiverFactory, ReceiverProtocol
 from filexfer.tcp.sender import send_file
+from filexfer.tftp._udp import reads_itself
 from filexfer.tftp.server import TFTPServerProtocol
 
 __all__ = [
+    "FakeUDPNetwork",
+    "FakeUDPPort",
     "HalfCloseFakeTransport",
     "InMemoryEndpoint",
     "InMemoryReceiver",
@@ -486,6 +519,337 @@ class InMemoryReceiver:
     def flush(self) -> None:
         """Pump every connection until nothing moves (a fresh attempt is a new one)."""
         self.endpoint.flush()
+
+
+# -- a UDP network in memory -------------------------------------------------------
+
+Address = tuple[str, int]
+
+_WILDCARD_HOSTS = ("", "0.0.0.0", "::")
+
+
+class _FakeSocket:
+    """The socket a L{FakeUDPPort} hands to a protocol that reads it itself.
+
+    Only what a TFTP transfer calls on a real socket: C{recvfrom}.
+    """
+
+    def __init__(self, queue: deque[tuple[bytes, Address]]) -> None:
+        self._queue = queue
+
+    def recvfrom(self, bufsize: int) -> tuple[bytes, Address]:
+        """The next waiting datagram, cut to C{bufsize} bytes as UDP does.
+
+        @raise BlockingIOError: nothing waits (C{EAGAIN}, as a non-blocking socket).
+        """
+        if not self._queue:
+            raise BlockingIOError(errno.EAGAIN, "no datagram waiting")
+        datagram, addr = self._queue.popleft()
+        return datagram[:bufsize], addr
+
+
+@implementer(IListeningPort, IUDPTransport)
+class FakeUDPPort:
+    """One UDP port on a L{FakeUDPNetwork}: what C{listenUDP} returns, and the transport.
+
+    Datagrams that arrive wait in a queue, as in a socket's buffer, and the
+    port tells its protocol the way a real port does: a protocol with
+    C{readable(sock, bufsize)} (a TFTP transfer, see
+    L{filexfer.tftp._udp.reads_itself}) is called with a socket-like object
+    and reads the queue itself with C{recvfrom}, in bursts, through the
+    same fast path as on a real socket; any other protocol gets
+    C{datagramReceived} once per datagram.  Like a level-triggered poller,
+    the port asks again while datagrams wait and the protocol takes some.
+    An exception the protocol raises is not caught: the test sees it.
+
+    @ivar protocol: the protocol listening here.
+    @ivar interface: the interface it was bound on (as given to C{listenUDP}).
+    @ivar number: the port number.
+    @ivar maxPacketSize: longer datagrams are cut to this size when read.
+    @ivar sent: every datagram written here, with its destination, in order;
+        a test may read and clear it.
+    @ivar closed: whether C{stopListening} was called.
+    """
+
+    def __init__(
+        self,
+        network: FakeUDPNetwork,
+        number: int,
+        protocol: DatagramProtocol,
+        interface: str,
+        maxPacketSize: int,
+    ) -> None:
+        self.network = network
+        self.number = number
+        self.protocol = protocol
+        self.interface = interface
+        self.maxPacketSize = maxPacketSize
+        self.sent: list[tuple[bytes, Address]] = []
+        self.closed = False
+        self._incoming: deque[tuple[bytes, Address]] = deque()
+        self._socket = _FakeSocket(self._incoming)
+        self._ready: IDelayedCall | None = None
+        self._broadcast = False
+
+    # -- what the protocol calls -----------------------------------------------------
+
+    def write(self, packet: bytes, addr: Address | None = None) -> None:
+        """Send C{packet} to C{addr}; the network carries it (or loses it).
+
+        @raise OSError: the port is closed (C{EBADF}), as a closed socket would.
+        """
+        if self.closed:
+            raise OSError(errno.EBADF, "the port is closed")
+        if addr is None:
+            raise NotImplementedError("connected UDP ports are not simulated")
+        target = (addr[0], addr[1])
+        datagram = bytes(packet)
+        self.sent.append((datagram, target))
+        self.network.carry(self.source_for(target), target, datagram)
+
+    def getHost(self) -> IPv4Address | IPv6Address:
+        """The address bound (C{0.0.0.0} for an IPv4 wildcard), as a real port says."""
+        if ":" in self.interface:
+            return IPv6Address("UDP", self.interface, self.number)
+        return IPv4Address("UDP", self.interface or "0.0.0.0", self.number)
+
+    def stopListening(self) -> Deferred[None]:
+        """Close the port at once: waiting datagrams are dropped, the protocol stopped."""
+        if self.closed:
+            return succeed(None)
+        self.closed = True
+        self._incoming.clear()
+        if self._ready is not None and self._ready.active():
+            self._ready.cancel()
+        self.network.forget(self)
+        self.protocol.doStop()
+        return succeed(None)
+
+    def startListening(self) -> None:
+        """Nothing to do: C{listenUDP} returns a listening port."""
+
+    def connect(self, host: str, port: int) -> None:
+        """Not simulated: TFTP and most UDP servers use unconnected ports."""
+        raise NotImplementedError("connected UDP ports are not simulated")
+
+    def setBroadcastAllowed(self, enabled: bool) -> None:
+        """Remember the flag (broadcast itself is not simulated)."""
+        self._broadcast = enabled
+
+    def getBroadcastAllowed(self) -> bool:
+        """The flag set with L{setBroadcastAllowed}."""
+        return self._broadcast
+
+    # -- what the test (or the network) calls ---------------------------------------
+
+    def source_for(self, target: Address) -> Address:
+        """The address datagrams from here to C{target} come from.
+
+        A port bound on a wildcard sends from the host it sends to, as the
+        only host of this network would.
+        """
+        host = self.interface
+        if host in _WILDCARD_HOSTS:
+            host = target[0] if (":" in target[0]) == (host == "::") else self.network.host
+        return (host, self.number)
+
+    def receive(self, datagram: bytes, addr: Address) -> None:
+        """C{datagram} arrives from C{addr} now: the protocol reads it before this returns.
+
+        For a test that plays the peer itself.  It goes through the same
+        reading as a datagram the network carries.
+        """
+        if self.closed:
+            return
+        self._incoming.append((bytes(datagram), (addr[0], addr[1])))
+        self._read()
+
+    def arrive(self, datagram: bytes, addr: Address) -> None:
+        """C{datagram} arrives from C{addr}: the protocol reads it at the next turn.
+
+        Datagrams that arrive at the same instant are read in one go (a
+        burst), as a reactor polls once for all of them.
+        """
+        if self.closed:
+            return
+        self._incoming.append((datagram, addr))
+        if self._ready is None or not self._ready.active():
+            self._ready = self.network.callLater(0, self._read)
+
+    @property
+    def waiting(self) -> int:
+        """Datagrams that arrived and were not read yet."""
+        return len(self._incoming)
+
+    def _read(self) -> None:
+        queue = self._incoming
+        protocol = self.protocol
+        while queue and not self.closed:
+            before = len(queue)
+            if reads_itself(protocol):
+                protocol.readable(self._socket, self.maxPacketSize)  # type: ignore[attr-defined]
+            else:
+                datagram, addr = queue.popleft()
+                protocol.datagramReceived(datagram[: self.maxPacketSize], addr)
+            if len(queue) >= before:
+                return  # the protocol read nothing: a real poller would spin here
+
+
+@implementer(IReactorUDP)
+class FakeUDPNetwork(Clock):
+    """A L{Clock} that also provides C{listenUDP}: a UDP network on one host, in memory.
+
+    Pass it as the reactor to L{TFTPServerProtocol}, L{filexfer.tftp.upload}
+    or L{filexfer.tftp.download} (or any C{DatagramProtocol}).  A datagram
+    written to a port reaches the open port at its address after
+    C{latency} (plus up to C{jitter}, so later datagrams may overtake it)
+    of the clock's time; nothing moves until the clock does:
+    L{flush} delivers what is due now, L{run_until} lets time pass until a
+    Deferred has fired, and C{advance} works as on any L{Clock} (which
+    moves the time first, then runs what was due: a timer re-armed then
+    counts from the end of the step; step by step, or use L{run_until},
+    to keep retransmissions on time).  A
+    datagram for an address where no port listens is dropped when sent
+    (it is still in the sending port's C{sent}).
+
+    Ports deliver to a TFTP transfer through its own burst reads and fast
+    path (see L{FakeUDPPort}), as real ports do.
+
+    @param latency: seconds each datagram takes.
+    @param jitter: up to this many more seconds, drawn for each datagram.
+    @param loss: the probability that a datagram is lost.
+    @param duplicate: the probability that a datagram arrives twice (each
+        copy may still be lost, and is delayed on its own).
+    @param seed: seeds the draws, so a run can be repeated exactly.
+    @param host: the address of the one host, where ports bound on a
+        wildcard send from.
+
+    @ivar ports: every port opened, in order, closed ones included.
+    @ivar listen_error: when set, C{listenUDP} raises it (say, no ports left).
+    @ivar drop: when set, called as C{drop(source, target, datagram)} for
+        every datagram sent; True loses it (to lose chosen datagrams).
+    """
+
+    def __init__(
+        self,
+        *,
+        latency: float = 0.0,
+        jitter: float = 0.0,
+        loss: float = 0.0,
+        duplicate: float = 0.0,
+        seed: int = 0,
+        host: str = LOOPBACK,
+    ) -> None:
+        super().__init__()
+        self.latency = latency
+        self.jitter = jitter
+        self.loss = loss
+        self.duplicate = duplicate
+        self.random = random.Random(seed)
+        self.host = host
+        self.ports: list[FakeUDPPort] = []
+        self.listen_error: Exception | None = None
+        self.drop: Callable[[Address, Address, bytes], bool] | None = None
+        self._open: dict[int, FakeUDPPort] = {}
+        self._next_number = 40000
+
+    def listenUDP(
+        self,
+        port: int,
+        protocol: DatagramProtocol,
+        interface: str = "",
+        maxPacketSize: int = 8192,
+    ) -> FakeUDPPort:
+        """Open a port (a free one from 40000 up for 0) and start C{protocol} on it.
+
+        @raise CannotListenError: the number is taken.
+        """
+        if self.listen_error is not None:
+            raise self.listen_error
+        if port == 0:
+            port = self._free_number()
+        elif port in self._open:
+            raise CannotListenError(interface, port, OSError(errno.EADDRINUSE, "in use"))
+        fake = FakeUDPPort(self, port, protocol, interface, maxPacketSize)
+        self.ports.append(fake)
+        self._open[port] = fake
+        protocol.makeConnection(fake)
+        return fake
+
+    def _free_number(self) -> int:
+        for _ in range(65536):
+            number = self._next_number
+            self._next_number = number + 1 if number < 65535 else 1024
+            if number not in self._open:
+                return number
+        raise CannotListenError("", 0, OSError(errno.EADDRINUSE, "no free port"))
+
+    def forget(self, port: FakeUDPPort) -> None:
+        """C{port} has closed: its number is free again."""
+        if self._open.get(port.number) is port:
+            del self._open[port.number]
+
+    def port_at(self, address: Address) -> FakeUDPPort | None:
+        """The open port datagrams to C{address} reach, if any."""
+        port = self._open.get(address[1])
+        if port is None:
+            return None
+        if port.interface in _WILDCARD_HOSTS or port.interface == address[0]:
+            return port
+        return None
+
+    def carry(self, source: Address, target: Address, datagram: bytes) -> None:
+        """Put C{datagram} on the wire: lost, duplicated and delayed as configured.
+
+        A datagram for an address where no port listens is dropped at once.
+        """
+        if self.port_at(target) is None:
+            return
+        drop = self.drop
+        if drop is not None and drop(source, target, datagram):
+            return
+        draw = self.random.random
+        copies = 2 if self.duplicate and draw() < self.duplicate else 1
+        for _ in range(copies):
+            if self.loss and draw() < self.loss:
+                continue
+            delay = self.latency + (draw() * self.jitter if self.jitter else 0.0)
+            self.callLater(delay, self._deliver, source, target, datagram)
+
+    def _deliver(self, source: Address, target: Address, datagram: bytes) -> None:
+        port = self.port_at(target)
+        if port is not None:
+            port.arrive(datagram, source)
+
+    def flush(self) -> None:
+        """Run what is due now: deliver datagrams in flight without latency, and the replies."""
+        self.advance(0)
+
+    def run_until(self, result: Deferred[Any], limit: float = 600.0) -> bool:
+        """Let the clock jump from one delayed call to the next until C{result} has fired.
+
+        Stops after C{limit} seconds of the clock's time, or when nothing
+        is scheduled any more.
+
+        @return: whether C{result} has fired.
+        """
+        fired: list[bool] = []
+
+        def note(value: object) -> object:
+            fired.append(True)
+            return value
+
+        result.addBoth(note)
+        end = self.seconds() + limit
+        self.advance(0)
+        while not fired and self.calls:
+            when = min(call.getTime() for call in self.calls)
+            if when > end:
+                self.advance(end - self.seconds())
+                break
+            self.rightNow = max(self.rightNow, when)
+            self.advance(0)
+        return bool(fired)
 
 
 # -- blocking work -----------------------------------------------------------------

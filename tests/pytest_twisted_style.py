@@ -18,7 +18,7 @@ from twisted.internet.defer import Deferred
 import filexfer.testing
 from filexfer import Receipt, send_file
 from filexfer.tcp.sender import ServerRefused
-from filexfer.testing import MemoryStorage, RunningReceiver, RunningTFTPServer
+from filexfer.testing import FakeUDPNetwork, MemoryStorage, RunningReceiver, RunningTFTPServer
 from filexfer.tftp.client import download, upload
 from tests.helpers import payload, sha256_bytes, write_file
 
@@ -139,3 +139,17 @@ def test_memory_storage_fixture(filexfer_memory_storage: MemoryStorage) -> None:
     """filexfer_memory_storage is a fresh, empty MemoryStorage."""
     assert isinstance(filexfer_memory_storage, MemoryStorage)
     assert filexfer_memory_storage.files == {}
+
+
+def test_fake_udp_fixture(
+    filexfer_fake_udp: FakeUDPNetwork, filexfer_memory_storage: MemoryStorage, tmp_path: Path
+) -> None:
+    """filexfer_fake_udp runs a TFTP download with no sockets and no running reactor."""
+    from filexfer.tftp.server import TFTPServerProtocol
+
+    network, storage = filexfer_fake_udp, filexfer_memory_storage
+    storage.files["f"] = payload(3000)
+    network.listenUDP(69, TFTPServerProtocol(storage=storage, reactor=network))
+    result = download(network, "127.0.0.1", 69, "f", tmp_path / "f")
+    assert network.run_until(result)
+    assert (tmp_path / "f").read_bytes() == storage.files["f"]

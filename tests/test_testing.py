@@ -15,6 +15,8 @@ import sys
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.error import CannotListenError
+from twisted.internet.protocol import DatagramProtocol
 from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
@@ -22,10 +24,13 @@ import filexfer.testing
 from filexfer import IStorage, IUpload, Receipt, TransferError
 from filexfer.tcp.sender import ServerRefused
 from filexfer.testing import (
+    FakeUDPNetwork,
     InMemoryReceiver,
     ManualRunner,
     MemoryStorage,
 )
+from filexfer.tftp import TFTPServerProtocol, download
+from filexfer.tftp.transfer import Receiver, Transfer
 
 from .helpers import ROOT, child_env, payload, sha256_bytes, write_file
 
@@ -63,7 +68,7 @@ class FixtureTests(unittest.TestCase):
         )
         output = result.stdout + result.stderr
         self.assertEqual(result.returncode, 0, output)
-        self.assertRegex(output, r"\b8 passed\b")
+        self.assertRegex(output, r"\b9 passed\b")
 
 
 # -- MemoryStorage, as a trial test case ---------------------------------------------
@@ -265,3 +270,131 @@ class InMemoryReceiverTests(unittest.TestCase):
         """Everything in filexfer.testing.__all__ exists and is documented."""
         for name in filexfer.testing.__all__:
             self.assertTrue(getattr(filexfer.testing, name).__doc__, name)
+
+
+# -- FakeUDPNetwork ------------------------------------------------------------------
+
+
+class _Recorder(DatagramProtocol):
+    """A plain protocol: records what datagramReceived gets."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[bytes, Any]] = []
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        self.received.append((datagram, addr))
+
+
+class _Reader(DatagramProtocol):
+    """A protocol that reads its port itself, as a TFTP transfer does."""
+
+    def __init__(self, per_call: int) -> None:
+        self.per_call = per_call
+        self.calls: list[list[bytes]] = []
+
+    def readable(self, sock: Any, bufsize: int) -> None:
+        burst = []
+        for _ in range(self.per_call):
+            try:
+                datagram, _addr = sock.recvfrom(bufsize)
+            except BlockingIOError:
+                break
+            burst.append(datagram)
+        self.calls.append(burst)
+
+
+class FakeUDPNetworkTests(unittest.TestCase):
+    """FakeUDPNetwork carries datagrams between ports the way real ports deliver them."""
+
+    def test_plain_protocol_gets_datagram_received(self) -> None:
+        """A protocol without readable() gets datagramReceived, from the sender's address."""
+        net = FakeUDPNetwork()
+        recorder = _Recorder()
+        net.listenUDP(69, recorder)
+        sender = net.listenUDP(0, _Recorder())
+        sender.write(b"hello", ("127.0.0.1", 69))
+        sender.write(b"nobody", ("127.0.0.1", 70))
+        self.assertEqual(recorder.received, [])
+        net.flush()
+        self.assertEqual(recorder.received, [(b"hello", ("127.0.0.1", sender.number))])
+        self.assertEqual([d for d, _ in sender.sent], [b"hello", b"nobody"])
+
+    def test_reader_reads_bursts_until_empty(self) -> None:
+        """Datagrams arriving together are read in bursts; the port asks again while any wait."""
+        net = FakeUDPNetwork(latency=0.01)
+        reader = _Reader(per_call=2)
+        port = net.listenUDP(69, reader, maxPacketSize=4)
+        sender = net.listenUDP(0, _Recorder())
+        for datagram in (b"one", b"two", b"three!"):
+            sender.write(datagram, ("127.0.0.1", 69))
+        net.advance(0.005)
+        self.assertEqual((reader.calls, port.waiting), ([], 0))
+        net.advance(0.005)
+        self.assertEqual(reader.calls, [[b"one", b"two"], [b"thre"]])
+
+    def test_loss_duplication_and_drop_hook(self) -> None:
+        """Seeded loss and duplication repeat exactly; drop() loses chosen datagrams."""
+
+        def run(**options: Any) -> list[bytes]:
+            net = FakeUDPNetwork(**options)
+            recorder = _Recorder()
+            net.listenUDP(69, recorder)
+            sender = net.listenUDP(0, _Recorder())
+            for number in range(200):
+                sender.write(b"%d" % number, ("127.0.0.1", 69))
+            net.flush()
+            return [d for d, _ in recorder.received]
+
+        lossy = run(loss=0.25, duplicate=0.25, seed=4)
+        self.assertEqual(lossy, run(loss=0.25, duplicate=0.25, seed=4))
+        self.assertLess(len(set(lossy)), 200)
+        self.assertGreater(len(lossy), len(set(lossy)))
+        net = FakeUDPNetwork()
+        net.drop = lambda source, target, datagram: datagram == b"b"
+        recorder = _Recorder()
+        net.listenUDP(69, recorder)
+        sender = net.listenUDP(0, _Recorder())
+        for datagram in (b"a", b"b", b"c"):
+            sender.write(datagram, ("127.0.0.1", 69))
+        net.flush()
+        self.assertEqual([d for d, _ in recorder.received], [b"a", b"c"])
+
+    def test_tftp_transfer_takes_the_fast_path(self) -> None:
+        """A TFTP download's DATA reaches the transfers' fast_packet, not datagramReceived."""
+        fast: list[int] = []
+        slow: list[bytes] = []
+        fast_packet = Receiver.fast_packet
+        datagram_received = Transfer.datagramReceived
+
+        def counting_fast(self: Receiver, block: int, datagram: bytes) -> bool:
+            fast.append(block)
+            return fast_packet(self, block, datagram)
+
+        def counting_slow(self: Transfer, datagram: bytes, addr: Any) -> None:
+            slow.append(datagram[:2])
+            datagram_received(self, datagram, addr)
+
+        self.patch(Receiver, "fast_packet", counting_fast)
+        self.patch(Transfer, "datagramReceived", counting_slow)
+        net = FakeUDPNetwork()
+        storage = MemoryStorage()
+        storage.files["f"] = payload(512 * 20)
+        net.listenUDP(69, TFTPServerProtocol(storage=storage, reactor=net))
+        target = os.path.abspath(self.mktemp())
+        result = download(net, "127.0.0.1", 69, "f", target, blksize=512, windowsize=4)
+        self.assertTrue(net.run_until(result))
+        self.assertEqual(self.successResultOf(result), 512 * 20)
+        self.assertEqual(fast, list(range(1, 22)))  # 20 full blocks and an empty one
+        self.assertEqual(slow, [b"\x00\x06"])  # only the OACK took the slow path
+
+    def test_port_numbers_and_listen_errors(self) -> None:
+        """Port 0 picks a free number; a taken number and listen_error raise."""
+        net = FakeUDPNetwork()
+        first = net.listenUDP(0, _Recorder(), interface="::")
+        self.assertEqual((first.number, first.getHost().host), (40000, "::"))
+        self.assertRaises(CannotListenError, net.listenUDP, 40000, _Recorder())
+        first.stopListening()
+        self.assertTrue(first.closed)
+        self.assertEqual(net.listenUDP(40000, _Recorder()).number, 40000)
+        net.listen_error = CannotListenError("", 0, OSError("no ports left"))
+        self.assertRaises(CannotListenError, net.listenUDP, 0, _Recorder())

@@ -12,11 +12,11 @@ from typing import Any
 from twisted.internet import defer, threads
 from twisted.internet import reactor as _reactor
 from twisted.internet.protocol import DatagramProtocol
-from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 import filexfer.tftp
 from filexfer.storage import DirectoryStorage
+from filexfer.testing import FakeUDPNetwork, MemoryStorage
 from filexfer.tftp import TFTPError, TFTPServerProtocol, TFTPTimeout, download, upload
 from filexfer.tftp import _packets as p
 
@@ -457,88 +457,12 @@ def _until(condition: Callable[[], bool]) -> Generator[Any, Any, None]:
         yield d
 
 
-class _SimPort:
-    """One UDP port on the simulated network."""
-
-    def __init__(self, net: _SimNet, address: tuple[str, int], protocol: DatagramProtocol) -> None:
-        self.net = net
-        self.address = address
-        self.protocol = protocol
-        self.open = True
-
-    def write(self, datagram: bytes, addr: tuple[str, int]) -> None:
-        self.net.carry(self.address, (addr[0], addr[1]), bytes(datagram))
-
-    def getHost(self) -> Any:
-        from twisted.internet.address import IPv4Address
-
-        return IPv4Address("UDP", *self.address)
-
-    def stopListening(self) -> None:
-        self.open = False
-        del self.net.ports[self.address]
-        self.protocol.doStop()
-
-
-class _SimNet(Clock):
-    """A clock plus a lossy, duplicating, reordering network on one host.
-
-    Every datagram is dropped with probability C{loss}, else delivered after
-    1-3 ms (so later datagrams may overtake earlier ones), and delivered
-    twice when C{duplicate}.
-    """
-
-    def __init__(self, seed: int, loss: float = 0.0, duplicate: bool = False) -> None:
-        super().__init__()
-        self.random = random.Random(seed)
-        self.loss = loss
-        self.duplicate = duplicate
-        self.ports: dict[tuple[str, int], _SimPort] = {}
-        self.sent: list[tuple[tuple[str, int], bytes]] = []
-        self._next = 40000
-
-    def listenUDP(
-        self, port: int, protocol: DatagramProtocol, interface: str = "", maxPacketSize: int = 0
-    ) -> _SimPort:
-        if port == 0:
-            self._next += 1
-            port = self._next
-        address = ("127.0.0.1", port)
-        sim = _SimPort(self, address, protocol)
-        self.ports[address] = sim
-        protocol.makeConnection(sim)  # type: ignore[arg-type]
-        return sim
-
-    def carry(self, source: tuple[str, int], target: tuple[str, int], datagram: bytes) -> None:
-        self.sent.append((source, datagram))
-        for _ in range(2 if self.duplicate else 1):
-            if self.random.random() < self.loss:
-                continue
-            delay = 0.001 + self.random.random() * 0.002
-            self.callLater(delay, self._deliver, source, target, datagram)
-
-    def _deliver(self, source: tuple[str, int], target: tuple[str, int], datagram: bytes) -> None:
-        port = self.ports.get(target)
-        if port is not None:
-            port.protocol.datagramReceived(datagram, source)
-
-    def run(self, d: defer.Deferred[Any], limit: float = 600.0) -> None:
-        """Advance time in 1 ms steps until C{d} has fired (or C{limit} seconds)."""
-        fired: list[bool] = []
-
-        def note(result: object) -> object:
-            fired.append(True)
-            return result
-
-        d.addBoth(note)
-        for _ in range(int(limit * 1000)):
-            if fired:
-                return
-            self.advance(0.001)
-
-
 class SimulatedNetworkTests(unittest.TestCase):
-    """Our client and server over a simulated lossy, reordering, duplicating network."""
+    """Our client and server over a simulated lossy, reordering, duplicating network.
+
+    L{FakeUDPNetwork} delays every datagram 1-3 ms (so later ones may
+    overtake earlier ones), and drops or duplicates as asked; no sockets.
+    """
 
     def setUp(self) -> None:
         self.root = os.path.abspath(self.mktemp())
@@ -549,39 +473,130 @@ class SimulatedNetworkTests(unittest.TestCase):
         with open(self.source, "wb") as handle:
             handle.write(self.data)
 
-    def serve(self, net: _SimNet) -> TFTPServerProtocol:
+    def network(self, seed: int, loss: float = 0.0, duplicate: float = 0.0) -> FakeUDPNetwork:
+        return FakeUDPNetwork(
+            latency=0.001, jitter=0.002, loss=loss, duplicate=duplicate, seed=seed
+        )
+
+    def serve(self, net: FakeUDPNetwork) -> TFTPServerProtocol:
         server = TFTPServerProtocol(
             storage=DirectoryStorage(self.root), reactor=net, timeout=0.05, retries=20
         )
         net.listenUDP(69, server)
         return server
 
-    def transfer(self, net: _SimNet, **options: Any) -> None:
+    def transfer(self, net: FakeUDPNetwork, **options: Any) -> None:
         self.serve(net)
         up = upload(net, "127.0.0.1", 69, self.source, "f", timeout=0.05, retries=20, **options)
-        net.run(up)
+        net.run_until(up)
         self.assertEqual(self.successResultOf(up), len(self.data))
         with open(os.path.join(self.root, "f"), "rb") as handle:
             self.assertEqual(handle.read(), self.data)
         target = os.path.join(self.local, "copy")
         down = download(net, "127.0.0.1", 69, "f", target, timeout=0.05, retries=20, **options)
-        net.run(down)
+        net.run_until(down)
         self.assertEqual(self.successResultOf(down), len(self.data))
         with open(target, "rb") as handle:
             self.assertEqual(handle.read(), self.data)
 
     def test_lossy_lockstep(self) -> None:
         """With 10% loss and reordering, lock-step transfers both ways complete intact."""
-        self.transfer(_SimNet(seed=1, loss=0.1), blksize=512, windowsize=1)
+        self.transfer(self.network(seed=1, loss=0.1), blksize=512, windowsize=1)
 
     def test_lossy_windowed(self) -> None:
         """With 10% loss and reordering, windowed transfers both ways complete intact."""
-        self.transfer(_SimNet(seed=2, loss=0.1), blksize=1024, windowsize=8)
+        self.transfer(self.network(seed=2, loss=0.1), blksize=1024, windowsize=8)
 
     def test_duplicated_packets_no_sorcerers_apprentice(self) -> None:
         """When every datagram arrives twice, each DATA block is still sent exactly once."""
-        net = _SimNet(seed=3, duplicate=True)
+        net = self.network(seed=3, duplicate=1.0)
         self.transfer(net, blksize=512, windowsize=1)
         blocks = 300 + 1
-        data_sent = [d for _, d in net.sent if d[:2] == b"\x00\x03"]
+        data_sent = [d for port in net.ports for d, _ in port.sent if d[:2] == b"\x00\x03"]
         self.assertEqual(len(data_sent), 2 * blocks)  # one upload, one download
+
+
+def _is_data(datagram: bytes, block: int) -> bool:
+    return datagram[:4] == b"\x00\x03" + block.to_bytes(2, "big")
+
+
+class FakeNetworkDownloadTests(unittest.TestCase):
+    """download() against a TFTPServerProtocol, both on FakeUDPNetwork: no sockets."""
+
+    def setUp(self) -> None:
+        self.net = FakeUDPNetwork()
+        self.storage = MemoryStorage()
+        self.data = random.Random(5).randbytes(512 * 4 + 100)
+        self.storage.files["f"] = self.data
+        self.server = TFTPServerProtocol(storage=self.storage, reactor=self.net)
+        self.target = os.path.join(os.path.abspath(self.mktemp()))
+        os.makedirs(os.path.dirname(self.target), exist_ok=True)
+
+    def download(self, **options: Any) -> defer.Deferred[int]:
+        options.setdefault("blksize", 512)
+        options.setdefault("windowsize", 1)
+        return download(self.net, "127.0.0.1", 69, "f", self.target, **options)
+
+    def stored(self) -> bytes:
+        with open(self.target, "rb") as handle:
+            return handle.read()
+
+    def test_lost_data_resent_after_timeout(self) -> None:
+        """A lost DATA block is sent again when the clock reaches the timeout, not before."""
+        lost: list[bytes] = []
+
+        def drop(source: Any, target: Any, datagram: bytes) -> bool:
+            if _is_data(datagram, 3) and not lost:
+                lost.append(datagram)
+                return True
+            return False
+
+        self.net.drop = drop
+        self.net.listenUDP(69, self.server)
+        result = self.download(timeout=1.0)
+        self.net.flush()
+        self.assertEqual(len(lost), 1)
+        self.assertNoResult(result)
+        self.net.advance(0.75)
+        self.assertNoResult(result)
+        self.net.advance(0.25)
+        self.assertEqual(self.successResultOf(result), len(self.data))
+        self.assertEqual(self.stored(), self.data)
+        transfer_port = self.net.ports[2]  # the listening port, the client's, the server's
+        sent = [d for d, _ in transfer_port.sent if _is_data(d, 3)]
+        self.assertEqual(len(sent), 2)
+
+    def test_request_repeated_until_server_listens(self) -> None:
+        """The RRQ is repeated on the clock: a server that starts late still answers."""
+        result = self.download(timeout=2.0)
+        self.net.flush()  # the RRQ is lost: nothing listens on port 69 yet
+        self.net.listenUDP(69, self.server)
+        self.net.advance(1.0)
+        self.assertNoResult(result)
+        self.net.advance(1.0)
+        self.assertEqual(self.successResultOf(result), len(self.data))
+        self.assertEqual(self.stored(), self.data)
+
+    def test_silent_server_times_out(self) -> None:
+        """When the server goes quiet mid-transfer the client gives up after its retries."""
+        self.net.drop = lambda source, target, datagram: _is_data(datagram, 2)
+        self.net.listenUDP(69, self.server)
+        result = self.download(timeout=1.0, retries=2)
+        self.net.flush()
+        for _ in range(2):  # Clock.advance runs what is due with the time already moved:
+            self.net.advance(1.0)  # one step per retransmission keeps them on time
+        self.net.advance(0.5)
+        self.assertNoResult(result)
+        self.net.advance(0.5)
+        self.failureResultOf(result, TFTPTimeout)
+        self.assertFalse(os.path.exists(self.target))
+
+    def test_windowed_download_on_lossy_network(self) -> None:
+        """A windowed download over a seeded lossy, reordering network completes intact."""
+        net = self.net = FakeUDPNetwork(latency=0.002, jitter=0.003, loss=0.15, seed=11)
+        self.server = TFTPServerProtocol(storage=self.storage, reactor=net, timeout=1)
+        net.listenUDP(69, self.server)
+        result = self.download(windowsize=4, timeout=1.0, retries=10)
+        self.assertTrue(net.run_until(result, limit=120))
+        self.assertEqual(self.successResultOf(result), len(self.data))
+        self.assertEqual(self.stored(), self.data)

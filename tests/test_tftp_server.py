@@ -1,4 +1,9 @@
-"""The TFTP server's transfer states, driven deterministically with a fake reactor."""
+"""The TFTP server's transfer states, driven deterministically on a fake UDP network.
+
+The tests play the client by hand: L{FakeUDPPort.receive} hands a datagram to
+the server's port at once (through the transfers' own reads and fast path),
+and what the server sends is read back from the port's C{sent}.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +13,15 @@ import os
 from collections.abc import Callable
 from typing import Any, cast
 
-from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
-from twisted.internet.protocol import DatagramProtocol
+from twisted.internet.error import CannotListenError
 from twisted.internet.task import Clock
 from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
 from twisted.trial import unittest
 
 from filexfer._guard import AccessPolicy
 from filexfer.storage import DirectoryStorage
+from filexfer.testing import FakeUDPNetwork, FakeUDPPort
 from filexfer.tftp import TFTPServerProtocol
 from filexfer.tftp import _packets as p
 
@@ -24,54 +29,8 @@ CLIENT = ("127.0.0.1", 50000)
 OTHER = ("127.0.0.1", 50001)
 
 
-class FakePort:
-    """A UDP port that records what is written to it."""
-
-    def __init__(self, number: int, protocol: DatagramProtocol, interface: str) -> None:
-        self.number = number
-        self.protocol = protocol
-        self.interface = interface
-        self.sent: list[tuple[bytes, tuple[str, int]]] = []
-        self.closed = False
-
-    def write(self, datagram: bytes, addr: tuple[str, int]) -> None:
-        self.sent.append((bytes(datagram), (addr[0], addr[1])))
-
-    def getHost(self) -> IPv4Address | IPv6Address:
-        if ":" in self.interface:
-            return IPv6Address("UDP", self.interface, self.number)
-        return IPv4Address("UDP", self.interface or "0.0.0.0", self.number)
-
-    def stopListening(self) -> None:
-        self.closed = True
-        self.protocol.doStop()
-
-
-class FakeReactor(Clock):
-    """A Clock that also provides listenUDP with FakePorts."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.ports: list[FakePort] = []
-        self.failing = False
-
-    def listenUDP(
-        self,
-        port: int,
-        protocol: DatagramProtocol,
-        interface: str = "",
-        maxPacketSize: int = 8192,
-    ) -> FakePort:
-        if self.failing:
-            raise OSError("no ports left")
-        fake = FakePort(port or 40000 + len(self.ports), protocol, interface)
-        self.ports.append(fake)
-        protocol.makeConnection(fake)  # type: ignore[arg-type]
-        return fake
-
-
 class Harness:
-    """A server on a fake reactor, and helpers to play the client."""
+    """A server on a L{FakeUDPNetwork}, and helpers to play the client."""
 
     def __init__(
         self,
@@ -81,7 +40,7 @@ class Harness:
         max_size: int | None = None,
         **kwargs: Any,
     ) -> None:
-        self.reactor = FakeReactor()
+        self.reactor = FakeUDPNetwork()
         self.root = os.path.abspath(test.mktemp())
         self.storage = DirectoryStorage(self.root, on_conflict, max_size=max_size)
         self.server = TFTPServerProtocol(storage=self.storage, reactor=self.reactor, **kwargs)
@@ -102,18 +61,18 @@ class Harness:
         state = os.path.join(self.root, ".filexfer")
         return [name for sub in ("tmp", "partial") for name in os.listdir(os.path.join(state, sub))]
 
-    def request(self, packet: p.Packet, client: tuple[str, int] = CLIENT) -> FakePort | None:
+    def request(self, packet: p.Packet, client: tuple[str, int] = CLIENT) -> FakeUDPPort | None:
         """Send a request to the main port; return the new transfer port, if any."""
         before = len(self.reactor.ports)
-        self.server.datagramReceived(p.encode(packet), client)
+        self.main.receive(p.encode(packet), client)
         if len(self.reactor.ports) > before:
             return self.reactor.ports[-1]
         return None
 
-    def send(self, port: FakePort, packet: p.Packet, client: tuple[str, int] = CLIENT) -> None:
-        port.protocol.datagramReceived(p.encode(packet), client)
+    def send(self, port: FakeUDPPort, packet: p.Packet, client: tuple[str, int] = CLIENT) -> None:
+        port.receive(p.encode(packet), client)
 
-    def take(self, port: FakePort, to: tuple[str, int] = CLIENT) -> list[p.Packet]:
+    def take(self, port: FakeUDPPort, to: tuple[str, int] = CLIENT) -> list[p.Packet]:
         """The packets sent to C{to} since the last call, decoded."""
         packets = [p.decode(d) for d, addr in port.sent if addr == to]
         port.sent[:] = [(d, addr) for d, addr in port.sent if addr != to]
@@ -353,7 +312,7 @@ class ReadRequestTests(unittest.TestCase):
         port = h.request(p.ReadRequest(b"f", "octet"))
         assert port is not None
         h.take(port)
-        port.protocol.datagramReceived(b"\x00", CLIENT)
+        port.receive(b"\x00", CLIENT)
         self.assertFalse(port.closed)
         h.send(port, p.Ack(1))
         self.assertEqual(h.take(port), [p.Data(2, b"s" * 188)])
@@ -801,15 +760,15 @@ class MainPortTests(unittest.TestCase):
         """Truncated requests and runts are dropped silently, without an exception."""
         h = Harness(self)
         for datagram in (b"", b"\x00", b"\x00\x01", b"\x00\x01name", b"\x00\x02\0octet\0"):
-            h.server.datagramReceived(datagram, CLIENT)
+            h.main.receive(datagram, CLIENT)
         self.assertEqual((h.main.sent, len(h.reactor.ports)), ([], 1))
 
     def test_non_request_opcodes(self) -> None:
         """DATA, ACK, OACK and unknown opcodes are ERROR 4; an ERROR is not answered."""
         h = Harness(self)
         for packet in (p.encode(p.Data(1, b"")), p.encode(p.Ack(0)), b"\x00\x06", b"\x00\x09"):
-            h.server.datagramReceived(packet, CLIENT)
-        h.server.datagramReceived(p.encode(p.Error(0, "x")), CLIENT)
+            h.main.receive(packet, CLIENT)
+        h.main.receive(p.encode(p.Error(0, "x")), CLIENT)
         self.assertEqual([e.code for e in h.take(h.main)], [4, 4, 4, 4])  # type: ignore[union-attr]
 
     def test_transfer_port_interface_follows_listener(self) -> None:
@@ -824,19 +783,19 @@ class MainPortTests(unittest.TestCase):
 
     def test_explicit_interface(self) -> None:
         """The interface argument overrides the listening address for transfer ports."""
-        reactor = FakeReactor()
+        reactor = FakeUDPNetwork()
         root = self.mktemp()
         server = TFTPServerProtocol(
             storage=DirectoryStorage(root), reactor=reactor, interface="127.0.0.2"
         )
-        reactor.listenUDP(69, server, interface="")
-        server.datagramReceived(p.encode(p.WriteRequest(b"f", "octet")), CLIENT)
+        main = reactor.listenUDP(69, server, interface="")
+        main.receive(p.encode(p.WriteRequest(b"f", "octet")), CLIENT)
         self.assertEqual(reactor.ports[-1].interface, "127.0.0.2")
 
     def test_no_transfer_port(self) -> None:
         """When no transfer port can be opened the client gets ERROR 0 and nothing leaks."""
         h = Harness(self)
-        h.reactor.failing = True
+        h.reactor.listen_error = CannotListenError("127.0.0.1", 0, OSError("no ports left"))
         h.put_file("f", b"x")
         self.assertIsNone(h.request(p.ReadRequest(b"f", "octet")))
         self.assertIsNone(h.request(p.WriteRequest(b"g", "octet")))

@@ -5,7 +5,10 @@ direct reads, GRO), sending to the peer (L{make_send}, and L{make_send_many}
 with UDP segmentation offload), and reading bursts of datagrams
 (L{read_burst}, splitting GRO-coalesced runs).  A real Twisted C{udp.Port}
 gets the fast paths; any other transport (a test fake) gets plain
-C{write} and C{datagramReceived}.
+C{write}, and delivers datagrams either with C{datagramReceived} or, like
+L{filexfer.testing.FakeUDPPort}, through the protocol's own
+C{readable(sock, bufsize)} (see L{reads_itself}) with a socket-like object
+whose C{recvfrom} the transfer calls.
 """
 
 from __future__ import annotations
@@ -204,6 +207,17 @@ def read_burst(sock: Any, bufsize: int, burst: int, gro: bool, handle: Handler) 
             return
 
 
+def reads_itself(protocol: Any) -> bool:
+    """Whether C{protocol} reads its port itself: it has C{readable(sock, bufsize)}.
+
+    A port that finds this calls C{protocol.readable(sock, bufsize)} when
+    datagrams wait, instead of C{datagramReceived} once per datagram; the
+    protocol then calls C{sock.recvfrom(bufsize)} (see L{read_burst}) until
+    it has had enough or the socket raises C{BlockingIOError}.
+    """
+    return callable(getattr(protocol, "readable", None))
+
+
 class _ReadingPort(udp.Port):
     """A UDP port that lets its protocol read the socket itself.
 
@@ -223,10 +237,11 @@ class _ReadingPort(udp.Port):
 def _read_directly(port: Any) -> bool:
     """Make a real Twisted UDP C{port} call its protocol's C{readable} itself.
 
-    Any other port (a test fake) is left alone and keeps calling
-    C{datagramReceived}.  Returns whether the port was changed.
+    Any other port (a test fake) is left alone: it delivers datagrams its
+    own way (L{filexfer.testing.FakeUDPPort} calls C{readable} too).
+    Returns whether the port was changed.
     """
-    if type(port) is udp.Port and callable(getattr(port.protocol, "readable", None)):
+    if type(port) is udp.Port and reads_itself(port.protocol):
         port.__class__ = _ReadingPort
         return True
     return False
