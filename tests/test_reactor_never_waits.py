@@ -140,6 +140,17 @@ class HeldBackTests(unittest.TestCase):
         runner.run_all()
         self.assertEqual(self.successResultOf(again).offset, 0)
 
+    def test_discarded_while_a_write_is_in_flight(self) -> None:
+        """A refused upload's name goes at once even while a worker still writes to it."""
+        writes = ManualRunner()
+        self.storage.run_writes = writes
+        upload = self.successResultOf(self.storage.begin("busy.bin", None))
+        upload.write(b"abc")  # a batch in flight in the write pool
+        upload.abort(keep_partial=False)
+        self.assertEqual(state_files(self.root, "tmp"), [])  # before the batch ends
+        writes.run_all()
+        self.assertEqual(state_files(self.root, "tmp"), [])
+
 
 class ServiceTests(unittest.TestCase):
     """The service built for twistd gives the storage a thread pool."""

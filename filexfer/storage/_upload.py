@@ -95,6 +95,7 @@ class Upload:
         self._queued = 0
         self._in_flight: Deferred[Any] | None = None
         self._in_flight_bytes = 0
+        self._aborted = False
         self._error: TransferError | None = None
         self._idle_waiters: list[Deferred[None]] = []
         self._producer: IPushProducer | None = None
@@ -202,7 +203,7 @@ class Upload:
         return self._idle().addCallback(lambda _: self._finish_written(sha256))
 
     def _finish_written(self, claimed: str | None) -> Deferred[Receipt]:
-        if self._closed:
+        if self._closed or self._aborted:
             return fail(TransferError(500, "the upload was aborted"))
         if self._error is not None:
             self.abort(keep_partial=False)
@@ -257,23 +258,29 @@ class Upload:
             self._close()
 
     def abort(self, keep_partial: bool) -> None:
-        if self._closed:
-            return
+        if self._closed or self._aborted:
+            return  # the first abort decides
+        self._aborted = True
         self.unregisterProducer()
         self._queue, self._queued = [], 0
+        keep = keep_partial and self._resumable
+        if not keep:
+            # Unlinking an open file only removes its name, at once (a new
+            # upload of the same file starts a new one, and nothing is left to
+            # see); a worker thread may still write to the descriptor, and the
+            # blocks are freed when it is closed, which for a large file can
+            # take long: that close runs through run_blocking.
+            self._storage.discard(self._temp_name)
         if self._in_flight is not None:
             # a worker thread still writes to the handle: close it afterwards
-            self._idle().addCallback(lambda _: self.abort(keep_partial))
+            self._idle().addCallback(lambda _: self._close_aborted(keep))
+        else:
+            self._close_aborted(keep)
+
+    def _close_aborted(self, keep: bool) -> None:
+        if keep:
+            self._close()  # closing a kept file is cheap
             return
-        if keep_partial and self._resumable:
-            self._handle.flush()  # unbuffered: nothing to write; closing a kept file is cheap
-            self._close()
-            return
-        # Unlinking an open file only removes its name (a new upload of the
-        # same file starts a new one at once); its blocks are freed when the
-        # last descriptor closes, which for a large file can take long: that
-        # close runs through run_blocking, off the reactor thread.
-        self._storage.discard(self._temp_name)
         self._closed = True
         closing = self._storage.run_blocking(self._handle.close)
         closing.addErrback(lambda failure: log.failure("closing a discarded upload", failure))
