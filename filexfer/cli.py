@@ -34,6 +34,7 @@ from twisted.python.failure import Failure
 
 from filexfer import __version__
 from filexfer._ports import StartupError
+from filexfer._progress import Progress
 from filexfer._text import escape
 from filexfer._tls import keep_tls_libraries_out
 from filexfer.service import Options, make_service
@@ -43,7 +44,6 @@ from filexfer.tcp.sender import (
     REPLY_TIMEOUT,
     RETRY_DEADLINE,
     ConnectTimeout,
-    Progress,
     ReplyTimeout,
     SendError,
     ServerRefused,
@@ -756,14 +756,13 @@ def _tftp_transport(reactor: Any, dest: Destination, args: argparse.Namespace) -
     options = _tftp_options(args)
 
     async def send_one(local: str, remote: str, progress: Progress) -> Sent:
-        total = os.path.getsize(local)  # an upload always knows it; Progress takes no None
         size = await tftp.upload(
             reactor,
             dest.host,
             dest.port,
             local,
             remote,
-            progress=lambda done, _: progress(done, total),
+            progress=progress,
             **options,
         )
         return Sent(f"tftp://{dest.host}:{dest.port}/{remote}", size)

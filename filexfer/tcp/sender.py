@@ -38,6 +38,7 @@ from filexfer._errors import TransferError
 from filexfer._hashing import HASH_READ, ShortFile, sha256_prefix
 from filexfer._mtime import NS_MAX, NS_MIN
 from filexfer._names import validate_name, validate_path
+from filexfer._progress import Progress as Progress
 from filexfer._receipt import Receipt
 from filexfer._text import escape
 from filexfer.tcp import _wire
@@ -65,9 +66,6 @@ RETRY_DEADLINE = 60.0
 _FIRST_WAIT = 1.0
 _MIN_WAIT = 0.1
 _MAX_WAIT = 30.0
-
-Progress = Callable[[int, int], None]
-"""Called as C{progress(bytes_done, total_bytes)} while a file is sent."""
 
 
 class SendError(Exception):

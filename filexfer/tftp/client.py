@@ -20,6 +20,7 @@ from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import Deferred, succeed
 from twisted.python.failure import Failure
 
+from filexfer._progress import Progress as Progress
 from filexfer.tftp._netascii import NetasciiDecoder
 from filexfer.tftp._packets import (
     DEFAULT_BLKSIZE,
@@ -48,7 +49,6 @@ from filexfer.tftp._packets import (
 from filexfer.tftp._packets import Error as ErrorPacket
 from filexfer.tftp._udp import Address, open_port, write_to
 from filexfer.tftp._window import Retransmitter
-from filexfer.tftp.transfer import Progress as Progress
 from filexfer.tftp.transfer import Receiver, Sender, Transfer
 
 DEFAULT_CLIENT_BLKSIZE = 1428
