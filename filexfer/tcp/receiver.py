@@ -21,7 +21,7 @@ an L{IStorage}; the clock is injected so that timeouts are testable.
 from __future__ import annotations
 
 import hmac
-from typing import Any
+from typing import cast
 
 from automat import MethodicalMachine
 from twisted.internet.defer import Deferred, maybeDeferred
@@ -40,6 +40,7 @@ from filexfer._errors import TransferError
 from filexfer._guard import AccessPolicy, ConnectionLimits
 from filexfer._log import describe_peer, log, log_transfer
 from filexfer._receipt import Receipt
+from filexfer._types import IStreamTransport
 from filexfer.storage import IStorage, IUpload
 from filexfer.tcp import _wire
 
@@ -77,17 +78,22 @@ class ReceiverProtocol(Protocol):
         self._trailer_line = b""
         self._claimed_sha256: str | None = None
 
+    @property
+    def _transport(self) -> IStreamTransport:
+        """C{self.transport}, typed as what this protocol uses of it (once connected)."""
+        return cast(IStreamTransport, self.transport)
+
     # -- Twisted's calls -----------------------------------------------------
 
     def connectionMade(self) -> None:
-        self._peer = describe_peer(self.transport.getPeer())  # type: ignore[union-attr]
+        self._peer = describe_peer(self._transport.getPeer())
         self._started = self._clock.seconds()
         refusal = self.factory.admit(self)
         if refusal is not None:
             self.refused(refusal)
             return
-        if hasattr(self.transport, "bufferSize"):
-            self.transport.bufferSize = READ_SIZE  # type: ignore[union-attr]
+        if hasattr(self._transport, "bufferSize"):
+            self._transport.bufferSize = READ_SIZE
         self._arm(self.factory.handshake_timeout)
 
     def dataReceived(self, data: bytes) -> None:
@@ -264,13 +270,13 @@ class ReceiverProtocol(Protocol):
         self._upload = upload
         if IConsumer.providedBy(upload):
             # storage that writes in the background pauses us while it catches up
-            IConsumer(upload).registerProducer(self.transport, True)  # type: ignore[arg-type]
+            IConsumer(upload).registerProducer(self._transport, True)
         if self._classic:
-            self.transport.write(_wire.CLASSIC_OK)  # type: ignore[union-attr]
+            self._transport.write(_wire.CLASSIC_OK)
         else:
             prefix = upload.prefix_sha256 if upload.offset < (upload.expected_size or 0) else None
             line = _wire.encode_ok(upload.offset, prefix, self._trailer)
-            self.transport.write(line)  # type: ignore[union-attr]
+            self._transport.write(line)
         self._arm(self.factory.idle_timeout)
         if upload.expected_size is not None and upload.received >= upload.expected_size:
             self._size_reached()
@@ -282,7 +288,7 @@ class ReceiverProtocol(Protocol):
         assert upload.stored is not None
         self._upload = upload
         line = _wire.encode_ok(upload.offset, None, self._trailer)
-        self.transport.write(line)  # type: ignore[union-attr]
+        self._transport.write(line)
         self._reply_done(upload.stored, "already stored as")
 
     def _size_reached(self) -> None:
@@ -341,7 +347,7 @@ class ReceiverProtocol(Protocol):
     @_machine.output()
     def _finish(self) -> None:
         self._disarm()
-        self.transport.pauseProducing()  # type: ignore[union-attr]
+        self._transport.pauseProducing()
         upload = self._upload
         assert upload is not None
         result: Deferred[Receipt] = upload.finish(self._claimed_sha256)
@@ -370,9 +376,9 @@ class ReceiverProtocol(Protocol):
     def _reply_done(self, receipt: Receipt, outcome: str) -> None:
         if not self._classic:
             line = _wire.encode_done(receipt.size, receipt.sha256, receipt.path)
-            self.transport.write(line)  # type: ignore[union-attr]
+            self._transport.write(line)
         self._log(self._received(), f"{outcome} {receipt.path!r}")
-        self.transport.loseConnection()  # type: ignore[union-attr]
+        self._transport.loseConnection()
 
     @_machine.output()
     def _send_error(self, error: TransferError) -> None:
@@ -387,9 +393,9 @@ class ReceiverProtocol(Protocol):
         if self._classic and self._upload is not None:
             # The classic form has no words after "ok": a reset is the only
             # way to tell the client that its file was not stored.
-            self.transport.abortConnection()  # type: ignore[union-attr]
+            self._transport.abortConnection()
             return
-        self.transport.write(_wire.encode_error(error))  # type: ignore[union-attr]
+        self._transport.write(_wire.encode_error(error))
         self._close_after_last_words()
 
     def _close_after_last_words(self) -> None:
@@ -398,7 +404,7 @@ class ReceiverProtocol(Protocol):
         Closing with the peer's bytes unread would reset the connection, and
         a reset can destroy the error line before the peer has read it.
         """
-        transport: Any = self.transport
+        transport = self._transport
         if self._peer_finished:
             transport.loseConnection()
             return
@@ -413,7 +419,7 @@ class ReceiverProtocol(Protocol):
     @_machine.output()
     def _close(self) -> None:
         self._disarm()
-        self.transport.loseConnection()  # type: ignore[union-attr]
+        self._transport.loseConnection()
 
     @_machine.output()
     def _refuse_timeout(self) -> None:
@@ -573,7 +579,9 @@ class ReceiverFactory(Factory):
 
     def admit(self, connection: ReceiverProtocol) -> TransferError | None:
         """Count a new connection in, or say why it may not stay."""
-        peer = connection.transport.getPeer()  # type: ignore[union-attr]
+        transport = connection.transport
+        assert transport is not None
+        peer = transport.getPeer()
         host = getattr(peer, "host", None)
         if not self.access.allows(host):
             return TransferError(403, "your address is not allowed")

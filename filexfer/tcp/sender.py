@@ -41,6 +41,7 @@ from filexfer._names import validate_name, validate_path
 from filexfer._progress import Progress as Progress
 from filexfer._receipt import Receipt
 from filexfer._text import escape
+from filexfer._types import IStreamTransport
 from filexfer.tcp import _wire
 
 CHUNK_SIZE = 256 * 1024
@@ -264,6 +265,11 @@ class SenderProtocol(Protocol):
         """Cancelling it stops the send and drops the connection (the
         server keeps what it received, for a resume)."""
 
+    @property
+    def _transport(self) -> IStreamTransport:
+        """C{self.transport}, typed as what this protocol uses of it (once connected)."""
+        return cast(IStreamTransport, self.transport)
+
     # -- Twisted's calls -----------------------------------------------------
 
     def connectionMade(self) -> None:
@@ -271,12 +277,12 @@ class SenderProtocol(Protocol):
             self._timer = self._clock.callLater(self._idle_timeout, self._stalled)
         else:
             self._timer = self._clock.callLater(self._reply_timeout, self._no_reply)
-        if hasattr(self.transport, "bufferSize"):
-            self.transport.bufferSize = CHUNK_SIZE  # type: ignore[union-attr]
+        if hasattr(self._transport, "bufferSize"):
+            self._transport.bufferSize = CHUNK_SIZE
         if isinstance(self._request, _wire.ClassicRequest):
-            self.transport.write(self._request.name.encode("utf-8"))  # type: ignore[union-attr]
+            self._transport.write(self._request.name.encode("utf-8"))
         else:
-            self.transport.write(_wire.encode_put(self._request))  # type: ignore[union-attr]
+            self._transport.write(_wire.encode_put(self._request))
 
     def dataReceived(self, data: bytes) -> None:
         self._still_alive()
@@ -505,7 +511,7 @@ class SenderProtocol(Protocol):
             return
         # first: a real transport pulls the first chunk at once
         self._producer = _FileProducer(self)
-        self.transport.registerProducer(self._producer, False)  # type: ignore[union-attr]
+        self._transport.registerProducer(self._producer, False)
 
     def _begin_at(self, offset: int, trailer: bool) -> None:
         self._offset = offset
@@ -523,7 +529,7 @@ class SenderProtocol(Protocol):
             return
         self._digest.update(chunk)
         self._sent += len(chunk)
-        self.transport.write(chunk)  # type: ignore[union-attr]
+        self._transport.write(chunk)
         self._still_alive()
         self._report_progress()
         if self._sent >= self._size:
@@ -560,10 +566,10 @@ class SenderProtocol(Protocol):
     def _send_trailer_or_close(self) -> None:
         self._stop_sending()
         if self._classic:
-            self.transport.loseConnection()  # type: ignore[union-attr]
+            self._transport.loseConnection()
         elif self._trailer:
             trailer = _wire.encode_trailer(self._digest.hexdigest())
-            self.transport.write(trailer)  # type: ignore[union-attr]
+            self._transport.write(trailer)
 
     def _stop_sending(self) -> None:
         """No more reads from the file (it is closed once the result fires)."""
@@ -571,7 +577,7 @@ class SenderProtocol(Protocol):
             self._threads.stop()
         if self._producer is not None:  # not registered when nothing was left to send
             self._producer = None
-            self.transport.unregisterProducer()  # type: ignore[union-attr]
+            self._transport.unregisterProducer()
 
     # -- outputs: the receipt --------------------------------------------------------
 
@@ -757,7 +763,7 @@ class SenderProtocol(Protocol):
             self._timer.cancel()
         self._stop_sending()
         if self.transport is not None:
-            self.transport.abortConnection()  # type: ignore[attr-defined]
+            self._transport.abortConnection()
 
     def _report_progress(self) -> None:
         if self._progress is not None:
@@ -766,13 +772,13 @@ class SenderProtocol(Protocol):
     def _succeed(self, receipt: Receipt) -> None:
         if not self.result.called:
             self.result.callback(receipt)
-        self.transport.loseConnection()  # type: ignore[union-attr]
+        self._transport.loseConnection()
 
     def _fail(self, error: Exception) -> None:
         self._stop_sending()
         if not self.result.called:
             self.result.errback(Failure(error))
-        self.transport.loseConnection()  # type: ignore[union-attr]
+        self._transport.loseConnection()
 
     @property
     def _request_path(self) -> str:
