@@ -17,6 +17,7 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.interfaces import IListeningPort, IReactorSocket
 
 from filexfer._log import log
 
@@ -117,7 +118,7 @@ class ListeningPort(Service):
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: IReactorSocket,
         kind: socket.SocketKind,
         port: int,
         handler: Any,
@@ -138,7 +139,7 @@ class ListeningPort(Service):
         self.label = "TCP" if kind == socket.SOCK_STREAM else "UDP"
         self.dual_stack = False
         self._socket: socket.socket | None = None
-        self._listening: Any = None
+        self._listening: IListeningPort | None = None
 
     def bind(self) -> None:
         """Bind the port now (idempotent).

@@ -41,7 +41,7 @@ from filexfer._names import validate_name, validate_path
 from filexfer._progress import Progress as Progress
 from filexfer._receipt import Receipt
 from filexfer._text import escape
-from filexfer._types import IStreamTransport
+from filexfer._types import ISendingReactor, IStreamTransport
 from filexfer.tcp import _wire
 
 CHUNK_SIZE = 256 * 1024
@@ -124,7 +124,7 @@ class _ThreadedSend:
 
     def __init__(
         self,
-        reactor: IReactorThreads,
+        reactor: ISendingReactor,
         sock_fd: int,
         file_fd: int,
         start: int,
@@ -231,11 +231,13 @@ class SenderProtocol(Protocol):
         size: int,
         request: _wire.ClassicRequest | _wire.PutRequest,
         progress: Progress | None,
-        clock: IReactorTime,
+        clock: IReactorTime | ISendingReactor,
         idle_timeout: float,
         reply_timeout: float | None = None,
     ) -> None:
         self._clock = clock
+        self._threads_reactor = _with_threads(clock)
+        """The clock again when it has a thread pool for the threaded send, else None."""
         self._idle_timeout = idle_timeout
         self._reply_timeout = reply_timeout
         """Seconds for the first reply (None: the idle timeout)."""
@@ -418,7 +420,7 @@ class SenderProtocol(Protocol):
             self.offered_pull(offset, trailer)
 
     def _can_use_threads(self) -> bool:
-        return IReactorThreads.providedBy(self._clock) and _socket_fd(self.transport) is not None
+        return self._threads_reactor is not None and _socket_fd(self.transport) is not None
 
     @_machine.output()
     def _unexpected(self) -> None:
@@ -452,10 +454,11 @@ class SenderProtocol(Protocol):
         """
         self._offset = offset
         self._trailer = True
-        if IReactorThreads.providedBy(self._clock):
+        reactor = self._threads_reactor
+        if reactor is not None:
             hashing = deferToThreadPool(
-                cast(Any, self._clock),
-                cast(IReactorThreads, self._clock).getThreadPool(),
+                reactor,
+                reactor.getThreadPool(),
                 _hash_prefix,
                 self._handle,
                 offset,
@@ -488,8 +491,9 @@ class SenderProtocol(Protocol):
         self._begin_at(offset, trailer)
         # The hashing thread starts at 0 unless the prefix is hashed
         # already: a resumed prefix is hashed off the reactor thread too.
+        assert self._threads_reactor is not None  # _can_use_threads chose this path
         self._threads = _ThreadedSend(
-            cast(IReactorThreads, self._clock),
+            self._threads_reactor,
             cast(int, _socket_fd(self.transport)),
             self._handle.fileno(),
             offset,
@@ -786,6 +790,15 @@ class SenderProtocol(Protocol):
         return request.name if isinstance(request, _wire.ClassicRequest) else request.path
 
 
+def _with_threads(clock: IReactorTime | ISendingReactor) -> ISendingReactor | None:
+    """C{clock} when it has a thread pool too (L{IReactorThreads}), else None.
+
+    Real reactors declare L{IReactorTime} and L{IReactorThreads} apart, not
+    their combination, so the check is on L{IReactorThreads}.
+    """
+    return cast(ISendingReactor, clock) if IReactorThreads.providedBy(clock) else None
+
+
 def _describe_tls_failure(reason: Failure) -> str | None:
     """One line for a failed TLS handshake, or None when it is something else."""
     if reason.check("service_identity.exceptions.VerificationError"):
@@ -825,7 +838,7 @@ def _hash_prefix(handle: BinaryIO, length: int) -> Any:
 
 
 def send_file(
-    reactor: IReactorTime,
+    reactor: IReactorTime | ISendingReactor,
     endpoint: IStreamClientEndpoint,
     path: str | os.PathLike[str],
     *,
@@ -842,6 +855,10 @@ def send_file(
 ) -> Deferred[Receipt]:
     """Send the file at C{path} to the receiver at C{endpoint}.
 
+    @param reactor: the clock for timeouts and retry waits.  A reactor with
+        threads too (L{ISendingReactor}: any real one) sends over plain TCP
+        with C{sendfile} and hashes in threads; a bare clock (C{task.Clock}
+        in tests) sends a chunk per pull on the reactor thread.
     @param name: the remote relative path (FX/1) or name (classic); the
         file's own name by default.
     @param plain: use the classic form (name, C{ok}, stream, close) for
@@ -995,7 +1012,7 @@ def check_remote_name(remote: str, classic: bool) -> None:
 
 
 def _send_once(
-    reactor: IReactorTime,
+    reactor: IReactorTime | ISendingReactor,
     endpoint: IStreamClientEndpoint,
     path: str | os.PathLike[str],
     name: str | None,
