@@ -301,8 +301,7 @@ class ReceiverProtocol(Protocol):
 
     @_machine.output()
     def _write(self, data: bytes) -> None:
-        upload = self._upload
-        assert upload is not None
+        upload = self._accepted
         after = b""
         if self._trailer and upload.expected_size is not None:
             wanted = upload.expected_size - upload.received
@@ -339,18 +338,14 @@ class ReceiverProtocol(Protocol):
 
     @_machine.output()
     def _refuse_short(self) -> None:
-        upload = self._upload
-        assert upload is not None
-        upload.abort(keep_partial=True)
-        self._refuse(TransferError(422, "the connection ended before the SHA256 trailer"))
+        self._accepted.abort(keep_partial=True)
+        self._drop_upload(TransferError(422, "the connection ended before the SHA256 trailer"))
 
     @_machine.output()
     def _finish(self) -> None:
         self._disarm()
         self._transport.pauseProducing()
-        upload = self._upload
-        assert upload is not None
-        result: Deferred[Receipt] = upload.finish(self._claimed_sha256)
+        result: Deferred[Receipt] = self._accepted.finish(self._claimed_sha256)
         result.addCallbacks(self.stored, self._finish_failed)
 
     def _finish_failed(self, failure: Failure) -> None:
@@ -363,9 +358,9 @@ class ReceiverProtocol(Protocol):
 
     @_machine.output()
     def _report_stored(self, receipt: Receipt) -> None:
-        upload = self._upload
-        offset = upload.offset if upload is not None else 0
-        if upload is not None and upload.prefix_sha256 is None and offset == upload.expected_size:
+        upload = self._accepted
+        offset = upload.offset
+        if upload.prefix_sha256 is None and offset == upload.expected_size:
             outcome = "already stored as"  # proved by the trailer: nothing was sent
         elif offset:
             outcome = f"resumed at byte {offset}, stored as"
@@ -381,20 +376,32 @@ class ReceiverProtocol(Protocol):
         self._transport.loseConnection()
 
     @_machine.output()
-    def _send_error(self, error: TransferError) -> None:
-        self._refuse(error)
+    def _refuse_request(self, error: TransferError) -> None:
+        self._refuse_before_ok(error)
 
-    def _refuse(self, error: TransferError) -> None:
-        """Say why (the classic form after C{ok}: reset), log, and close."""
+    @_machine.output()
+    def _refuse_upload(self, error: TransferError) -> None:
+        self._drop_upload(error)
+
+    def _refuse_before_ok(self, error: TransferError) -> None:
+        """Before C{ok}: say why, log, and close."""
         self._disarm()
-        if self._upload is not None:
-            self._upload.abort(keep_partial=False)  # a no-op once finish() kept a short partial
+        self._log(0, f"refused: {error.code} {error.reason}")
+        self._say_error(error)
+
+    def _drop_upload(self, error: TransferError) -> None:
+        """After C{ok}: drop the upload, say why (the classic form: reset), log, and close."""
+        self._disarm()
+        self._accepted.abort(keep_partial=False)  # a no-op once finish() kept a short partial
         self._log(self._received(), f"refused: {error.code} {error.reason}")
-        if self._classic and self._upload is not None:
+        if self._classic:
             # The classic form has no words after "ok": a reset is the only
             # way to tell the client that its file was not stored.
             self._transport.abortConnection()
             return
+        self._say_error(error)
+
+    def _say_error(self, error: TransferError) -> None:
         self._transport.write(_wire.encode_error(error))
         self._close_after_last_words()
 
@@ -422,16 +429,17 @@ class ReceiverProtocol(Protocol):
         self._transport.loseConnection()
 
     @_machine.output()
-    def _refuse_timeout(self) -> None:
-        stage = "handshake" if self._upload is None else "transfer"
-        if self._upload is not None:
-            self._upload.abort(keep_partial=True)  # a stalled upload may be resumed
-        self._refuse(TransferError(408, f"{stage} timed out"))
+    def _refuse_slow_handshake(self) -> None:
+        self._refuse_before_ok(TransferError(408, "handshake timed out"))
+
+    @_machine.output()
+    def _refuse_stalled_upload(self) -> None:
+        self._accepted.abort(keep_partial=True)  # a stalled upload may be resumed
+        self._drop_upload(TransferError(408, "transfer timed out"))
 
     @_machine.output()
     def _keep_partial(self, reason: Failure) -> None:
-        if self._upload is not None:
-            self._upload.abort(keep_partial=True)
+        self._accepted.abort(keep_partial=True)
         self._log(self._received(), f"connection lost: {reason.getErrorMessage()}")
 
     @_machine.output()
@@ -458,8 +466,8 @@ class ReceiverProtocol(Protocol):
     handshake.upon(data_received, enter=handshake, outputs=[_parse_handshake])
     handshake.upon(parsed, enter=starting, outputs=[_start])
     handshake.upon(end_of_stream, enter=closed, outputs=[_close])
-    handshake.upon(refused, enter=closed, outputs=[_send_error])
-    handshake.upon(timed_out, enter=closed, outputs=[_refuse_timeout])
+    handshake.upon(refused, enter=closed, outputs=[_refuse_request])
+    handshake.upon(timed_out, enter=closed, outputs=[_refuse_slow_handshake])
     handshake.upon(connection_lost, enter=closed, outputs=[_log_vanished])
 
     # The client sends nothing before "ok" (docs/protocol.md, "FX/1").
@@ -467,23 +475,23 @@ class ReceiverProtocol(Protocol):
     starting.upon(end_of_stream, enter=starting, outputs=[])
     starting.upon(accepted, enter=streaming, outputs=[_send_ok])
     starting.upon(already_stored, enter=closed, outputs=[_send_ok_and_done])
-    starting.upon(refused, enter=closed, outputs=[_send_error])
-    starting.upon(timed_out, enter=closed, outputs=[_refuse_timeout])
+    starting.upon(refused, enter=closed, outputs=[_refuse_request])
+    starting.upon(timed_out, enter=closed, outputs=[_refuse_slow_handshake])
     starting.upon(connection_lost, enter=closed, outputs=[_note_gone])
 
     streaming.upon(data_received, enter=streaming, outputs=[_write])
     streaming.upon(all_bytes_in, enter=finishing, outputs=[_finish])
     streaming.upon(data_complete, enter=trailer, outputs=[])
     streaming.upon(end_of_stream, enter=finishing, outputs=[_finish])
-    streaming.upon(refused, enter=closed, outputs=[_send_error])
-    streaming.upon(timed_out, enter=closed, outputs=[_refuse_timeout])
+    streaming.upon(refused, enter=closed, outputs=[_refuse_upload])
+    streaming.upon(timed_out, enter=closed, outputs=[_refuse_stalled_upload])
     streaming.upon(connection_lost, enter=closed, outputs=[_keep_partial])
 
     trailer.upon(data_received, enter=trailer, outputs=[_read_trailer])
     trailer.upon(trailer_received, enter=finishing, outputs=[_finish])
     trailer.upon(end_of_stream, enter=closed, outputs=[_refuse_short])
-    trailer.upon(refused, enter=closed, outputs=[_send_error])
-    trailer.upon(timed_out, enter=closed, outputs=[_refuse_timeout])
+    trailer.upon(refused, enter=closed, outputs=[_refuse_upload])
+    trailer.upon(timed_out, enter=closed, outputs=[_refuse_stalled_upload])
     trailer.upon(connection_lost, enter=closed, outputs=[_keep_partial])
 
     # Reading is paused while finishing; bytes beyond Size in the final read
@@ -491,7 +499,7 @@ class ReceiverProtocol(Protocol):
     finishing.upon(data_received, enter=finishing, outputs=[])
     finishing.upon(end_of_stream, enter=finishing, outputs=[])
     finishing.upon(stored, enter=closed, outputs=[_report_stored])
-    finishing.upon(refused, enter=closed, outputs=[_send_error])
+    finishing.upon(refused, enter=closed, outputs=[_refuse_upload])
     finishing.upon(connection_lost, enter=finishing, outputs=[])
 
     closed.upon(accepted, enter=closed, outputs=[_put_back])
@@ -525,10 +533,15 @@ class ReceiverProtocol(Protocol):
                 timer.cancel()
         self._timer = None
 
+    @property
+    def _accepted(self) -> IUpload:
+        """The upload the storage took: there is one from C{streaming} on."""
+        assert self._upload is not None
+        return self._upload
+
     def _received(self) -> int:
-        if self._upload is None:
-            return 0
-        return int(self._upload.received - self._upload.offset)
+        """Bytes of the accepted upload that arrived on this connection."""
+        return int(self._accepted.received - self._accepted.offset)
 
     def _log(self, nbytes: int, outcome: str) -> None:
         log_transfer(
