@@ -19,7 +19,7 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IListeningPort, IReactorSocket
 
-from filexfer._log import log
+from filexfer._log import format_address, log
 
 
 class StartupError(Exception):
@@ -27,23 +27,6 @@ class StartupError(Exception):
 
 
 _NO_IPV6 = {errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL, errno.EPROTONOSUPPORT, errno.EINVAL}
-
-
-def format_address(host: str, port: int | str) -> str:
-    """C{host:port}, with the host in brackets when it is IPv6 (C{0.0.0.0} for an empty host)."""
-    if host in ("", "0.0.0.0"):
-        host = "0.0.0.0"
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def describe_host(address: Any) -> str:
-    """A listening port's address (a Twisted C{IAddress}) for the log."""
-    host = getattr(address, "host", None)
-    port = getattr(address, "port", None)
-    if host is None or port is None:
-        name = getattr(address, "name", None)
-        return name.decode() if isinstance(name, bytes) else str(name or address)
-    return format_address(host, port)
 
 
 def _bind(

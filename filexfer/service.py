@@ -22,8 +22,8 @@ from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 
 from filexfer._guard import AccessPolicy, ConnectionLimits
-from filexfer._log import log
-from filexfer._ports import ListeningPort, StartupError, describe_host
+from filexfer._log import describe_peer, log
+from filexfer._ports import ListeningPort, StartupError
 from filexfer._tls import keep_tls_libraries_out, needs_tls
 from filexfer._types import IServiceReactor
 from filexfer._workers import ParentWatch, SharedDatagramPort, SharedStreamPort, WorkerProcesses
@@ -360,7 +360,7 @@ class _EndpointListener(internet.StreamServerEndpointService):
             waiting.addCallback(self._listening)
 
     def _listening(self, port: Any) -> Any:
-        log.info("listening for TCP on {where}", where=describe_host(port.getHost()))
+        log.info("listening for TCP on {where}", where=describe_peer(port.getHost()))
         return port
 
     def privilegedStartService(self) -> None:
