@@ -19,21 +19,29 @@ def plain_peer(peer: str) -> str:
     return _MAPPED.sub(r"\1:", peer, count=1)
 
 
-def describe_peer(address: Any) -> str:
-    """C{host:port} (C{[host]:port} for IPv6) of a peer, as every log line shows it.
+def format_address(host: str, port: int | str) -> str:
+    """C{host:port}, with the host in brackets when it is IPv6 (C{0.0.0.0} for an empty host)."""
+    if host in ("", "0.0.0.0"):
+        host = "0.0.0.0"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
-    C{address} is an C{IAddress} with C{host} and C{port} (TCP) or a
-    C{(host, port)} tuple (UDP); any other address (a UNIX socket) is shown
-    as its own text.
+
+def describe_peer(address: Any) -> str:
+    """C{host:port} (C{[host]:port} for IPv6) of an address, as every log line shows it.
+
+    C{address} is an C{IAddress} with C{host} and C{port} (a TCP peer, or a
+    listening port) or a C{(host, port)} tuple (UDP); any other address (a
+    UNIX socket) is shown as its name, or as its own text without one.
     """
     if isinstance(address, tuple):
         host, port = address[0], address[1]
     else:
         host = getattr(address, "host", None)
         port = getattr(address, "port", None)
-        if host is None:
-            return str(address)
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        if host is None or port is None:
+            name = getattr(address, "name", None)
+            return name.decode() if isinstance(name, bytes) else str(name or address)
+    return format_address(host, port)
 
 
 def log_transfer(

@@ -17,8 +17,9 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.interfaces import IListeningPort, IReactorSocket
 
-from filexfer._log import log
+from filexfer._log import format_address, log
 
 
 class StartupError(Exception):
@@ -26,23 +27,6 @@ class StartupError(Exception):
 
 
 _NO_IPV6 = {errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL, errno.EPROTONOSUPPORT, errno.EINVAL}
-
-
-def format_address(host: str, port: int | str) -> str:
-    """C{host:port}, with the host in brackets when it is IPv6 (C{0.0.0.0} for an empty host)."""
-    if host in ("", "0.0.0.0"):
-        host = "0.0.0.0"
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def describe_host(address: Any) -> str:
-    """A listening port's address (a Twisted C{IAddress}) for the log."""
-    host = getattr(address, "host", None)
-    port = getattr(address, "port", None)
-    if host is None or port is None:
-        name = getattr(address, "name", None)
-        return name.decode() if isinstance(name, bytes) else str(name or address)
-    return format_address(host, port)
 
 
 def _bind(
@@ -117,7 +101,7 @@ class ListeningPort(Service):
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: IReactorSocket,
         kind: socket.SocketKind,
         port: int,
         handler: Any,
@@ -138,7 +122,7 @@ class ListeningPort(Service):
         self.label = "TCP" if kind == socket.SOCK_STREAM else "UDP"
         self.dual_stack = False
         self._socket: socket.socket | None = None
-        self._listening: Any = None
+        self._listening: IListeningPort | None = None
 
     def bind(self) -> None:
         """Bind the port now (idempotent).

@@ -19,12 +19,14 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.interfaces import IReactorSocket
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 
 from filexfer._log import log
 from filexfer._ports import ListeningPort
+from filexfer._types import IServiceReactor
 
 _TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\S+ ")
 """The time stamp a worker puts before its log lines (ours has one already)."""
@@ -36,7 +38,7 @@ STOP_GRACE = 10.0
 class SharedStreamPort(ListeningPort):
     """Listen for TCP on all addresses (IPv4 and IPv6), on a port shared with other workers."""
 
-    def __init__(self, reactor: Any, port: int, factory: Any, backlog: int) -> None:
+    def __init__(self, reactor: IReactorSocket, port: int, factory: Any, backlog: int) -> None:
         super().__init__(
             reactor,
             socket.SOCK_STREAM,
@@ -52,7 +54,7 @@ class SharedStreamPort(ListeningPort):
 class SharedDatagramPort(ListeningPort):
     """Serve UDP on a port shared with the other workers (all interfaces unless given one)."""
 
-    def __init__(self, reactor: Any, port: int, protocol: Any, interface: str) -> None:
+    def __init__(self, reactor: IReactorSocket, port: int, protocol: Any, interface: str) -> None:
         super().__init__(
             reactor,
             socket.SOCK_DGRAM,
@@ -88,7 +90,7 @@ class _WorkerOutput(ProcessProtocol):
 class WorkerProcesses(Service):
     """Starts C{count} more copies of this server and stops them with it."""
 
-    def __init__(self, reactor: Any, count: int, serve_argv: list[str]) -> None:
+    def __init__(self, reactor: IServiceReactor, count: int, serve_argv: list[str]) -> None:
         self.reactor = reactor
         self.count = count
         self.serve_argv = serve_argv
@@ -135,7 +137,7 @@ def _signal(process: Any, signum: int) -> None:
 class ParentWatch(Service):
     """In a worker: stop the reactor when the parent that started it is gone."""
 
-    def __init__(self, reactor: Any, parent: int) -> None:
+    def __init__(self, reactor: IServiceReactor, parent: int) -> None:
         self.reactor = reactor
         self.parent_pid = parent
         self._loop = LoopingCall(self._check)

@@ -34,8 +34,10 @@ from twisted.python.failure import Failure
 
 from filexfer import __version__
 from filexfer._ports import StartupError
+from filexfer._progress import Progress
 from filexfer._text import escape
 from filexfer._tls import keep_tls_libraries_out
+from filexfer._types import IServiceReactor
 from filexfer.service import Options, make_service
 from filexfer.tcp.sender import (
     CONNECT_TIMEOUT,
@@ -43,7 +45,6 @@ from filexfer.tcp.sender import (
     REPLY_TIMEOUT,
     RETRY_DEADLINE,
     ConnectTimeout,
-    Progress,
     ReplyTimeout,
     SendError,
     ServerRefused,
@@ -263,7 +264,7 @@ class Interrupt:
             running.cancel()
         return running
 
-    def install(self, reactor: Any) -> None:
+    def install(self, reactor: IServiceReactor) -> None:
         """Take SIGINT and SIGTERM over from the reactor (call it once the reactor runs)."""
 
         def handler(signum: int, frame: object) -> None:
@@ -272,7 +273,7 @@ class Interrupt:
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, handler)
 
-    def fire(self, reactor: Any, signum: int) -> None:
+    def fire(self, reactor: IServiceReactor, signum: int) -> None:
         """A signal came: cancel what runs; the second one ends the process now."""
         if self.signum is not None:
             os._exit(128 + signum)
@@ -546,7 +547,7 @@ def _tftp_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def _send(
-    reactor: Any,
+    reactor: IServiceReactor,
     args: argparse.Namespace,
     out: TextIO,
     err: TextIO,
@@ -666,7 +667,7 @@ def _interrupted_line(
 
 
 def _tcp_transport(
-    reactor: Any, dest: Destination, args: argparse.Namespace, err: TextIO
+    reactor: IServiceReactor, dest: Destination, args: argparse.Namespace, err: TextIO
 ) -> Transport:
     """FX/1 (or the classic form with --plain) over TCP, or TLS with --tls."""
     make_endpoint = _endpoint_maker(reactor, dest, args)
@@ -705,7 +706,9 @@ def _retry_note(local: str, err: TextIO) -> Callable[[ServerRefused, float], Non
     return note
 
 
-def _endpoint_maker(reactor: Any, dest: Destination, args: argparse.Namespace) -> Callable[[], Any]:
+def _endpoint_maker(
+    reactor: IServiceReactor, dest: Destination, args: argparse.Namespace
+) -> Callable[[], Any]:
     """A factory of client endpoints for C{dest}: TCP, or TLS with --tls."""
     from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 
@@ -749,21 +752,22 @@ def _tftp_plan(
     return plan
 
 
-def _tftp_transport(reactor: Any, dest: Destination, args: argparse.Namespace) -> Transport:
+def _tftp_transport(
+    reactor: IServiceReactor, dest: Destination, args: argparse.Namespace
+) -> Transport:
     """TFTP uploads (WRQ) to C{dest}, with the TFTP options given."""
     from filexfer import tftp
 
     options = _tftp_options(args)
 
     async def send_one(local: str, remote: str, progress: Progress) -> Sent:
-        total = os.path.getsize(local)  # an upload always knows it; Progress takes no None
         size = await tftp.upload(
             reactor,
             dest.host,
             dest.port,
             local,
             remote,
-            progress=lambda done, _: progress(done, total),
+            progress=progress,
             **options,
         )
         return Sent(f"tftp://{dest.host}:{dest.port}/{remote}", size)
@@ -772,7 +776,7 @@ def _tftp_transport(reactor: Any, dest: Destination, args: argparse.Namespace) -
 
 
 async def _get(
-    reactor: Any,
+    reactor: IServiceReactor,
     args: argparse.Namespace,
     out: TextIO,
     err: TextIO,
@@ -847,7 +851,7 @@ def _give_normal_mode(path: str) -> None:
         pass  # it is there with the temporary file's mode
 
 
-def _serve(reactor: Any, options: Options, err: TextIO) -> Deferred[int]:
+def _serve(reactor: IServiceReactor, options: Options, err: TextIO) -> Deferred[int]:
     from twisted.internet.error import CannotListenError
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
@@ -871,7 +875,7 @@ def _serve(reactor: Any, options: Options, err: TextIO) -> Deferred[int]:
 
 
 def _run(
-    reactor: Any, args: argparse.Namespace, interrupt: Interrupt | None = None
+    reactor: IServiceReactor, args: argparse.Namespace, interrupt: Interrupt | None = None
 ) -> Deferred[int]:
     out, err = sys.stdout, sys.stderr
 
@@ -903,7 +907,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.command != "serve" and not _needs_tls(args):
         keep_tls_libraries_out()  # serve's Options did so when no endpoint needs TLS
 
-    def run(reactor: Any) -> Deferred[None]:
+    def run(reactor: IServiceReactor) -> Deferred[None]:
         # the reactor installs its handlers when it starts (SIGINT only over the default)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)

@@ -40,10 +40,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import cast
 
 import pytest
 
+from filexfer._types import IServiceReactor
 from filexfer.testing import (
     FakeUDPNetwork,
     MemoryStorage,
@@ -59,11 +60,11 @@ except ImportError:  # the in-memory fixture works without it
     pytest_twisted = None
 
 
-def _reactor() -> Any:
+def _reactor() -> IServiceReactor:
     """The reactor pytest-twisted installed (imported late: it installs it at start-up)."""
     from twisted.internet import reactor
 
-    return reactor
+    return cast(IServiceReactor, reactor)
 
 
 @pytest.fixture

@@ -16,14 +16,16 @@ from typing import Any
 from twisted.application import internet
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorFromThreads, IReactorThreads
 from twisted.internet.threads import deferToThreadPool
 from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 
 from filexfer._guard import AccessPolicy, ConnectionLimits
-from filexfer._log import log
-from filexfer._ports import ListeningPort, StartupError, describe_host
+from filexfer._log import describe_peer, log
+from filexfer._ports import ListeningPort, StartupError
 from filexfer._tls import keep_tls_libraries_out, needs_tls
+from filexfer._types import IServiceReactor
 from filexfer._workers import ParentWatch, SharedDatagramPort, SharedStreamPort, WorkerProcesses
 from filexfer.storage import CONFLICT_POLICIES, DirectoryStorage
 from filexfer.tcp.receiver import ReceiverFactory
@@ -358,7 +360,7 @@ class _EndpointListener(internet.StreamServerEndpointService):
             waiting.addCallback(self._listening)
 
     def _listening(self, port: Any) -> Any:
-        log.info("listening for TCP on {where}", where=describe_host(port.getHost()))
+        log.info("listening for TCP on {where}", where=describe_peer(port.getHost()))
         return port
 
     def privilegedStartService(self) -> None:
@@ -405,7 +407,7 @@ class HashingPool(Service):
     with its first job and stops with the service.
     """
 
-    def __init__(self, reactor: Any) -> None:
+    def __init__(self, reactor: IReactorFromThreads) -> None:
         self.reactor = reactor
         self.pool = ThreadPool(minthreads=0, maxthreads=HASHING_THREADS, name="filexfer-hashing")
 
@@ -422,7 +424,9 @@ class HashingPool(Service):
             self.pool.stop()
 
 
-def _open_storage(options: Options, reactor: Any, hashing: HashingPool) -> DirectoryStorage:
+def _open_storage(
+    options: Options, reactor: IReactorThreads, hashing: HashingPool
+) -> DirectoryStorage:
     """The storage under --root, or a L{StartupError} saying why not."""
     pool = reactor.getThreadPool()
 
@@ -452,7 +456,7 @@ def _open_storage(options: Options, reactor: Any, hashing: HashingPool) -> Direc
     return storage
 
 
-def make_service(options: Options, reactor: Any) -> MultiService:
+def make_service(options: Options, reactor: IServiceReactor) -> MultiService:
     """Build the service tree for C{options}, on C{reactor}.
 
     The ports are bound when the service starts, or earlier by L{bind_ports}.

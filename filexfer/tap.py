@@ -9,12 +9,14 @@ before twistd daemonises, so that the daemonised form reports them too.
 from __future__ import annotations
 
 import sys
+from typing import cast
 
 from twisted.application.service import IService
 from twisted.python import usage
 
 from filexfer import service
 from filexfer._ports import StartupError
+from filexfer._types import IServiceReactor
 
 __all__ = ["Options", "makeService"]
 
@@ -36,7 +38,7 @@ def makeService(options: service.Options) -> IService:
     from twisted.internet import reactor
 
     try:
-        top = service.make_service(options, reactor)
+        top = service.make_service(options, cast(IServiceReactor, reactor))
         service.bind_ports(top)
     except StartupError as error:
         _fail(str(error), 1)

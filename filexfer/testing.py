@@ -83,7 +83,6 @@ from twisted.internet.interfaces import (
     IProtocol,
     IProtocolFactory,
     IReactorTCP,
-    IReactorUDP,
     IStreamClientEndpoint,
     IUDPTransport,
 )
@@ -95,6 +94,7 @@ from zope.interface import implementer
 
 from filexfer._errors import TransferError
 from filexfer._names import validate_path
+from filexfer._types import ITFTPReactor
 from filexfer.storage import (
     CONFLICT_POLICIES,
     BlockingRunner,
@@ -695,7 +695,7 @@ class FakeUDPPort:
                 return  # the protocol read nothing: a real poller would spin here
 
 
-@implementer(IReactorUDP)
+@implementer(ITFTPReactor)
 class FakeUDPNetwork(Clock):
     """A L{Clock} that also provides C{listenUDP}: a UDP network on one host, in memory.
 
@@ -1024,7 +1024,7 @@ class RunningTFTPServer:
 
 
 def start_tftp_server(
-    reactor: IReactorUDP, root: str | os.PathLike[str], **options: Any
+    reactor: ITFTPReactor, root: str | os.PathLike[str], **options: Any
 ) -> Deferred[RunningTFTPServer]:
     """Serve TFTP on a free UDP port of 127.0.0.1, storing under C{root}.
 

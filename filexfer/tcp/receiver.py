@@ -21,7 +21,7 @@ an L{IStorage}; the clock is injected so that timeouts are testable.
 from __future__ import annotations
 
 import hmac
-from typing import Any
+from typing import cast
 
 from automat import MethodicalMachine
 from twisted.internet.defer import Deferred, maybeDeferred
@@ -40,6 +40,7 @@ from filexfer._errors import TransferError
 from filexfer._guard import AccessPolicy, ConnectionLimits
 from filexfer._log import describe_peer, log, log_transfer
 from filexfer._receipt import Receipt
+from filexfer._types import IStreamTransport
 from filexfer.storage import IStorage, IUpload
 from filexfer.tcp import _wire
 
@@ -77,17 +78,22 @@ class ReceiverProtocol(Protocol):
         self._trailer_line = b""
         self._claimed_sha256: str | None = None
 
+    @property
+    def _transport(self) -> IStreamTransport:
+        """C{self.transport}, typed as what this protocol uses of it (once connected)."""
+        return cast(IStreamTransport, self.transport)
+
     # -- Twisted's calls -----------------------------------------------------
 
     def connectionMade(self) -> None:
-        self._peer = describe_peer(self.transport.getPeer())  # type: ignore[union-attr]
+        self._peer = describe_peer(self._transport.getPeer())
         self._started = self._clock.seconds()
         refusal = self.factory.admit(self)
         if refusal is not None:
             self.refused(refusal)
             return
-        if hasattr(self.transport, "bufferSize"):
-            self.transport.bufferSize = READ_SIZE  # type: ignore[union-attr]
+        if hasattr(self._transport, "bufferSize"):
+            self._transport.bufferSize = READ_SIZE
         self._arm(self.factory.handshake_timeout)
 
     def dataReceived(self, data: bytes) -> None:
@@ -264,13 +270,13 @@ class ReceiverProtocol(Protocol):
         self._upload = upload
         if IConsumer.providedBy(upload):
             # storage that writes in the background pauses us while it catches up
-            IConsumer(upload).registerProducer(self.transport, True)  # type: ignore[arg-type]
+            IConsumer(upload).registerProducer(self._transport, True)
         if self._classic:
-            self.transport.write(_wire.CLASSIC_OK)  # type: ignore[union-attr]
+            self._transport.write(_wire.CLASSIC_OK)
         else:
             prefix = upload.prefix_sha256 if upload.offset < (upload.expected_size or 0) else None
             line = _wire.encode_ok(upload.offset, prefix, self._trailer)
-            self.transport.write(line)  # type: ignore[union-attr]
+            self._transport.write(line)
         self._arm(self.factory.idle_timeout)
         if upload.expected_size is not None and upload.received >= upload.expected_size:
             self._size_reached()
@@ -282,7 +288,7 @@ class ReceiverProtocol(Protocol):
         assert upload.stored is not None
         self._upload = upload
         line = _wire.encode_ok(upload.offset, None, self._trailer)
-        self.transport.write(line)  # type: ignore[union-attr]
+        self._transport.write(line)
         self._reply_done(upload.stored, "already stored as")
 
     def _size_reached(self) -> None:
@@ -295,8 +301,7 @@ class ReceiverProtocol(Protocol):
 
     @_machine.output()
     def _write(self, data: bytes) -> None:
-        upload = self._upload
-        assert upload is not None
+        upload = self._accepted
         after = b""
         if self._trailer and upload.expected_size is not None:
             wanted = upload.expected_size - upload.received
@@ -333,18 +338,14 @@ class ReceiverProtocol(Protocol):
 
     @_machine.output()
     def _refuse_short(self) -> None:
-        upload = self._upload
-        assert upload is not None
-        upload.abort(keep_partial=True)
-        self._refuse(TransferError(422, "the connection ended before the SHA256 trailer"))
+        self._accepted.abort(keep_partial=True)
+        self._drop_upload(TransferError(422, "the connection ended before the SHA256 trailer"))
 
     @_machine.output()
     def _finish(self) -> None:
         self._disarm()
-        self.transport.pauseProducing()  # type: ignore[union-attr]
-        upload = self._upload
-        assert upload is not None
-        result: Deferred[Receipt] = upload.finish(self._claimed_sha256)
+        self._transport.pauseProducing()
+        result: Deferred[Receipt] = self._accepted.finish(self._claimed_sha256)
         result.addCallbacks(self.stored, self._finish_failed)
 
     def _finish_failed(self, failure: Failure) -> None:
@@ -357,9 +358,9 @@ class ReceiverProtocol(Protocol):
 
     @_machine.output()
     def _report_stored(self, receipt: Receipt) -> None:
-        upload = self._upload
-        offset = upload.offset if upload is not None else 0
-        if upload is not None and upload.prefix_sha256 is None and offset == upload.expected_size:
+        upload = self._accepted
+        offset = upload.offset
+        if upload.prefix_sha256 is None and offset == upload.expected_size:
             outcome = "already stored as"  # proved by the trailer: nothing was sent
         elif offset:
             outcome = f"resumed at byte {offset}, stored as"
@@ -370,26 +371,38 @@ class ReceiverProtocol(Protocol):
     def _reply_done(self, receipt: Receipt, outcome: str) -> None:
         if not self._classic:
             line = _wire.encode_done(receipt.size, receipt.sha256, receipt.path)
-            self.transport.write(line)  # type: ignore[union-attr]
+            self._transport.write(line)
         self._log(self._received(), f"{outcome} {receipt.path!r}")
-        self.transport.loseConnection()  # type: ignore[union-attr]
+        self._transport.loseConnection()
 
     @_machine.output()
-    def _send_error(self, error: TransferError) -> None:
-        self._refuse(error)
+    def _refuse_request(self, error: TransferError) -> None:
+        self._refuse_before_ok(error)
 
-    def _refuse(self, error: TransferError) -> None:
-        """Say why (the classic form after C{ok}: reset), log, and close."""
+    @_machine.output()
+    def _refuse_upload(self, error: TransferError) -> None:
+        self._drop_upload(error)
+
+    def _refuse_before_ok(self, error: TransferError) -> None:
+        """Before C{ok}: say why, log, and close."""
         self._disarm()
-        if self._upload is not None:
-            self._upload.abort(keep_partial=False)  # a no-op once finish() kept a short partial
+        self._log(0, f"refused: {error.code} {error.reason}")
+        self._say_error(error)
+
+    def _drop_upload(self, error: TransferError) -> None:
+        """After C{ok}: drop the upload, say why (the classic form: reset), log, and close."""
+        self._disarm()
+        self._accepted.abort(keep_partial=False)  # a no-op once finish() kept a short partial
         self._log(self._received(), f"refused: {error.code} {error.reason}")
-        if self._classic and self._upload is not None:
+        if self._classic:
             # The classic form has no words after "ok": a reset is the only
             # way to tell the client that its file was not stored.
-            self.transport.abortConnection()  # type: ignore[union-attr]
+            self._transport.abortConnection()
             return
-        self.transport.write(_wire.encode_error(error))  # type: ignore[union-attr]
+        self._say_error(error)
+
+    def _say_error(self, error: TransferError) -> None:
+        self._transport.write(_wire.encode_error(error))
         self._close_after_last_words()
 
     def _close_after_last_words(self) -> None:
@@ -398,7 +411,7 @@ class ReceiverProtocol(Protocol):
         Closing with the peer's bytes unread would reset the connection, and
         a reset can destroy the error line before the peer has read it.
         """
-        transport: Any = self.transport
+        transport = self._transport
         if self._peer_finished:
             transport.loseConnection()
             return
@@ -413,19 +426,20 @@ class ReceiverProtocol(Protocol):
     @_machine.output()
     def _close(self) -> None:
         self._disarm()
-        self.transport.loseConnection()  # type: ignore[union-attr]
+        self._transport.loseConnection()
 
     @_machine.output()
-    def _refuse_timeout(self) -> None:
-        stage = "handshake" if self._upload is None else "transfer"
-        if self._upload is not None:
-            self._upload.abort(keep_partial=True)  # a stalled upload may be resumed
-        self._refuse(TransferError(408, f"{stage} timed out"))
+    def _refuse_slow_handshake(self) -> None:
+        self._refuse_before_ok(TransferError(408, "handshake timed out"))
+
+    @_machine.output()
+    def _refuse_stalled_upload(self) -> None:
+        self._accepted.abort(keep_partial=True)  # a stalled upload may be resumed
+        self._drop_upload(TransferError(408, "transfer timed out"))
 
     @_machine.output()
     def _keep_partial(self, reason: Failure) -> None:
-        if self._upload is not None:
-            self._upload.abort(keep_partial=True)
+        self._accepted.abort(keep_partial=True)
         self._log(self._received(), f"connection lost: {reason.getErrorMessage()}")
 
     @_machine.output()
@@ -452,8 +466,8 @@ class ReceiverProtocol(Protocol):
     handshake.upon(data_received, enter=handshake, outputs=[_parse_handshake])
     handshake.upon(parsed, enter=starting, outputs=[_start])
     handshake.upon(end_of_stream, enter=closed, outputs=[_close])
-    handshake.upon(refused, enter=closed, outputs=[_send_error])
-    handshake.upon(timed_out, enter=closed, outputs=[_refuse_timeout])
+    handshake.upon(refused, enter=closed, outputs=[_refuse_request])
+    handshake.upon(timed_out, enter=closed, outputs=[_refuse_slow_handshake])
     handshake.upon(connection_lost, enter=closed, outputs=[_log_vanished])
 
     # The client sends nothing before "ok" (docs/protocol.md, "FX/1").
@@ -461,23 +475,23 @@ class ReceiverProtocol(Protocol):
     starting.upon(end_of_stream, enter=starting, outputs=[])
     starting.upon(accepted, enter=streaming, outputs=[_send_ok])
     starting.upon(already_stored, enter=closed, outputs=[_send_ok_and_done])
-    starting.upon(refused, enter=closed, outputs=[_send_error])
-    starting.upon(timed_out, enter=closed, outputs=[_refuse_timeout])
+    starting.upon(refused, enter=closed, outputs=[_refuse_request])
+    starting.upon(timed_out, enter=closed, outputs=[_refuse_slow_handshake])
     starting.upon(connection_lost, enter=closed, outputs=[_note_gone])
 
     streaming.upon(data_received, enter=streaming, outputs=[_write])
     streaming.upon(all_bytes_in, enter=finishing, outputs=[_finish])
     streaming.upon(data_complete, enter=trailer, outputs=[])
     streaming.upon(end_of_stream, enter=finishing, outputs=[_finish])
-    streaming.upon(refused, enter=closed, outputs=[_send_error])
-    streaming.upon(timed_out, enter=closed, outputs=[_refuse_timeout])
+    streaming.upon(refused, enter=closed, outputs=[_refuse_upload])
+    streaming.upon(timed_out, enter=closed, outputs=[_refuse_stalled_upload])
     streaming.upon(connection_lost, enter=closed, outputs=[_keep_partial])
 
     trailer.upon(data_received, enter=trailer, outputs=[_read_trailer])
     trailer.upon(trailer_received, enter=finishing, outputs=[_finish])
     trailer.upon(end_of_stream, enter=closed, outputs=[_refuse_short])
-    trailer.upon(refused, enter=closed, outputs=[_send_error])
-    trailer.upon(timed_out, enter=closed, outputs=[_refuse_timeout])
+    trailer.upon(refused, enter=closed, outputs=[_refuse_upload])
+    trailer.upon(timed_out, enter=closed, outputs=[_refuse_stalled_upload])
     trailer.upon(connection_lost, enter=closed, outputs=[_keep_partial])
 
     # Reading is paused while finishing; bytes beyond Size in the final read
@@ -485,7 +499,7 @@ class ReceiverProtocol(Protocol):
     finishing.upon(data_received, enter=finishing, outputs=[])
     finishing.upon(end_of_stream, enter=finishing, outputs=[])
     finishing.upon(stored, enter=closed, outputs=[_report_stored])
-    finishing.upon(refused, enter=closed, outputs=[_send_error])
+    finishing.upon(refused, enter=closed, outputs=[_refuse_upload])
     finishing.upon(connection_lost, enter=finishing, outputs=[])
 
     closed.upon(accepted, enter=closed, outputs=[_put_back])
@@ -519,10 +533,15 @@ class ReceiverProtocol(Protocol):
                 timer.cancel()
         self._timer = None
 
+    @property
+    def _accepted(self) -> IUpload:
+        """The upload the storage took: there is one from C{streaming} on."""
+        assert self._upload is not None
+        return self._upload
+
     def _received(self) -> int:
-        if self._upload is None:
-            return 0
-        return int(self._upload.received - self._upload.offset)
+        """Bytes of the accepted upload that arrived on this connection."""
+        return int(self._accepted.received - self._accepted.offset)
 
     def _log(self, nbytes: int, outcome: str) -> None:
         log_transfer(
@@ -573,7 +592,9 @@ class ReceiverFactory(Factory):
 
     def admit(self, connection: ReceiverProtocol) -> TransferError | None:
         """Count a new connection in, or say why it may not stay."""
-        peer = connection.transport.getPeer()  # type: ignore[union-attr]
+        transport = connection.transport
+        assert transport is not None
+        peer = transport.getPeer()
         host = getattr(peer, "host", None)
         if not self.access.allows(host):
             return TransferError(403, "your address is not allowed")

@@ -38,8 +38,10 @@ from filexfer._errors import TransferError
 from filexfer._hashing import HASH_READ, ShortFile, sha256_prefix
 from filexfer._mtime import NS_MAX, NS_MIN
 from filexfer._names import validate_name, validate_path
+from filexfer._progress import Progress as Progress
 from filexfer._receipt import Receipt
 from filexfer._text import escape
+from filexfer._types import ISendingReactor, IStreamTransport
 from filexfer.tcp import _wire
 
 CHUNK_SIZE = 256 * 1024
@@ -65,9 +67,6 @@ RETRY_DEADLINE = 60.0
 _FIRST_WAIT = 1.0
 _MIN_WAIT = 0.1
 _MAX_WAIT = 30.0
-
-Progress = Callable[[int, int], None]
-"""Called as C{progress(bytes_done, total_bytes)} while a file is sent."""
 
 
 class SendError(Exception):
@@ -125,7 +124,7 @@ class _ThreadedSend:
 
     def __init__(
         self,
-        reactor: IReactorThreads,
+        reactor: ISendingReactor,
         sock_fd: int,
         file_fd: int,
         start: int,
@@ -232,11 +231,13 @@ class SenderProtocol(Protocol):
         size: int,
         request: _wire.ClassicRequest | _wire.PutRequest,
         progress: Progress | None,
-        clock: IReactorTime,
+        clock: IReactorTime | ISendingReactor,
         idle_timeout: float,
         reply_timeout: float | None = None,
     ) -> None:
         self._clock = clock
+        self._threads_reactor = _with_threads(clock)
+        """The clock again when it has a thread pool for the threaded send, else None."""
         self._idle_timeout = idle_timeout
         self._reply_timeout = reply_timeout
         """Seconds for the first reply (None: the idle timeout)."""
@@ -266,6 +267,11 @@ class SenderProtocol(Protocol):
         """Cancelling it stops the send and drops the connection (the
         server keeps what it received, for a resume)."""
 
+    @property
+    def _transport(self) -> IStreamTransport:
+        """C{self.transport}, typed as what this protocol uses of it (once connected)."""
+        return cast(IStreamTransport, self.transport)
+
     # -- Twisted's calls -----------------------------------------------------
 
     def connectionMade(self) -> None:
@@ -273,12 +279,12 @@ class SenderProtocol(Protocol):
             self._timer = self._clock.callLater(self._idle_timeout, self._stalled)
         else:
             self._timer = self._clock.callLater(self._reply_timeout, self._no_reply)
-        if hasattr(self.transport, "bufferSize"):
-            self.transport.bufferSize = CHUNK_SIZE  # type: ignore[union-attr]
+        if hasattr(self._transport, "bufferSize"):
+            self._transport.bufferSize = CHUNK_SIZE
         if isinstance(self._request, _wire.ClassicRequest):
-            self.transport.write(self._request.name.encode("utf-8"))  # type: ignore[union-attr]
+            self._transport.write(self._request.name.encode("utf-8"))
         else:
-            self.transport.write(_wire.encode_put(self._request))  # type: ignore[union-attr]
+            self._transport.write(_wire.encode_put(self._request))
 
     def dataReceived(self, data: bytes) -> None:
         self._still_alive()
@@ -414,7 +420,7 @@ class SenderProtocol(Protocol):
             self.offered_pull(offset, trailer)
 
     def _can_use_threads(self) -> bool:
-        return IReactorThreads.providedBy(self._clock) and _socket_fd(self.transport) is not None
+        return self._threads_reactor is not None and _socket_fd(self.transport) is not None
 
     @_machine.output()
     def _unexpected(self) -> None:
@@ -448,10 +454,11 @@ class SenderProtocol(Protocol):
         """
         self._offset = offset
         self._trailer = True
-        if IReactorThreads.providedBy(self._clock):
+        reactor = self._threads_reactor
+        if reactor is not None:
             hashing = deferToThreadPool(
-                cast(Any, self._clock),
-                cast(IReactorThreads, self._clock).getThreadPool(),
+                reactor,
+                reactor.getThreadPool(),
                 _hash_prefix,
                 self._handle,
                 offset,
@@ -484,8 +491,9 @@ class SenderProtocol(Protocol):
         self._begin_at(offset, trailer)
         # The hashing thread starts at 0 unless the prefix is hashed
         # already: a resumed prefix is hashed off the reactor thread too.
+        assert self._threads_reactor is not None  # _can_use_threads chose this path
         self._threads = _ThreadedSend(
-            cast(IReactorThreads, self._clock),
+            self._threads_reactor,
             cast(int, _socket_fd(self.transport)),
             self._handle.fileno(),
             offset,
@@ -507,7 +515,7 @@ class SenderProtocol(Protocol):
             return
         # first: a real transport pulls the first chunk at once
         self._producer = _FileProducer(self)
-        self.transport.registerProducer(self._producer, False)  # type: ignore[union-attr]
+        self._transport.registerProducer(self._producer, False)
 
     def _begin_at(self, offset: int, trailer: bool) -> None:
         self._offset = offset
@@ -525,7 +533,7 @@ class SenderProtocol(Protocol):
             return
         self._digest.update(chunk)
         self._sent += len(chunk)
-        self.transport.write(chunk)  # type: ignore[union-attr]
+        self._transport.write(chunk)
         self._still_alive()
         self._report_progress()
         if self._sent >= self._size:
@@ -562,10 +570,10 @@ class SenderProtocol(Protocol):
     def _send_trailer_or_close(self) -> None:
         self._stop_sending()
         if self._classic:
-            self.transport.loseConnection()  # type: ignore[union-attr]
+            self._transport.loseConnection()
         elif self._trailer:
             trailer = _wire.encode_trailer(self._digest.hexdigest())
-            self.transport.write(trailer)  # type: ignore[union-attr]
+            self._transport.write(trailer)
 
     def _stop_sending(self) -> None:
         """No more reads from the file (it is closed once the result fires)."""
@@ -573,7 +581,7 @@ class SenderProtocol(Protocol):
             self._threads.stop()
         if self._producer is not None:  # not registered when nothing was left to send
             self._producer = None
-            self.transport.unregisterProducer()  # type: ignore[union-attr]
+            self._transport.unregisterProducer()
 
     # -- outputs: the receipt --------------------------------------------------------
 
@@ -759,7 +767,7 @@ class SenderProtocol(Protocol):
             self._timer.cancel()
         self._stop_sending()
         if self.transport is not None:
-            self.transport.abortConnection()  # type: ignore[attr-defined]
+            self._transport.abortConnection()
 
     def _report_progress(self) -> None:
         if self._progress is not None:
@@ -768,18 +776,27 @@ class SenderProtocol(Protocol):
     def _succeed(self, receipt: Receipt) -> None:
         if not self.result.called:
             self.result.callback(receipt)
-        self.transport.loseConnection()  # type: ignore[union-attr]
+        self._transport.loseConnection()
 
     def _fail(self, error: Exception) -> None:
         self._stop_sending()
         if not self.result.called:
             self.result.errback(Failure(error))
-        self.transport.loseConnection()  # type: ignore[union-attr]
+        self._transport.loseConnection()
 
     @property
     def _request_path(self) -> str:
         request = self._request
         return request.name if isinstance(request, _wire.ClassicRequest) else request.path
+
+
+def _with_threads(clock: IReactorTime | ISendingReactor) -> ISendingReactor | None:
+    """C{clock} when it has a thread pool too (L{IReactorThreads}), else None.
+
+    Real reactors declare L{IReactorTime} and L{IReactorThreads} apart, not
+    their combination, so the check is on L{IReactorThreads}.
+    """
+    return cast(ISendingReactor, clock) if IReactorThreads.providedBy(clock) else None
 
 
 def _describe_tls_failure(reason: Failure) -> str | None:
@@ -821,7 +838,7 @@ def _hash_prefix(handle: BinaryIO, length: int) -> Any:
 
 
 def send_file(
-    reactor: IReactorTime,
+    reactor: IReactorTime | ISendingReactor,
     endpoint: IStreamClientEndpoint,
     path: str | os.PathLike[str],
     *,
@@ -838,6 +855,10 @@ def send_file(
 ) -> Deferred[Receipt]:
     """Send the file at C{path} to the receiver at C{endpoint}.
 
+    @param reactor: the clock for timeouts and retry waits.  A reactor with
+        threads too (L{ISendingReactor}: any real one) sends over plain TCP
+        with C{sendfile} and hashes in threads; a bare clock (C{task.Clock}
+        in tests) sends a chunk per pull on the reactor thread.
     @param name: the remote relative path (FX/1) or name (classic); the
         file's own name by default.
     @param plain: use the classic form (name, C{ok}, stream, close) for
@@ -991,7 +1012,7 @@ def check_remote_name(remote: str, classic: bool) -> None:
 
 
 def _send_once(
-    reactor: IReactorTime,
+    reactor: IReactorTime | ISendingReactor,
     endpoint: IStreamClientEndpoint,
     path: str | os.PathLike[str],
     name: str | None,

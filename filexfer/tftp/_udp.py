@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet import udp
+from twisted.internet.interfaces import IReactorUDP
 
 from filexfer.tftp._packets import MAX_BLKSIZE
 
@@ -268,7 +269,7 @@ def _enlarge_buffers(sock: socket.socket) -> None:
 
 
 def open_port(
-    reactor: Any, protocol: Any, *, interface: str, blksize: int, gro: bool
+    reactor: IReactorUDP, protocol: Any, *, interface: str, blksize: int, gro: bool
 ) -> tuple[Any, bool]:
     """Listen on a fresh UDP port (a TID) for a transfer of C{blksize} blocks.
 

@@ -18,8 +18,11 @@ from typing import Any, BinaryIO, Literal
 
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorCore
 from twisted.python.failure import Failure
 
+from filexfer._progress import Progress as Progress
+from filexfer._types import ITFTPReactor
 from filexfer.tftp._netascii import NetasciiDecoder
 from filexfer.tftp._packets import (
     DEFAULT_BLKSIZE,
@@ -48,7 +51,6 @@ from filexfer.tftp._packets import (
 from filexfer.tftp._packets import Error as ErrorPacket
 from filexfer.tftp._udp import Address, open_port, write_to
 from filexfer.tftp._window import Retransmitter
-from filexfer.tftp.transfer import Progress as Progress
 from filexfer.tftp.transfer import Receiver, Sender, Transfer
 
 DEFAULT_CLIENT_BLKSIZE = 1428
@@ -126,7 +128,7 @@ class _ClientTransfer(Transfer):
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: ITFTPReactor,
         server: Address,
         request: bytes,
         options: dict[str, str],
@@ -351,14 +353,16 @@ def _check(blksize: int, windowsize: int, timeout: float, retries: int, mode: st
         raise ValueError("mode must be 'octet' or 'netascii'")
 
 
-def _resolve(reactor: Any, host: str) -> Deferred[str]:
+def _resolve(reactor: ITFTPReactor, host: str) -> Deferred[str]:
     if isIPAddress(host) or isIPv6Address(host):
         return succeed(host)
-    resolved: Deferred[str] = reactor.resolve(host)
+    resolved: Deferred[str] = IReactorCore(reactor).resolve(host)
     return resolved
 
 
-def _run(reactor: Any, host: str, port: int, make: Callable[..., _ClientTransfer]) -> Deferred[int]:
+def _run(
+    reactor: ITFTPReactor, host: str, port: int, make: Callable[..., _ClientTransfer]
+) -> Deferred[int]:
     """Resolve C{host}, then run the transfer C{make(server=(address, port))}."""
 
     def start(address: str) -> Deferred[int]:
@@ -379,7 +383,7 @@ def _run(reactor: Any, host: str, port: int, make: Callable[..., _ClientTransfer
 
 
 def upload(
-    reactor: Any,
+    reactor: ITFTPReactor,
     host: str,
     port: int,
     local_path: str | os.PathLike[str],
@@ -429,7 +433,7 @@ def _close_on_failure(failure: Failure, handle: BinaryIO) -> Failure:
 
 
 def download(
-    reactor: Any,
+    reactor: ITFTPReactor,
     host: str,
     port: int,
     remote_name: str,

@@ -23,6 +23,7 @@ from zope.interface import implementer
 from filexfer._errors import TransferError
 from filexfer._guard import AccessPolicy
 from filexfer._log import describe_peer, log, log_transfer
+from filexfer._types import ITFTPReactor
 from filexfer.storage import IStorage, IUpload, Receipt
 from filexfer.tftp._netascii import NetasciiDecoder
 from filexfer.tftp._packets import (
@@ -348,7 +349,7 @@ class TFTPServerProtocol(DatagramProtocol):
         self,
         *,
         storage: IStorage,
-        reactor: Any,
+        reactor: ITFTPReactor,
         allow_read: bool = True,
         allow_write: bool = True,
         max_blksize: int = MAX_BLKSIZE,

@@ -46,9 +46,6 @@ from filexfer.tftp._udp import (
 )
 from filexfer.tftp._window import FileBlocks, WindowReceiver, WindowSender
 
-Progress = Callable[[int, int | None], object]
-"""C{progress(done_bytes, total_bytes_or_None)}: how far a transfer has come."""
-
 _UNKNOWN_TID = encode_error(UNKNOWN_TID, "unknown transfer ID")
 
 
