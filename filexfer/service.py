@@ -422,6 +422,17 @@ class HashingPool(Service):
             self.pool.stop()
 
 
+class CutOnShutdown(Service):
+    """When the service stops, uploads still streaming are cut, each with its log line."""
+
+    def __init__(self, factory: ReceiverFactory) -> None:
+        self.factory = factory
+
+    def stopService(self) -> Any:
+        super().stopService()
+        self.factory.shut_down()
+
+
 def _open_storage(options: Options, reactor: Any, hashing: HashingPool) -> DirectoryStorage:
     """The storage under --root, or a L{StartupError} saying why not."""
     pool = reactor.getThreadPool()
@@ -476,6 +487,8 @@ def make_service(options: Options, reactor: Any) -> MultiService:
         access=access,
     )
     factory.noisy = False  # no "Starting factory <...ReceiverFactory object at 0x...>"
+    # Stopped after the ports (a MultiService stops its children last first).
+    CutOnShutdown(factory).setServiceParent(top)
     port = options["port"]
     if options.shares_ports:
         SharedStreamPort(reactor, port, factory, LISTEN_BACKLOG).setServiceParent(top)

@@ -75,7 +75,8 @@ class Upload:
         self._storage = storage
         self._temp_name = temp_name
         self._handle = handle
-        self._resumable = resumable
+        self.resumable = resumable
+        """Whether an aborted upload's bytes are kept (C{abort(keep_partial=True)})."""
         handle.seek(0, os.SEEK_END)
         self.offset = handle.tell()
         if size is not None and self.offset > size:
@@ -265,7 +266,7 @@ class Upload:
             # a worker thread still writes to the handle: close it afterwards
             self._idle().addCallback(lambda _: self.abort(keep_partial))
             return
-        if keep_partial and self._resumable:
+        if keep_partial and self.resumable:
             self._handle.flush()  # unbuffered: nothing to write; closing a kept file is cheap
             self._close()
             return

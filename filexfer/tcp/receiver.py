@@ -76,12 +76,15 @@ class ReceiverProtocol(Protocol):
         self._trailer = False
         self._trailer_line = b""
         self._claimed_sha256: str | None = None
+        self._client_outcome: str | None = None
+        """Set when the client ended the upload early: the log says so, not "refused"."""
 
     # -- Twisted's calls -----------------------------------------------------
 
     def connectionMade(self) -> None:
         self._peer = describe_peer(self.transport.getPeer())  # type: ignore[union-attr]
         self._started = self._clock.seconds()
+        self.factory.live.add(self)
         refusal = self.factory.admit(self)
         if refusal is not None:
             self.refused(refusal)
@@ -102,6 +105,7 @@ class ReceiverProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._disarm()
+        self.factory.live.discard(self)
         self.factory.release(self)
         self.connection_lost(reason)
 
@@ -180,6 +184,10 @@ class ReceiverProtocol(Protocol):
     @_machine.input()
     def connection_lost(self, reason: Failure) -> None:
         "The connection is gone."
+
+    @_machine.input()
+    def shutting_down(self) -> None:
+        "The service is stopping (SIGTERM): an upload in progress is cut."
 
     # -- outputs: handshake ----------------------------------------------------
 
@@ -336,6 +344,7 @@ class ReceiverProtocol(Protocol):
         upload = self._upload
         assert upload is not None
         upload.abort(keep_partial=True)
+        self._client_outcome = self._client_ended("client closed")
         self._refuse(TransferError(422, "the connection ended before the SHA256 trailer"))
 
     @_machine.output()
@@ -344,6 +353,10 @@ class ReceiverProtocol(Protocol):
         self.transport.pauseProducing()  # type: ignore[union-attr]
         upload = self._upload
         assert upload is not None
+        if upload.expected_size is not None and upload.received < upload.expected_size:
+            # the client half-closed before Size bytes: the storage refuses
+            # the short upload (422, the partial kept), which the client caused
+            self._client_outcome = self._client_ended("client closed")
         result: Deferred[Receipt] = upload.finish(self._claimed_sha256)
         result.addCallbacks(self.stored, self._finish_failed)
 
@@ -383,7 +396,8 @@ class ReceiverProtocol(Protocol):
         self._disarm()
         if self._upload is not None:
             self._upload.abort(keep_partial=False)  # a no-op once finish() kept a short partial
-        self._log(self._received(), f"refused: {error.code} {error.reason}")
+        outcome = self._client_outcome or f"refused: {error.code} {error.reason}"
+        self._log(self._received(), outcome)
         if self._classic and self._upload is not None:
             # The classic form has no words after "ok": a reset is the only
             # way to tell the client that its file was not stored.
@@ -424,9 +438,22 @@ class ReceiverProtocol(Protocol):
 
     @_machine.output()
     def _keep_partial(self, reason: Failure) -> None:
-        if self._upload is not None:
-            self._upload.abort(keep_partial=True)
-        self._log(self._received(), f"connection lost: {reason.getErrorMessage()}")
+        if self._upload is None:
+            self._log(0, f"connection lost: {reason.getErrorMessage()}")
+            return
+        self._upload.abort(keep_partial=True)
+        # A half-close is end_of_stream: a connection lost mid-stream was reset or dropped.
+        self._log(self._received(), self._client_ended("client aborted"))
+
+    @_machine.output()
+    def _cut(self) -> None:
+        """The service stops: keep the bytes for a resume, say so, and drop the connection."""
+        self._disarm()
+        upload = self._upload
+        assert upload is not None
+        upload.abort(keep_partial=True)
+        self._log(self._received(), self._client_ended("cut by shutdown"))
+        self.transport.abortConnection()  # type: ignore[union-attr]
 
     @_machine.output()
     def _log_vanished(self, reason: Failure) -> None:
@@ -440,7 +467,7 @@ class ReceiverProtocol(Protocol):
 
     @_machine.output()
     def _note_gone(self, reason: Failure) -> None:
-        self._log(0, f"connection lost while starting: {reason.getErrorMessage()}")
+        self._log(0, "client aborted while the upload was starting")
 
     @_machine.output()
     def _put_back(self, upload: IUpload) -> None:
@@ -455,6 +482,7 @@ class ReceiverProtocol(Protocol):
     handshake.upon(refused, enter=closed, outputs=[_send_error])
     handshake.upon(timed_out, enter=closed, outputs=[_refuse_timeout])
     handshake.upon(connection_lost, enter=closed, outputs=[_log_vanished])
+    handshake.upon(shutting_down, enter=handshake, outputs=[])
 
     # The client sends nothing before "ok" (docs/protocol.md, "FX/1").
     starting.upon(data_received, enter=starting, outputs=[_refuse_early_data])
@@ -464,6 +492,7 @@ class ReceiverProtocol(Protocol):
     starting.upon(refused, enter=closed, outputs=[_send_error])
     starting.upon(timed_out, enter=closed, outputs=[_refuse_timeout])
     starting.upon(connection_lost, enter=closed, outputs=[_note_gone])
+    starting.upon(shutting_down, enter=starting, outputs=[])
 
     streaming.upon(data_received, enter=streaming, outputs=[_write])
     streaming.upon(all_bytes_in, enter=finishing, outputs=[_finish])
@@ -472,6 +501,7 @@ class ReceiverProtocol(Protocol):
     streaming.upon(refused, enter=closed, outputs=[_send_error])
     streaming.upon(timed_out, enter=closed, outputs=[_refuse_timeout])
     streaming.upon(connection_lost, enter=closed, outputs=[_keep_partial])
+    streaming.upon(shutting_down, enter=closed, outputs=[_cut])
 
     trailer.upon(data_received, enter=trailer, outputs=[_read_trailer])
     trailer.upon(trailer_received, enter=finishing, outputs=[_finish])
@@ -479,6 +509,7 @@ class ReceiverProtocol(Protocol):
     trailer.upon(refused, enter=closed, outputs=[_send_error])
     trailer.upon(timed_out, enter=closed, outputs=[_refuse_timeout])
     trailer.upon(connection_lost, enter=closed, outputs=[_keep_partial])
+    trailer.upon(shutting_down, enter=closed, outputs=[_cut])
 
     # Reading is paused while finishing; bytes beyond Size in the final read
     # were already refused by the upload (422).
@@ -487,6 +518,7 @@ class ReceiverProtocol(Protocol):
     finishing.upon(stored, enter=closed, outputs=[_report_stored])
     finishing.upon(refused, enter=closed, outputs=[_send_error])
     finishing.upon(connection_lost, enter=finishing, outputs=[])
+    finishing.upon(shutting_down, enter=finishing, outputs=[])
 
     closed.upon(accepted, enter=closed, outputs=[_put_back])
     closed.upon(already_stored, enter=closed, outputs=[])
@@ -495,6 +527,7 @@ class ReceiverProtocol(Protocol):
     closed.upon(refused, enter=closed, outputs=[])
     closed.upon(timed_out, enter=closed, outputs=[_close])
     closed.upon(connection_lost, enter=closed, outputs=[])
+    closed.upon(shutting_down, enter=closed, outputs=[])
 
     # -- helpers -------------------------------------------------------------------
 
@@ -518,6 +551,25 @@ class ReceiverProtocol(Protocol):
             if timer is not None and timer.active():
                 timer.cancel()
         self._timer = None
+
+    def _client_ended(self, how: str) -> str:
+        """How an upload ended early, in the client's terms, and what became of its bytes.
+
+        E.g. C{client closed after 40000 of 100000 bytes (kept for resume)}:
+        the bytes held (a resumed upload's earlier ones included) of the
+        announced Size.
+        """
+        upload = self._upload
+        assert upload is not None
+        held, size = upload.received, upload.expected_size
+        if self._trailer and size is not None and held >= size:
+            where = "before the SHA256 trailer"
+        elif size is not None:
+            where = f"after {held} of {size} bytes"
+        else:
+            where = f"after {held} bytes"
+        kept = "kept for resume" if getattr(upload, "resumable", False) and held else "discarded"
+        return f"{how} {where} ({kept})"
 
     def _received(self) -> int:
         if self._upload is None:
@@ -567,6 +619,8 @@ class ReceiverFactory(Factory):
         self.idle_timeout = idle_timeout
         self.limits = limits if limits is not None else ConnectionLimits()
         self.access = access if access is not None else AccessPolicy()
+        self.live: set[ReceiverProtocol] = set()
+        """The connections open now."""
 
     def buildProtocol(self, addr: IAddress | None) -> ReceiverProtocol:
         return ReceiverProtocol(self)
@@ -586,6 +640,16 @@ class ReceiverFactory(Factory):
     def release(self, connection: ReceiverProtocol) -> None:
         """Count a closed connection out."""
         self.limits.leave(connection)
+
+    def shut_down(self) -> None:
+        """The service stops: cut every upload in progress (each logs one line).
+
+        Twisted leaves open connections alone when the reactor stops, so an
+        upload cut by a shutdown would end without a word; its bytes are kept
+        for a resume, as after any lost connection.
+        """
+        for connection in list(self.live):
+            connection.shutting_down()
 
     def check_token(self, request: _wire.Request) -> None:
         """Refuse with 401 unless the request carries the shared secret."""
