@@ -424,6 +424,17 @@ class HashingPool(Service):
             self.pool.stop()
 
 
+class CutOnShutdown(Service):
+    """When the service stops, uploads still streaming are cut, each with its log line."""
+
+    def __init__(self, factory: ReceiverFactory) -> None:
+        self.factory = factory
+
+    def stopService(self) -> Any:
+        super().stopService()
+        self.factory.shut_down()
+
+
 def _open_storage(
     options: Options, reactor: IReactorThreads, hashing: HashingPool
 ) -> DirectoryStorage:
@@ -480,6 +491,8 @@ def make_service(options: Options, reactor: IServiceReactor) -> MultiService:
         access=access,
     )
     factory.noisy = False  # no "Starting factory <...ReceiverFactory object at 0x...>"
+    # Stopped after the ports (a MultiService stops its children last first).
+    CutOnShutdown(factory).setServiceParent(top)
     port = options["port"]
     if options.shares_ports:
         SharedStreamPort(reactor, port, factory, LISTEN_BACKLOG).setServiceParent(top)

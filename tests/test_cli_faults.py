@@ -163,6 +163,66 @@ class InterruptionTests(Base):
             self.assertEqual(out, "")
             self.assertEqual(visible_files(self.root), [])
 
+    def scripted_server(self, reply: bytes | None) -> tuple[str, threading.Event]:
+        """A loopback port that reads each request and answers C{reply} and closes
+        (None: never answers); the event is set once a request has arrived."""
+        listener = socket.create_server((LOOPBACK, 0))
+        self.addCleanup(listener.close)
+        asked = threading.Event()
+        held: list[socket.socket] = []
+        self.addCleanup(lambda: [sock.close() for sock in held])
+
+        def serve() -> None:
+            while True:
+                try:
+                    sock, _ = listener.accept()
+                except OSError:
+                    return  # the listener was closed
+                held.append(sock)
+                sock.settimeout(WAIT)
+                try:
+                    if sock.recv(65536):
+                        asked.set()
+                        if reply is not None:
+                            sock.sendall(reply)
+                            sock.close()
+                except OSError:
+                    pass
+
+        threading.Thread(target=serve, daemon=True).start()
+        return f"{LOOPBACK}:{listener.getsockname()[1]}", asked
+
+    def test_signal_while_waiting_to_retry_a_busy_server(self) -> None:
+        """SIGTERM (143) or SIGINT (130) during the wait before retrying a 503:
+        the interrupt line after the retry note, never status 0."""
+        local = write_file(os.path.join(self.base, "n.txt"), b"n")
+        dest, _ = self.scripted_server(b"error 503 server busy\n")
+        for signum, status in [(signal.SIGTERM, 143), (signal.SIGINT, 130)]:
+            process = start_filexfer("send", "--no-progress", local, dest)
+            assert process.stderr is not None
+            note = process.stderr.readline()  # bounded: the server answers at once
+            self.assertIn("server busy (503); trying again in", note)
+            process.send_signal(signum)
+            code, out, err = finish(process)
+            self.assertEqual(code, status, note + err)
+            self.assertEqual(len(err.splitlines()), 1, err)
+            self.assertIn(f"interrupted by {signal.Signals(signum).name} while sending", err)
+            self.assertIn("n.txt", err)
+            self.assertEqual(out, "")
+
+    def test_signal_while_waiting_for_the_first_reply(self) -> None:
+        """SIGTERM while the server has the request but has not answered: 143, one line."""
+        local = write_file(os.path.join(self.base, "r.txt"), b"r")
+        dest, asked = self.scripted_server(None)
+        process = start_filexfer("send", "--no-progress", local, dest)
+        self.assertTrue(asked.wait(WAIT), "the request never arrived")
+        process.send_signal(signal.SIGTERM)
+        code, out, err = finish(process)
+        self.assertEqual(code, 143, err)
+        self.assertEqual(len(err.splitlines()), 1, err)
+        self.assertIn("interrupted by SIGTERM while sending", err)
+        self.assertEqual(out, "")
+
     def test_sigterm_during_tftp_send(self) -> None:
         """SIGTERM during a TFTP upload: 143 and a line naming the file."""
         big = sparse(os.path.join(self.base, "big.bin"), 1 << 30)

@@ -135,3 +135,30 @@ class TwistdTFTPTests(unittest.TestCase):
         replaced = run_filexfer("get", "--no-progress", "--overwrite", url, local)
         self.assertEqual(replaced.returncode, 0, replaced.stderr)
         self.assertEqual(sha256_file(local), sha256_file(source))
+
+    def test_one_log_line_per_transfer(self) -> None:
+        """A TFTP upload and a download are one log line each: a transfer's own UDP
+        port logs neither Twisted's "... starting on N" nor "(UDP Port N Closed)"."""
+        source = write_file(os.path.join(self.base, "one.bin"), payload(50_000, seed=4))
+        url = f"tftp://{LOOPBACK}:{self.udp}/one.bin"
+        result = self.curl("-T", source, url)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        result = self.curl("-o", os.path.join(self.base, "copy.bin"), url)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.server.log.wait_for(r"tftp-rrq .*'one.bin' 50000 bytes")
+        self.server.stop()  # every line is in once the process has ended
+        log = self.server.log
+        self.assertEqual(log.count(r"'one\.bin'"), 2, log.text())
+        self.assertEqual(log.count(r"tftp-wrq .*'one\.bin' 50000 bytes"), 1, log.text())
+        self.assertEqual(log.count(r"tftp-rrq .*'one\.bin' 50000 bytes"), 1, log.text())
+        # Only the service's own TFTP port (and the TCP port) may start and close.
+        tcp = str(self.server.port)
+        for line in log.lines:
+            for word in ("starting on", "UDP Port"):
+                if word in line:
+                    self.assertTrue(
+                        line.rstrip(")").endswith(
+                            (f" {self.udp}", f" {tcp}", f" {self.udp} Closed")
+                        ),
+                        log.text(),
+                    )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -95,6 +96,45 @@ class ProcessTestCase(unittest.TestCase):
             return handle.read()
 
 
+# -- 0. the server's log tells how an upload ended ---------------------------------------
+
+
+@pytest.mark.integration
+class ShutdownLogTests(ProcessTestCase):
+    def test_upload_cut_by_sigterm_is_logged(self) -> None:
+        """SIGTERM to twistd while an FX/1 upload streams: one line saying the
+        shutdown cut it and that its bytes are kept; the partial is there."""
+        server = start_twistd(self, self.root)
+        request = _wire.PutRequest("cut.bin", 100_000, None, 1_650_000_000 * 10**9, trailer=True)
+        sock = socket.create_connection((LOOPBACK, server.port), timeout=30)
+        self.addCleanup(sock.close)
+        sock.sendall(_wire.encode_put(request))
+        self.assertTrue(read_line(sock).startswith(b"ok 0"))
+        sock.sendall(b"A" * 40_000)
+
+        def partial_holds_40000() -> bool:
+            names = state_files(self.root, "partial")
+            partial = os.path.join(self.root, ".filexfer", "partial", names[0]) if names else ""
+            return bool(names) and os.path.getsize(partial) == 40_000
+
+        wait_until(partial_holds_40000, "40,000 bytes in the partial")
+        server.signal(signal.SIGTERM)
+        server.wait(30)  # twistd ends by its SIGTERM once it has shut down
+        lines = [line for line in server.log.lines if "'cut.bin'" in line]
+        self.assertEqual(len(lines), 1, server.log.text())
+        self.assertTrue(
+            lines[0].endswith(": cut by shutdown after 40000 of 100000 bytes (kept for resume)"),
+            lines[0],
+        )
+        self.assertRegex(lines[0], r"fx/1 127\.0\.0\.1:\d+ 'cut\.bin' 40000 bytes in ")
+        self.assertTrue(partial_holds_40000())
+        try:  # the connection was dropped (reset)
+            rest = sock.recv(1)
+        except ConnectionResetError:
+            rest = b""
+        self.assertEqual(rest, b"")
+
+
 # -- 1. a resumed prefix of an older version of the file ------------------------------
 
 
@@ -122,7 +162,10 @@ class RewrittenFileResumeTests(ProcessTestCase):
             wait_until(partial_holds_40000, "40,000 bytes in the partial")
         finally:
             reset_socket(sock)
-        server.log.wait_for(r"'data.bin' 40000 bytes .*connection lost")
+        server.log.wait_for(
+            r"'data.bin' 40000 bytes .*: "
+            r"client aborted after 40000 of 100000 bytes \(kept for resume\)$"
+        )
 
         with open(source, "r+b") as handle:  # in place: the same inode, as an editor may
             handle.write(b"B" * 100_000)

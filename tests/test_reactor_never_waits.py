@@ -219,7 +219,7 @@ class TwistdResumeTests(unittest.TestCase):
             self.assertEqual(_read_line(first), OK_FRESH)
             first.sendall(payload(HELD))
             reset_socket(first)  # the partial is kept, with whatever arrived of these bytes
-        server.log.wait_for(r"'big\.bin' \d+ bytes in .*: connection lost")
+        server.log.wait_for(r"'big\.bin' \d+ bytes in .*: client aborted after ")
         (partial,) = state_files(root, "partial")
         os.truncate(os.path.join(root, ".filexfer", "partial", partial), BIG)  # sparse: fast
 

@@ -756,3 +756,94 @@ class AdmissionTests(ReceiverTestCase):
         self.assertEqual(
             _wire.encode_error(TransferError(400, "two\nlines")), b"error 400 two lines\n"
         )
+
+
+class ClientEndingTests(ReceiverTestCase):
+    """An upload the client ends early is logged in the client's terms, not as
+    "refused: 4xx"; the reply on the wire stays what the protocol requires."""
+
+    def outcome(self, name: str) -> str:
+        lines = [line for line in self.events if repr(name) in line]
+        self.assertEqual(len(lines), 1, self.events)
+        return lines[0].rpartition("): ")[2]
+
+    def fx1(self, name: str, data: bytes) -> tuple[ReceiverProtocol, StringTransport]:
+        protocol, transport = self.connect(transport_class=HalfClosingTransport)
+        self.feed(protocol, put(name, size=len(data), mtime_ns=MTIME_NS, trailer=True))
+        return protocol, transport
+
+    def test_half_close_before_size(self) -> None:
+        """FIN after 40 of 100 bytes: C{error 422} on the wire, "client closed" in the log."""
+        protocol, transport = self.fx1("short.bin", payload(100))
+        self.feed(protocol, payload(100)[:40], bytewise=False)
+        protocol.readConnectionLost()
+        self.assertIn(b"error 422 short upload: 40 of 100 bytes arrived\n", transport.value())
+        self.assertEqual(
+            self.outcome("short.bin"), "client closed after 40 of 100 bytes (kept for resume)"
+        )
+        self.assertEqual(len(state_files(self.root, "partial")), 1)
+
+    def test_half_close_before_the_trailer(self) -> None:
+        """FIN after Size bytes but before the SHA256 line: C{error 422}, "client closed"."""
+        data = payload(100)
+        protocol, transport = self.fx1("notrailer.bin", data)
+        self.feed(protocol, data, bytewise=False)
+        protocol.readConnectionLost()
+        self.assertIn(b"error 422 ", transport.value())
+        self.assertEqual(
+            self.outcome("notrailer.bin"),
+            "client closed before the SHA256 trailer (kept for resume)",
+        )
+
+    def test_reset_mid_stream(self) -> None:
+        """A reset after 40 bytes: "client aborted", the partial kept (FX/1) or not (classic)."""
+        protocol, _ = self.fx1("reset.bin", payload(100))
+        self.feed(protocol, payload(100)[:40], bytewise=False)
+        protocol.connectionLost(Failure(ConnectionLost()))
+        self.assertEqual(
+            self.outcome("reset.bin"), "client aborted after 40 of 100 bytes (kept for resume)"
+        )
+
+        protocol, _ = self.connect()
+        self.feed(protocol, b"classic.bin\n", bytewise=False)
+        self.feed(protocol, b"x" * 30, bytewise=False)
+        protocol.connectionLost(Failure(ConnectionLost()))
+        self.assertEqual(self.outcome("classic.bin"), "client aborted after 30 bytes (discarded)")
+        self.assertEqual(visible_files(self.root), [])
+
+    def test_reset_before_the_trailer(self) -> None:
+        data = payload(100)
+        protocol, _ = self.fx1("gone.bin", data)
+        self.feed(protocol, data, bytewise=False)
+        protocol.connectionLost(Failure(ConnectionLost()))
+        self.assertEqual(
+            self.outcome("gone.bin"), "client aborted before the SHA256 trailer (kept for resume)"
+        )
+
+    def test_server_refusals_still_say_refused(self) -> None:
+        """Bytes beyond Size are the server refusing: "refused: 422" as before."""
+        protocol, transport = self.connect(transport_class=HalfClosingTransport)
+        self.feed(protocol, put("long.bin", size=10), bytewise=False)
+        self.feed(protocol, b"y" * 11, bytewise=False)
+        self.assertIn(b"error 422 ", transport.value())
+        self.assertTrue(self.outcome("long.bin").startswith("refused: 422 "))
+
+
+class ShutdownTests(ReceiverTestCase):
+    def test_streaming_upload_cut(self) -> None:
+        """The service stops mid-upload: one line, the partial kept, the connection dropped."""
+        protocol, transport = self.connect()
+        self.feed(protocol, put("cut.bin", size=100, mtime_ns=MTIME_NS, trailer=True))
+        self.feed(protocol, payload(100)[:40], bytewise=False)
+        idle, idle_transport = self.connect()  # in its handshake: nothing to say
+        self.factory.shut_down()
+        self.assertTrue(transport.disconnecting)
+        self.assertFalse(idle_transport.disconnecting)
+        protocol.connectionLost(Failure(ConnectionLost()))
+        lines = [line for line in self.events if "'cut.bin'" in line]
+        self.assertEqual(len(lines), 1, self.events)
+        self.assertTrue(
+            lines[0].endswith(": cut by shutdown after 40 of 100 bytes (kept for resume)"), lines
+        )
+        self.assertEqual(len(state_files(self.root, "partial")), 1)
+        self.assertEqual(self.factory.live, {idle})

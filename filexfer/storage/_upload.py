@@ -75,7 +75,8 @@ class Upload:
         self._storage = storage
         self._temp_name = temp_name
         self._handle = handle
-        self._resumable = resumable
+        self.resumable = resumable
+        """Whether an aborted upload's bytes are kept (C{abort(keep_partial=True)})."""
         handle.seek(0, os.SEEK_END)
         self.offset = handle.tell()
         if size is not None and self.offset > size:
@@ -263,7 +264,7 @@ class Upload:
         self._aborted = True
         self.unregisterProducer()
         self._queue, self._queued = [], 0
-        keep = keep_partial and self._resumable
+        keep = keep_partial and self.resumable
         if not keep:
             # Unlinking an open file only removes its name, at once (a new
             # upload of the same file starts a new one, and nothing is left to

@@ -77,6 +77,8 @@ class ReceiverProtocol(Protocol):
         self._trailer = False
         self._trailer_line = b""
         self._claimed_sha256: str | None = None
+        self._client_outcome: str | None = None
+        """Set when the client ended the upload early: the log says so, not "refused"."""
 
     @property
     def _transport(self) -> IStreamTransport:
@@ -88,6 +90,7 @@ class ReceiverProtocol(Protocol):
     def connectionMade(self) -> None:
         self._peer = describe_peer(self._transport.getPeer())
         self._started = self._clock.seconds()
+        self.factory.live.add(self)
         refusal = self.factory.admit(self)
         if refusal is not None:
             self.refused(refusal)
@@ -108,6 +111,7 @@ class ReceiverProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._disarm()
+        self.factory.live.discard(self)
         self.factory.release(self)
         self.connection_lost(reason)
 
@@ -186,6 +190,10 @@ class ReceiverProtocol(Protocol):
     @_machine.input()
     def connection_lost(self, reason: Failure) -> None:
         "The connection is gone."
+
+    @_machine.input()
+    def shutting_down(self) -> None:
+        "The service is stopping (SIGTERM): an upload in progress is cut."
 
     # -- outputs: handshake ----------------------------------------------------
 
@@ -339,13 +347,19 @@ class ReceiverProtocol(Protocol):
     @_machine.output()
     def _refuse_short(self) -> None:
         self._accepted.abort(keep_partial=True)
+        self._client_outcome = self._client_ended("client closed")
         self._drop_upload(TransferError(422, "the connection ended before the SHA256 trailer"))
 
     @_machine.output()
     def _finish(self) -> None:
         self._disarm()
         self._transport.pauseProducing()
-        result: Deferred[Receipt] = self._accepted.finish(self._claimed_sha256)
+        upload = self._accepted
+        if upload.expected_size is not None and upload.received < upload.expected_size:
+            # the client half-closed before Size bytes: the storage refuses
+            # the short upload (422, the partial kept), which the client caused
+            self._client_outcome = self._client_ended("client closed")
+        result: Deferred[Receipt] = upload.finish(self._claimed_sha256)
         result.addCallbacks(self.stored, self._finish_failed)
 
     def _finish_failed(self, failure: Failure) -> None:
@@ -393,7 +407,8 @@ class ReceiverProtocol(Protocol):
         """After C{ok}: drop the upload, say why (the classic form: reset), log, and close."""
         self._disarm()
         self._accepted.abort(keep_partial=False)  # a no-op once finish() kept a short partial
-        self._log(self._received(), f"refused: {error.code} {error.reason}")
+        outcome = self._client_outcome or f"refused: {error.code} {error.reason}"
+        self._log(self._received(), outcome)
         if self._classic:
             # The classic form has no words after "ok": a reset is the only
             # way to tell the client that its file was not stored.
@@ -440,7 +455,16 @@ class ReceiverProtocol(Protocol):
     @_machine.output()
     def _keep_partial(self, reason: Failure) -> None:
         self._accepted.abort(keep_partial=True)
-        self._log(self._received(), f"connection lost: {reason.getErrorMessage()}")
+        # A half-close is end_of_stream: a connection lost mid-stream was reset or dropped.
+        self._log(self._received(), self._client_ended("client aborted"))
+
+    @_machine.output()
+    def _cut(self) -> None:
+        """The service stops: keep the bytes for a resume, say so, and drop the connection."""
+        self._disarm()
+        self._accepted.abort(keep_partial=True)
+        self._log(self._received(), self._client_ended("cut by shutdown"))
+        self._transport.abortConnection()
 
     @_machine.output()
     def _log_vanished(self, reason: Failure) -> None:
@@ -454,7 +478,7 @@ class ReceiverProtocol(Protocol):
 
     @_machine.output()
     def _note_gone(self, reason: Failure) -> None:
-        self._log(0, f"connection lost while starting: {reason.getErrorMessage()}")
+        self._log(0, "client aborted while the upload was starting")
 
     @_machine.output()
     def _put_back(self, upload: IUpload) -> None:
@@ -469,6 +493,7 @@ class ReceiverProtocol(Protocol):
     handshake.upon(refused, enter=closed, outputs=[_refuse_request])
     handshake.upon(timed_out, enter=closed, outputs=[_refuse_slow_handshake])
     handshake.upon(connection_lost, enter=closed, outputs=[_log_vanished])
+    handshake.upon(shutting_down, enter=handshake, outputs=[])
 
     # The client sends nothing before "ok" (docs/protocol.md, "FX/1").
     starting.upon(data_received, enter=starting, outputs=[_refuse_early_data])
@@ -478,6 +503,7 @@ class ReceiverProtocol(Protocol):
     starting.upon(refused, enter=closed, outputs=[_refuse_request])
     starting.upon(timed_out, enter=closed, outputs=[_refuse_slow_handshake])
     starting.upon(connection_lost, enter=closed, outputs=[_note_gone])
+    starting.upon(shutting_down, enter=starting, outputs=[])
 
     streaming.upon(data_received, enter=streaming, outputs=[_write])
     streaming.upon(all_bytes_in, enter=finishing, outputs=[_finish])
@@ -486,6 +512,7 @@ class ReceiverProtocol(Protocol):
     streaming.upon(refused, enter=closed, outputs=[_refuse_upload])
     streaming.upon(timed_out, enter=closed, outputs=[_refuse_stalled_upload])
     streaming.upon(connection_lost, enter=closed, outputs=[_keep_partial])
+    streaming.upon(shutting_down, enter=closed, outputs=[_cut])
 
     trailer.upon(data_received, enter=trailer, outputs=[_read_trailer])
     trailer.upon(trailer_received, enter=finishing, outputs=[_finish])
@@ -493,6 +520,7 @@ class ReceiverProtocol(Protocol):
     trailer.upon(refused, enter=closed, outputs=[_refuse_upload])
     trailer.upon(timed_out, enter=closed, outputs=[_refuse_stalled_upload])
     trailer.upon(connection_lost, enter=closed, outputs=[_keep_partial])
+    trailer.upon(shutting_down, enter=closed, outputs=[_cut])
 
     # Reading is paused while finishing; bytes beyond Size in the final read
     # were already refused by the upload (422).
@@ -501,6 +529,7 @@ class ReceiverProtocol(Protocol):
     finishing.upon(stored, enter=closed, outputs=[_report_stored])
     finishing.upon(refused, enter=closed, outputs=[_refuse_upload])
     finishing.upon(connection_lost, enter=finishing, outputs=[])
+    finishing.upon(shutting_down, enter=finishing, outputs=[])
 
     closed.upon(accepted, enter=closed, outputs=[_put_back])
     closed.upon(already_stored, enter=closed, outputs=[])
@@ -509,6 +538,7 @@ class ReceiverProtocol(Protocol):
     closed.upon(refused, enter=closed, outputs=[])
     closed.upon(timed_out, enter=closed, outputs=[_close])
     closed.upon(connection_lost, enter=closed, outputs=[])
+    closed.upon(shutting_down, enter=closed, outputs=[])
 
     # -- helpers -------------------------------------------------------------------
 
@@ -538,6 +568,24 @@ class ReceiverProtocol(Protocol):
         """The upload the storage took: there is one from C{streaming} on."""
         assert self._upload is not None
         return self._upload
+
+    def _client_ended(self, how: str) -> str:
+        """How an upload ended early, in the client's terms, and what became of its bytes.
+
+        E.g. C{client closed after 40000 of 100000 bytes (kept for resume)}:
+        the bytes held (a resumed upload's earlier ones included) of the
+        announced Size.
+        """
+        upload = self._accepted
+        held, size = upload.received, upload.expected_size
+        if self._trailer and size is not None and held >= size:
+            where = "before the SHA256 trailer"
+        elif size is not None:
+            where = f"after {held} of {size} bytes"
+        else:
+            where = f"after {held} bytes"
+        kept = "kept for resume" if getattr(upload, "resumable", False) and held else "discarded"
+        return f"{how} {where} ({kept})"
 
     def _received(self) -> int:
         """Bytes of the accepted upload that arrived on this connection."""
@@ -586,6 +634,8 @@ class ReceiverFactory(Factory):
         self.idle_timeout = idle_timeout
         self.limits = limits if limits is not None else ConnectionLimits()
         self.access = access if access is not None else AccessPolicy()
+        self.live: set[ReceiverProtocol] = set()
+        """The connections open now."""
 
     def buildProtocol(self, addr: IAddress | None) -> ReceiverProtocol:
         return ReceiverProtocol(self)
@@ -607,6 +657,16 @@ class ReceiverFactory(Factory):
     def release(self, connection: ReceiverProtocol) -> None:
         """Count a closed connection out."""
         self.limits.leave(connection)
+
+    def shut_down(self) -> None:
+        """The service stops: cut every upload in progress (each logs one line).
+
+        Twisted leaves open connections alone when the reactor stops, so an
+        upload cut by a shutdown would end without a word; its bytes are kept
+        for a resume, as after any lost connection.
+        """
+        for connection in list(self.live):
+            connection.shutting_down()
 
     def check_token(self, request: _wire.Request) -> None:
         """Refuse with 401 unless the request carries the shared secret."""

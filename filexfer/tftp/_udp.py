@@ -20,8 +20,9 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from twisted.internet import udp
+from twisted.internet import base, error, udp
 from twisted.internet.interfaces import IReactorUDP
+from twisted.internet.posixbase import PosixReactorBase
 
 from filexfer.tftp._packets import MAX_BLKSIZE
 
@@ -234,18 +235,68 @@ class _ReadingPort(udp.Port):
     def doRead(self) -> None:
         self.protocol.readable(self.socket, self.maxPacketSize)
 
+    # A transfer's port is part of one transfer, which logs one line of its
+    # own: Twisted's "<Protocol> starting on N" and "(UDP Port N Closed)"
+    # would add two more per transfer.  These are udp.Port's methods less
+    # their log lines (and, binding, less the adopted-socket case, which a
+    # transfer's fresh port never has); nothing here runs per datagram.
+
+    def _bindSocket(self) -> None:
+        try:
+            skt = self.createInternetSocket()
+            skt.bind((self.interface, self.port))
+        except OSError as le:
+            raise error.CannotListenError(self.interface, self.port, le) from le
+        self._realPortNumber = skt.getsockname()[1]
+        self.connected = 1
+        self.socket = skt
+        self.fileno = skt.fileno  # type: ignore[method-assign]  # as udp.Port does
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self._realPortNumber = None
+        self.maxThroughput = -1
+        base.BasePort.connectionLost(self, reason)
+        self.protocol.doStop()
+        self.socket.close()
+        del self.socket
+        del self.fileno
+        if hasattr(self, "d"):
+            self.d.callback(None)
+            del self.d
+
 
 def _read_directly(port: Any) -> bool:
     """Make a real Twisted UDP C{port} call its protocol's C{readable} itself.
 
     Any other port (a test fake) is left alone: it delivers datagrams its
     own way (L{filexfer.testing.FakeUDPPort} calls C{readable} too).
-    Returns whether the port was changed.
+    Returns whether the port reads that way (made so here or by L{_listen}).
     """
+    if type(port) is _ReadingPort:
+        return True  # made so by _listen
     if type(port) is udp.Port and reads_itself(port.protocol):
         port.__class__ = _ReadingPort
         return True
     return False
+
+
+def _listen(reactor: Any, protocol: Any, interface: str, size: int) -> Any:
+    """C{reactor.listenUDP(0, ...)}, quietly, for a transfer's port.
+
+    A real reactor's C{listenUDP} makes a C{udp.Port} and starts it; here
+    the port is a L{_ReadingPort} from the start, which logs nothing when it
+    starts or closes.  Any other reactor (a test fake) is asked as usual.
+    """
+    if reads_itself(protocol) and _listens_as_twisted(reactor):
+        port = _ReadingPort(0, protocol, interface, size, reactor)
+        port.startListening()
+        return port
+    return reactor.listenUDP(0, protocol, interface=interface, maxPacketSize=size)
+
+
+def _listens_as_twisted(reactor: Any) -> bool:
+    """Whether C{reactor.listenUDP} is Twisted's own: a C{udp.Port}, started."""
+    return getattr(type(reactor), "listenUDP", None) is PosixReactorBase.listenUDP
 
 
 def _enable_gro(sock: socket.socket) -> bool:
@@ -283,7 +334,7 @@ def open_port(
     @raise Exception: whatever C{listenUDP} raises.
     """
     size = max(_DEFAULT_PACKET, min(blksize + 4, MAX_DATAGRAM))
-    port = reactor.listenUDP(0, protocol, interface=interface, maxPacketSize=size)
+    port = _listen(reactor, protocol, interface, size)
     sock = _socket_of(port)
     if sock is None:
         return port, False
