@@ -10,9 +10,6 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-import select
-import stat
-import threading
 from collections.abc import Callable
 from functools import partial
 from typing import Any, BinaryIO, cast
@@ -29,28 +26,48 @@ from twisted.internet.interfaces import (
     IStreamClientEndpoint,
 )
 from twisted.internet.protocol import Factory, Protocol, connectionDone
-from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from filexfer._errors import TransferError
-from filexfer._hashing import HASH_READ, ShortFile, sha256_prefix
 from filexfer._mtime import NS_MAX, NS_MIN
-from filexfer._names import validate_name, validate_path
 from filexfer._progress import Progress as Progress
 from filexfer._receipt import Receipt
 from filexfer._text import escape
 from filexfer._types import ISendingReactor, IStreamTransport
 from filexfer.tcp import _wire
+from filexfer.tcp._errors import (
+    ConnectTimeout,
+    ReplyTimeout,
+    SendError,
+    ServerRefused,
+    _StartAfresh,
+)
+from filexfer.tcp._local import check_remote_name, describe_mode, hash_prefix, open_regular
+from filexfer.tcp._retry import RETRY_DEADLINE, retry_wait, retry_while_busy
+from filexfer.tcp._threaded import ThreadedSend, socket_fd
+
+__all__ = [
+    "CHUNK_SIZE",
+    "CONNECT_TIMEOUT",
+    "IDLE_TIMEOUT",
+    "REPLY_TIMEOUT",
+    "RETRY_DEADLINE",
+    "ConnectTimeout",
+    "Progress",
+    "ReplyTimeout",
+    "SendError",
+    "SenderProtocol",
+    "ServerRefused",
+    "check_remote_name",
+    "describe_mode",
+    "open_regular",
+    "reply_wait",
+    "retry_wait",
+    "send_file",
+]
 
 CHUNK_SIZE = 256 * 1024
-_SENDFILE_MAX = 8 << 20
-"""Bytes per C{sendfile} call (the kernel sends what the socket takes)."""
-_REPORT_EVERY = 4 << 20
-"""Progress reports from the sending thread, in bytes."""
-_POLL_MS = 100
-"""How long a blocked sending thread waits before it checks whether to stop."""
 
 CONNECT_TIMEOUT = 10.0
 """Seconds L{send_file} waits for a connection by default."""
@@ -61,39 +78,6 @@ HASHING_ALLOWANCE = 50_000_000
 may hash what it holds (at 50 MB/s or better) before it answers."""
 IDLE_TIMEOUT = 300.0
 """Seconds L{send_file} lets a transfer stall by default."""
-
-RETRY_DEADLINE = 60.0
-"""Seconds L{send_file} keeps retrying a busy server by default."""
-_FIRST_WAIT = 1.0
-_MIN_WAIT = 0.1
-_MAX_WAIT = 30.0
-
-
-class SendError(Exception):
-    """A send failed; C{str()} is one line for a person."""
-
-
-class ConnectTimeout(SendError):
-    """No connection within the connect timeout."""
-
-
-class ReplyTimeout(SendError):
-    """The server accepted the connection but never answered the request."""
-
-
-class _StartAfresh(SendError):
-    """The bytes the server holds are not this file's: send it again from 0 (C{Resume: no})."""
-
-
-class ServerRefused(SendError):
-    """The server answered C{error <code> <reason>}."""
-
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(f"server refused: {code} {reason}")
-        self.code = code
-        self.reason = reason
-        self.retry_after = _wire.parse_retry_hint(reason)
-        """Seconds the server asked us to wait before trying again, if it said."""
 
 
 @implementer(IPullProducer)
@@ -110,113 +94,11 @@ class _FileProducer:
         self._protocol.stop_streaming()
 
 
-class _ThreadedSend:
-    """Streams a byte range of a file to a TCP socket without TLS off the reactor thread.
-
-    One thread pushes bytes [start, end) with C{os.sendfile} (no copy through
-    Python), another hashes [0, end), so that a resumed upload's prefix is
-    hashed off the reactor thread too (hashlib releases the GIL); each works on its own
-    duplicates of the descriptors, so closing the file or the connection on
-    the reactor thread never pulls a descriptor from under a thread.  The
-    threads report back with C{callFromThread}; L{stop} makes them quit
-    within L{_POLL_MS}.
-    """
-
-    def __init__(
-        self,
-        reactor: ISendingReactor,
-        sock_fd: int,
-        file_fd: int,
-        start: int,
-        end: int,
-        digest: Any,
-        progress: Callable[[int], None],
-        finished: Callable[[int, int, BaseException | None], None],
-        hash_from: int = 0,
-    ) -> None:
-        self._reactor = reactor
-        self._start = start
-        self._hash_from = hash_from
-        self._end = end
-        self._digest = digest
-        self._progress = progress
-        self._finished = finished
-        self._stopped = threading.Event()
-        self._results: dict[str, int] = {}
-        self._error: BaseException | None = None
-        sock, send_file, hash_file = os.dup(sock_fd), os.dup(file_fd), os.dup(file_fd)
-        reactor.callInThread(self._send, sock, send_file)
-        reactor.callInThread(self._hash, hash_file)
-
-    def stop(self) -> None:
-        """Ask both threads to quit (they close their descriptors as they go)."""
-        self._stopped.set()
-
-    def _send(self, sock: int, handle: int) -> None:
-        position = self._start
-        reported = position
-        error: BaseException | None = None
-        try:
-            poller = select.poll()
-            poller.register(sock, select.POLLOUT)
-            while position < self._end and not self._stopped.is_set():
-                try:
-                    sent = os.sendfile(
-                        sock, handle, position, min(_SENDFILE_MAX, self._end - position)
-                    )
-                except BlockingIOError:
-                    poller.poll(_POLL_MS)
-                    continue
-                if sent == 0:
-                    break  # the file is shorter than it was
-                position += sent
-                if position - reported >= _REPORT_EVERY or position == self._end:
-                    reported = position
-                    self._reactor.callFromThread(self._progress, position)
-        except BaseException as exc:  # reported on the reactor thread
-            error = exc
-        finally:
-            os.close(sock)
-            os.close(handle)
-        self._reactor.callFromThread(self._one_done, "sent", position, error)
-
-    def _hash(self, handle: int) -> None:
-        position = self._hash_from  # from 0, a resumed prefix too, unless it is hashed already
-        error: BaseException | None = None
-        try:
-            while position < self._end and not self._stopped.is_set():
-                chunk = os.pread(handle, min(HASH_READ, self._end - position), position)
-                if not chunk:
-                    break
-                self._digest.update(chunk)
-                position += len(chunk)
-        except BaseException as exc:  # reported on the reactor thread
-            error = exc
-        finally:
-            os.close(handle)
-        self._reactor.callFromThread(self._one_done, "hashed", position, error)
-
-    def _one_done(self, what: str, position: int, error: BaseException | None) -> None:
-        self._results[what] = position
-        self._error = self._error or error
-        if len(self._results) == 2:
-            self._finished(self._results["sent"], self._results["hashed"], self._error)
-
-
-def _socket_fd(transport: object) -> int | None:
-    """The descriptor of a TCP connection without TLS, else None."""
-    from twisted.internet import tcp  # here: importing it loads TLS, which a send may not need
-
-    if isinstance(transport, tcp.Connection) and not getattr(transport, "TLS", False):
-        return transport.fileno()
-    return None
-
-
 class SenderProtocol(Protocol):
     """Sends one file: handshake, wait for C{ok}, stream, wait for C{done}.
 
     Over TCP without TLS on a reactor with threads, the bytes go out with
-    C{sendfile} and are hashed in a second thread (L{_ThreadedSend}); over
+    C{sendfile} and are hashed in a second thread (L{ThreadedSend}); over
     TLS, or in memory, a pull producer sends a chunk at a time.
 
     A connection moves through a declared state machine (the table is at the
@@ -259,7 +141,7 @@ class SenderProtocol(Protocol):
         self._trailer = False
         self._producer: _FileProducer | None = None
         """Registered with the transport while pulling."""
-        self._threads: _ThreadedSend | None = None
+        self._threads: ThreadedSend | None = None
         """Running from C{threaded} until both threads have reported."""
         self._early_receipt: Receipt | None = None
         """The receipt held in C{confirmed_early}."""
@@ -420,7 +302,7 @@ class SenderProtocol(Protocol):
             self.offered_pull(offset, trailer)
 
     def _can_use_threads(self) -> bool:
-        return self._threads_reactor is not None and _socket_fd(self.transport) is not None
+        return self._threads_reactor is not None and socket_fd(self.transport) is not None
 
     @_machine.output()
     def _unexpected(self) -> None:
@@ -459,12 +341,12 @@ class SenderProtocol(Protocol):
             hashing = deferToThreadPool(
                 reactor,
                 reactor.getThreadPool(),
-                _hash_prefix,
+                hash_prefix,
                 self._handle,
                 offset,
             )
         else:
-            hashing = maybeDeferred(_hash_prefix, self._handle, offset)
+            hashing = maybeDeferred(hash_prefix, self._handle, offset)
 
         def hashed(digest: Any) -> None:
             if self.result.called:
@@ -492,9 +374,9 @@ class SenderProtocol(Protocol):
         # The hashing thread starts at 0 unless the prefix is hashed
         # already: a resumed prefix is hashed off the reactor thread too.
         assert self._threads_reactor is not None  # _can_use_threads chose this path
-        self._threads = _ThreadedSend(
+        self._threads = ThreadedSend(
             self._threads_reactor,
-            cast(int, _socket_fd(self.transport)),
+            cast(int, socket_fd(self.transport)),
             self._handle.fileno(),
             offset,
             self._size,
@@ -508,7 +390,7 @@ class SenderProtocol(Protocol):
     def _start_pull(self, offset: int, trailer: bool) -> None:
         self._begin_at(offset, trailer)
         if offset and self._hashed_upto != offset:
-            self._digest = _hash_prefix(self._handle, offset)
+            self._digest = hash_prefix(self._handle, offset)
         self._handle.seek(offset)
         if offset == self._size:
             self._sent_everything()
@@ -825,18 +707,6 @@ _NOT_TLS = ("wrong version number", "packet length too long", "record layer fail
 """OpenSSL's words when the peer answered something that is not TLS."""
 
 
-def _hash_prefix(handle: BinaryIO, length: int) -> Any:
-    """The SHA-256 state after the first C{length} bytes of C{handle}.
-
-    @raise SendError: the file is shorter than C{length}.
-    """
-    handle.seek(0)
-    try:
-        return sha256_prefix(handle, length, exact=True)
-    except ShortFile as short:
-        raise SendError(str(short)) from None
-
-
 def send_file(
     reactor: IReactorTime | ISendingReactor,
     endpoint: IStreamClientEndpoint,
@@ -899,43 +769,8 @@ def send_file(
         return once(fresh=False).addErrback(again_from_zero)
 
     return Deferred.fromCoroutine(
-        _retry_while_busy(reactor, attempt, retry_deadline, jitter, on_retry)
+        retry_while_busy(reactor, attempt, retry_deadline, jitter, on_retry)
     )
-
-
-def retry_wait(retry: int, hint: float | None, jitter: float) -> float:
-    """Seconds to wait before retry number C{retry} (0 for the first) of a busy server.
-
-    The wait doubles from the server's hint (1 s without one) up to 30 s,
-    is never shorter than the hint, and is stretched by C{1 + jitter}
-    (0 <= jitter < 1) so that clients turned away together come back apart.
-    """
-    base = _FIRST_WAIT if hint is None else max(hint, _MIN_WAIT)
-    wait = max(min(_MAX_WAIT, base * 2 ** min(retry, 32)), base)
-    return float(wait * (1 + jitter))
-
-
-async def _retry_while_busy(
-    clock: IReactorTime,
-    attempt: Callable[[], Deferred[Receipt]],
-    deadline: float,
-    jitter: Callable[[], float],
-    on_retry: Callable[[ServerRefused, float], None] | None,
-) -> Receipt:
-    give_up_at = clock.seconds() + deadline
-    retry = 0
-    while True:
-        try:
-            return await attempt()
-        except ServerRefused as refusal:
-            remaining = give_up_at - clock.seconds()
-            if refusal.code != 503 or remaining <= 0:
-                raise
-            wait = min(retry_wait(retry, refusal.retry_after, jitter()), remaining)
-            if on_retry is not None:
-                on_retry(refusal, wait)
-            await deferLater(clock, wait)
-            retry += 1
 
 
 def reply_wait(
@@ -958,57 +793,6 @@ class _Timeouts:
     idle: float
     connect: float | None
     reply: float | None
-
-
-def open_regular(path: str | os.PathLike[str]) -> BinaryIO:
-    """Open a regular file for reading, never blocking (a FIFO, a device).
-
-    The file is opened with C{O_NONBLOCK} and checked with C{fstat}, so
-    that what is opened is what is checked.
-
-    @raise SendError: it cannot be opened, or it is not a regular file.
-    """
-    text = os.fspath(path)
-    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOCTTY", 0)
-    try:
-        fd = os.open(text, flags)
-    except OSError as exc:
-        raise SendError(f"cannot read {text}: {exc.strerror}") from None
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
-        os.close(fd)
-        raise SendError(f"cannot send {text}: {describe_mode(mode)}, not a regular file")
-    return os.fdopen(fd, "rb")
-
-
-def describe_mode(mode: int) -> str:
-    """What kind of file C{mode} (an C{st_mode}) is, in a few words."""
-    kinds = [
-        (stat.S_ISDIR, "a directory"),
-        (stat.S_ISFIFO, "a FIFO"),
-        (stat.S_ISSOCK, "a socket"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-        (stat.S_ISLNK, "a symlink"),
-        (stat.S_ISREG, "a regular file"),
-    ]
-    return next((words for test, words in kinds if test(mode)), "a special file")
-
-
-def check_remote_name(remote: str, classic: bool) -> None:
-    """Apply the server's rules (filexfer._names) to the name a file is sent under.
-
-    @raise SendError: the server would refuse it, or store it differently.
-    """
-    try:
-        if classic:
-            validate_name(remote)
-        else:
-            validate_path(remote)
-    except TransferError as error:
-        raise SendError(
-            f"cannot be sent under the name {escape(repr(remote))}: {error.reason}"
-        ) from None
 
 
 def _send_once(
