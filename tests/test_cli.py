@@ -404,6 +404,23 @@ class TLSLibrariesTests(unittest.TestCase):
         self.assertTrue(_needs_tls(parse_command_line(["send", "--tls", "f", "host:1"])))
         self.assertFalse(_needs_tls(parse_command_line(["get", "tftp://host/f"])))
 
+    def test_importing_the_command_loads_no_tls(self) -> None:
+        """Importing the command (TCP and TFTP code included) loads neither pyOpenSSL nor TCP."""
+        code = (
+            "import sys\n"
+            "import filexfer.cli, filexfer.tftp.client, filexfer.tftp.server\n"
+            "print('OpenSSL' in sys.modules, 'twisted.internet.posixbase' in sys.modules)\n"
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
+            env=child_env(),
+        )
+        self.assertEqual(result.stdout.split(), ["False", "False"], result.stderr)
+
     def test_reactor_without_tls_libraries(self) -> None:
         """Once kept out, the reactor starts without pyOpenSSL and TCP still works."""
         code = (

@@ -22,7 +22,6 @@ from typing import Any
 
 from twisted.internet import base, error, udp
 from twisted.internet.interfaces import IReactorUDP
-from twisted.internet.posixbase import PosixReactorBase
 
 from filexfer.tftp._packets import MAX_BLKSIZE
 
@@ -296,6 +295,12 @@ def _listen(reactor: Any, protocol: Any, interface: str, size: int) -> Any:
 
 def _listens_as_twisted(reactor: Any) -> bool:
     """Whether C{reactor.listenUDP} is Twisted's own: a C{udp.Port}, started."""
+    if "twisted.internet.posixbase" not in sys.modules:
+        return False  # no posix reactor was ever imported, so this is none
+    # Imported here: posixbase imports TCP and TLS, which a TFTP-only process
+    # (and `filexfer send`, about 13 MiB of pyOpenSSL) does not need.
+    from twisted.internet.posixbase import PosixReactorBase
+
     return getattr(type(reactor), "listenUDP", None) is PosixReactorBase.listenUDP
 
 
