@@ -1,5 +1,5 @@
 """C{python -m filexfer}: the same as the C{filexfer} command."""
 
-from filexfer.cli import main
+from filexfer._start import main
 
 main()

@@ -18,7 +18,7 @@ import stat
 import sys
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 import attrs
 from twisted.internet.defer import Deferred, ensureDeferred
@@ -35,6 +35,7 @@ from twisted.python.failure import Failure
 from filexfer import __version__
 from filexfer._ports import StartupError
 from filexfer._progress import Progress
+from filexfer._start import interrupted_while_starting
 from filexfer._text import escape
 from filexfer._tls import keep_tls_libraries_out
 from filexfer._types import IServiceReactor
@@ -340,14 +341,23 @@ class ProgressBars:
             bar.close()
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """An argparse parser whose usage mistakes are one line (and exit 2), not a usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see '{self.prog} --help')\n")
+
+
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog=PROG,
         description="Send and receive files over TCP (classic push or verified FX/1) and TFTP.",
         epilog="Run 'filexfer COMMAND --help' for a command's options.",
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    commands = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, parser_class=_OneLineParser
+    )
 
     send = commands.add_parser(
         "send",
@@ -563,6 +573,12 @@ async def _send(
         if args.plain and any(os.path.isdir(source) for source in args.files):
             raise UserError("--plain sends single files only; send directories with FX/1", 2)
         plan = list(files_to_send(args.files, dest.path, skipped, classic=args.plain))
+        if args.plain and any("/" in remote for _, remote in plan):
+            raise UserError(
+                "the classic form (--plain) has no directories: drop the /DIR of DEST, "
+                "or send with FX/1",
+                2,
+            )
         transport = _tcp_transport(reactor, dest, args, err)
     for note in skipped:
         say(err, f"{PROG}: {note}")
@@ -724,8 +740,12 @@ def _endpoint_maker(
         try:
             with open(args.cacert, "rb") as handle:
                 trust = Certificate.loadPEM(handle.read())
-        except (OSError, ValueError) as exc:
-            raise UserError(f"cannot load --cacert {args.cacert}: {exc}") from None
+        except OSError as exc:
+            raise UserError(f"cannot load --cacert {args.cacert}: {exc.strerror}") from None
+        except Exception:  # pyOpenSSL's crypto.Error, ValueError: not a PEM certificate
+            raise UserError(
+                f"cannot load --cacert {args.cacert}: not a PEM certificate", 2
+            ) from None
     options = optionsForClientTLS(dest.host, trustRoot=trust)
     return lambda: wrapClientTLS(
         options, HostnameEndpoint(reactor, dest.host, dest.port, timeout=timeout)
@@ -741,6 +761,8 @@ def _tftp_plan(
     """
     if args.plain or any(os.path.isdir(source) for source in args.files):
         raise UserError("TFTP sends single files; --plain and directories are for TCP", 2)
+    if args.tls or args.cacert:
+        raise UserError("TFTP has no TLS: --tls and --cacert are for TCP destinations", 2)
     if len(args.files) > 1 and dest.path and not dest.path.endswith("/"):
         raise UserError("several files need a directory: end the tftp:// path with /", 2)
     plan = []
@@ -897,8 +919,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the C{filexfer} console script."""
     from twisted.internet import task
 
-    for signum in (signal.SIGINT, signal.SIGTERM):  # until the reactor runs: no traceback
-        signal.signal(signum, _quit)
+    for signum in (signal.SIGINT, signal.SIGTERM):  # until the reactor runs: one line
+        signal.signal(signum, interrupted_while_starting)
     try:
         args = parse_command_line(sys.argv[1:] if argv is None else argv)
     except UserError as error:
@@ -918,10 +940,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         return _run(reactor, args, interrupt).addCallback(_exit)
 
     task.react(run)
-
-
-def _quit(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)
 
 
 def _needs_tls(args: argparse.Namespace) -> bool:

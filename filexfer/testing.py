@@ -195,6 +195,7 @@ class MemoryStorage:
         *,
         trailer: bool = False,
         fresh: bool = False,
+        exact_name: bool = False,
     ) -> Deferred[IUpload]:
         """Start receiving C{path} (see L{IStorage.begin}).
 
@@ -207,13 +208,18 @@ class MemoryStorage:
                 self.check_size(size)
         except TransferError as error:
             return fail(error)
-        return self.run_blocking(lambda: self._begin(path, size, sha256, mtime_ns))
+        return self.run_blocking(lambda: self._begin(path, size, sha256, mtime_ns, exact_name))
 
     def _begin(
-        self, path: str, size: int | None, sha256: str | None, mtime_ns: int | None
+        self,
+        path: str,
+        size: int | None,
+        sha256: str | None,
+        mtime_ns: int | None,
+        exact_name: bool = False,
     ) -> IUpload:
         self._check_parents(path)
-        if self._is_directory(path) and self.on_conflict == "overwrite":
+        if self._is_directory(path) and (self.on_conflict == "overwrite" or exact_name):
             raise TransferError(409, f"{path} exists and is a directory")
         if sha256 is not None and size is not None:
             stored = self._identical_copy(path, size, sha256)

@@ -7,6 +7,7 @@ a scripted socket; nothing sleeps to synchronise, everything is bounded.
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import socket
@@ -615,3 +616,53 @@ class WordsTests(Base):
         self.assertIn("default 1428", result.stdout)
         self.assertIn("exit status", result.stdout)
         self.assertIn("130", result.stdout)
+
+
+class FreshTesterTests(Base):
+    """Inputs a tester new to the command tried: each a usage mistake said in one line."""
+
+    def assertOneLine(self, result: Any, status: int, *words: str) -> None:
+        self.assertEqual(result.returncode, status, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        self.assertEqual(len(lines), 1, result.stderr)
+        self.assertNotIn("Traceback", result.stderr)
+        for word in words:
+            self.assertIn(word, lines[0])
+
+    def test_cacert_that_is_no_certificate(self) -> None:
+        """An empty or binary --cacert file is one line, not a pyOpenSSL traceback."""
+        local = write_file(os.path.join(self.base, "f.txt"), b"f")
+        for content in (b"", b"\x00\x01binary"):
+            cacert = write_file(os.path.join(self.base, "ca.pem"), content)
+            result = run_filexfer("send", "--tls", "--cacert", cacert, local, "127.0.0.1:9")
+            self.assertOneLine(result, 2, "--cacert", "not a PEM certificate")
+
+    def test_tls_with_tftp(self) -> None:
+        """--tls (or --cacert) with a tftp:// destination is refused, not ignored."""
+        local = write_file(os.path.join(self.base, "f.txt"), b"f")
+        result = run_filexfer("send", "--tls", local, "tftp://127.0.0.1:9/")
+        self.assertOneLine(result, 2, "TFTP has no TLS")
+
+    def test_plain_with_a_remote_directory(self) -> None:
+        """--plain to HOST:PORT/dir/ is refused: the classic form has no directories."""
+        local = write_file(os.path.join(self.base, "x.txt"), b"x")
+        result = run_filexfer("send", "--plain", local, "127.0.0.1:9/sub/")
+        self.assertOneLine(result, 2, "--plain", "no directories")
+
+    def test_usage_mistake_is_one_line(self) -> None:
+        """A bad option value is one line naming it (not argparse's usage block)."""
+        result = run_filexfer("send", "--reply-timeout", "0", "f", "127.0.0.1:9")
+        self.assertOneLine(result, 2, "--reply-timeout")
+
+    def test_signal_while_starting(self) -> None:
+        """A signal before the command runs ends with 128+n and one line, no traceback."""
+        from filexfer._start import interrupted_while_starting
+
+        captured = io.StringIO()
+        self.patch(sys, "stderr", captured)
+        exit_ = self.assertRaises(SystemExit, interrupted_while_starting, signal.SIGINT, None)
+        self.assertEqual(exit_.code, 130)
+        self.assertEqual(
+            captured.getvalue(),
+            "filexfer: interrupted by SIGINT while starting; nothing was sent\n",
+        )

@@ -489,3 +489,18 @@ class ClientWaitsForHashingTests(unittest.TestCase):
         self.assertEqual(reply_wait(timeouts, small), REPLY_TIMEOUT)
         self.assertGreaterEqual(reply_wait(timeouts, huge), REPLY_TIMEOUT + 100 * 10**9 / 50e6)
         self.assertEqual(reply_wait(timeouts, _wire.ClassicRequest("c")), REPLY_TIMEOUT)
+
+
+class TFTPExactNameTests(unittest.TestCase):
+    def test_wrq_onto_a_directory_refused(self) -> None:
+        """A WRQ whose name is an existing directory gets ERROR 6 at once, not a renamed copy."""
+        from filexfer.tftp import _packets as p
+
+        from .test_tftp_server import Harness
+
+        h = Harness(self)
+        os.makedirs(os.path.join(h.root, "v6t"))
+        self.assertIsNone(h.request(p.WriteRequest(b"v6t", "octet")))
+        (error,) = h.take(h.main)
+        self.assertEqual(error.code, p.FILE_EXISTS)  # type: ignore[union-attr]
+        self.assertEqual(sorted(os.listdir(h.root)), [".filexfer", "v6t"])

@@ -75,6 +75,7 @@ class IStorage(Interface):
         *,
         trailer: bool = False,
         fresh: bool = False,
+        exact_name: bool = False,
     ) -> Deferred[IUpload]:
         """Start receiving C{path}; fire with the upload, or fail with L{TransferError}.
 
@@ -86,6 +87,9 @@ class IStorage(Interface):
             (C{finish(sha256)}): resume by Size and Mtime and the stored-file
             check become safe (docs/protocol.md, I1 and I2).
         @param fresh: ignore any held bytes and stored candidates; start at 0.
+        @param exact_name: the sender cannot learn another name (TFTP): an
+            existing entry there that is not a regular file (a directory, a
+            symlink) is refused with 409 now, instead of a renamed copy later.
         """
 
     def open_read(path: str) -> tuple[BinaryIO, int]:

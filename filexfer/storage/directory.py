@@ -123,6 +123,7 @@ class DirectoryStorage:
         *,
         trailer: bool = False,
         fresh: bool = False,
+        exact_name: bool = False,
     ) -> Deferred[IUpload]:
         """Start receiving C{path} (see L{IStorage.begin}).
 
@@ -141,7 +142,7 @@ class DirectoryStorage:
         except TransferError:
             return fail()
         looked_up = self.run_blocking(
-            lambda: self._begin_on_disk(path, size, sha256, mtime_ns, trailer, fresh)
+            lambda: self._begin_on_disk(path, size, sha256, mtime_ns, trailer, fresh, exact_name)
         )
         return looked_up.addCallback(
             lambda found: self.run_hashing(found.work) if isinstance(found, _Hashing) else found
@@ -155,6 +156,7 @@ class DirectoryStorage:
         mtime_ns: int | None,
         trailer: bool,
         fresh: bool,
+        exact_name: bool = False,
     ) -> IUpload | _Hashing:
         """The look-ups of L{begin} (quick: C{run_blocking}).
 
@@ -168,7 +170,7 @@ class DirectoryStorage:
         existing = self._lookup_entry(parents, name)
         if (
             existing is not None
-            and self.on_conflict == "overwrite"
+            and (self.on_conflict == "overwrite" or exact_name)
             and not stat.S_ISREG(existing.st_mode)
         ):
             raise TransferError(409, f"{path} exists and is {_kind(existing)}; it is not replaced")

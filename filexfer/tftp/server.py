@@ -474,7 +474,7 @@ class TFTPServerProtocol(DatagramProtocol):
         netascii = request.mode == "netascii"
         settings = negotiate(request.options, self.caps, kind="write")
         size = None if netascii else settings.tsize
-        starting = self.storage.begin(path, size, None, None)
+        starting = self.storage.begin(path, size, None, None, exact_name=True)
         return starting.addCallback(
             lambda upload: _WriteTransfer(
                 self, peer, path, settings, self.timeout, self.retries, upload, netascii
