@@ -792,9 +792,14 @@ def _tftp_transport(
             progress=progress,
             **options,
         )
-        return Sent(f"tftp://{dest.host}:{dest.port}/{remote}", size)
+        return Sent(f"tftp://{_url_host(dest.host)}:{dest.port}/{remote}", size)
 
     return Transport(send_one, "")
+
+
+def _url_host(host: str) -> str:
+    """A host as a URL shows it: an IPv6 address in brackets (RFC 3986)."""
+    return f"[{host}]" if ":" in host else host
 
 
 async def _get(
@@ -818,7 +823,7 @@ async def _get(
     if os.path.lexists(local) and not args.overwrite:
         raise UserError(f"{local} exists; use --overwrite to replace it")
     _check_can_save(local)
-    url = f"tftp://{dest.host}:{dest.port}/{dest.path}"
+    url = f"tftp://{_url_host(dest.host)}:{dest.port}/{dest.path}"
     bars = ProgressBars(not args.no_progress, err)
     try:
         with bars.for_file(escape(dest.path), None) as progress:

@@ -262,7 +262,8 @@ class Options(usage.Options):
             except OSError as exc:
                 raise usage.UsageError(f"--token-file: cannot read it: {exc.strerror}") from None
         if self["token"] == "":
-            raise usage.UsageError("--token: the token must not be empty")
+            given = "--token-file" if self["token-file"] is not None else "--token"
+            raise usage.UsageError(f"{given}: the token must not be empty")
         if not 8 <= self["tftp-max-blksize"] <= 65464:
             raise usage.UsageError("--tftp-max-blksize: must be between 8 and 65464")
         if self.shares_ports and self["listen"]:

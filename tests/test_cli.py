@@ -69,6 +69,14 @@ class ParseDestinationTests(unittest.TestCase):
         )
         self.assertEqual(parse_destination("tftp://[::1]/n"), Destination("tftp", "::1", 69, "n"))
 
+    def test_url_host(self) -> None:
+        """Printed tftp:// URLs bracket an IPv6 host (RFC 3986), as the user typed it."""
+        from filexfer.cli import _url_host
+
+        self.assertEqual(_url_host("::1"), "[::1]")
+        self.assertEqual(_url_host("10.0.0.1"), "10.0.0.1")
+        self.assertEqual(_url_host("host"), "host")
+
     def test_bad(self) -> None:
         """Bad destinations are usage errors (status 2) with the text in the message."""
         for text in [

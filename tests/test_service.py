@@ -119,8 +119,10 @@ class OptionsTests(unittest.TestCase):
         """A missing or empty token file, or an empty token, is a usage error."""
         self.assertRaises(usage.UsageError, parse, "--token-file", "/nonexistent/token")
         empty = write_file(os.path.abspath(self.mktemp()), b"\n")
-        self.assertRaises(usage.UsageError, parse, "--token-file", empty)
-        self.assertRaises(usage.UsageError, parse, "--token", "")
+        error = self.assertRaises(usage.UsageError, parse, "--token-file", empty)
+        self.assertTrue(str(error).startswith("--token-file: "), str(error))  # the option given
+        error = self.assertRaises(usage.UsageError, parse, "--token", "")
+        self.assertTrue(str(error).startswith("--token: "), str(error))
 
     def test_allow(self) -> None:
         """--allow is repeatable; a bad network is a usage error, not a crash."""
