@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 # The in-memory doubles are public in filexfer.testing; re-exported for the tests
@@ -84,6 +84,34 @@ def free_port() -> int:
         probe.bind((LOOPBACK, 0))
         port: int = probe.getsockname()[1]
         return port
+
+
+def free_udp_port() -> int:
+    """A UDP port on the loopback address that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind((LOOPBACK, 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def wait_until(condition: Callable[[], Any], timeout: float, what: str) -> None:
+    """Poll C{condition} (files on disk: nothing to wait on); fail after C{timeout} seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+def read_line(sock: socket.socket) -> bytes:
+    """One reply line (up to and including C{\\n}), or what came before the peer closed."""
+    line = b""
+    while not line.endswith(b"\n"):
+        chunk = sock.recv(1)
+        if not chunk:
+            break
+        line += chunk
+    return line
 
 
 def reset_socket(sock: socket.socket) -> None:
@@ -269,6 +297,20 @@ def start_twistd(testcase: Any, root: str, *extra: str) -> ServerProcess:
     testcase.addCleanup(server.stop)
     server.wait_listening()
     return server
+
+
+def start_twistd_tftp(testcase: Any, root: str, cwd: str, *extra: str) -> tuple[ServerProcess, int]:
+    """C{twistd filexfer} with TCP and TFTP on loopback; (the server, its UDP port)."""
+    udp = free_udp_port()
+    command = twistd_command(
+        "filexfer", "--listen", f"tcp:0:interface={LOOPBACK}",
+        "--tftp-port", str(udp), "--tftp-interface", LOOPBACK, "--root", root, *extra,
+    )  # fmt: skip
+    server = ServerProcess(command, cwd=cwd)
+    testcase.addCleanup(server.stop)
+    server.wait_listening()
+    server.log.wait_for(rf"listening for TFTP on UDP on \S+:{udp}\b")
+    return server, udp
 
 
 def start_serve(testcase: Any, root: str, *extra: str) -> ServerProcess:

@@ -35,24 +35,17 @@ from .helpers import (
     ServerProcess,
     child_env,
     free_port,
+    free_udp_port,
     recv_all,
     run_filexfer,
     sha256_bytes,
     start_serve,
     visible_files,
+    wait_until,
     write_file,
 )
 
 WAIT = 30.0
-
-
-def wait_until(condition: Any, timeout: float, what: str) -> None:
-    """Poll C{condition} until it holds, failing after C{timeout} seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 def start_filexfer(*args: str, cwd: str = ROOT) -> subprocess.Popen[str]:
@@ -95,13 +88,6 @@ def files_under(folder: str) -> list[str]:
 
 def has_bytes(folder: str) -> bool:
     return any(os.path.getsize(path) > 0 for path in files_under(folder))
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind((LOOPBACK, 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 class Base(unittest.TestCase):

@@ -10,7 +10,6 @@ import errno
 import os
 import socket
 import subprocess
-import time
 from typing import Any
 
 from twisted.internet import defer, endpoints, reactor
@@ -21,38 +20,25 @@ from filexfer.tcp import _wire
 from tests.helpers import (
     LOOPBACK,
     payload,
+    read_line,
     run_filexfer,
     sha256_bytes,
     sha256_file,
     start_twistd,
     state_files,
     visible_files,
+    wait_until,
     write_file,
 )
 
 MiB = 1 << 20
 
 
-def wait_until(condition: Any, timeout: float, what: str) -> None:
-    """Poll C{condition} until it holds, failing after C{timeout} seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
-
-
 def fx_connect(port: int, request: _wire.PutRequest) -> tuple[socket.socket, bytes]:
     """Open an FX/1 upload by hand; return the socket and the server's first line."""
     sock = socket.create_connection((LOOPBACK, port), timeout=30)
     sock.sendall(_wire.encode_put(request))
-    reply = b""
-    while not reply.endswith(b"\n"):
-        chunk = sock.recv(1)
-        if not chunk:
-            break
-        reply += chunk
-    return sock, reply
+    return sock, read_line(sock)
 
 
 def read_to_end(sock: socket.socket) -> bytes:

@@ -4,28 +4,18 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 
 from twisted.trial import unittest
 
 from tests.helpers import (
     LOOPBACK,
-    ServerProcess,
     payload,
     run_filexfer,
     sha256_file,
-    twistd_command,
+    start_twistd_tftp,
     write_file,
 )
-
-
-def free_udp_port() -> int:
-    """A UDP port on the loopback address that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind((LOOPBACK, 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 class TwistdTFTPTests(unittest.TestCase):
@@ -34,24 +24,7 @@ class TwistdTFTPTests(unittest.TestCase):
         os.makedirs(base)
         self.base = base
         self.root = os.path.join(base, "root")
-        self.udp = free_udp_port()
-        self.server = ServerProcess(
-            twistd_command(
-                "filexfer",
-                "--listen",
-                f"tcp:0:interface={LOOPBACK}",
-                "--tftp-port",
-                str(self.udp),
-                "--tftp-interface",
-                LOOPBACK,
-                "--root",
-                self.root,
-            ),  # fmt: skip
-            cwd=base,
-        )
-        self.addCleanup(self.server.stop)
-        self.server.wait_listening()
-        self.server.log.wait_for(rf"listening for TFTP on UDP on \S+:{self.udp}\b")
+        self.server, self.udp = start_twistd_tftp(self, self.root, base)
 
     def curl(self, *args: str) -> subprocess.CompletedProcess[str]:
         """Run curl (installed by scripts/install-test-tools), bounded in time."""

@@ -16,7 +16,6 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable
 
 import pytest
 from twisted.trial import unittest
@@ -24,43 +23,23 @@ from twisted.trial import unittest
 from filexfer.tcp import _wire
 from tests.helpers import (
     LOOPBACK,
-    ServerProcess,
+    read_line,
     recv_all,
     recv_exactly,
     reset_socket,
     run_filexfer,
     start_twistd,
+    start_twistd_tftp,
     state_files,
-    twistd_command,
     visible_files,
+    wait_until,
     write_file,
 )
-from tests.test_integration_tftp import free_udp_port
 
 BIG = 5_000_000
 """The oversized upload of the limit tests: 5 MB."""
 
 CHUNK = 64 * 1024
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    """Poll C{condition} (files on disk) until it holds; fail after C{timeout} seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
-
-
-def read_line(sock: socket.socket) -> bytes:
-    """One reply line (up to and including C{\\n}), or what came before the peer closed."""
-    line = b""
-    while not line.endswith(b"\n"):
-        chunk = sock.recv(1)
-        if not chunk:
-            break
-        line += chunk
-    return line
 
 
 def send_quietly(sock: socket.socket, data: bytes) -> bool:
@@ -95,6 +74,21 @@ class ProcessTestCase(unittest.TestCase):
         with open(os.path.join(self.root, name), "rb") as handle:
             return handle.read()
 
+    def upload_holding(self, port: int, request: _wire.PutRequest, held: int) -> socket.socket:
+        """An FX/1 upload of C{request} whose first C{held} bytes (As) are on the server's disk."""
+        sock = socket.create_connection((LOOPBACK, port), timeout=30)
+        sock.sendall(_wire.encode_put(request))
+        self.assertTrue(read_line(sock).startswith(b"ok 0"))
+        sock.sendall(b"A" * held)
+
+        def partial_holds_them() -> bool:
+            names = state_files(self.root, "partial")
+            partial = os.path.join(self.root, ".filexfer", "partial", names[0]) if names else ""
+            return bool(names) and os.path.getsize(partial) == held
+
+        wait_until(partial_holds_them, 30, f"{held} bytes in the partial")
+        return sock
+
 
 # -- 0. the server's log tells how an upload ended ---------------------------------------
 
@@ -106,18 +100,8 @@ class ShutdownLogTests(ProcessTestCase):
         shutdown cut it and that its bytes are kept; the partial is there."""
         server = start_twistd(self, self.root)
         request = _wire.PutRequest("cut.bin", 100_000, None, 1_650_000_000 * 10**9, trailer=True)
-        sock = socket.create_connection((LOOPBACK, server.port), timeout=30)
+        sock = self.upload_holding(server.port, request, 40_000)
         self.addCleanup(sock.close)
-        sock.sendall(_wire.encode_put(request))
-        self.assertTrue(read_line(sock).startswith(b"ok 0"))
-        sock.sendall(b"A" * 40_000)
-
-        def partial_holds_40000() -> bool:
-            names = state_files(self.root, "partial")
-            partial = os.path.join(self.root, ".filexfer", "partial", names[0]) if names else ""
-            return bool(names) and os.path.getsize(partial) == 40_000
-
-        wait_until(partial_holds_40000, "40,000 bytes in the partial")
         server.signal(signal.SIGTERM)
         server.wait(30)  # twistd ends by its SIGTERM once it has shut down
         lines = [line for line in server.log.lines if "'cut.bin'" in line]
@@ -127,7 +111,10 @@ class ShutdownLogTests(ProcessTestCase):
             lines[0],
         )
         self.assertRegex(lines[0], r"fx/1 127\.0\.0\.1:\d+ 'cut\.bin' 40000 bytes in ")
-        self.assertTrue(partial_holds_40000())
+        (partial,) = state_files(self.root, "partial")
+        self.assertEqual(
+            os.path.getsize(os.path.join(self.root, ".filexfer", "partial", partial)), 40_000
+        )
         try:  # the connection was dropped (reset)
             rest = sock.recv(1)
         except ConnectionResetError:
@@ -148,20 +135,7 @@ class RewrittenFileResumeTests(ProcessTestCase):
 
         # exactly the headers `filexfer send` sends for this file
         request = _wire.PutRequest("data.bin", 100_000, None, info.st_mtime_ns, trailer=True)
-        sock = socket.create_connection((LOOPBACK, server.port), timeout=30)
-        try:
-            sock.sendall(_wire.encode_put(request))
-            self.assertTrue(read_line(sock).startswith(b"ok 0"))
-            sock.sendall(b"A" * 40_000)
-
-            def partial_holds_40000() -> bool:
-                names = state_files(self.root, "partial")
-                partial = os.path.join(self.root, ".filexfer", "partial", names[0]) if names else ""
-                return bool(names) and os.path.getsize(partial) == 40_000
-
-            wait_until(partial_holds_40000, "40,000 bytes in the partial")
-        finally:
-            reset_socket(sock)
+        reset_socket(self.upload_holding(server.port, request, 40_000))
         server.log.wait_for(
             r"'data.bin' 40000 bytes .*: "
             r"client aborted after 40000 of 100000 bytes \(kept for resume\)$"
@@ -263,33 +237,18 @@ class ArrivingBytesLimits:
         super().setUp()
         self.root = self.make_root()
         self.big = write_file(os.path.join(self.local, "big.bin"), b"x" * BIG)
-        self.udp = free_udp_port()
-        self.server = ServerProcess(
-            twistd_command(
-                "filexfer",
-                "--listen",
-                f"tcp:0:interface={LOOPBACK}",
-                "--tftp-port",
-                str(self.udp),
-                "--tftp-interface",
-                LOOPBACK,
-                "--root",
-                self.root,
-                *self.server_options(),
-            ),  # fmt: skip
-            cwd=self.base,
+        self.server, self.udp = start_twistd_tftp(
+            self, self.root, self.base, *self.server_options()
         )
-        self.addCleanup(self.server.stop)
-        self.port = self.server.wait_listening()
-        self.server.log.wait_for(rf"listening for TFTP on UDP on \S+:{self.udp}\b")
+        self.port = self.server.port
 
     def assert_nothing_kept(self) -> None:
         """Nothing under a final name; the temporary file goes (its removal may trail the log)."""
         self.assertEqual(visible_files(self.root), [])
         wait_until(
             lambda: state_files(self.root, "tmp") + state_files(self.root, "partial") == [],
+            10,
             "the temporary file to be removed",
-            timeout=10,
         )
 
     def tftp_put(self, local_name: str) -> subprocess.CompletedProcess[str]:

@@ -32,6 +32,7 @@ from filexfer.testing import ManualRunner
 from .helpers import (
     LOOPBACK,
     payload,
+    read_line,
     recv_all,
     reset_socket,
     sha256_bytes,
@@ -194,16 +195,6 @@ class ServiceTests(unittest.TestCase):
         self.assertFalse(os.path.exists(old))
 
 
-def _read_line(sock: socket.socket) -> bytes:
-    line = b""
-    while not line.endswith(b"\n"):
-        chunk = sock.recv(1)
-        if not chunk:
-            break
-        line += chunk
-    return line
-
-
 @pytest.mark.integration
 class TwistdResumeTests(unittest.TestCase):
     """A real C{twistd filexfer}: a 1 GiB resume does not hold up a small upload."""
@@ -216,7 +207,7 @@ class TwistdResumeTests(unittest.TestCase):
         size = BIG + (1 << 20)
         with socket.create_connection(address, timeout=30) as first:
             first.sendall(put("big.bin", size))
-            self.assertEqual(_read_line(first), OK_FRESH)
+            self.assertEqual(read_line(first), OK_FRESH)
             first.sendall(payload(HELD))
             reset_socket(first)  # the partial is kept, with whatever arrived of these bytes
         server.log.wait_for(r"'big\.bin' \d+ bytes in .*: client aborted after ")
@@ -228,7 +219,7 @@ class TwistdResumeTests(unittest.TestCase):
             began = time.monotonic()
             with socket.create_connection(address, timeout=30) as small:
                 small.sendall(put("small.txt", 5))
-                self.assertEqual(_read_line(small), OK_FRESH)
+                self.assertEqual(read_line(small), OK_FRESH)
                 small.sendall(b"hello" + _wire.encode_trailer(sha256_bytes(b"hello")))
                 done = recv_all(small)
             small_took = time.monotonic() - began
@@ -240,5 +231,5 @@ class TwistdResumeTests(unittest.TestCase):
                 early = None
             self.assertIsNone(early, f"the resume was answered first ({small_took:.3f} s)")
             big.setblocking(True)
-            reply = _read_line(big)
+            reply = read_line(big)
         self.assertTrue(reply.startswith(b"ok %d " % BIG), reply)

@@ -23,6 +23,7 @@ from twisted.trial import unittest
 from filexfer.storage import DirectoryStorage
 from filexfer.tftp import TFTPError, TFTPServerProtocol, download, upload
 from filexfer.tftp import _packets as p
+from tests.helpers import free_udp_port
 
 PROCESS_TIMEOUT = 30.0
 _SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
@@ -217,13 +218,6 @@ class PeersOverIPv6Tests(PeersAgainstOurServerTests):
         self.assertEqual(_digest(target), _digest(source))
 
 
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        number: int = sock.getsockname()[1]
-        return number
-
-
 class OurClientAgainstTftpdHpaTests(_Tools):
     """Our client uploads to and downloads from tftpd-hpa (in.tftpd)."""
 
@@ -241,7 +235,7 @@ class OurClientAgainstTftpdHpaTests(_Tools):
         self.work = os.path.abspath(self.mktemp())
         os.makedirs(self.work)
         _write(os.path.join(self.root, "ready"), b"ok")
-        self.number = _free_udp_port()
+        self.number = free_udp_port()
         argv = [tftpd, "-L", "-c", "-s", "-u", "root", "-a", f"127.0.0.1:{self.number}", self.root]
         self.tftpd, self.collect = self.spawn(argv)
         self.addCleanup(self._stop)

@@ -15,6 +15,7 @@ from tests.helpers import (
     LOOPBACK,
     ServerProcess,
     free_port,
+    free_udp_port,
     payload,
     run_filexfer,
     sha256_file,
@@ -22,7 +23,6 @@ from tests.helpers import (
     visible_files,
     write_file,
 )
-from tests.test_integration_tftp import free_udp_port
 
 
 def gone(pid: int, timeout: float) -> bool:
