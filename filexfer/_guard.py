@@ -16,12 +16,18 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def canonical_host(host: str | None) -> str | None:
+    """L{ipv4_form} of C{host}; None (a UNIX socket) stays None."""
+    return None if host is None else ipv4_form(host)
+
+
+def ipv4_form(host: str) -> str:
     """C{host} with an IPv4-mapped IPv6 address (C{::ffff:a.b.c.d}) written as IPv4.
 
-    A dual-stack port sees IPv4 clients as mapped addresses: counted under
-    their IPv4 form, one client is one address whichever port it came in by.
+    A dual-stack port sees IPv4 clients as mapped addresses: counted, allowed
+    and logged under their IPv4 form, one client is one address whichever
+    port it came in by.
     """
-    if host is None or not host[:7].lower() == "::ffff:":
+    if not host[:7].lower() == "::ffff:":
         return host
     try:
         address = ipaddress.ip_address(host)
@@ -42,11 +48,9 @@ class AccessPolicy:
         if not self.networks or host is None:
             return True
         try:
-            address = ipaddress.ip_address(host.split("%", 1)[0])
+            address = ipaddress.ip_address(ipv4_form(host.split("%", 1)[0]))
         except ValueError:
             return False
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
         return any(address in network for network in self.networks)
 
 

@@ -2,27 +2,24 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from twisted.logger import Logger
 
+from filexfer._guard import ipv4_form
 from filexfer._text import escape
 
 log = Logger(namespace="filexfer")
 
-_MAPPED = re.compile(r"^\[::ffff:([0-9.]+)\]:", re.IGNORECASE)
-
-
-def plain_peer(peer: str) -> str:
-    """C{[::ffff:a.b.c.d]:port} (an IPv4 client of a dual-stack port) -> C{a.b.c.d:port}."""
-    return _MAPPED.sub(r"\1:", peer, count=1)
-
 
 def format_address(host: str, port: int | str) -> str:
-    """C{host:port}, with the host in brackets when it is IPv6 (C{0.0.0.0} for an empty host)."""
+    """C{host:port}, with the host in brackets when it is IPv6 (C{0.0.0.0} for an empty host).
+
+    An IPv4 client of a dual-stack port (C{::ffff:a.b.c.d}) is shown as IPv4.
+    """
     if host in ("", "0.0.0.0"):
         host = "0.0.0.0"
+    host = ipv4_form(host)
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
@@ -64,7 +61,7 @@ def log_transfer(
     log.info(
         "{protocol} {peer} {path!r} {nbytes} bytes in {seconds:.3f}s ({rate:.1f} MB/s): {outcome}",
         protocol=protocol,
-        peer=escape(plain_peer(peer)),
+        peer=escape(peer),
         path=path,
         nbytes=nbytes,
         seconds=seconds,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from twisted.trial import unittest
 
 from filexfer._guard import AccessPolicy, ConnectionLimits
-from filexfer._log import plain_peer
+from filexfer._log import describe_peer
 from filexfer.tcp._wire import parse_retry_hint
 
 
@@ -168,6 +168,6 @@ class MappedAddressTests(unittest.TestCase):
 
     def test_log_shows_mapped_as_ipv4(self) -> None:
         """The transfer log writes [::ffff:a.b.c.d]:port as a.b.c.d:port."""
-        self.assertEqual(plain_peer("[::ffff:127.0.0.1]:4000"), "127.0.0.1:4000")
-        self.assertEqual(plain_peer("[::1]:4000"), "[::1]:4000")
-        self.assertEqual(plain_peer("10.0.0.1:5"), "10.0.0.1:5")
+        self.assertEqual(describe_peer(("::ffff:127.0.0.1", 4000)), "127.0.0.1:4000")
+        self.assertEqual(describe_peer(("::1", 4000)), "[::1]:4000")
+        self.assertEqual(describe_peer(("10.0.0.1", 5)), "10.0.0.1:5")

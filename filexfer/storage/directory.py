@@ -193,8 +193,13 @@ class DirectoryStorage:
         else:
             temp_name = os.path.join(state, "tmp", secrets.token_hex(16))
 
+        cached = {stored: self._digests.digest(stored, info) for stored, info in copies.items()}
+
         def start() -> IUpload:
-            digests = {stored: self._stored_digest(stored, info) for stored, info in copies.items()}
+            digests = {
+                stored: cached[stored] or self._stored_digest(stored, info)
+                for stored, info in copies.items()
+            }
             if sha256 is not None:
                 for stored, digest in digests.items():
                     if hmac.compare_digest(digest, sha256):
@@ -205,8 +210,7 @@ class DirectoryStorage:
                 raise TransferError(409, f"{path} already exists")
             return self._open_upload(path, size, sha256, mtime_ns, temp_name, resumable, fresh)
 
-        uncached = any(self._digests.digest(p, info) is None for p, info in copies.items())
-        if uncached or (resumable and not fresh and _held(temp_name) > 0):
+        if None in cached.values() or (resumable and not fresh and _held(temp_name) > 0):
             return _Hashing(start)
         return start()
 
