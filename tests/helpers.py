@@ -114,6 +114,25 @@ def read_line(sock: socket.socket) -> bytes:
     return line
 
 
+def mount_tmpfs(testcase: Any, folder: str, options: str) -> str | None:
+    """Mount a tmpfs (C{mount -o OPTIONS}) at C{folder}, made if needed, unmounted at cleanup.
+
+    @return: None once mounted, or why it could not be (a machine that may
+        not mount): each test decides whether to skip or fall back.
+    """
+    os.makedirs(folder, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", folder],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    if mounted.returncode != 0:
+        return mounted.stderr.strip() or f"mount exited {mounted.returncode}"
+    testcase.addCleanup(subprocess.run, ["umount", "-l", folder], timeout=30)
+    return None
+
+
 def reset_socket(sock: socket.socket) -> None:
     """Close C{sock} with an RST instead of a FIN (SO_LINGER 1, 0)."""
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")

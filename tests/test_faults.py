@@ -9,7 +9,6 @@ from __future__ import annotations
 import errno
 import os
 import socket
-import subprocess
 from typing import Any
 
 from twisted.internet import defer, endpoints, reactor
@@ -19,6 +18,7 @@ from filexfer import DirectoryStorage, ReceiverFactory, ServerRefused, send_file
 from filexfer.tcp import _wire
 from tests.helpers import (
     LOOPBACK,
+    mount_tmpfs,
     payload,
     read_line,
     run_filexfer,
@@ -97,15 +97,7 @@ class DiskFullTests(unittest.TestCase):
         """A 16 MiB tmpfs, or a plain directory when this machine may not mount."""
         folder = os.path.abspath(self.mktemp())
         os.makedirs(folder)
-        mounted = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", folder],
-            capture_output=True,
-            timeout=30,
-        )
-        if mounted.returncode != 0:
-            return ""
-        self.addCleanup(subprocess.run, ["umount", "-l", folder], timeout=30)
-        return folder
+        return "" if mount_tmpfs(self, folder, "size=16m") is not None else folder
 
     def test_tmpfs_fills_mid_upload(self) -> None:
         """A real 16 MiB file system: an upload without Size that outgrows it gets 507."""

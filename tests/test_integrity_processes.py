@@ -23,6 +23,7 @@ from twisted.trial import unittest
 from filexfer.tcp import _wire
 from tests.helpers import (
     LOOPBACK,
+    mount_tmpfs,
     read_line,
     recv_all,
     recv_exactly,
@@ -345,15 +346,9 @@ class MinFreeTests(ArrivingBytesLimits, ProcessTestCase):
         """The root on a fresh 32 MiB tmpfs; the test is skipped only when mounting fails."""
         folder = os.path.abspath(self.mktemp())
         os.makedirs(folder)
-        mounted = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", folder],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-        if mounted.returncode != 0:
-            raise unittest.SkipTest(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-        self.addCleanup(subprocess.run, ["umount", "-l", folder], timeout=30)
+        why_not = mount_tmpfs(self, folder, "size=32m")
+        if why_not is not None:
+            raise unittest.SkipTest(f"cannot mount a tmpfs here: {why_not}")
         self.assertLess(shutil.disk_usage(folder).free - 30 * 2**20, BIG)  # < 5 MB may be used
         return os.path.join(folder, "root")
 

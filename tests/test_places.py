@@ -8,7 +8,6 @@ that is another file system (a mount point) stores and resumes uploads.
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 from typing import Any
 
@@ -23,7 +22,7 @@ from filexfer.storage import DirectoryStorage, Receipt, numbered_name
 from filexfer.tcp import _wire
 from filexfer.tcp.receiver import ReceiverFactory, ReceiverProtocol
 
-from .helpers import payload, sha256_bytes, state_files, visible_files
+from .helpers import mount_tmpfs, payload, sha256_bytes, state_files, visible_files
 
 MiB = 1 << 20
 
@@ -78,16 +77,7 @@ class PlacesTestCase(unittest.TestCase):
 
     def mount_tmpfs(self, folder: str, size: str = "16m") -> bool:
         """Mount a tmpfs at C{folder} (made if needed); False where this machine may not mount."""
-        os.makedirs(folder, exist_ok=True)
-        mounted = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", folder],
-            capture_output=True,
-            timeout=30,
-        )
-        if mounted.returncode != 0:
-            return False
-        self.addCleanup(subprocess.run, ["umount", "-l", folder], timeout=30)
-        return True
+        return mount_tmpfs(self, folder, f"size={size}") is None
 
 
 class LongNameTests(PlacesTestCase):

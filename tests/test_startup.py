@@ -22,6 +22,7 @@ from tests.helpers import (
     ServerProcess,
     child_env,
     free_port,
+    mount_tmpfs,
     run_filexfer,
     twistd_command,
     write_file,
@@ -99,14 +100,9 @@ class OneLineMistakesTests(unittest.TestCase):
         """A root on a read-only file system: not a PermissionError/OSError traceback."""
         mount = os.path.join(self.base, "ro")
         os.makedirs(mount)
-        made = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", mount],
-            capture_output=True,
-            timeout=30,
-        )
-        if made.returncode != 0:
-            raise unittest.SkipTest(f"cannot mount a read-only tmpfs: {made.stderr!r}")
-        self.addCleanup(subprocess.run, ["umount", mount], timeout=30)
+        why_not = mount_tmpfs(self, mount, "ro,size=1m")
+        if why_not is not None:
+            raise unittest.SkipTest(f"cannot mount a read-only tmpfs: {why_not}")
         port = str(free_port())
         for root in (mount, os.path.join(mount, "new")):
             self.both("--root", root, "--port", port, needles=("--root", "cannot store there"))
