@@ -33,6 +33,7 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 
 from filexfer import __version__
+from filexfer._log import format_address
 from filexfer._ports import StartupError
 from filexfer._progress import Progress
 from filexfer._start import interrupted_while_starting
@@ -792,14 +793,9 @@ def _tftp_transport(
             progress=progress,
             **options,
         )
-        return Sent(f"tftp://{_url_host(dest.host)}:{dest.port}/{remote}", size)
+        return Sent(f"tftp://{format_address(dest.host, dest.port)}/{remote}", size)
 
     return Transport(send_one, "")
-
-
-def _url_host(host: str) -> str:
-    """A host as a URL shows it: an IPv6 address in brackets (RFC 3986)."""
-    return f"[{host}]" if ":" in host else host
 
 
 async def _get(
@@ -823,7 +819,7 @@ async def _get(
     if os.path.lexists(local) and not args.overwrite:
         raise UserError(f"{local} exists; use --overwrite to replace it")
     _check_can_save(local)
-    url = f"tftp://{_url_host(dest.host)}:{dest.port}/{dest.path}"
+    url = f"tftp://{format_address(dest.host, dest.port)}/{dest.path}"
     bars = ProgressBars(not args.no_progress, err)
     try:
         with bars.for_file(escape(dest.path), None) as progress:

@@ -71,11 +71,11 @@ class ParseDestinationTests(unittest.TestCase):
 
     def test_url_host(self) -> None:
         """Printed tftp:// URLs bracket an IPv6 host (RFC 3986), as the user typed it."""
-        from filexfer.cli import _url_host
+        from filexfer._log import format_address
 
-        self.assertEqual(_url_host("::1"), "[::1]")
-        self.assertEqual(_url_host("10.0.0.1"), "10.0.0.1")
-        self.assertEqual(_url_host("host"), "host")
+        self.assertEqual(format_address("::1", 69), "[::1]:69")
+        self.assertEqual(format_address("10.0.0.1", 69), "10.0.0.1:69")
+        self.assertEqual(format_address("host", 69), "host:69")
 
     def test_bad(self) -> None:
         """Bad destinations are usage errors (status 2) with the text in the message."""
