@@ -297,6 +297,8 @@ class ServerCaps:
     max_windowsize: int = 64
     allow_timeout: bool = True
     allow_tsize: bool = True
+    refused: frozenset[str] = frozenset()
+    """Options never acknowledged, whatever their value (tftpd-hpa C{--refuse})."""
 
 
 @attrs.frozen
@@ -315,6 +317,8 @@ class Negotiated:
     windowsize: int = 1
     timeout: int | None = None
     tsize: int | None = None
+    refused: tuple[str, ...] = ()
+    """Requested options the server's C{refused} caps kept out of the OACK."""
 
 
 def _integer(text: str) -> int | None:
@@ -350,15 +354,21 @@ def negotiate(
     caps; C{timeout} is accepted exactly or not at all; C{tsize} on a read is
     answered with C{file_size} (ignored when that is None, e.g. in netascii
     mode), on a write it is echoed.  The first occurrence of a repeated
-    option counts.
+    option counts.  Options named in C{caps.refused} are never acknowledged
+    (the transfer goes on with their RFC 1350 defaults) and are listed in
+    the result's C{refused}.
     """
     accepted: dict[str, str] = {}
+    refused: list[str] = []
     blksize = DEFAULT_BLKSIZE
     windowsize = 1
     timeout: int | None = None
     tsize: int | None = None
     for name, raw in _options(requested):
-        if name in accepted:
+        if name in accepted or name in refused:
+            continue
+        if name in caps.refused:
+            refused.append(name)
             continue
         value = _integer(raw)
         if value is None:
@@ -380,7 +390,7 @@ def negotiate(
             else:
                 continue
             accepted[name] = str(tsize)
-    return Negotiated(tuple(accepted.items()), blksize, windowsize, timeout, tsize)
+    return Negotiated(tuple(accepted.items()), blksize, windowsize, timeout, tsize, tuple(refused))
 
 
 class OptionRefused(ValueError):
