@@ -279,18 +279,18 @@ def _read_directly(port: Any) -> bool:
     return False
 
 
-def _listen(reactor: Any, protocol: Any, interface: str, size: int) -> Any:
-    """C{reactor.listenUDP(0, ...)}, quietly, for a transfer's port.
+def _listen(reactor: Any, protocol: Any, interface: str, size: int, number: int = 0) -> Any:
+    """C{reactor.listenUDP(number, ...)} (0: any free port), quietly, for a transfer's port.
 
     A real reactor's C{listenUDP} makes a C{udp.Port} and starts it; here
     the port is a L{_ReadingPort} from the start, which logs nothing when it
     starts or closes.  Any other reactor (a test fake) is asked as usual.
     """
     if reads_itself(protocol) and _listens_as_twisted(reactor):
-        port = _ReadingPort(0, protocol, interface, size, reactor)
+        port = _ReadingPort(number, protocol, interface, size, reactor)
         port.startListening()
         return port
-    return reactor.listenUDP(0, protocol, interface=interface, maxPacketSize=size)
+    return reactor.listenUDP(number, protocol, interface=interface, maxPacketSize=size)
 
 
 def _listens_as_twisted(reactor: Any) -> bool:
@@ -325,9 +325,18 @@ def _enlarge_buffers(sock: socket.socket) -> None:
 
 
 def open_port(
-    reactor: IReactorUDP, protocol: Any, *, interface: str, blksize: int, gro: bool
+    reactor: IReactorUDP,
+    protocol: Any,
+    *,
+    interface: str,
+    blksize: int,
+    gro: bool,
+    number: int = 0,
 ) -> tuple[Any, bool]:
     """Listen on a fresh UDP port (a TID) for a transfer of C{blksize} blocks.
+
+    C{number} 0 lets the system choose the port (else see
+    L{filexfer.tftp._portrange.PortAllocator}).
 
     The port takes datagrams of C{blksize} + 4 bytes (at least Twisted's
     default 8192), gets big socket buffers, and calls its protocol's
@@ -339,7 +348,7 @@ def open_port(
     @raise Exception: whatever C{listenUDP} raises.
     """
     size = max(_DEFAULT_PACKET, min(blksize + 4, MAX_DATAGRAM))
-    port = _listen(reactor, protocol, interface, size)
+    port = _listen(reactor, protocol, interface, size, number)
     sock = _socket_of(port)
     if sock is None:
         return port, False
