@@ -352,3 +352,62 @@ def start_serve(testcase: Any, root: str, *extra: str) -> ServerProcess:
     testcase.addCleanup(server.stop)
     server.wait_listening()
     return server
+
+
+# -- iPXE in qemu ------------------------------------------------------------------
+
+IPXE_KERNEL = "/usr/lib/ipxe/ipxe.lkrn"
+"""Debian's ipxe package: iPXE as a Linux kernel image qemu can boot directly."""
+QEMU = "qemu-system-x86_64"
+
+
+class IPXEMachine:
+    """iPXE firmware booted under qemu (software emulation), its console on our pipe.
+
+    qemu's user networking gives the guest 10.0.2.15 by DHCP, with the DHCP
+    boot file C{bootfile} (an URL such as C{tftp://10.0.2.2:PORT/boot.ipxe});
+    the guest reaches the host's loopback as 10.0.2.2, so a server on
+    127.0.0.1 serves it and no traffic leaves the machine.  SeaBIOS copies
+    the console to the serial port when qemu runs without graphics, and the
+    serial port is qemu's standard output: L{log} holds iPXE's lines.
+    """
+
+    def __init__(self, bootfile: str) -> None:
+        command = [
+            QEMU, "-accel", "tcg", "-machine", "graphics=off", "-m", "128",
+            "-display", "none", "-vga", "none", "-monitor", "none", "-serial", "stdio",
+            "-no-reboot", "-kernel", IPXE_KERNEL,
+            "-netdev", f"user,id=n0,bootfile={bootfile}",
+            "-device", "virtio-net-pci,netdev=n0",
+        ]  # fmt: skip
+        self.process = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            encoding="latin-1",
+        )
+        self.log = LineLog(self.process.stdout)
+
+    def stop(self) -> None:
+        """Kill qemu (nothing in the guest needs a clean end) and reap it."""
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(10)
+        self.log.join(5)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+
+
+def boot_ipxe(testcase: Any, bootfile: str) -> IPXEMachine:
+    """Boot iPXE with DHCP boot file C{bootfile}; stopped at the test's cleanup."""
+    machine = IPXEMachine(bootfile)
+    testcase.addCleanup(machine.stop)
+    return machine
+
+
+def have_ipxe_qemu() -> bool:
+    """Whether qemu and Debian's iPXE kernel image are installed (scripts/install-test-tools)."""
+    import shutil
+
+    return shutil.which(QEMU) is not None and os.path.exists(IPXE_KERNEL)
