@@ -49,8 +49,13 @@ def log_transfer(
     nbytes: int,
     seconds: float,
     outcome: str,
+    stats: str = "",
 ) -> None:
     """Log a finished (or failed) transfer: peer, path, bytes, seconds, rate, outcome.
+
+    C{stats} (a TFTP transfer's negotiated block and window sizes and the
+    options it refused, say) follows the outcome in brackets, and is the
+    event's C{stats} key.
 
     Whatever a peer chose is shown escaped, never raw: the path in Python's
     quoted form (C{repr}, which escapes every control character), the peer and
@@ -59,7 +64,9 @@ def log_transfer(
     """
     rate = nbytes / seconds / 1e6 if seconds > 0 else 0.0
     log.info(
-        "{protocol} {peer} {path!r} {nbytes} bytes in {seconds:.3f}s ({rate:.1f} MB/s): {outcome}",
+        "{protocol} {peer} {path!r} {nbytes} bytes in {seconds:.3f}s ({rate:.1f} MB/s): {outcome}"
+        + (" [{stats}]" if stats else ""),
+        stats=stats,
         protocol=protocol,
         peer=escape(peer),
         path=path,

@@ -12,9 +12,10 @@ stores.  Storage refusals become ERROR packets through L{error_code_for}.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, BinaryIO
 
-from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredList, TimeoutError, maybeDeferred, succeed
 from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.internet.protocol import DatagramProtocol
 from twisted.python.failure import Failure
@@ -23,6 +24,7 @@ from zope.interface import implementer
 from filexfer._errors import TransferError
 from filexfer._guard import AccessPolicy
 from filexfer._log import describe_peer, log, log_transfer
+from filexfer._names import validate_path
 from filexfer._types import ITFTPReactor
 from filexfer.storage import IStorage, IUpload, Receipt
 from filexfer.tftp._netascii import NetasciiDecoder
@@ -51,8 +53,12 @@ from filexfer.tftp._packets import (
     fast_block,
     negotiate,
 )
+from filexfer.tftp._portrange import PortAllocator, PortRange, PortsExhausted
+from filexfer.tftp._quirks import QuirksPolicy
+from filexfer.tftp._remap import RemapGaveUp, RemapRefused, RemapRules
 from filexfer.tftp._udp import MAX_DATAGRAM as MAX_DATAGRAM  # the old home of the name
 from filexfer.tftp._udp import Address, open_port, write_to
+from filexfer.tftp.sources import ITFTPSource, Readable, RootSource
 from filexfer.tftp.transfer import Receiver, Sender, Transfer
 
 _WRITE_BUFFER = 256 * 1024
@@ -81,6 +87,8 @@ class _ServerTransfer(Transfer):
         self.started = server.reactor.seconds()
         self.key: tuple[Address, bytes] = (peer, b"")
         self.outcome = ""
+        self.port_number: int | None = None
+        """The number the port range gave this transfer (returned when it closes)."""
 
     def startProtocol(self) -> None:
         self.pin(self.peer)
@@ -138,6 +146,7 @@ class _ServerTransfer(Transfer):
             nbytes=self.nbytes(),
             seconds=self.server.reactor.seconds() - self.started,
             outcome=outcome,
+            stats=self.stats(),
         )
         if linger > 0:
             self._linger = self.server.reactor.callLater(linger, self.close)
@@ -147,6 +156,14 @@ class _ServerTransfer(Transfer):
     def nbytes(self) -> int:
         """Bytes transferred so far."""
         return 0
+
+    def stats(self) -> str:
+        """The negotiated parameters for the log line (C{blksize 1468, windowsize 4})."""
+        settings = self.settings
+        parts = [f"blksize {settings.blksize}", f"windowsize {settings.windowsize}"]
+        if settings.refused:
+            parts.append(f"refused {','.join(settings.refused)}")
+        return ", ".join(parts)
 
     def close(self) -> Deferred[None]:
         """Stop listening on the transfer's port and forget the transfer."""
@@ -325,6 +342,36 @@ class _WriteTransfer(Receiver, _ServerTransfer):
             self.upload.abort(False)
 
 
+class _SharedTID:
+    """A transfer's port in single-port mode: the listening port itself, seen by one peer.
+
+    Replies leave from the listening port (C{getHandle} is its socket, so
+    the transfer's fast C{sendto} path uses it); datagrams reach the
+    transfer because the server routes them by the peer's address and port
+    (L{TFTPServerProtocol.datagramReceived}).  Closing only removes the route.
+    """
+
+    def __init__(self, server: TFTPServerProtocol, peer: Address) -> None:
+        self.server = server
+        self.peer = peer
+        self.listening: Any = server.transport
+
+    def write(self, datagram: bytes, addr: Any) -> None:
+        self.listening.write(datagram, addr)
+
+    def getHandle(self) -> Any:
+        return self.listening.getHandle()
+
+    def getHost(self) -> Any:
+        return self.listening.getHost()
+
+    def stopListening(self) -> Deferred[None]:
+        self.server.unroute(self.peer, self)
+        return succeed(None)
+
+    loseConnection = stopListening
+
+
 class TFTPServerProtocol(DatagramProtocol):
     """A TFTP server (RFC 1350, 2347, 2348, 2349, 7440) storing through an L{IStorage}.
 
@@ -343,6 +390,14 @@ class TFTPServerProtocol(DatagramProtocol):
     @param retries: retransmissions before a transfer is abandoned.
     @param interface: the address transfer ports are bound on.
     @param access: which peer addresses may make requests (everyone by default).
+    @param sources: where reads come from, asked in turn (see
+        L{filexfer.tftp.sources}); by default the storage's root alone.
+    @param source_timeout: seconds a source may take to answer (ERROR 0 past that).
+    @param remap: tftpd-hpa remap rules applied to every requested name.
+    @param quirks: per-network option refusals and caps.
+    @param ports: the range transfer ports are taken from (else any free port).
+    @param single_port: answer every transfer from the listening port,
+        routing datagrams by the client's address and port (for NAT).
     """
 
     def __init__(
@@ -358,6 +413,12 @@ class TFTPServerProtocol(DatagramProtocol):
         retries: int = 5,
         interface: str | None = None,
         access: AccessPolicy | None = None,
+        sources: Sequence[ITFTPSource] | None = None,
+        source_timeout: float = 10.0,
+        remap: RemapRules | None = None,
+        quirks: QuirksPolicy | None = None,
+        ports: PortRange | None = None,
+        single_port: bool = False,
     ) -> None:
         if not 8 <= max_blksize <= MAX_BLKSIZE:
             raise ValueError(f"max_blksize must be 8-{MAX_BLKSIZE}")
@@ -372,13 +433,25 @@ class TFTPServerProtocol(DatagramProtocol):
         self.retries = retries
         self.interface = interface
         self.access = access if access is not None else AccessPolicy()
+        self.sources = list(sources) if sources is not None else [RootSource(storage)]
+        self.source_timeout = source_timeout
+        self.remap = remap
+        self.quirks = quirks if quirks is not None else QuirksPolicy()
+        self.ports = PortAllocator(ports) if ports is not None else None
+        self.single_port = single_port
+        self.routes: dict[Address, _ServerTransfer] = {}
+        """Single-port mode: the transfer each client address and port talks to."""
         self.transfers: set[_ServerTransfer] = set()
         self._requests: dict[tuple[Address, bytes], _ServerTransfer | None] = {}
         """Requests being served; None while the storage starts one."""
 
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
-        """A datagram on the well-known port: a new request, or noise."""
+        """A datagram on the listening port: a request, noise, or a single-port transfer's."""
         peer: Address = (addr[0], addr[1])
+        routed = self.routes.get(peer)
+        if routed is not None and not self._new_request(routed, datagram):
+            routed.datagramReceived(datagram, peer)
+            return
         try:
             self._request(datagram, peer)
         except Exception:
@@ -423,6 +496,26 @@ class TFTPServerProtocol(DatagramProtocol):
             lambda failure: self._not_started(key, failure, request, path),
         )
 
+    def _new_request(self, transfer: _ServerTransfer, datagram: bytes) -> bool:
+        """Single-port mode: whether a datagram from a routed peer starts a new transfer.
+
+        A request (RRQ or WRQ) other than the transfer's own, once the
+        transfer has ended (its final ACK lingering), is a new request; the
+        old transfer lets go of the route.  Anything else is the transfer's.
+        """
+        if len(datagram) < 2 or datagram[0] != 0 or datagram[1] not in (OP_RRQ, OP_WRQ):
+            return False
+        if datagram == transfer.key[1] or not transfer.done:
+            return False
+        transfer.close()
+        return True
+
+    def unroute(self, peer: Address, port: _SharedTID) -> None:
+        """Single-port mode: a transfer closed; its peer's datagrams are requests again."""
+        routed = self.routes.get(peer)
+        if routed is not None and routed.port is port:
+            del self.routes[peer]
+
     def _started(self, key: tuple[Address, bytes], transfer: _ServerTransfer) -> None:
         if key not in self._requests:  # the server stopped while the storage started
             transfer.done = True
@@ -454,25 +547,86 @@ class TFTPServerProtocol(DatagramProtocol):
             outcome=f"refused: error {exc.code} {exc.reason}",
         )
 
-    def _start_read(self, request: ReadRequest, path: str, peer: Address) -> _ServerTransfer:
+    def _remapped(self, path: str, kind: str, peer: Address) -> str:
+        """C{path} through the remap rules; the name rules (PROTOCOL.md 1.3) apply after.
+
+        @raise TransferError: 403 when a rule refuses the name or the rules give up.
+        """
+        if self.remap is None:
+            return path
+        try:
+            result = self.remap.apply(
+                path, kind="read" if kind == "read" else "write", client=peer[0]
+            )
+        except RemapRefused as exc:
+            raise TransferError(403, exc.message) from None
+        except RemapGaveUp as exc:
+            log.warn("TFTP remap rules gave up on {path!r}: {why}", path=path, why=str(exc))
+            raise TransferError(403, f"remap rules gave up: {exc}") from None
+        return result.name
+
+    def _start_read(
+        self, request: ReadRequest, path: str, peer: Address
+    ) -> Deferred[_ServerTransfer]:
         if not self.allow_read:
             raise TransferError(403, "this server does not serve downloads")
+        path = validate_path(self._remapped(path, "read", peer))
         netascii = request.mode == "netascii"
-        handle, size = self.storage.open_read(path)
-        settings = negotiate(
-            request.options, self.caps, kind="read", file_size=None if netascii else size
-        )
-        return _ReadTransfer(
-            self, peer, path, settings, self.timeout, self.retries, handle, netascii
-        )
+        caps = self.quirks.caps_for(peer[0], self.caps)
+
+        def found(readable: Readable) -> _ServerTransfer:
+            size = None if netascii else readable.size
+            settings = negotiate(request.options, caps, kind="read", file_size=size)
+            return _ReadTransfer(
+                self, peer, path, settings, self.timeout, self.retries, readable.handle, netascii
+            )
+
+        return self._find(path, peer, 0).addCallback(found)
+
+    def _find(self, path: str, peer: Address, index: int) -> Deferred[Readable]:
+        """Ask the sources from C{index} on for C{path}; 404 when none has it."""
+        if index >= len(self.sources):
+            return maybeDeferred(_not_found, path)
+        source = self.sources[index]
+        host = self.transport.getHost() if self.transport is not None else None
+        server = (getattr(host, "host", ""), getattr(host, "port", 0))
+        asking: Deferred[Readable | None] = maybeDeferred(source.open, path, peer, server)
+        asking.addTimeout(self.source_timeout, self.reactor)
+
+        def answered(readable: Readable | None) -> Readable | Deferred[Readable]:
+            return self._find(path, peer, index + 1) if readable is None else readable
+
+        def failed(failure: Failure) -> Failure:
+            if failure.check(TransferError):
+                return failure
+            if failure.check(TimeoutError):
+                log.warn(
+                    "TFTP read source {source} did not answer for {path!r} in {seconds}s",
+                    source=repr(source),
+                    path=path,
+                    seconds=self.source_timeout,
+                )
+                raise TransferError(504, "the file's source did not answer in time")
+            log.failure(
+                "TFTP read source {source} failed for {path!r}",
+                failure,
+                source=repr(source),
+                path=path,
+            )
+            raise TransferError(502, "the file's source failed")
+
+        return asking.addCallbacks(answered, failed)
 
     def _start_write(
         self, request: WriteRequest, path: str, peer: Address
     ) -> Deferred[_ServerTransfer]:
         if not self.allow_write:
             raise TransferError(403, "this server does not accept uploads")
+        path = self._remapped(path, "write", peer)
         netascii = request.mode == "netascii"
-        settings = negotiate(request.options, self.caps, kind="write")
+        settings = negotiate(
+            request.options, self.quirks.caps_for(peer[0], self.caps), kind="write"
+        )
         size = None if netascii else settings.tsize
         starting = self.storage.begin(path, size, None, None, exact_name=True)
         return starting.addCallback(
@@ -488,23 +642,51 @@ class TFTPServerProtocol(DatagramProtocol):
         transfer.key = (transfer.peer, request)
         self._requests[transfer.key] = transfer
         self.transfers.add(transfer)
-        try:
-            transfer.port, transfer.gro = open_port(
+
+        def bind(number: int) -> tuple[Any, bool]:
+            return open_port(
                 self.reactor,
                 transfer,
                 interface=interface,
                 blksize=transfer.settings.blksize,
                 gro=transfer.wants_gro,
+                number=number,
             )
+
+        try:
+            if self.single_port:
+                shared = _SharedTID(self, transfer.peer)
+                self.routes[transfer.peer] = transfer
+                transfer.port = shared
+                transfer.makeConnection(shared)  # type: ignore[arg-type]
+            elif self.ports is not None:
+                transfer.port_number, (transfer.port, transfer.gro) = self.ports.open(bind)
+            else:
+                transfer.port, transfer.gro = bind(0)
+        except PortsExhausted as exc:
+            self._no_port(transfer, str(exc))
+            return
         except Exception as exc:
-            self.forget(transfer)
-            transfer.done = True
-            transfer.cleanup()
-            self._error(transfer.peer, NOT_DEFINED, "the server cannot open a transfer port")
+            self._no_port(transfer, "the server cannot open a transfer port")
             log.warn("cannot open a TFTP transfer port: {exc}", exc=exc)
             return
         if transfer.done:  # it ended while starting (e.g. the file could not be read)
             transfer.close()
+
+    def _no_port(self, transfer: _ServerTransfer, reason: str) -> None:
+        """No port for the transfer: ERROR 0 with C{reason}, a log line, nothing held."""
+        self.forget(transfer)
+        transfer.done = True
+        transfer.cleanup()
+        self._error(transfer.peer, NOT_DEFINED, reason)
+        log_transfer(
+            protocol=transfer.kind,
+            peer=describe_peer(transfer.peer),
+            path=transfer.path,
+            nbytes=0,
+            seconds=0.0,
+            outcome=f"refused: {reason}",
+        )
 
     def forget_request(self, transfer: _ServerTransfer) -> None:
         """A transfer has ended: a repeat of its request is a new request."""
@@ -515,6 +697,9 @@ class TFTPServerProtocol(DatagramProtocol):
         """A transfer has closed its port."""
         self.forget_request(transfer)
         self.transfers.discard(transfer)
+        if self.ports is not None and transfer.port_number is not None:
+            self.ports.release(transfer.port_number)
+            transfer.port_number = None
 
     def _error(self, peer: Address, code: int, message: str) -> None:
         write_to(self.transport, encode_error(code, message), peer)
@@ -529,3 +714,7 @@ class TFTPServerProtocol(DatagramProtocol):
             del self._requests[key]  # still starting: dropped once the storage answers
         closing = [transfer.abandon() for transfer in list(self.transfers)]
         return DeferredList(closing, consumeErrors=True)
+
+
+def _not_found(path: str) -> Readable:
+    raise TransferError(404, f"{path} not found")

@@ -1,0 +1,149 @@
+"""Where a TFTP read (RRQ) gets its bytes: a chain of read sources.
+
+Fleets want answers computed per client (fbtftp's handlers, the
+asynchronous backends of python-tx-tftp that MAAS uses): a boot script
+that names the machine, a configuration per phone, a file fetched from an
+HTTP server.  A read source is asked, in turn, for the requested path; it
+answers with a L{Readable} (a file object and its size) or L{NOT_MINE}, and
+then the next source is asked.  The local root is one source
+(L{RootSource}), the root with a directory per client another
+(L{ClientRootSource}); L{filexfer.tftp.http.HTTPSource} streams missing
+files from a web server.  Name your own on the command line with
+C{--tftp-source PYTHON.PATH:FACTORY}: C{FACTORY(reactor, argument)}
+returns an L{ITFTPSource} (C{argument} is the text after a C{=}, or None).
+
+A source that raises L{filexfer.TransferError} refuses the request (the
+client gets the matching ERROR, the chain stops); any other failure, or no
+answer within the server's source timeout, gives the client ERROR 0 and a
+log line naming the source.  Either way, every other transfer goes on.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, BinaryIO
+
+import attrs
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from zope.interface import Interface, implementer
+
+from filexfer._errors import TransferError
+from filexfer.storage import IStorage
+from filexfer.tftp._neighbours import Mode, NeighbourTable, candidates, client_key
+
+Address = tuple[str, int]
+
+
+@attrs.frozen
+class Readable:
+    """What a source serves: an open binary file (read from its position) and its size.
+
+    @ivar handle: read with C{read(n)}; closed by the server when the
+        transfer ends.
+    @ivar size: bytes it holds, or None when unknown (no C{tsize} is
+        offered then).
+    """
+
+    handle: BinaryIO
+    size: int | None
+
+
+NOT_MINE = None
+"""A source's answer for a path it does not serve: ask the next one."""
+
+
+class ITFTPSource(Interface):
+    """A source of files for TFTP reads (in the style of L{filexfer.storage.IStorage})."""
+
+    def open(path: str, client: Address, server: Address) -> Deferred[Readable | None]:
+        """The file C{path} for C{client} (host, port) that asked C{server} (host, port).
+
+        C{path} has passed the remap rules and the name rules of
+        PROTOCOL.md section 1.3 (relative, no C{..}, no control characters).
+
+        @return: a Deferred firing with a L{Readable}, or L{NOT_MINE}.  It
+            may fail with L{filexfer.TransferError} to refuse the request.
+        """
+
+
+@implementer(ITFTPSource)
+class RootSource:
+    """The local root: files of an L{IStorage}; a missing one is not mine."""
+
+    def __init__(self, storage: IStorage) -> None:
+        self.storage = storage
+
+    def __repr__(self) -> str:
+        return "the root"
+
+    def open(self, path: str, client: Address, server: Address) -> Deferred[Readable | None]:
+        """C{storage.open_read(path)}; 404 is L{NOT_MINE}, other refusals propagate."""
+        return maybeDeferred(self._open, path)
+
+    def _open(self, path: str) -> Readable | None:
+        try:
+            handle, size = self.storage.open_read(path)
+        except TransferError as exc:
+            if exc.code == 404:
+                return NOT_MINE
+            raise
+        return Readable(handle, size)
+
+
+@implementer(ITFTPSource)
+class ClientRootSource:
+    """C{ROOT/KEY/path} when it exists, else C{ROOT/path} (dnsmasq C{--tftp-unique-root}).
+
+    C{KEY} is the client's address (mode C{ip}) or its MAC from the kernel's
+    neighbour table (mode C{mac}; see L{filexfer.tftp._neighbours}).
+    """
+
+    def __init__(self, storage: IStorage, mode: Mode, neighbours: NeighbourTable) -> None:
+        self.root = RootSource(storage)
+        self.mode = mode
+        self.neighbours = neighbours
+
+    def __repr__(self) -> str:
+        return f"the per-client root ({self.mode})"
+
+    def open(self, path: str, client: Address, server: Address) -> Deferred[Readable | None]:
+        """Try the client's directory, then the shared root."""
+        if self.mode == "mac":
+            looking = self.neighbours.mac_for(client[0])
+        else:
+            looking = succeed(None)
+        return looking.addCallback(
+            lambda mac: self._first(
+                candidates(path, client_key(self.mode, client[0], mac)), client, server
+            )
+        )
+
+    def _first(
+        self, paths: list[str], client: Address, server: Address
+    ) -> Deferred[Readable | None]:
+        trying = self.root.open(paths[0], client, server)
+        if len(paths) == 1:
+            return trying
+        return trying.addCallback(
+            lambda found: found if found is not None else self._first(paths[1:], client, server)
+        )
+
+
+def load_factory(spec: str) -> Any:
+    """C{PYTHON.PATH:FACTORY[=ARGUMENT]} as (the factory, the argument or None).
+
+    @raise ValueError: a malformed spec, a module that does not import, or
+        no such name in it; the message says which.
+    """
+    target, equals, argument = spec.partition("=")
+    module_name, colon, name = target.partition(":")
+    if not colon or not module_name or not name:
+        raise ValueError(f"expected PYTHON.PATH:FACTORY, not {spec!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        raise ValueError(f"cannot import {module_name!r}: {exc}") from None
+    factory = getattr(module, name, None)
+    if not callable(factory):
+        raise ValueError(f"{module_name!r} has no callable {name!r}")
+    return factory, (argument if equals else None)
