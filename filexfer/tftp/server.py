@@ -351,22 +351,23 @@ class _SharedTID:
     (L{TFTPServerProtocol.datagramReceived}).  Closing only removes the route.
     """
 
-    def __init__(self, server: TFTPServerProtocol, peer: Address) -> None:
+    def __init__(self, server: TFTPServerProtocol, transfer: _ServerTransfer) -> None:
         self.server = server
-        self.peer = peer
+        self.transfer = transfer
         self.listening: Any = server.transport
 
     def write(self, datagram: bytes, addr: Any) -> None:
         self.listening.write(datagram, addr)
 
     def getHandle(self) -> Any:
-        return self.listening.getHandle()
+        get_handle = getattr(self.listening, "getHandle", None)
+        return get_handle() if get_handle is not None else None
 
     def getHost(self) -> Any:
         return self.listening.getHost()
 
     def stopListening(self) -> Deferred[None]:
-        self.server.unroute(self.peer, self)
+        self.server.unroute(self.transfer)
         return succeed(None)
 
     loseConnection = stopListening
@@ -449,9 +450,12 @@ class TFTPServerProtocol(DatagramProtocol):
         """A datagram on the listening port: a request, noise, or a single-port transfer's."""
         peer: Address = (addr[0], addr[1])
         routed = self.routes.get(peer)
-        if routed is not None and not self._new_request(routed, datagram):
+        if routed is not None and not self._is_request(datagram):
             routed.datagramReceived(datagram, peer)
             return
+        if routed is not None and datagram != routed.key[1]:
+            routed.finish("ended: a new request from the same port")
+            routed.close()
         try:
             self._request(datagram, peer)
         except Exception:
@@ -496,25 +500,21 @@ class TFTPServerProtocol(DatagramProtocol):
             lambda failure: self._not_started(key, failure, request, path),
         )
 
-    def _new_request(self, transfer: _ServerTransfer, datagram: bytes) -> bool:
-        """Single-port mode: whether a datagram from a routed peer starts a new transfer.
+    @staticmethod
+    def _is_request(datagram: bytes) -> bool:
+        """Whether C{datagram} is an RRQ or WRQ (in single-port mode, not a transfer's).
 
-        A request (RRQ or WRQ) other than the transfer's own, once the
-        transfer has ended (its final ACK lingering), is a new request; the
-        old transfer lets go of the route.  Anything else is the transfer's.
+        A repeat of a transfer's own request is then ignored, as on the
+        listening port of a server with a port per transfer; any other
+        request from the same address and port ends the old transfer (its
+        client has moved on) and starts a new one.
         """
-        if len(datagram) < 2 or datagram[0] != 0 or datagram[1] not in (OP_RRQ, OP_WRQ):
-            return False
-        if datagram == transfer.key[1] or not transfer.done:
-            return False
-        transfer.close()
-        return True
+        return len(datagram) >= 2 and datagram[0] == 0 and datagram[1] in (OP_RRQ, OP_WRQ)
 
-    def unroute(self, peer: Address, port: _SharedTID) -> None:
+    def unroute(self, transfer: _ServerTransfer) -> None:
         """Single-port mode: a transfer closed; its peer's datagrams are requests again."""
-        routed = self.routes.get(peer)
-        if routed is not None and routed.port is port:
-            del self.routes[peer]
+        if self.routes.get(transfer.peer) is transfer:
+            del self.routes[transfer.peer]
 
     def _started(self, key: tuple[Address, bytes], transfer: _ServerTransfer) -> None:
         if key not in self._requests:  # the server stopped while the storage started
@@ -655,7 +655,7 @@ class TFTPServerProtocol(DatagramProtocol):
 
         try:
             if self.single_port:
-                shared = _SharedTID(self, transfer.peer)
+                shared = _SharedTID(self, transfer)
                 self.routes[transfer.peer] = transfer
                 transfer.port = shared
                 transfer.makeConnection(shared)  # type: ignore[arg-type]
