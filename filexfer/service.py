@@ -166,6 +166,52 @@ class Options(usage.Options):
             "largest TFTP windowsize granted (1-65535)",
             _positive(int, 65535),
         ],
+        [
+            "tftp-port-range",
+            None,
+            None,
+            "LOW:HIGH: the ports TFTP transfers answer from (for a firewall; tftpd-hpa -R)",
+        ],
+        [
+            "tftp-remap",
+            None,
+            None,
+            "FILE of tftpd-hpa remap rules (in.tftpd -m) applied to requested names",
+        ],
+        [
+            "tftp-remap-test",
+            None,
+            None,
+            "NAME: print what --tftp-remap makes of NAME (a read by --client) and exit",
+        ],
+        ["client", None, "192.0.2.1", "with --tftp-remap-test: the client address to test with"],
+        ["tftp-quirks-file", None, None, "FILE of --tftp-quirks rules, one a line"],
+        [
+            "tftp-per-client-root",
+            None,
+            None,
+            "ip|mac: serve ROOT/<client address or MAC>/NAME when it exists, else ROOT/NAME",
+        ],
+        [
+            "tftp-http",
+            None,
+            None,
+            "URL: serve files missing under --root from this base URL (cached locally)",
+        ],
+        [
+            "tftp-http-cache-size",
+            None,
+            256 * 1024 * 1024,
+            "bytes the --tftp-http cache may hold, e.g. 1G",
+            _size,
+        ],
+        [
+            "tftp-source-timeout",
+            None,
+            10.0,
+            "seconds a TFTP read source may take to answer (ERROR 0 past that)",
+            _positive(float),
+        ],
         ["max-size", None, None, "largest file accepted, e.g. 10G (413)", _size],
         ["min-free", None, 0, "free space to keep on the disk, e.g. 1G (507)", _size],
         ["max-connections", None, 1000, "TCP connections at once (503 past that)", _positive(int)],
@@ -210,6 +256,11 @@ class Options(usage.Options):
             "with --token, accept TFTP uploads anyway (TFTP cannot carry the token)",
         ],
         ["tftp-no-read", None, "refuse TFTP downloads (RRQ)"],
+        [
+            "tftp-single-port",
+            None,
+            "answer every TFTP transfer from the TFTP port itself (through NAT, containers)",
+        ],
     ]
     compData = usage.Completions(
         optActions={"root": usage.CompleteDirs(), "token-file": usage.CompleteFiles()}
@@ -223,6 +274,8 @@ class Options(usage.Options):
         self.argv: list[str] = []
         self["listen"] = []
         self["allow"] = []
+        self["tftp-quirks"] = []
+        self["tftp-source"] = []
 
     opt_h = usage.Options.opt_help
 
@@ -241,6 +294,14 @@ class Options(usage.Options):
         except ValueError as error:
             raise usage.UsageError(f"--allow: {error}") from None
         self["allow"].append(network)
+
+    def opt_tftp_quirks(self, rule: str) -> None:
+        """NETWORK KEY=VALUE... (repeatable): refuse=OPT[,OPT] blksize=N mtu=N windowsize=N"""
+        self["tftp-quirks"].append(rule)
+
+    def opt_tftp_source(self, spec: str) -> None:
+        """PYTHON.PATH:FACTORY[=ARG] (repeatable): a TFTP read source asked before the root"""
+        self["tftp-source"].append(spec)
 
     def parseOptions(self, options: list[str] | None = None) -> None:
         """Parse, keeping the arguments for worker processes to be started with."""
@@ -266,6 +327,9 @@ class Options(usage.Options):
             raise usage.UsageError(f"{given}: the token must not be empty")
         if not 8 <= self["tftp-max-blksize"] <= 65464:
             raise usage.UsageError("--tftp-max-blksize: must be between 8 and 65464")
+        from filexfer.tftp._setup import check_fleet_options
+
+        check_fleet_options(self)
         if self.shares_ports and self["listen"]:
             raise usage.UsageError(
                 "--workers shares --port and the TFTP port; it cannot share --listen endpoints"
@@ -523,6 +587,7 @@ def make_service(options: Options, reactor: IServiceReactor) -> MultiService:
     if tftp_port is None and not options["no-tftp"]:
         log.warn("TFTP is off: with only --listen, give --tftp-port to serve TFTP")
     if tftp_port is not None:
+        from filexfer.tftp._setup import fleet_settings
         from filexfer.tftp.server import TFTPServerProtocol
 
         allow_write = not options["tftp-read-only"]
@@ -554,6 +619,7 @@ def make_service(options: Options, reactor: IServiceReactor) -> MultiService:
             max_blksize=options["tftp-max-blksize"],
             max_windowsize=options["tftp-max-windowsize"],
             access=access,
+            **fleet_settings(options, reactor, storage),
         )
         tftp.noisy = False
         option = f"--tftp-port {tftp_port}" if options["tftp-port"] else f"--port {tftp_port}"
