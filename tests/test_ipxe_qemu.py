@@ -45,3 +45,20 @@ class IPXETests(unittest.TestCase):
         machine.log.wait_for(r"FILEXFER-CHAINED-OK", BOOT_TIMEOUT)
         self.assertIn("first script, I am 10.0.2.15", machine.log.text())
         server.log.wait_for(r"tftp-rrq \S+ 'next/second.ipxe' 38 bytes .*: ok")
+
+    def test_script_made_per_client(self) -> None:
+        """A --tftp-source template renders boot.ipxe for the asking client (through qemu's
+        NAT, in single-port mode); iPXE runs what it got."""
+        template = write_file(
+            os.path.join(self.cwd, "boot.ipxe.in"),
+            b"#!ipxe\necho FILEXFER-HELLO {client} asked {server}:{server_port}\nshell\n",
+        )
+        source = f"filexfer.tftp.sources:template_source=boot.ipxe:{template}"
+        server, port = start_twistd_tftp(
+            self, self.root, self.cwd, "--tftp-source", source, "--tftp-single-port"
+        )
+        machine = boot_ipxe(self, f"tftp://10.0.2.2:{port}/boot.ipxe")
+        machine.log.wait_for(
+            rf"FILEXFER-HELLO 127\.0\.0\.1 asked 127\.0\.0\.1:{port}", BOOT_TIMEOUT
+        )
+        server.log.wait_for(r"tftp-rrq \S+ 'boot.ipxe' \d+ bytes .*: ok")

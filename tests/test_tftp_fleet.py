@@ -307,3 +307,37 @@ class PerClientRootTests(unittest.TestCase):
         port = h.request(p.ReadRequest(b"x", "octet"))
         assert port is not None
         self.assertEqual(_read_all(h, port), b"by mac")
+
+
+class TemplateSourceTests(unittest.TestCase):
+    """template_source: --tftp-source filexfer.tftp.sources:template_source=NAME:FILE."""
+
+    def test_rendered_per_client(self) -> None:
+        """The template is filled with the client's and the server's addresses."""
+        from filexfer.tftp.sources import template_source
+
+        path = self.mktemp()
+        with open(path, "w") as handle:
+            handle.write("#!ipxe\nchain http://{server}/hosts/{client}.ipxe  # {{braces}}\n")
+        source = template_source(None, f"boot.ipxe:{path}")
+        readable = self.successResultOf(
+            source.open("/boot.ipxe", ("::ffff:10.0.0.7", 9), ("10.0.0.1", 69))
+        )
+        assert readable is not None
+        self.assertEqual(
+            readable.handle.read(),
+            b"#!ipxe\nchain http://10.0.0.1/hosts/10.0.0.7.ipxe  # {braces}\n",
+        )
+        self.assertIsNone(
+            self.successResultOf(source.open("other", ("10.0.0.7", 9), ("10.0.0.1", 69)))
+        )
+
+    def test_bad_template_at_start(self) -> None:
+        """A template naming an unknown field, or no NAME:FILE, fails when the source is made."""
+        from filexfer.tftp.sources import template_source
+
+        path = self.mktemp()
+        with open(path, "w") as handle:
+            handle.write("{hostname}")
+        self.assertRaises(ValueError, template_source, None, f"boot.ipxe:{path}")
+        self.assertRaises(ValueError, template_source, None, "boot.ipxe")

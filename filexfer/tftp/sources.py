@@ -21,6 +21,7 @@ log line naming the source.  Either way, every other transfer goes on.
 from __future__ import annotations
 
 import importlib
+import io
 from typing import Any, BinaryIO
 
 import attrs
@@ -147,3 +148,60 @@ def load_factory(spec: str) -> Any:
     if not callable(factory):
         raise ValueError(f"{module_name!r} has no callable {name!r}")
     return factory, (argument if equals else None)
+
+
+@implementer(ITFTPSource)
+class TemplateSource:
+    """One name served from a text template filled in for each client (e.g. an iPXE script).
+
+    In the template, C{{client}} is the client's address, C{{client_port}}
+    its port, C{{server}} and C{{server_port}} the address and port the
+    request arrived on, C{{path}} the requested name; C{{{{}}}} and C{}}}}}
+    are braces (Python's C{str.format}).  Other names are not mine.
+    """
+
+    def __init__(self, name: str, template: str) -> None:
+        self.name = name.lstrip("/")
+        self.template = template
+        self.render(("192.0.2.1", 1), ("192.0.2.2", 69))  # a bad template fails at start-up
+
+    def __repr__(self) -> str:
+        return f"the template for {self.name!r}"
+
+    def render(self, client: Address, server: Address) -> bytes:
+        """The file for C{client}, asking C{server}."""
+        from filexfer._guard import ipv4_form
+
+        return self.template.format(
+            client=ipv4_form(client[0]),
+            client_port=client[1],
+            server=ipv4_form(server[0]),
+            server_port=server[1],
+            path=self.name,
+        ).encode("utf-8")
+
+    def open(self, path: str, client: Address, server: Address) -> Deferred[Readable | None]:
+        """The rendered template for C{self.name}; L{NOT_MINE} for any other path."""
+        if path.lstrip("/") != self.name:
+            return succeed(NOT_MINE)
+        data = self.render(client, server)
+        return succeed(Readable(io.BytesIO(data), len(data)))
+
+
+def template_source(reactor: Any, argument: str | None) -> TemplateSource:
+    """C{--tftp-source filexfer.tftp.sources:template_source=NAME:TEMPLATE_FILE}.
+
+    @raise ValueError: no argument, or a template that cannot be read or filled.
+    """
+    name, colon, path = (argument or "").partition(":")
+    if not colon or not name or not path:
+        raise ValueError("give NAME:TEMPLATE_FILE after '=' (e.g. boot.ipxe:/etc/boot.ipxe.in)")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            template = handle.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read the template {path!r}: {exc}") from None
+    try:
+        return TemplateSource(name, template)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ValueError(f"the template {path!r} cannot be filled: {exc!r}") from None
