@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from treq.testing import StubTreq
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 from twisted.web.resource import Resource
@@ -132,3 +133,29 @@ class HTTPSourceTests(unittest.TestCase):
         self.assertLessEqual(
             sum(os.path.getsize(os.path.join(cache, n)) for n in os.listdir(cache)), 1000
         )
+
+
+class RealHTTPTests(unittest.TestCase):
+    """treq over a real socket: a twisted.web server on 127.0.0.1 and the real reactor."""
+
+    def test_fetch_over_loopback(self) -> Deferred[None]:
+        """HTTPSource's own treq client fetches from a web server on loopback."""
+        from twisted.internet import reactor
+        from twisted.web.server import Site
+
+        web = Files({"/boot/a.cfg": b"config"})
+        listening = reactor.listenTCP(0, Site(web), interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.addCleanup(listening.stopListening)
+        root = os.path.abspath(self.mktemp())
+        os.makedirs(root)
+        url = f"http://127.0.0.1:{listening.getHost().port}/boot"
+        source = HTTPSource(reactor, url, storage_root=root, max_bytes=1000)
+        opening = source.open("a.cfg", CLIENT, SERVER)
+
+        def check(readable: Readable | None) -> None:
+            assert readable is not None
+            with readable.handle:
+                self.assertEqual((readable.handle.read(), readable.size), (b"config", 6))
+            self.assertEqual(web.asked, ["/boot/a.cfg"])
+
+        return opening.addCallback(check)
