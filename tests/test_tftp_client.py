@@ -292,10 +292,12 @@ class ClientAgainstFakesTests(unittest.TestCase):
         return number
 
     def test_exports(self) -> None:
-        """The package exports the server, the client calls and the error."""
+        """The package exports the server, the client calls, the errors and the read sources."""
         self.assertEqual(
             set(filexfer.tftp.__all__),
-            {"TFTPServerProtocol", "upload", "download", "TFTPError", "TFTPTimeout"},
+            {"TFTPServerProtocol", "upload", "download", "TFTPError", "TFTPTimeout"}
+            | {"ITFTPSource", "Readable", "NOT_MINE", "RootSource", "ClientRootSource"}
+            | {"TemplateSource"},
         )
 
     @defer.inlineCallbacks
