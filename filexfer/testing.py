@@ -68,7 +68,7 @@ import os
 import random
 from collections import deque
 from collections.abc import Callable
-from typing import Any, BinaryIO
+from typing import Any
 
 import attrs
 from twisted.internet.address import IPv4Address, IPv6Address
@@ -100,12 +100,14 @@ from filexfer.storage import (
     BlockingRunner,
     ConflictPolicy,
     DirectoryStorage,
+    IReadSource,
     IStorage,
     IUpload,
     Receipt,
     numbered_name,
 )
 from filexfer.storage._disk import run_here
+from filexfer.storage._sources import FileSource
 from filexfer.tcp.receiver import ReceiverFactory, ReceiverProtocol
 from filexfer.tcp.sender import send_file
 from filexfer.tftp._udp import reads_itself
@@ -306,15 +308,18 @@ class MemoryStorage:
 
     # -- reading -----------------------------------------------------------
 
-    def open_read(self, path: str) -> tuple[BinaryIO, int]:
-        """A stored file as (a C{BytesIO}, its size); 404 when absent, 403 for a directory."""
-        path = validate_path(path)
-        if path in self.files:
-            data = self.files[path]
-            return io.BytesIO(data), len(data)
-        if self._is_directory(path):
-            raise TransferError(403, f"{path} is not a regular file")
-        raise TransferError(404, f"{path} not found")
+    def open_read(self, path: str) -> Deferred[IReadSource]:
+        """A stored file as a source that answers at once; 404 when absent, 403 for a directory."""
+        try:
+            path = validate_path(path)
+            if path in self.files:
+                data = self.files[path]
+                return succeed(FileSource(io.BytesIO(data), len(data)))
+            if self._is_directory(path):
+                raise TransferError(403, f"{path} is not a regular file")
+            raise TransferError(404, f"{path} not found")
+        except TransferError:
+            return fail()
 
 
 @implementer(IUpload)

@@ -457,13 +457,13 @@ class IdempotenceTests(StorageTestCase):
         """The quick check uses the cached digest instead of re-reading the file."""
         self.store("f", self.data, mtime_ns=MTIME_NS)
         reads: list[str] = []
-        original = self.storage.open_read
+        original = self.storage.open_file
 
         def counting_open_read(path: str) -> object:
             reads.append(path)
             return original(path)
 
-        self.patch(self.storage, "open_read", counting_open_read)
+        self.patch(self.storage, "open_file", counting_open_read)
         upload = self.begin("f", len(self.data), None, MTIME_NS, trailer=True)
         self.assertEqual(self.successResultOf(upload.finish(sha256_bytes(self.data))).path, "f")
         self.assertEqual(reads, [])
@@ -521,8 +521,8 @@ class SymlinkTests(StorageTestCase):
         """open_read refuses (403) a file symlink and a path through a directory symlink."""
         os.symlink(self.target, os.path.join(self.root, "evil"))
         os.symlink(self.outside, os.path.join(self.root, "link"))
-        self.assertRefused(403, self.storage.open_read, "evil")
-        self.assertRefused(403, self.storage.open_read, "link/target.txt")
+        self.assertRefused(403, self.storage.open_file, "evil")
+        self.assertRefused(403, self.storage.open_file, "link/target.txt")
 
     def test_quick_check_ignores_symlink(self) -> None:
         """A symlink to an identical file is not taken as already stored."""
@@ -536,24 +536,24 @@ class ReadTests(StorageTestCase):
     def test_open_read(self) -> None:
         """open_read returns the file and its size."""
         write_file(os.path.join(self.root, "d", "f"), b"abc")
-        handle, size = self.storage.open_read("d/f")
+        handle, size = self.storage.open_file("d/f")
         with handle:
             self.assertEqual((handle.read(), size), (b"abc", 3))
 
     def test_missing(self) -> None:
         """A missing file (or missing directory) is 404."""
-        self.assertRefused(404, self.storage.open_read, "nope")
-        self.assertRefused(404, self.storage.open_read, "no/such/dir")
+        self.assertRefused(404, self.storage.open_file, "nope")
+        self.assertRefused(404, self.storage.open_file, "no/such/dir")
 
     def test_directory(self) -> None:
         """A directory is 403."""
         os.makedirs(os.path.join(self.root, "d"))
-        self.assertRefused(403, self.storage.open_read, "d")
+        self.assertRefused(403, self.storage.open_file, "d")
 
     def test_bad_paths(self) -> None:
         """Bad paths are refused before touching the disk."""
-        self.assertRefused(400, self.storage.open_read, "../x")
-        self.assertRefused(403, self.storage.open_read, ".filexfer/digests")
+        self.assertRefused(400, self.storage.open_file, "../x")
+        self.assertRefused(403, self.storage.open_file, ".filexfer/digests")
 
 
 class QuotaTests(StorageTestCase):

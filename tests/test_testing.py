@@ -105,12 +105,11 @@ class MemoryStorageTests(unittest.TestCase):
         self.assertEqual(receipt, Receipt(5, _digest(b"hello"), "a/b.txt"))
         self.assertEqual(storage.files, {"a/b.txt": b"hello"})
         self.assertEqual(storage.mtimes, {"a/b.txt": 7})
-        handle, size = storage.open_read("a/b.txt")
-        self.assertEqual((handle.read(), size), (b"hello", 5))
+        source = self.successResultOf(storage.open_read("a/b.txt"))
+        self.assertEqual((self.successResultOf(source.read(100)), source.size), (b"hello", 5))
         for path, code in (("missing", 404), ("a", 403), ("../x", 400)):
-            with self.assertRaises(TransferError) as caught:
-                storage.open_read(path)
-            self.assertEqual(caught.exception.code, code, path)
+            failure = self.failureResultOf(storage.open_read(path), TransferError)
+            self.assertEqual(failure.value.code, code, path)
 
     def test_path_validation(self) -> None:
         """Bad paths are refused at begin: 400, 403 for the state directory or under a file."""

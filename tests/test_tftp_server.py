@@ -13,14 +13,14 @@ import os
 from collections.abc import Callable
 from typing import Any, cast
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import CannotListenError
 from twisted.internet.task import Clock
 from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
 from twisted.trial import unittest
 
 from filexfer._guard import AccessPolicy
-from filexfer.storage import DirectoryStorage
+from filexfer.storage import DirectoryStorage, FileSource
 from filexfer.testing import FakeUDPNetwork, FakeUDPPort
 from filexfer.tftp import TFTPServerProtocol
 from filexfer.tftp import _packets as p
@@ -824,7 +824,7 @@ class MainPortTests(unittest.TestCase):
             def read(self, size: int | None = -1) -> bytes:
                 raise OSError(errno.EIO, "I/O error")
 
-        h.storage.open_read = lambda path: (Broken(), 100)  # type: ignore[method-assign]
+        h.storage.open_read = lambda path: succeed(FileSource(Broken(), 100))  # type: ignore[method-assign]
         port = h.request(p.ReadRequest(b"f", "octet"))
         assert port is not None
         (error,) = h.take(port)

@@ -4,7 +4,11 @@ L{IStorage} is what the TCP receiver and the TFTP server store through;
 L{DirectoryStorage} keeps files under one root directory.  One store per
 module, beside each other:
 
- - C{_interfaces}: L{IStorage}, L{IUpload}, L{Receipt};
+ - C{_interfaces}: L{IStorage}, L{IUpload}, L{IReadSource}, L{Receipt};
+ - C{_rules}: what every store promises (resume identity, names, I1, I2);
+ - C{_sources}: L{FileSource}, a local file to read;
+ - C{s3}: L{S3Storage} (multipart uploads, conditional writes, leases),
+   which needs the C{s3} extra (boto3) once it talks to a store;
  - C{directory}: L{DirectoryStorage} (temporary file, fsync, atomic link,
    resume, conflict policy);
  - C{_upload}: one upload and its background writer;
@@ -17,19 +21,25 @@ from filexfer.storage._interfaces import (
     CONFLICT_POLICIES,
     BlockingRunner,
     ConflictPolicy,
+    IReadSource,
     IStorage,
     IUpload,
     Receipt,
 )
+from filexfer.storage._sources import FileSource
 from filexfer.storage.directory import DirectoryStorage
+from filexfer.storage.s3 import S3Storage
 
 __all__ = [
     "CONFLICT_POLICIES",
     "BlockingRunner",
     "ConflictPolicy",
     "DirectoryStorage",
+    "FileSource",
+    "IReadSource",
     "IStorage",
     "IUpload",
     "Receipt",
+    "S3Storage",
     "numbered_name",
 ]

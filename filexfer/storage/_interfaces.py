@@ -1,4 +1,4 @@
-"""What a store is: L{IStorage}, L{IUpload}, and the L{Receipt} of a stored file.
+"""What a store is: L{IStorage}, L{IUpload}, L{IReadSource} and the L{Receipt} of a stored file.
 
 A store keeps files by relative path (docs/protocol.md, "Paths and
 storage"); the TCP receiver and the TFTP server talk to it only
@@ -9,7 +9,7 @@ L{filexfer.storage.DirectoryStorage} without either knowing the other.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import BinaryIO, Literal, TypeVar
+from typing import Literal, TypeVar
 
 from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
@@ -64,6 +64,27 @@ class IUpload(Interface):
         """Stop: discard the bytes, or keep them for a later resume."""
 
 
+class IReadSource(Interface):
+    """A stored file opened for reading, in order, without blocking the reactor.
+
+    A local file answers at once (its Deferreds have fired already); an
+    object store fetches ranges meanwhile.  A later reader may chain
+    several sources (one after another).
+    """
+
+    size = Attribute("The file's size in bytes.")
+
+    def read(length: int) -> Deferred[bytes]:
+        """Fire with the next bytes, at most C{length} (about that many), C{b""} at the end.
+
+        Fails with L{TransferError} (503 when a store is unreachable).
+        Call again only after the previous read has fired.
+        """
+
+    def close() -> None:
+        """Release the file; further reads are not allowed."""
+
+
 class IStorage(Interface):
     """A place that stores uploads and serves downloads by relative path."""
 
@@ -92,5 +113,5 @@ class IStorage(Interface):
             symlink) is refused with 409 now, instead of a renamed copy later.
         """
 
-    def open_read(path: str) -> tuple[BinaryIO, int]:
-        """Open a stored file for reading: (file, size); L{TransferError} 404/403."""
+    def open_read(path: str) -> Deferred[IReadSource]:
+        """Open a stored file for reading; fail with L{TransferError} 400/403/404 (503)."""

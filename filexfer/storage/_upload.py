@@ -25,6 +25,7 @@ from filexfer._hashing import sha256_prefix
 from filexfer._log import log
 from filexfer.storage._disk import os_error, write_error
 from filexfer.storage._interfaces import BlockingRunner, IUpload, Receipt
+from filexfer.storage._rules import check_finished
 
 _QUEUE_HIGH = 4 << 20
 """Queued bytes of one upload above which its producer (the socket) is paused."""
@@ -209,29 +210,14 @@ class Upload:
         if self._error is not None:
             self.abort(keep_partial=False)
             return fail(self._error)
-        if self.expected_size is not None and self.received < self.expected_size:
-            self.abort(keep_partial=True)
-            return fail(
-                TransferError(
-                    422, f"short upload: {self.received} of {self.expected_size} bytes arrived"
-                )
-            )
         digest = self._digest.hexdigest()
-        if self._sha256 is not None and digest != self._sha256:
-            self.abort(keep_partial=False)
-            return fail(TransferError(422, f"SHA256 mismatch: received data hashes to {digest}"))
-        if claimed is not None and digest != claimed:
-            # I1: bytes that are not the sender's file as it is now never get a
-            # final name, and a stale prefix is not offered again.
-            self.abort(keep_partial=False)
-            if self.offset:
-                reason = (
-                    f"the {self.offset} bytes held from an earlier upload differ from your"
-                    " file; send it again from the start"
-                )
-            else:
-                reason = "the file changed while it was sent (its SHA-256 differs)"
-            return fail(TransferError(422, reason))
+        refused = check_finished(
+            self.received, self.expected_size, self.offset, digest, self._sha256, claimed
+        )
+        if refused is not None:
+            error, keep = refused
+            self.abort(keep_partial=keep)
+            return fail(error)
         return self._storage.run_blocking(lambda: self._make_durable(digest))
 
     def _make_durable(self, digest: str) -> Receipt:

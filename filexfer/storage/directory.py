@@ -28,27 +28,35 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, BinaryIO
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
 
 from filexfer._errors import TransferError
 from filexfer._hashing import sha256_prefix
 from filexfer._mtime import check_mtime, probe_mtime_range
 from filexfer._names import STATE_DIR, validate_path
-from filexfer.storage._conflicts import name_limit, numbered_name
+from filexfer.storage._conflicts import name_limit
 from filexfer.storage._digests import DigestCache, stat_key
 from filexfer.storage._disk import os_error, run_here
 from filexfer.storage._interfaces import (
     CONFLICT_POLICIES,
     BlockingRunner,
     ConflictPolicy,
+    IReadSource,
     IStorage,
     IUpload,
-    Receipt,
 )
-from filexfer.storage._upload import AlreadyStored, StoredCandidate, Upload
+from filexfer.storage._rules import (
+    MAX_RENAME_TRIES,
+    candidate_names,
+    check_max_size,
+    judge_stored,
+    resume_identity,
+    wanted_copies,
+)
+from filexfer.storage._sources import FileSource
+from filexfer.storage._upload import Upload
 
-_MAX_RENAME_TRIES = 10_000
 _DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -174,22 +182,23 @@ class DirectoryStorage:
             and not stat.S_ISREG(existing.st_mode)
         ):
             raise TransferError(409, f"{path} exists and is {_kind(existing)}; it is not replaced")
-        copies = self._copies(path, size) if size is not None else {}
-        if sha256 is None:
-            proved_later = trailer and not fresh and mtime_ns is not None
-            copies = {
-                stored: info
-                for stored, info in copies.items()
-                if proved_later
-                and mtime_ns is not None
-                and self._same_mtime(stored, info, mtime_ns)
-            }
-        resumable = size is not None and (sha256 is not None or (trailer and mtime_ns is not None))
-        if resumable:
-            key = hashlib.sha256(
-                f"{path}\0{size}\0{sha256 or ''}\0{'' if sha256 else mtime_ns}".encode()
-            ).hexdigest()
-            temp_name = os.path.join(state, "partial", key)
+        found = self._copies(path, size) if size is not None else {}
+        wanted = wanted_copies(
+            {stored: info.st_size for stored, info in found.items()},
+            size,
+            sha256,
+            mtime_ns,
+            trailer,
+            fresh,
+            lambda stored: (
+                mtime_ns is not None and self._same_mtime(stored, found[stored], mtime_ns)
+            ),
+        )
+        copies = {stored: found[stored] for stored in wanted}
+        identity = resume_identity(path, size, sha256, mtime_ns, trailer)
+        resumable = identity is not None
+        if identity is not None:
+            temp_name = os.path.join(state, "partial", identity)
         else:
             temp_name = os.path.join(state, "tmp", secrets.token_hex(16))
 
@@ -200,12 +209,9 @@ class DirectoryStorage:
                 stored: cached[stored] or self._stored_digest(stored, info)
                 for stored, info in copies.items()
             }
-            if sha256 is not None:
-                for stored, digest in digests.items():
-                    if hmac.compare_digest(digest, sha256):
-                        return AlreadyStored(Receipt(copies[stored].st_size, sha256, stored))
-            elif digests and size is not None:
-                return StoredCandidate(path, size, digests)
+            judged = judge_stored(path, size, sha256, digests)
+            if judged is not None:
+                return judged
             if existing is not None and self.on_conflict == "refuse":
                 raise TransferError(409, f"{path} already exists")
             return self._open_upload(path, size, sha256, mtime_ns, temp_name, resumable, fresh)
@@ -259,10 +265,7 @@ class DirectoryStorage:
 
     def check_size(self, size: int) -> None:
         """Refuse with 413 a file of C{size} bytes (announced or arrived) above C{max_size}."""
-        if self.max_size is not None and size > self.max_size:
-            raise TransferError(
-                413, f"file is larger than the server allows ({self.max_size} bytes)"
-            )
+        check_max_size(self.max_size, size)
 
     def check_space(self, incoming: int, where: str | None = None) -> None:
         """Refuse with 507 when C{incoming} more bytes would eat the reserve.
@@ -286,8 +289,7 @@ class DirectoryStorage:
         try:
             with self._directory(parents, create=False) as parent_fd:
                 limit = self._name_limit(parent_fd)
-                for number in range(_MAX_RENAME_TRIES):
-                    candidate = name if number == 0 else numbered_name(name, number, limit)
+                for number, candidate in enumerate(candidate_names(name, limit)):
                     try:
                         info = os.stat(candidate, dir_fd=parent_fd, follow_symlinks=False)
                     except FileNotFoundError:
@@ -318,7 +320,7 @@ class DirectoryStorage:
         cached = self._digests.digest(path, existing)
         if cached is not None:
             return cached
-        handle, _ = self.open_read(path)
+        handle, _ = self.open_file(path)
         with handle:
             info = os.fstat(handle.fileno())
             digest: str = sha256_prefix(handle).hexdigest()
@@ -391,8 +393,7 @@ class DirectoryStorage:
             os.rename(temp_name, name, src_dir_fd=state_fd, dst_dir_fd=parent_fd)
             return name
         limit = self._name_limit(parent_fd)
-        for number in range(_MAX_RENAME_TRIES):
-            candidate = name if number == 0 else numbered_name(name, number, limit)
+        for candidate in candidate_names(name, limit):
             try:
                 os.link(
                     temp_name,
@@ -406,7 +407,7 @@ class DirectoryStorage:
                     raise TransferError(409, f"{name} already exists") from None
                 continue
             return candidate
-        raise TransferError(409, f"no free name for {name}: {_MAX_RENAME_TRIES} are taken")
+        raise TransferError(409, f"no free name for {name}: {MAX_RENAME_TRIES} are taken")
 
     # -- names and file systems ---------------------------------------------
 
@@ -508,7 +509,15 @@ class DirectoryStorage:
 
     # -- reading -----------------------------------------------------------
 
-    def open_read(self, path: str) -> tuple[BinaryIO, int]:
+    def open_read(self, path: str) -> Deferred[IReadSource]:
+        """Open a stored file (see L{IStorage.open_read}); a local open does not wait."""
+        try:
+            return succeed(FileSource(*self.open_file(path)))
+        except TransferError:
+            return fail()
+
+    def open_file(self, path: str) -> tuple[BinaryIO, int]:
+        """Open a stored file now: (file, size); L{TransferError} 400/403/404."""
         path = validate_path(path)
         *parents, name = path.split("/")
         try:

@@ -5,7 +5,7 @@ L{WindowReceiver} takes DATA blocks in order and ACKs every window.  Both
 retransmit on timeout only (never on a duplicate packet: no Sorcerer's
 Apprentice), through a L{Retransmitter}.  They know nothing about sockets:
 they are given a C{send(datagram)} callable (see L{filexfer.tftp._udp}) and
-a clock.  L{FileBlocks} cuts a file into the blocks a sender sends.
+a clock.  L{SourceBlocks} cuts a file into the blocks a sender sends.
 """
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ from __future__ import annotations
 import struct
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import BinaryIO
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.python.failure import Failure
 
+from filexfer.storage._interfaces import IReadSource
 from filexfer.tftp._packets import encode_ack
 from filexfer.tftp._udp import Send, SendMany
 
@@ -85,32 +86,91 @@ class Retransmitter:
         self._resend()
 
 
-class FileBlocks:
-    """Reads a file as a sequence of blocks of C{blksize} bytes.
+class SourceBlocks:
+    """Cuts an L{IReadSource} into the blocks a sender sends, reading one chunk ahead.
 
-    The file is read in chunks of about 256 KiB; blocks are zero-copy
-    slices (memoryviews) of the chunk.
+    The source is read in chunks of about 256 KiB; blocks are zero-copy
+    slices (memoryviews) of the chunk.  A local file's reads have fired when
+    they return, so its blocks are there at once; a remote store's arrive
+    later: L{next_block} returns None meanwhile and C{on_ready} is called
+    when it has more.
+
+    @param transform: applied to each chunk as it arrives (netascii).
     """
 
-    def __init__(self, handle: BinaryIO, blksize: int) -> None:
-        self._handle = handle
+    def __init__(
+        self,
+        source: IReadSource,
+        blksize: int,
+        on_ready: Callable[[], None] = lambda: None,
+        transform: Callable[[bytes], bytes] | None = None,
+    ) -> None:
+        self._source = source
         self._blksize = blksize
+        self.on_ready = on_ready
+        self._transform = transform
         self._chunk = memoryview(b"")
         self._offset = 0
+        self._arrived: list[bytes] = []  # fetched, not yet cut
+        self._reading = False
+        self._eof = False
+        self._error: BaseException | None = None
+        self._waiting = False
         self._chunk_size = blksize * max(1, (256 * 1024) // blksize)
+        self._fetch()
 
-    def next_block(self) -> memoryview:
-        """The next block; shorter than C{blksize} (maybe empty) at the end."""
+    def _fetch(self) -> None:
+        if self._reading or self._eof or self._arrived or self._error is not None:
+            return
+        self._reading = True
+        self._source.read(self._chunk_size).addCallbacks(self._got, self._failed)
+
+    def _got(self, data: bytes) -> None:
+        self._reading = False
+        if not data:
+            self._eof = True
+        else:
+            self._arrived.append(self._transform(data) if self._transform else data)
+        self._wake()
+
+    def _failed(self, failure: Failure) -> None:
+        self._reading = False
+        self._error = failure.value
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiting:
+            self._waiting = False
+            self.on_ready()
+
+    def next_block(self) -> memoryview | None:
+        """The next block; shorter than C{blksize} (maybe empty) at the end; None: not yet.
+
+        @raise OSError: the source failed.
+        """
         start = self._offset
         end = start + self._blksize
         chunk = self._chunk
-        if end > len(chunk):
-            data = self._handle.read(self._chunk_size)
+        while end > len(chunk) and not (self._eof and not self._arrived):
+            if not self._arrived:
+                self._fetch()  # a local source answers here and now
+            if self._error is not None:
+                raise OSError(str(self._error))
+            if not self._arrived:
+                if self._eof:
+                    break
+                self._waiting = True
+                self._offset = start
+                self._chunk = chunk
+                return None
+            data = self._arrived.pop(0)
             if start < len(chunk):
                 data = bytes(chunk[start:]) + data
-            self._chunk = chunk = memoryview(data)
-            start = 0
-            end = self._blksize
+            chunk = memoryview(data)
+            start, end = 0, self._blksize
+            self._chunk = chunk
+            self._fetch()  # read ahead while this chunk is sent
+        self._chunk = chunk
         self._offset = end
         return chunk[start:end]
 
@@ -131,7 +191,7 @@ class WindowSender:
         *,
         clock: IReactorTime,
         send: Send,
-        next_block: Callable[[], bytes | memoryview],
+        next_block: Callable[[], bytes | memoryview | None],
         blksize: int,
         windowsize: int,
         timeout: float,
@@ -214,8 +274,18 @@ class WindowSender:
         for datagram in datagrams:
             send(datagram)
 
-    def _read_one(self) -> bytes:
+    def more(self) -> None:
+        """Blocks that were not ready (C{next_block} gave None) have arrived: go on."""
+        if self.finished:
+            return
+        if not self._handshake:
+            self._fill_and_send()
+        self._read_ahead()
+
+    def _read_one(self) -> bytes | None:
         payload = self._next_block()
+        if payload is None:
+            return None  # not there yet: more() is called when it is
         datagram = _DATA_HEADER(3, self._next & 0xFFFF) + payload
         self._next += 1
         if len(payload) < self._blksize:
@@ -231,7 +301,10 @@ class WindowSender:
         """
         ahead = self._ahead
         while len(ahead) < self._ahead_max and not self._read_all:
-            ahead.append(self._read_one())
+            datagram = self._read_one()
+            if datagram is None:
+                return
+            ahead.append(datagram)
 
     def _fill_and_send(self) -> None:
         window = self._window
@@ -242,6 +315,8 @@ class WindowSender:
         limit = self._blksize + 4
         if room == 1:  # lock-step: no list, no batch
             datagram = ahead.popleft() if ahead else self._read_one()
+            if datagram is None:
+                return
             window.append(datagram)
             if len(datagram) < limit:
                 self._last_read = True
@@ -251,6 +326,8 @@ class WindowSender:
         try:
             for _ in range(room):
                 datagram = ahead.popleft() if ahead else self._read_one()
+                if datagram is None:
+                    break
                 window.append(datagram)
                 batch.append(datagram)
                 if len(datagram) < limit:

@@ -23,6 +23,7 @@ from twisted.python.failure import Failure
 
 from filexfer._progress import Progress as Progress
 from filexfer._types import ITFTPReactor
+from filexfer.storage._sources import FileSource
 from filexfer.tftp._netascii import NetasciiDecoder
 from filexfer.tftp._packets import (
     DEFAULT_BLKSIZE,
@@ -251,7 +252,7 @@ class _Uploader(Sender, _ClientTransfer):
             self.abort(ILLEGAL_OPERATION, f"unexpected {type(packet).__name__} after WRQ")
             return
         self.send_file(
-            self.handle,
+            FileSource(self.handle, self.size),
             self.netascii,
             settings,
             handshake=None,

@@ -12,7 +12,7 @@ stores.  Storage refusals become ERROR packets through L{error_code_for}.
 
 from __future__ import annotations
 
-from typing import Any, BinaryIO
+from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.interfaces import IConsumer, IPushProducer
@@ -24,7 +24,7 @@ from filexfer._errors import TransferError
 from filexfer._guard import AccessPolicy
 from filexfer._log import describe_peer, log, log_transfer
 from filexfer._types import ITFTPReactor
-from filexfer.storage import IStorage, IUpload, Receipt
+from filexfer.storage import IReadSource, IStorage, IUpload, Receipt
 from filexfer.tftp._netascii import NetasciiDecoder
 from filexfer.tftp._packets import (
     ACCESS_VIOLATION,
@@ -175,18 +175,18 @@ class _ReadTransfer(Sender, _ServerTransfer):
         settings: Negotiated,
         timeout: float,
         retries: int,
-        handle: BinaryIO,
+        source: IReadSource,
         netascii: bool,
     ) -> None:
         super().__init__(server, peer, path, settings, timeout, retries)
-        self.handle = handle
+        self.source: IReadSource = source  # closed by cleanup, even before it is sent
         self.netascii = netascii
 
     def begin(self) -> None:
         settings = self.settings
         oack = encode(OptionAck(settings.options)) if settings.options else None
         try:
-            self.send_file(self.handle, self.netascii, settings, handshake=oack, on_done=self._sent)
+            self.send_file(self.source, self.netascii, settings, handshake=oack, on_done=self._sent)
         except OSError as exc:
             self.local_error(exc)
 
@@ -454,17 +454,29 @@ class TFTPServerProtocol(DatagramProtocol):
             outcome=f"refused: error {exc.code} {exc.reason}",
         )
 
-    def _start_read(self, request: ReadRequest, path: str, peer: Address) -> _ServerTransfer:
+    def _start_read(
+        self, request: ReadRequest, path: str, peer: Address
+    ) -> Deferred[_ServerTransfer]:
         if not self.allow_read:
             raise TransferError(403, "this server does not serve downloads")
         netascii = request.mode == "netascii"
-        handle, size = self.storage.open_read(path)
-        settings = negotiate(
-            request.options, self.caps, kind="read", file_size=None if netascii else size
-        )
-        return _ReadTransfer(
-            self, peer, path, settings, self.timeout, self.retries, handle, netascii
-        )
+
+        def opened(source: IReadSource) -> _ServerTransfer:
+            try:
+                settings = negotiate(
+                    request.options,
+                    self.caps,
+                    kind="read",
+                    file_size=None if netascii else source.size,
+                )
+            except BaseException:
+                source.close()
+                raise
+            return _ReadTransfer(
+                self, peer, path, settings, self.timeout, self.retries, source, netascii
+            )
+
+        return self.storage.open_read(path).addCallback(opened)
 
     def _start_write(
         self, request: WriteRequest, path: str, peer: Address

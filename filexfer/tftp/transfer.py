@@ -17,13 +17,14 @@ L{filexfer.tftp.client}, whose transfers are one of these roles each.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, BinaryIO
+from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import DatagramProtocol
 
-from filexfer.tftp._netascii import NetasciiBlocks, NetasciiDecoder
+from filexfer.storage._interfaces import IReadSource
+from filexfer.tftp._netascii import NetasciiDecoder, NetasciiEncoder
 from filexfer.tftp._packets import (
     OP_ACK,
     OP_DATA,
@@ -44,7 +45,7 @@ from filexfer.tftp._udp import (
     read_burst,
     write_to,
 )
-from filexfer.tftp._window import FileBlocks, WindowReceiver, WindowSender
+from filexfer.tftp._window import SourceBlocks, WindowReceiver, WindowSender
 
 _UNKNOWN_TID = encode_error(UNKNOWN_TID, "unknown transfer ID")
 
@@ -227,11 +228,11 @@ class Sender(Transfer):
 
     fast_opcode = OP_ACK
     sender: WindowSender | None = None
-    handle: BinaryIO
+    source: IReadSource | None = None
 
     def send_file(
         self,
-        handle: BinaryIO,
+        source: IReadSource,
         netascii: bool,
         settings: Negotiated,
         *,
@@ -239,8 +240,11 @@ class Sender(Transfer):
         on_done: Callable[[], None],
         on_progress: Callable[[int], None] | None = None,
     ) -> None:
-        """Start sending C{handle}; with C{handshake} (an OACK) wait for ACK 0 first."""
-        blocks = (NetasciiBlocks if netascii else FileBlocks)(handle, settings.blksize)
+        """Start sending C{source}; with C{handshake} (an OACK) wait for ACK 0 first."""
+        self.source = source
+        blocks = SourceBlocks(
+            source, settings.blksize, transform=NetasciiEncoder().encode if netascii else None
+        )
         self.sender = WindowSender(
             clock=self.clock,
             send=self.send,
@@ -254,7 +258,15 @@ class Sender(Transfer):
             on_progress=on_progress,
             send_many=self.send_many,
         )
+        blocks.on_ready = self._more
         self.sender.start(handshake)
+
+    def _more(self) -> None:
+        if self.sender is not None and not self.done:
+            try:
+                self.sender.more()
+            except OSError as exc:
+                self.local_error(exc)
 
     def readable(self, sock: Any, bufsize: int) -> None:
         """One ACK per window: read one datagram; an ACK from the peer goes
@@ -298,7 +310,8 @@ class Sender(Transfer):
     def cleanup(self) -> None:
         if self.sender is not None:
             self.sender.stop()
-        self.handle.close()
+        if self.source is not None:
+            self.source.close()
 
 
 class Receiver(Transfer):
