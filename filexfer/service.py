@@ -27,7 +27,7 @@ from filexfer._ports import ListeningPort, StartupError
 from filexfer._tls import keep_tls_libraries_out, needs_tls
 from filexfer._types import IServiceReactor
 from filexfer._workers import ParentWatch, SharedDatagramPort, SharedStreamPort, WorkerProcesses
-from filexfer.storage import CONFLICT_POLICIES, DirectoryStorage
+from filexfer.storage import CONFLICT_POLICIES, DirectoryStorage, S3Storage
 from filexfer.tcp.receiver import ReceiverFactory
 
 DEFAULT_PORT = 8000
@@ -126,6 +126,31 @@ class Options(usage.Options):
             _positive(int, 65535),
         ],
         ["root", "r", DEFAULT_ROOT, "directory to store into (created if missing)"],
+        [
+            "storage",
+            None,
+            None,
+            "s3://BUCKET[/PREFIX]: store in an S3-API object store instead of --root "
+            "(pip install 'filexfer[s3]'; credentials from the AWS chain: environment, "
+            "~/.aws/credentials)",
+        ],
+        ["s3-endpoint", None, None, "URL of the S3 API (SeaweedFS, MinIO, Ceph RGW); default AWS"],
+        ["s3-region", None, None, "region of the bucket (default: the AWS chain's)"],
+        [
+            "s3-lease",
+            None,
+            30.0,
+            "seconds an upload's lease holds unrenewed (a node killed mid-upload "
+            "blocks a resume of that file on another node this long)",
+            _positive(float),
+        ],
+        [
+            "s3-threads",
+            None,
+            16,
+            "threads that talk to the object store (bounded pool)",
+            _positive(int, 256),
+        ],
         [
             "on-conflict",
             None,
@@ -253,6 +278,19 @@ class Options(usage.Options):
                 f"--on-conflict: must be one of {', '.join(CONFLICT_POLICIES)}, "
                 f"not {_shown(self['on-conflict'])}"
             )
+        if self["storage"] is not None:
+            from filexfer.storage.s3 import parse_s3_url
+
+            try:
+                self["s3"] = parse_s3_url(self["storage"])
+            except ValueError as error:
+                raise usage.UsageError(f"--storage: {error}") from None
+            try:
+                import boto3  # noqa: F401
+            except ImportError:
+                raise usage.UsageError(
+                    "--storage s3://... needs boto3: pip install 'filexfer[s3]'"
+                ) from None
         if not self["listen"] and self["port"] is None:
             self["port"] = DEFAULT_PORT
         if self["token-file"] is not None:
@@ -325,7 +363,7 @@ def raise_open_files_limit() -> int:
     return soft
 
 
-def remove_stale_in(storage: DirectoryStorage, max_age: float) -> Deferred[Any]:
+def remove_stale_in(storage: DirectoryStorage | S3Storage, max_age: float) -> Deferred[Any]:
     """Run L{DirectoryStorage.remove_stale} through the storage's C{run_blocking}.
 
     It scans the state directories and unlinks (possibly large) files: with
@@ -399,18 +437,15 @@ HASHING_THREADS = 2
 """Threads that hash bytes on disk to start uploads (resumes, stored-file checks)."""
 
 
-class HashingPool(Service):
-    """A thread pool of L{HASHING_THREADS} threads for long hashing jobs.
+class BlockingPool(Service):
+    """A bounded thread pool of its own, started with its first job, stopped with the service.
 
-    Hashing bytes already on disk to start an upload (a large partial, a
-    stored file without a cached digest) can take minutes: a small pool of
-    its own keeps the reactor's pool free for every other upload.  It starts
-    with its first job and stops with the service.
+    @param threads: at most this many jobs run at once; the others wait.
     """
 
-    def __init__(self, reactor: IReactorFromThreads) -> None:
+    def __init__(self, reactor: IReactorFromThreads, threads: int, name: str) -> None:
         self.reactor = reactor
-        self.pool = ThreadPool(minthreads=0, maxthreads=HASHING_THREADS, name="filexfer-hashing")
+        self.pool = ThreadPool(minthreads=0, maxthreads=threads, name=name)
 
     def run(self, work: Any) -> Any:
         """Run C{work} in the pool; a Deferred of its result."""
@@ -423,6 +458,18 @@ class HashingPool(Service):
         super().stopService()
         if self.pool.started:
             self.pool.stop()
+
+
+class HashingPool(BlockingPool):
+    """A pool of L{HASHING_THREADS} threads for long hashing jobs.
+
+    Hashing bytes already on disk to start an upload (a large partial, a
+    stored file without a cached digest) can take minutes: a small pool of
+    its own keeps the reactor's pool free for every other upload.
+    """
+
+    def __init__(self, reactor: IReactorFromThreads) -> None:
+        super().__init__(reactor, HASHING_THREADS, "filexfer-hashing")
 
 
 class CutOnShutdown(Service):
@@ -468,6 +515,35 @@ def _open_storage(
     return storage
 
 
+def _open_s3(options: Options, pool: BlockingPool, reactor: IServiceReactor) -> S3Storage:
+    """The S3 storage of --storage; the bucket is checked in the background.
+
+    A store that does not answer now may answer later: the node serves, and
+    each upload meanwhile gets a 503 saying why (logged here once too).
+    The boto3 client is made on first use, in each --workers process.
+    """
+    from filexfer.storage.s3 import default_client_factory
+
+    bucket, prefix = options["s3"]
+    storage = S3Storage(
+        bucket,
+        prefix,
+        options["on-conflict"],
+        client_factory=default_client_factory(options["s3-endpoint"], options["s3-region"]),
+        run_blocking=pool.run,
+        max_size=options["max-size"],
+        lease_seconds=options["s3-lease"],
+        clock=reactor,
+    )
+    checking = storage.check_bucket()
+    checking.addErrback(
+        lambda failure: log.warn(
+            "{root}: {reason}", root=storage.root, reason=failure.getErrorMessage()
+        )
+    )
+    return storage
+
+
 def make_service(options: Options, reactor: IServiceReactor) -> MultiService:
     """Build the service tree for C{options}, on C{reactor}.
 
@@ -476,12 +552,18 @@ def make_service(options: Options, reactor: IServiceReactor) -> MultiService:
     @raise StartupError: the --root cannot be used.
     """
     raise_open_files_limit()
-    hashing = HashingPool(reactor)
-    storage = _open_storage(options, reactor, hashing)
+    top = MultiService()
+    storage: DirectoryStorage | S3Storage
+    if options["storage"] is not None:
+        s3_pool = BlockingPool(reactor, options["s3-threads"], "filexfer-s3")
+        s3_pool.setServiceParent(top)
+        storage = _open_s3(options, s3_pool, reactor)
+    else:
+        hashing = HashingPool(reactor)
+        hashing.setServiceParent(top)
+        storage = _open_storage(options, reactor, hashing)
     log.info("storing into {root}", root=storage.root)
     access = AccessPolicy(options["allow"])
-    top = MultiService()
-    hashing.setServiceParent(top)
     factory = ReceiverFactory(
         storage,
         clock=reactor,

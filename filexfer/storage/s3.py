@@ -48,7 +48,13 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.interfaces import IConsumer, IProducer, IPushProducer
+from twisted.internet.interfaces import (
+    IConsumer,
+    IDelayedCall,
+    IProducer,
+    IPushProducer,
+    IReactorTime,
+)
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -81,7 +87,10 @@ MIN_PART_SIZE = 5 << 20
 DEFAULT_PART_SIZE = 8 << 20
 COPY_PART_SIZE = 1 << 30
 """Bytes per server-side UploadPartCopy when placing (S3 allows 5 MiB-5 GiB)."""
-DEFAULT_LEASE_SECONDS = 900.0
+DEFAULT_LEASE_SECONDS = 30.0
+"""How long a lease holds unrenewed: a node killed mid-upload blocks a resume that long."""
+CLAIM_SECONDS = 3600.0
+"""A name's claim whose object never appeared is taken over after this long."""
 S3_MTIME_RANGE = (-(2**63), 2**63 - 1)
 """An object keeps any Mtime: it is metadata, not a file system's timestamp."""
 
@@ -195,6 +204,8 @@ class S3Storage:
     @param part_size: bytes per part (at least L{MIN_PART_SIZE}).
     @param lease_seconds: how long an upload's lease holds without renewal.
     @param now: the clock, seconds since the epoch (leases, housekeeping).
+    @param clock: renews the leases of live uploads every third of
+        C{lease_seconds}; without one, leases are renewed with each part only.
     """
 
     mtime_range = S3_MTIME_RANGE
@@ -211,6 +222,7 @@ class S3Storage:
         part_size: int = DEFAULT_PART_SIZE,
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
         now: Callable[[], float] = time.time,
+        clock: IReactorTime | None = None,
     ) -> None:
         if on_conflict not in CONFLICT_POLICIES:
             raise ValueError(f"on_conflict must be one of {', '.join(CONFLICT_POLICIES)}")
@@ -224,6 +236,7 @@ class S3Storage:
         self.part_size = part_size
         self.lease_seconds = lease_seconds
         self._now = now
+        self.clock = clock
         self._client_factory = client_factory
         self._client: Any = None
         self._client_lock = threading.Lock()
@@ -517,9 +530,42 @@ class S3Storage:
                 raise TransferError(409, f"{path} already exists")
         raise TransferError(409, f"no free name for {name}: {MAX_RENAME_TRIES} are taken")
 
+    def _claim(self, key: str) -> bool:
+        """Claim the final name C{key} for this upload: False when another has it.
+
+        A conditional C{CompleteMultipartUpload} alone is not enough: on
+        SeaweedFS 4.48, of 20 uploads completing the same key with
+        C{If-None-Match: *} at once, two sometimes both succeeded (the check
+        and the write are not atomic there), while a conditional C{PutObject}
+        let exactly one through in every trial.  So a name is first claimed
+        with a small marker object written with C{If-None-Match: *}
+        (C{.filexfer/names/<sha256 of key>}); the marker stays while the
+        name is used.  A marker whose object never appeared (its node died
+        while copying) is taken over after L{CLAIM_SECONDS}.
+        """
+        marker = f"{self._state}names/{hashlib.sha256(key.encode()).hexdigest()}"
+        for _ in range(2):
+            try:
+                self.client.put_object(
+                    Bucket=self.bucket, Key=marker, Body=key.encode(), IfNoneMatch="*"
+                )
+                return True
+            except Exception as exc:
+                if not _is(exc, _TAKEN):
+                    raise
+            if self._head(key) is not None:
+                return False
+            held = self._head(marker)
+            if held is not None and held["LastModified"].timestamp() > self._now() - CLAIM_SECONDS:
+                return False  # being placed right now by another upload
+            self.client.delete_object(Bucket=self.bucket, Key=marker)
+        return False
+
     def _copy_into(self, source: str, key: str, size: int, metadata: dict[str, str]) -> bool:
         """Copy C{source} to C{key} server-side; False when C{key} exists (and must not go)."""
         condition = {} if self.on_conflict == "overwrite" else {"IfNoneMatch": "*"}
+        if condition and (self._head(key) is not None or not self._claim(key)):
+            return False
         client = self.client
         try:
             if size == 0:
@@ -614,6 +660,8 @@ class S3Storage:
             for entry in page.get("Contents", []):
                 key, modified = entry["Key"], entry["LastModified"].timestamp()
                 touched[key] = modified
+                if key.startswith(f"{self._state}names/"):
+                    continue  # a claim lasts as long as its name is used
                 if key.startswith(f"{self._state}leases/"):
                     if modified < now - self.lease_seconds:
                         stale_objects.append(key)
@@ -698,6 +746,25 @@ class S3Upload:
         self._idle_waiters: list[Deferred[None]] = []
         self._producer: IPushProducer | None = None
         self._paused = False
+        self._renewal: IDelayedCall | None = None
+        self._schedule_renewal()
+
+    def _schedule_renewal(self) -> None:
+        clock = self._storage.clock
+        if clock is not None and self._identity is not None and not self._ended:
+            self._renewal = clock.callLater(self._storage.lease_seconds / 3, self._renew)
+
+    def _renew(self) -> None:
+        identity = self._identity
+        assert identity is not None
+        renewing = self._storage.run_blocking(lambda: self._storage._renew_lease(identity))
+        renewing.addErrback(lambda failure: log.warn("cannot renew a lease: {f}", f=failure))
+        self._schedule_renewal()
+
+    def _stop_renewing(self) -> None:
+        if self._renewal is not None and self._renewal.active():
+            self._renewal.cancel()
+        self._renewal = None
 
     def check(self, additional: int) -> None:
         total = self.received + additional
@@ -810,6 +877,7 @@ class S3Upload:
             self.abort(keep_partial=keep)
             return fail(error)
         self._ended = True
+        self._stop_renewing()
         return self._storage.run_blocking(lambda: self._complete(digest))
 
     def _complete(self, digest: str) -> Receipt:
@@ -842,6 +910,7 @@ class S3Upload:
         if self._ended:
             return  # the first abort decides
         self._ended = True
+        self._stop_renewing()
         self.unregisterProducer()
         self._buffer, self._buffered = [], 0
         keep = keep_partial and self.resumable
