@@ -34,7 +34,7 @@ def weed_binary() -> str | None:
 class SeaweedFS:
     """A running C{weed server -s3}; L{endpoint} is its S3 URL."""
 
-    def __init__(self, binary: str) -> None:
+    def __init__(self, binary: str, volume_size_mb: int = 64) -> None:
         self.folder = tempfile.mkdtemp(prefix="filexfer-seaweedfs-")
         config = os.path.join(self.folder, "s3.json")
         with open(config, "w") as handle:
@@ -62,7 +62,7 @@ class SeaweedFS:
             "-filer", f"-filer.port={ports['filer']}", f"-filer.port.grpc={grpc['filer']}",
             "-s3", f"-s3.port={ports['s3']}", f"-s3.port.grpc={grpc['s3']}",
             f"-s3.config={config}", "-s3.port.iceberg=0", "-s3.port.lance=0",
-            "-s3.autoCreateBucket=false", "-master.volumeSizeLimitMB=64", "-volume.max=100",
+            "-s3.autoCreateBucket=false", f"-master.volumeSizeLimitMB={volume_size_mb}", "-volume.max=100",
             "-metricsPort=0", "-master.telemetry=false",
         ]  # fmt: skip
         self.log = open(os.path.join(self.folder, "weed.log"), "wb")  # noqa: SIM115

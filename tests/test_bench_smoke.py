@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from twisted.trial import unittest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -48,3 +49,8 @@ class BenchSmokeTests(unittest.TestCase):
     def test_resume(self) -> None:
         """bench/resume.py --smoke: a 5-byte upload alone and during a resume; a result line."""
         self.check("resume.py", 1)
+
+    @pytest.mark.slow
+    def test_s3(self) -> None:
+        """bench/s3.py --smoke: disk, SeaweedFS, two nodes; two result lines (starts SeaweedFS)."""
+        self.check("s3.py", 2)
