@@ -4,7 +4,7 @@ The public API lives here; everything else is an implementation detail.
 """
 
 from filexfer._errors import TransferError
-from filexfer.storage import DirectoryStorage, IStorage, IUpload, Receipt
+from filexfer.storage import DirectoryStorage, IReadSource, IStorage, IUpload, Receipt, S3Storage
 from filexfer.tcp.receiver import ReceiverFactory, ReceiverProtocol
 from filexfer.tcp.sender import SenderProtocol, SendError, ServerRefused, send_file
 
@@ -12,11 +12,13 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DirectoryStorage",
+    "IReadSource",
     "IStorage",
     "IUpload",
     "Receipt",
     "ReceiverFactory",
     "ReceiverProtocol",
+    "S3Storage",
     "SendError",
     "SenderProtocol",
     "ServerRefused",

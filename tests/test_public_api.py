@@ -8,11 +8,13 @@ import filexfer
 
 DOCUMENTED = {
     "DirectoryStorage",
+    "IReadSource",
     "IStorage",
     "IUpload",
     "Receipt",
     "ReceiverFactory",
     "ReceiverProtocol",
+    "S3Storage",
     "SendError",
     "SenderProtocol",
     "ServerRefused",
