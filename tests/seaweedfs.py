@@ -62,8 +62,8 @@ class SeaweedFS:
             "-filer", f"-filer.port={ports['filer']}", f"-filer.port.grpc={grpc['filer']}",
             "-s3", f"-s3.port={ports['s3']}", f"-s3.port.grpc={grpc['s3']}",
             f"-s3.config={config}", "-s3.port.iceberg=0", "-s3.port.lance=0",
-            "-s3.autoCreateBucket=false", f"-master.volumeSizeLimitMB={volume_size_mb}", "-volume.max=100",
-            "-metricsPort=0", "-master.telemetry=false",
+            "-s3.autoCreateBucket=false", f"-master.volumeSizeLimitMB={volume_size_mb}",
+            "-volume.max=100", "-metricsPort=0", "-master.telemetry=false",
         ]  # fmt: skip
         self.log = open(os.path.join(self.folder, "weed.log"), "wb")  # noqa: SIM115
         self.process = subprocess.Popen(
