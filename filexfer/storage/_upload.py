@@ -13,16 +13,17 @@ from __future__ import annotations
 import hmac
 import os
 import time
-from typing import Any, BinaryIO, Protocol, cast
+from typing import Any, BinaryIO, Protocol
 
 from twisted.internet.defer import Deferred, DeferredList, FirstError, fail, succeed
-from twisted.internet.interfaces import IConsumer, IProducer, IPushProducer
+from twisted.internet.interfaces import IConsumer
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from filexfer._errors import TransferError
 from filexfer._hashing import sha256_prefix
 from filexfer._log import log
+from filexfer.storage._backlog import Backlog
 from filexfer.storage._disk import os_error, write_error
 from filexfer.storage._interfaces import BlockingRunner, IUpload, Receipt
 from filexfer.storage._rules import check_finished
@@ -54,7 +55,7 @@ class UploadSite(Protocol):
 
 
 @implementer(IUpload, IConsumer)
-class Upload:
+class Upload(Backlog):
     """A file being received into the state directory of a L{DirectoryStorage}."""
 
     def __init__(
@@ -69,6 +70,7 @@ class Upload:
         resumable: bool,
         run_writes: BlockingRunner[Any] | None = None,
     ) -> None:
+        super().__init__()
         self.path = path
         self.expected_size = size
         self._sha256 = sha256
@@ -95,13 +97,9 @@ class Upload:
         self._run_writes = run_writes
         self._queue: list[bytes] = []
         self._queued = 0
-        self._in_flight: Deferred[Any] | None = None
         self._in_flight_bytes = 0
         self._aborted = False
         self._error: TransferError | None = None
-        self._idle_waiters: list[Deferred[None]] = []
-        self._producer: IPushProducer | None = None
-        self._paused = False
 
     def check(self, additional: int) -> None:
         total = self.received + additional
@@ -112,17 +110,6 @@ class Upload:
         # count against the reserve too, or a fast sender outruns the check.
         unwritten = self._queued + self._in_flight_bytes
         self._storage.check_space(unwritten + additional, os.path.dirname(self._temp_name))
-
-    # -- IConsumer: the transport is our producer ------------------------------
-
-    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
-        """Pause C{producer} (a push producer) while too many bytes wait to be written."""
-        self._producer = cast(IPushProducer, producer)  # a transport: it pauses and resumes
-
-    def unregisterProducer(self) -> None:
-        """Leave the producer alone from now on."""
-        self._producer = None
-        self._paused = False
 
     def write(self, data: bytes) -> None:
         if self._error is not None:
@@ -141,9 +128,8 @@ class Upload:
         self._queued += len(data)
         if self._in_flight is None:
             self._start_batch()
-        elif self._queued >= _QUEUE_HIGH and self._producer is not None and not self._paused:
-            self._paused = True
-            self._producer.pauseProducing()
+        elif self._queued >= _QUEUE_HIGH:
+            self._pause()
 
     def _start_batch(self) -> None:
         batch, self._queue, self._queued = self._queue, [], 0
@@ -181,22 +167,7 @@ class Upload:
             self._queue, self._queued = [], 0
         elif self._queue and not self._closed:
             self._start_batch()
-        if self._paused and (self._error is not None or self._queued < _QUEUE_LOW):
-            self._paused = False
-            if self._producer is not None:
-                self._producer.resumeProducing()  # the next write() raises any error
-        if self._in_flight is None:
-            waiters, self._idle_waiters = self._idle_waiters, []
-            for waiter in waiters:
-                waiter.callback(None)
-
-    def _idle(self) -> Deferred[None]:
-        """Fires once every queued byte is written and hashed (or failed)."""
-        if self._in_flight is None:
-            return succeed(None)
-        waiter: Deferred[None] = Deferred()
-        self._idle_waiters.append(waiter)
-        return waiter
+        self._settled(self._error is not None or self._queued < _QUEUE_LOW)
 
     def finish(self, sha256: str | None = None) -> Deferred[Receipt]:
         self.unregisterProducer()

@@ -51,8 +51,6 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import (
     IConsumer,
     IDelayedCall,
-    IProducer,
-    IPushProducer,
     IReactorTime,
 )
 from twisted.python.failure import Failure
@@ -62,6 +60,7 @@ from filexfer._errors import TransferError
 from filexfer._log import log
 from filexfer._mtime import check_mtime
 from filexfer._names import STATE_DIR, validate_path
+from filexfer.storage._backlog import Backlog
 from filexfer.storage._disk import run_here
 from filexfer.storage._interfaces import (
     CONFLICT_POLICIES,
@@ -702,7 +701,7 @@ def _same_mtime(head: dict[str, Any], mtime_ns: int | None) -> bool:
 
 
 @implementer(IUpload, IConsumer)
-class S3Upload:
+class S3Upload(Backlog):
     """One file being received as a multipart upload; see L{S3Storage}.
 
     Bytes gather in memory until a part is full; one part at a time is
@@ -723,6 +722,7 @@ class S3Upload:
         parts: list[tuple[int, str, int]] | None = None,
         hasher: Any = None,
     ) -> None:
+        super().__init__()
         self.path = path
         self.expected_size = size
         self._sha256 = sha256
@@ -740,12 +740,8 @@ class S3Upload:
         self.stored: Receipt | None = None
         self._buffer: list[bytes] = []
         self._buffered = 0
-        self._in_flight: Deferred[Any] | None = None
         self._error: TransferError | None = None
         self._ended = False
-        self._idle_waiters: list[Deferred[None]] = []
-        self._producer: IPushProducer | None = None
-        self._paused = False
         self._renewal: IDelayedCall | None = None
         self._schedule_renewal()
 
@@ -772,15 +768,6 @@ class S3Upload:
             raise TransferError(422, f"more bytes than the announced Size {self.expected_size}")
         self._storage.check_size(total)
 
-    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
-        """Pause C{producer} (a push producer) while a full part waits to be uploaded."""
-        self._producer = producer  # type: ignore[assignment]
-
-    def unregisterProducer(self) -> None:
-        """Leave the producer alone from now on."""
-        self._producer = None
-        self._paused = False
-
     def write(self, data: bytes) -> None:
         if self._error is not None:
             raise self._error
@@ -792,9 +779,8 @@ class S3Upload:
             return
         if self._in_flight is None:
             self._send_part(last=False)
-        elif self._producer is not None and not self._paused:
-            self._paused = True
-            self._producer.pauseProducing()
+        else:
+            self._pause()
 
     def _send_part(self, last: bool) -> Deferred[Any]:
         batch, self._buffer, self._buffered = self._buffer, [], 0
@@ -834,21 +820,7 @@ class S3Upload:
             self._buffer, self._buffered = [], 0
         elif self._buffered >= self._storage.part_size and not self._ended:
             self._send_part(last=False)
-        if self._paused and (self._error is not None or self._in_flight is None):
-            self._paused = False
-            if self._producer is not None:
-                self._producer.resumeProducing()  # the next write() raises any error
-        if self._in_flight is None:
-            waiters, self._idle_waiters = self._idle_waiters, []
-            for waiter in waiters:
-                waiter.callback(None)
-
-    def _idle(self) -> Deferred[None]:
-        if self._in_flight is None:
-            return succeed(None)
-        waiter: Deferred[None] = Deferred()
-        self._idle_waiters.append(waiter)
-        return waiter
+        self._settled(self._error is not None or self._in_flight is None)
 
     def finish(self, sha256: str | None = None) -> Deferred[Receipt]:
         self.unregisterProducer()
