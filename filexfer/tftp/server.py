@@ -22,7 +22,8 @@ from zope.interface import implementer
 
 from filexfer._errors import TransferError
 from filexfer._guard import AccessPolicy
-from filexfer._log import describe_peer, log, log_transfer
+from filexfer._log import describe_peer, log
+from filexfer._records import ITransferObserver, Observers, TransferRecord, transfer_ended
 from filexfer._types import ITFTPReactor
 from filexfer.storage import IStorage, IUpload, Receipt
 from filexfer.tftp._netascii import NetasciiDecoder
@@ -61,7 +62,7 @@ _WRITE_BUFFER = 256 * 1024
 class _ServerTransfer(Transfer):
     """A server's transfer: started by a request, ended with a log line."""
 
-    kind = "tftp"
+    direction = "upload"
     peer: Address
 
     def __init__(
@@ -81,6 +82,8 @@ class _ServerTransfer(Transfer):
         self.started = server.reactor.seconds()
         self.key: tuple[Address, bytes] = (peer, b"")
         self.outcome = ""
+        self.announced = False
+        """The server's observer was told this transfer started."""
 
     def startProtocol(self) -> None:
         self.pin(self.peer)
@@ -99,7 +102,9 @@ class _ServerTransfer(Transfer):
         """Anything but the fast path's packet (ACK or DATA): ERROR 4 and end."""
         name = type(packet).__name__
         self.finish(
-            f"illegal {name} from peer", send_error=(ILLEGAL_OPERATION, f"unexpected {name}")
+            f"illegal {name} from peer",
+            send_error=(ILLEGAL_OPERATION, f"unexpected {name}"),
+            refused=400,
         )
 
     def peer_error(self, packet: Error) -> None:
@@ -107,22 +112,32 @@ class _ServerTransfer(Transfer):
 
     def timed_out(self) -> None:
         """The peer stopped answering: ERROR 0 and end."""
-        self.finish("timed out", send_error=(NOT_DEFINED, "timed out"))
+        self.finish("timed out", send_error=(NOT_DEFINED, "timed out"), refused=408)
 
     def local_error(self, exc: OSError) -> None:
         self.crashed(exc)
 
     def crashed(self, exc: Exception) -> None:
         log.failure("unexpected error in a TFTP transfer with {peer}", peer=self.peer)
-        self.finish("internal error", send_error=(NOT_DEFINED, "internal server error"))
+        self.finish(
+            "internal error", send_error=(NOT_DEFINED, "internal server error"), refused=500
+        )
 
     def finish(
         self,
         outcome: str,
         send_error: tuple[int, str] | None = None,
         linger: float = 0.0,
+        *,
+        refused: int | None = None,
+        receipt: Receipt | None = None,
     ) -> None:
-        """End the transfer: maybe send an ERROR, log, and close the port."""
+        """End the transfer: maybe send an ERROR, report its record, and close the port.
+
+        @param outcome: the words the log line ends with.
+        @param refused: the server's refusal code (HTTP-like) when it said no.
+        @param receipt: what was stored, for a stored upload.
+        """
         if self.done:
             return
         self.done = True
@@ -131,18 +146,46 @@ class _ServerTransfer(Transfer):
         if send_error is not None:
             self.send(encode_error(*send_error))
         self.cleanup()
-        log_transfer(
-            protocol=self.kind,
-            peer=describe_peer(self.peer),
-            path=self.path,
-            nbytes=self.nbytes(),
-            seconds=self.server.reactor.seconds() - self.started,
-            outcome=outcome,
-        )
+        if refused is not None:
+            self.report(outcome, "refused", refused)
+        elif receipt is not None:
+            self.report(outcome, "stored", receipt=receipt)
+        elif outcome == "ok":
+            self.report(outcome, "sent")
+        else:
+            self.report(outcome, "aborted")
         if linger > 0:
             self._linger = self.server.reactor.callLater(linger, self.close)
         else:
             self.close()
+
+    def report(
+        self, detail: str, outcome: str, code: int | None = None, receipt: Receipt | None = None
+    ) -> None:
+        """The transfer's one record: its log line, and the server's observer hears it."""
+        now = self.server.reactor.seconds()
+        settings = self.settings
+        record = TransferRecord(
+            protocol="tftp",
+            direction=self.direction,
+            peer=describe_peer(self.peer),
+            path=self.path,
+            outcome=outcome,
+            detail=detail,
+            nbytes=self.nbytes(),
+            seconds=now - self.started,
+            time=now,
+            stored_path=receipt.path if receipt is not None else None,
+            size=receipt.size if receipt is not None else None,
+            sha256=receipt.sha256 if receipt is not None else None,
+            error_code=code,
+            accepted=self.announced,
+            blksize=settings.blksize,
+            windowsize=settings.windowsize,
+            # counted by the transfer base where it retransmits (0 where it does not count)
+            retransmissions=int(getattr(self, "retransmissions", 0)),
+        )
+        transfer_ended(self.server.observer, record)
 
     def nbytes(self) -> int:
         """Bytes transferred so far."""
@@ -158,14 +201,14 @@ class _ServerTransfer(Transfer):
 
     def abandon(self) -> Deferred[None]:
         """The server is stopping: end at once."""
-        self.finish("server stopped", send_error=(NOT_DEFINED, "server shutting down"))
+        self.finish("server stopped", send_error=(NOT_DEFINED, "server shutting down"))  # aborted
         return self.close()
 
 
 class _ReadTransfer(Sender, _ServerTransfer):
     """Serve one RRQ: send a file from storage, a window of blocks at a time."""
 
-    kind = "tftp-rrq"
+    direction = "download"
 
     def __init__(
         self,
@@ -191,7 +234,9 @@ class _ReadTransfer(Sender, _ServerTransfer):
             self.local_error(exc)
 
     def local_error(self, exc: OSError) -> None:
-        self.finish(f"read error: {exc}", send_error=(NOT_DEFINED, "cannot read the file"))
+        self.finish(
+            f"read error: {exc}", send_error=(NOT_DEFINED, "cannot read the file"), refused=500
+        )
 
     def _sent(self) -> None:
         self.finish("ok")
@@ -206,7 +251,7 @@ class _WriteTransfer(Receiver, _ServerTransfer):
     withheld, which slows the client down.
     """
 
-    kind = "tftp-wrq"
+    direction = "upload"
 
     def __init__(
         self,
@@ -298,7 +343,7 @@ class _WriteTransfer(Receiver, _ServerTransfer):
         self.receipt = receipt
         assert self.receiver is not None
         self.receiver.ack_final()
-        self.finish(f"ok stored as {receipt.path!r}", linger=self.dally_for)
+        self.finish(f"ok stored as {receipt.path!r}", linger=self.dally_for, receipt=receipt)
 
     def _not_stored(self, failure: Failure) -> None:
         self.finishing = False
@@ -309,12 +354,16 @@ class _WriteTransfer(Receiver, _ServerTransfer):
         else:
             log.failure("storing a TFTP upload failed", failure)
             self.finish(
-                f"failed: {exc}", send_error=(NOT_DEFINED, "the server could not store the file")
+                f"failed: {exc}",
+                send_error=(NOT_DEFINED, "the server could not store the file"),
+                refused=500,
             )
 
     def _refused(self, exc: TransferError) -> None:
         self.finish(
-            f"error {exc.code} {exc.reason}", send_error=(error_code_for(exc.code), exc.reason)
+            f"error {exc.code} {exc.reason}",
+            send_error=(error_code_for(exc.code), exc.reason),
+            refused=exc.code,
         )
 
     def cleanup(self) -> None:
@@ -343,6 +392,8 @@ class TFTPServerProtocol(DatagramProtocol):
     @param retries: retransmissions before a transfer is abandoned.
     @param interface: the address transfer ports are bound on.
     @param access: which peer addresses may make requests (everyone by default).
+    @param observer: told when a transfer starts and given every request's
+        L{TransferRecord} (after its log line).
     """
 
     def __init__(
@@ -358,6 +409,7 @@ class TFTPServerProtocol(DatagramProtocol):
         retries: int = 5,
         interface: str | None = None,
         access: AccessPolicy | None = None,
+        observer: ITransferObserver | None = None,
     ) -> None:
         if not 8 <= max_blksize <= MAX_BLKSIZE:
             raise ValueError(f"max_blksize must be 8-{MAX_BLKSIZE}")
@@ -372,6 +424,7 @@ class TFTPServerProtocol(DatagramProtocol):
         self.retries = retries
         self.interface = interface
         self.access = access if access is not None else AccessPolicy()
+        self.observer: ITransferObserver = observer if observer is not None else Observers()
         self.transfers: set[_ServerTransfer] = set()
         self._requests: dict[tuple[Address, bytes], _ServerTransfer | None] = {}
         """Requests being served; None while the storage starts one."""
@@ -445,14 +498,18 @@ class TFTPServerProtocol(DatagramProtocol):
             exc = TransferError(500, "internal server error")
         peer = key[0]
         self._error(peer, error_code_for(exc.code), exc.reason)
-        log_transfer(
-            protocol="tftp-rrq" if isinstance(request, ReadRequest) else "tftp-wrq",
+        now = self.reactor.seconds()
+        record = TransferRecord(
+            protocol="tftp",
+            direction="download" if isinstance(request, ReadRequest) else "upload",
             peer=describe_peer(peer),
             path=path,
-            nbytes=0,
-            seconds=0.0,
-            outcome=f"refused: error {exc.code} {exc.reason}",
+            outcome="refused",
+            detail=f"refused: error {exc.code} {exc.reason}",
+            time=now,
+            error_code=exc.code,
         )
+        transfer_ended(self.observer, record)
 
     def _start_read(self, request: ReadRequest, path: str, peer: Address) -> _ServerTransfer:
         if not self.allow_read:
@@ -488,6 +545,8 @@ class TFTPServerProtocol(DatagramProtocol):
         transfer.key = (transfer.peer, request)
         self._requests[transfer.key] = transfer
         self.transfers.add(transfer)
+        transfer.announced = True
+        self.observer.transfer_started("tftp", transfer.direction)
         try:
             transfer.port, transfer.gro = open_port(
                 self.reactor,
@@ -502,6 +561,7 @@ class TFTPServerProtocol(DatagramProtocol):
             transfer.cleanup()
             self._error(transfer.peer, NOT_DEFINED, "the server cannot open a transfer port")
             log.warn("cannot open a TFTP transfer port: {exc}", exc=exc)
+            transfer.report("refused: the server cannot open a transfer port", "refused", 500)
             return
         if transfer.done:  # it ended while starting (e.g. the file could not be read)
             transfer.close()
