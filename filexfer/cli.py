@@ -878,7 +878,9 @@ def _serve(reactor: IServiceReactor, options: Options, err: TextIO) -> Deferred[
     from twisted.internet.error import CannotListenError
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)], redirectStandardIO=False)
+    # --event-log - takes standard output for its JSON lines: the log goes to stderr then
+    logs = sys.stderr if options["event-log"] == "-" else sys.stdout
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(logs)], redirectStandardIO=False)
     try:
         service = make_service(options, reactor)
     except ValueError as error:  # e.g. a --listen description serverFromString cannot parse

@@ -21,12 +21,21 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 
+from filexfer._eventlog import EventLog, EventLogService
 from filexfer._guard import AccessPolicy, ConnectionLimits
+from filexfer._hooks import OnStored, parse_command
 from filexfer._log import describe_peer, log
 from filexfer._ports import ListeningPort, StartupError
+from filexfer._records import Observers
 from filexfer._tls import keep_tls_libraries_out, needs_tls
 from filexfer._types import IServiceReactor
-from filexfer._workers import ParentWatch, SharedDatagramPort, SharedStreamPort, WorkerProcesses
+from filexfer._workers import (
+    ParentWatch,
+    RecordsToParent,
+    SharedDatagramPort,
+    SharedStreamPort,
+    WorkerProcesses,
+)
 from filexfer.storage import CONFLICT_POLICIES, DirectoryStorage
 from filexfer.tcp.receiver import ReceiverFactory
 
@@ -200,6 +209,42 @@ class Options(usage.Options):
             "(internal) run as a worker of this parent process",
             _positive(int),
         ],
+        # -- observing transfers: metrics, event log, hook (docs/deploy.md)
+        [
+            "metrics",
+            None,
+            None,
+            "serve Prometheus metrics at /metrics on this Twisted endpoint, "
+            "e.g. tcp:9100:interface=127.0.0.1",
+        ],
+        [
+            "event-log",
+            None,
+            None,
+            "append one JSON object per line per transfer to this file "
+            "('-': standard output); reopened on SIGHUP",
+        ],
+        [
+            "on-stored",
+            None,
+            None,
+            "run this command (split like a shell's words, no shell) after each "
+            "stored upload, with FILEXFER_PATH, FILEXFER_SIZE, FILEXFER_SHA256, ... set",
+        ],
+        [
+            "on-stored-timeout",
+            None,
+            60.0,
+            "seconds an --on-stored command may run before it is stopped",
+            _positive(float),
+        ],
+        [
+            "on-stored-concurrency",
+            None,
+            4,
+            "--on-stored commands running at once (more wait their turn)",
+            _positive(int),
+        ],
     ]
     optFlags = [
         ["no-tftp", None, "do not serve TFTP"],
@@ -279,6 +324,28 @@ class Options(usage.Options):
                 serverFromString(None, description)
             except Exception as exc:  # any parser's complaint is a usage mistake here
                 raise usage.UsageError(f"--listen {description!r}: {exc}") from None
+        self._check_observing()
+
+    def _check_observing(self) -> None:
+        """--metrics must be an endpoint; --on-stored a program on $PATH."""
+        from twisted.internet.endpoints import serverFromString
+
+        if self["metrics"] is not None:
+            try:
+                serverFromString(None, self["metrics"])
+            except Exception as exc:
+                raise usage.UsageError(f"--metrics {self['metrics']!r}: {exc}") from None
+        self["on-stored-argv"] = None
+        if self["on-stored"] is not None:
+            try:
+                self["on-stored-argv"] = parse_command(self["on-stored"])
+            except StartupError as error:
+                raise usage.UsageError(str(error)) from None
+
+    @property
+    def observes(self) -> bool:
+        """Does anything watch the transfers (--metrics, --event-log, --on-stored)?"""
+        return any(self[name] is not None for name in ("metrics", "event-log", "on-stored"))
 
     @property
     def shares_ports(self) -> bool:
@@ -340,6 +407,9 @@ def remove_stale_in(storage: DirectoryStorage, max_age: float) -> Deferred[Any]:
 class _EndpointListener(internet.StreamServerEndpointService):
     """A --listen endpoint: failing to listen is a L{StartupError} naming it; the port is logged."""
 
+    option = "--listen"
+    """The option that named the endpoint, for the error message."""
+
     def __init__(self, endpoint: Any, factory: Any, description: str) -> None:
         super().__init__(endpoint, factory)
         self.description = description
@@ -355,7 +425,7 @@ class _EndpointListener(internet.StreamServerEndpointService):
                 reason = getattr(error, "socketError", None) or error
                 reason = getattr(reason, "strerror", None) or reason
                 raise StartupError(
-                    f"--listen {self.description}: cannot listen: {reason}"
+                    f"{self.option} {self.description}: cannot listen: {reason}"
                 ) from None
             waiting: Deferred[Any] = self._waitingForPort  # type: ignore[assignment]
             waiting.addCallback(self._listening)
@@ -370,6 +440,44 @@ class _EndpointListener(internet.StreamServerEndpointService):
     def startService(self) -> None:
         self.bind()
         Service.startService(self)
+
+
+class _MetricsListener(_EndpointListener):
+    """The --metrics web server's port."""
+
+    option = "--metrics"
+
+    def _listening(self, port: Any) -> Any:
+        log.info("serving metrics on http://{where}/metrics", where=describe_peer(port.getHost()))
+        return port
+
+
+def _observe(
+    options: Options, reactor: IServiceReactor, root: str, observers: Observers, top: MultiService
+) -> None:
+    """Add what --metrics, --event-log and --on-stored ask for to C{observers} and C{top}."""
+    if options["metrics"] is not None:
+        from twisted.internet.endpoints import serverFromString
+
+        from filexfer._metrics import Metrics, metrics_site
+
+        metrics = Metrics()
+        observers.add(metrics)
+        endpoint = serverFromString(reactor, options["metrics"])
+        _MetricsListener(endpoint, metrics_site(metrics), options["metrics"]).setServiceParent(top)
+    if options["event-log"] is not None:
+        event_log = EventLog(options["event-log"])
+        observers.add(event_log)
+        EventLogService(event_log, reactor).setServiceParent(top)
+    if options["on-stored-argv"] is not None:
+        hooks = OnStored(
+            reactor,
+            options["on-stored-argv"],
+            root,
+            concurrency=options["on-stored-concurrency"],
+            timeout=options["on-stored-timeout"],
+        )
+        observers.add(hooks)
 
 
 def bind_ports(top: MultiService) -> None:
@@ -481,6 +589,12 @@ def make_service(options: Options, reactor: IServiceReactor) -> MultiService:
     log.info("storing into {root}", root=storage.root)
     access = AccessPolicy(options["allow"])
     top = MultiService()
+    observers = Observers()
+    if options["worker-of"] is not None and options.observes:
+        # the first child, so stopped last: it forwards the records of cut uploads too
+        forward = RecordsToParent(reactor)
+        observers.add(forward)
+        forward.setServiceParent(top)
     hashing.setServiceParent(top)
     factory = ReceiverFactory(
         storage,
@@ -490,6 +604,7 @@ def make_service(options: Options, reactor: IServiceReactor) -> MultiService:
         idle_timeout=options["idle-timeout"],
         limits=ConnectionLimits(options["max-connections"], options["max-per-ip"]),
         access=access,
+        observer=observers,
     )
     factory.noisy = False  # no "Starting factory <...ReceiverFactory object at 0x...>"
     # Stopped after the ports (a MultiService stops its children last first).
@@ -554,6 +669,7 @@ def make_service(options: Options, reactor: IServiceReactor) -> MultiService:
             max_blksize=options["tftp-max-blksize"],
             max_windowsize=options["tftp-max-windowsize"],
             access=access,
+            observer=observers,
         )
         tftp.noisy = False
         option = f"--tftp-port {tftp_port}" if options["tftp-port"] else f"--port {tftp_port}"
@@ -573,8 +689,12 @@ def make_service(options: Options, reactor: IServiceReactor) -> MultiService:
     if options["worker-of"] is not None:
         ParentWatch(reactor, options["worker-of"]).setServiceParent(top)
         return top  # the first process does the housekeeping
+    _observe(options, reactor, storage.root, observers, top)
     if options["workers"] > 1:
-        WorkerProcesses(reactor, options["workers"] - 1, options.argv).setServiceParent(top)
+        workers_observer = observers if options.observes else None
+        WorkerProcesses(
+            reactor, options["workers"] - 1, options.argv, workers_observer
+        ).setServiceParent(top)
     cleanup = internet.TimerService(3600, remove_stale_in, storage, options["partial-max-age"])
     cleanup.clock = reactor
     cleanup.setServiceParent(top)
