@@ -4,6 +4,7 @@ The public API lives here; everything else is an implementation detail.
 """
 
 from filexfer._errors import TransferError
+from filexfer._records import ITransferObserver, TransferRecord
 from filexfer.storage import DirectoryStorage, IStorage, IUpload, Receipt
 from filexfer.tcp.receiver import ReceiverFactory, ReceiverProtocol
 from filexfer.tcp.sender import SenderProtocol, SendError, ServerRefused, send_file
@@ -13,6 +14,7 @@ __version__ = "0.1.0"
 __all__ = [
     "DirectoryStorage",
     "IStorage",
+    "ITransferObserver",
     "IUpload",
     "Receipt",
     "ReceiverFactory",
@@ -21,6 +23,7 @@ __all__ = [
     "SenderProtocol",
     "ServerRefused",
     "TransferError",
+    "TransferRecord",
     "__version__",
     "send_file",
 ]

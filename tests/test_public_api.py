@@ -9,6 +9,7 @@ import filexfer
 DOCUMENTED = {
     "DirectoryStorage",
     "IStorage",
+    "ITransferObserver",
     "IUpload",
     "Receipt",
     "ReceiverFactory",
@@ -17,6 +18,7 @@ DOCUMENTED = {
     "SenderProtocol",
     "ServerRefused",
     "TransferError",
+    "TransferRecord",
     "__version__",
     "send_file",
 }
