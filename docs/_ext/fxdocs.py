@@ -1,0 +1,321 @@
+"""The filexfer site's Sphinx extension: help texts, option tables, docstrings, pictures.
+
+* ``{filexfer-help} COMMAND``: the text ``filexfer [COMMAND] --help`` prints,
+  made by the parsers of :mod:`filexfer.cli` themselves (so the reference
+  and the command cannot say different things);
+* ``{twistd-options}``: a table of every option of
+  :class:`filexfer.service.Options` (``twistd filexfer`` and
+  ``filexfer serve``), with its default, and the examples it prints;
+* docstrings are written in epytext (``C{x}``, ``L{x}``, ``@param``): they
+  are turned into reStructuredText as autodoc reads them; a public name
+  without a docstring is a warning (and ``-W`` makes it an error);
+* a reference autodoc could not resolve: a filexfer name is found among the
+  documented objects; a name that imports from outside filexfer (Twisted,
+  zope.interface, the standard library: no inventory offline) becomes
+  plain text; anything else stays a warning;
+* at the start of the build every picture is drawn into ``_generated/``
+  (:mod:`fxpictures`, :mod:`fxsequences`, :mod:`fxcharts`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import inspect
+import os
+import re
+from collections.abc import Iterator
+from typing import Any
+
+from docutils import nodes
+from docutils.parsers.rst import Directive, directives
+from sphinx.application import Sphinx
+from sphinx.util import logging
+
+logger = logging.getLogger(__name__)
+
+HELP_COLUMNS = "80"
+
+# -- help texts -------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _columns(width: str) -> Iterator[None]:
+    """argparse wraps to $COLUMNS: fix it while the help is made, as a terminal of 80."""
+    before = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = width
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["COLUMNS"]
+        else:
+            os.environ["COLUMNS"] = before
+
+
+def help_text(command: str) -> str:
+    """What C{filexfer [COMMAND] --help} prints ('' for the top level)."""
+    from filexfer import cli
+
+    with _columns(HELP_COLUMNS):
+        if command == "serve":
+            return str(cli.ServeOptions())
+        parser = cli._build_parser()
+        if not command:
+            return parser.format_help()
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                return action.choices[command].format_help()
+    raise ValueError(f"no such command: {command!r}")
+
+
+class FilexferHelp(Directive):
+    """The help of one command, as a literal block."""
+
+    optional_arguments = 1
+
+    def run(self) -> list[nodes.Node]:
+        command = self.arguments[0] if self.arguments else ""
+        text = help_text(command).rstrip("\n")
+        block = nodes.literal_block(text, text)
+        block["language"] = "text"
+        return [block]
+
+
+class TwistdOptions(Directive):
+    """Every option of the service, one row each, from the Options class."""
+
+    def run(self) -> list[nodes.Node]:
+        from filexfer.service import Options
+
+        rows = []
+        for name, short, default, text in option_rows(Options):
+            rows.append((name, short, default, text))
+        table = nodes.table(classes=["longtable"])
+        group = nodes.tgroup(cols=4)
+        table += group
+        for width in (22, 6, 14, 58):
+            group += nodes.colspec(colwidth=width)
+        head = nodes.thead()
+        group += head
+        head += _row(["option", "short", "default", "meaning"], literal=False)
+        body = nodes.tbody()
+        group += body
+        for row in rows:
+            body += _row(list(row), literal=True)
+        examples = Options.description.rstrip("\n")
+        block = nodes.literal_block(examples, examples)
+        block["language"] = "text"
+        return [table, block]
+
+
+def option_rows(options_class: Any) -> list[tuple[str, str, str, str]]:
+    """(--name, -x, default, help) for each parameter, flag and opt_ method."""
+    rows = []
+    for name, short, default, text, *_ in options_class.optParameters:
+        shown = "" if default is None else str(default)
+        rows.append((f"--{name}", f"-{short}" if short else "", shown, text))
+    for name, short, text in options_class.optFlags:
+        rows.append((f"--{name}", f"-{short}" if short else "", "off", text))
+    for attribute in sorted(dir(options_class)):
+        if attribute.startswith("opt_") and attribute not in ("opt_help", "opt_version"):
+            method = getattr(options_class, attribute)
+            doc = " ".join((inspect.getdoc(method) or "").split())
+            rows.append((f"--{attribute[4:].replace('_', '-')}", "", "", doc))
+    return sorted(rows)
+
+
+def _row(cells: list[str], literal: bool) -> nodes.row:
+    row = nodes.row()
+    for index, cell in enumerate(cells):
+        entry = nodes.entry()
+        paragraph = nodes.paragraph()
+        if literal and index < 3 and cell:
+            paragraph += nodes.literal(cell, cell)
+        else:
+            paragraph += nodes.Text(cell)
+        entry += paragraph
+        row += entry
+    return row
+
+
+# -- docstrings -------------------------------------------------------------------
+
+_FIELD = re.compile(r"^(\s*)@(param|type|return|returns|rtype|raise|raises|ivar|cvar|var|note)\b\s*([^:]*):")
+_MARKUP = re.compile(r"([CLIBU])\{([^{}]*)\}")
+_FIELD_NAMES = {"return": "returns", "raise": "raises", "note": "note"}
+
+
+def epytext_to_rst(lines: list[str], module: str) -> list[str]:
+    """Epytext fields and inline markup -> reStructuredText, in place of the lines."""
+    converted = []
+    for line in lines:
+        field = _FIELD.match(line)
+        if field is not None:
+            indent, kind, argument = field.groups()
+            kind = _FIELD_NAMES.get(kind, kind)
+            argument = argument.strip()
+            if kind == "raises" and argument:
+                argument = _reference_target(argument, module) or argument
+            line = f"{indent}:{kind}{' ' + argument if argument else ''}:" + line[field.end() :]
+        converted.append(_MARKUP.sub(lambda match: _inline(match, module), line))
+    return converted
+
+
+def _inline(match: re.Match[str], module: str) -> str:
+    kind, text = match.groups()
+    if kind == "C":
+        return f"``{text}``" if text else "``''``"
+    if kind == "I":
+        return f"*{text}*"
+    if kind == "B":
+        return f"**{text}**"
+    if kind == "U":
+        return text
+    target = _reference_target(text, module)
+    if target is None:
+        return f"``{text}``"
+    return f":py:obj:`{text} <{target}>`"
+
+
+def _reference_target(text: str, module: str) -> str | None:
+    """The full name of a filexfer object that L{text} means, or None (shown as text).
+
+    A name that resolves to nothing at all is a broken reference: warned.
+    """
+    found = resolve(text, module)
+    if found is None:
+        logger.warning("docstring in %s: L{%s} names nothing importable", module, text)
+        return None
+    if not found.startswith("filexfer"):
+        return None
+    return found
+
+
+def resolve(text: str, module: str) -> str | None:
+    """Where C{text}, seen from C{module}, leads: a dotted full name, or None."""
+    text = text.strip().rstrip("()")
+    head, _, rest = text.partition(".")
+    scope = _import(module)
+    if scope is not None and hasattr(scope, head):
+        value = getattr(scope, head)
+        base = _full_name(value) or f"{module}.{head}"
+        return f"{base}.{rest}" if rest else base
+    parts = text.split(".")
+    for cut in range(len(parts), 0, -1):
+        imported = _import(".".join(parts[:cut]))
+        if imported is None:
+            continue
+        value: Any = imported
+        for part in parts[cut:]:
+            if not hasattr(value, part):
+                return None
+            value = getattr(value, part)
+        return text
+    if head in dir(__builtins__) or head in vars(__import__("builtins")):
+        return f"builtins.{text}"
+    return None
+
+
+def _import(name: str) -> Any:
+    try:
+        return importlib.import_module(name)
+    except Exception:
+        return None
+
+
+def _full_name(value: Any) -> str | None:
+    module = getattr(value, "__module__", None)
+    qualname = getattr(value, "__qualname__", None)
+    if isinstance(module, str) and isinstance(qualname, str) and "<" not in qualname:
+        return f"{module}.{qualname}"
+    return None
+
+
+def process_docstring(
+    app: Sphinx, what: str, name: str, obj: Any, options: Any, lines: list[str]
+) -> None:
+    module = name if what == "module" else getattr(obj, "__module__", None) or name.rpartition(".")[0]
+    if not any(line.strip() for line in lines) and _is_public(name, obj):
+        logger.warning("%s %s has no docstring", what, name)
+    lines[:] = epytext_to_rst(lines, module)
+
+
+def _is_public(name: str, obj: Any) -> bool:
+    if any(part.startswith("_") for part in name.split(".")):
+        return False
+    # Attributes and inherited data carry no docstring of their own.
+    return inspect.isclass(obj) or inspect.isfunction(obj) or inspect.ismodule(obj)
+
+
+def missing_reference(app: Sphinx, env: Any, node: Any, contnode: nodes.Node) -> Any:
+    """A filexfer name resolves among documented objects; an outside name becomes text."""
+    if node.get("refdomain") != "py":
+        return None
+    target = node.get("reftarget", "")
+    module = node.get("py:module") or "filexfer"
+    full = resolve(target, module)
+    if full is None:
+        return None  # a real broken reference: nitpicky reports it
+    if not full.startswith("filexfer"):
+        return contnode
+    domain = env.get_domain("py")
+    for candidate in _public_names(full):
+        if candidate in domain.objects:
+            return _link(app, env, node, candidate, contnode)
+    return contnode if not _documented_anywhere(full) else None
+
+
+def _public_names(full: str) -> list[str]:
+    """C{full} and the public names it is re-exported as (filexfer.X for filexfer.tcp.sender.X)."""
+    import filexfer
+
+    short = full.rpartition(".")[2]
+    names = [full]
+    if short in getattr(filexfer, "__all__", ()):
+        names.append(f"filexfer.{short}")
+    return names
+
+
+def _documented_anywhere(full: str) -> bool:
+    """Whether C{full} belongs to the documented API (then a missing link is an error)."""
+    import filexfer
+    import filexfer.testing
+
+    short = full.rpartition(".")[2]
+    if full.startswith("filexfer.testing."):
+        return short in filexfer.testing.__all__
+    return short in filexfer.__all__
+
+
+def _link(app: Sphinx, env: Any, node: Any, target: str, contnode: nodes.Node) -> Any:
+    from sphinx.util.nodes import make_refnode
+
+    docname = env.get_domain("py").objects[target].docname
+    return make_refnode(app.builder, node["refdoc"], docname, target, contnode, target)
+
+
+# -- pictures ---------------------------------------------------------------------
+
+
+def draw_pictures(app: Sphinx) -> None:
+    """Draw every picture into _generated/ before the pages are read."""
+    import fxcharts
+    import fxpictures
+    import fxsequences
+
+    folder = os.path.join(app.srcdir, "_generated")
+    os.makedirs(folder, exist_ok=True)
+    fxpictures.draw_all(folder)
+    fxsequences.draw_all(folder)
+    fxcharts.draw_all(os.path.join(app.srcdir, "_data"), folder)
+
+
+def setup(app: Sphinx) -> dict[str, Any]:
+    directives.register_directive("filexfer-help", FilexferHelp)
+    directives.register_directive("twistd-options", TwistdOptions)
+    app.connect("builder-inited", draw_pictures)
+    app.connect("autodoc-process-docstring", process_docstring)
+    app.connect("missing-reference", missing_reference)
+    return {"parallel_read_safe": True, "parallel_write_safe": True}
