@@ -35,7 +35,6 @@ myst_heading_anchors = 3
 # filexfer (Twisted, zope.interface, the standard library) have no inventory
 # here (the build is offline) and are shown as text by fxdocs instead.
 nitpicky = True
-suppress_warnings = ["toc.empty_glob"]  # deploy.md is written by another change
 
 autodoc_default_options = {"members": True, "show-inheritance": True}
 autodoc_member_order = "bysource"

@@ -25,6 +25,7 @@ import importlib
 import inspect
 import os
 import re
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -140,6 +141,53 @@ def _row(cells: list[str], literal: bool) -> nodes.row:
     return row
 
 
+class ZopeInterfaces(Directive):
+    """Every zope.interface named in a module's __all__, with its methods and attributes.
+
+    autodoc has no documenter for interfaces (they are not classes).
+    """
+
+    required_arguments = 1
+
+    def run(self) -> list[nodes.Node]:
+        from docutils.statemachine import StringList
+        from zope.interface.interface import InterfaceClass, Method
+
+        module_name = self.arguments[0]
+        module = importlib.import_module(module_name)
+        lines: list[str] = []
+        for name in module.__all__:
+            interface = getattr(module, name)
+            if not isinstance(interface, InterfaceClass):
+                continue
+            context = f"{interface.__module__}.{interface.__name__}"
+            lines += [f".. py:class:: {name}", f"   :module: {module_name}", ""]
+            lines += [f"   Bases: ``{base.__module__}.{base.__name__}``" for base in interface.__bases__
+                      if base.__name__ != "Interface"]  # fmt: skip
+            lines += _indented(interface.__doc__, context, "   ")
+            for member_name in interface.names():
+                member = interface[member_name]
+                if isinstance(member, Method):
+                    lines.append(f"   .. py:method:: {member_name}{member.getSignatureString()}")
+                else:
+                    lines.append(f"   .. py:attribute:: {member_name}")
+                lines.append("")
+                lines += _indented(member.__doc__, f"{context}.{member_name}", "      ")
+            lines.append("")
+        container = nodes.section()
+        container.document = self.state.document
+        self.state.nested_parse(StringList(lines, source=module_name), 0, container)
+        return list(container.children)
+
+
+def _indented(doc: str | None, context: str, indent: str) -> list[str]:
+    text = inspect.cleandoc(doc or "")
+    if not text:
+        logger.warning("%s has no docstring", context)
+    converted = epytext_to_rst(text.splitlines(), context)
+    return ["", *(indent + line if line else "" for line in converted), ""]
+
+
 # -- docstrings -------------------------------------------------------------------
 
 _FIELD = re.compile(r"^(\s*)@(param|type|return|returns|rtype|raise|raises|ivar|cvar|var|note)\b\s*([^:]*):")
@@ -148,7 +196,12 @@ _FIELD_NAMES = {"return": "returns", "raise": "raises", "note": "note"}
 
 
 def epytext_to_rst(lines: list[str], module: str) -> list[str]:
-    """Epytext fields and inline markup -> reStructuredText, in place of the lines."""
+    """Epytext fields and inline markup -> reStructuredText, in place of the lines.
+
+    L{name} of an instance variable (C{@ivar name:}) or of a private name
+    is shown as code: neither has a page to link to.
+    """
+    private = {m.group(1) for line in lines if (m := re.match(r"\s*@ivar\s+(\w+):", line))}
     converted = []
     for line in lines:
         field = _FIELD.match(line)
@@ -159,8 +212,22 @@ def epytext_to_rst(lines: list[str], module: str) -> list[str]:
             if kind == "raises" and argument:
                 argument = _reference_target(argument, module) or argument
             line = f"{indent}:{kind}{' ' + argument if argument else ''}:" + line[field.end() :]
-        converted.append(_MARKUP.sub(lambda match: _inline(match, module), line))
+        converted.append(_MARKUP.sub(lambda match: _inline_in(match, module, private), line))
     return converted
+
+
+def _inline_in(match: re.Match[str], module: str, private: set[str]) -> str:
+    """The markup, and an escaped space when a word goes on right after it (L{X}s)."""
+    following = match.string[match.end() : match.end() + 1]
+    kind, target = match.groups()
+    last = target.strip().rstrip("()").rpartition(".")[2]
+    if kind == "L" and (target in private or last.startswith("_")):
+        text = f"``{target}``"
+    else:
+        text = _inline(match, module)
+    if text.startswith("``") and match.group(1) == "C" or text.startswith(":") or text[:1] in "*":
+        return text + ("\\ " if following.isalnum() else "")
+    return text
 
 
 def _inline(match: re.Match[str], module: str) -> str:
@@ -193,15 +260,24 @@ def _reference_target(text: str, module: str) -> str | None:
     return found
 
 
-def resolve(text: str, module: str) -> str | None:
-    """Where C{text}, seen from C{module}, leads: a dotted full name, or None."""
+def resolve(text: str, context: str) -> str | None:
+    """Where C{text}, seen from C{context} (a dotted name: a module, a class, a method), leads.
+
+    Searched as epydoc does: the enclosing class and module, then a full
+    dotted name, then the builtins, then any loaded filexfer module (a
+    private type alias). Returns a dotted full name, or None.
+    """
     text = text.strip().rstrip("()")
     head, _, rest = text.partition(".")
-    scope = _import(module)
-    if scope is not None and hasattr(scope, head):
-        value = getattr(scope, head)
-        base = _full_name(value) or f"{module}.{head}"
-        return f"{base}.{rest}" if rest else base
+    scope_name = context
+    while scope_name:
+        scope = _lookup(scope_name)
+        if scope is not None and hasattr(scope, head):
+            value = getattr(scope, head)
+            base = _full_name(value) if not inspect.ismodule(scope) or _full_name(value) else None
+            base = base or f"{scope_name}.{head}"
+            return f"{base}.{rest}" if rest else base
+        scope_name = scope_name.rpartition(".")[0]
     parts = text.split(".")
     for cut in range(len(parts), 0, -1):
         imported = _import(".".join(parts[:cut]))
@@ -213,8 +289,26 @@ def resolve(text: str, module: str) -> str | None:
                 return None
             value = getattr(value, part)
         return text
-    if head in dir(__builtins__) or head in vars(__import__("builtins")):
+    if head in vars(__import__("builtins")):
         return f"builtins.{text}"
+    for name, module in sorted(sys.modules.items()):
+        if name.startswith("filexfer") and module is not None and head in vars(module):
+            return f"{name}.{text}"
+    return None
+
+
+def _lookup(dotted: str) -> Any:
+    """The object at a dotted name (a module, or an attribute chain within one), or None."""
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        value = _import(".".join(parts[:cut]))
+        if value is None:
+            continue
+        for part in parts[cut:]:
+            value = getattr(value, part, None)
+            if value is None:
+                return None
+        return value
     return None
 
 
@@ -226,8 +320,10 @@ def _import(name: str) -> Any:
 
 
 def _full_name(value: Any) -> str | None:
+    if inspect.ismodule(value):
+        return value.__name__
     module = getattr(value, "__module__", None)
-    qualname = getattr(value, "__qualname__", None)
+    qualname = getattr(value, "__qualname__", None) or getattr(value, "__name__", None)
     if isinstance(module, str) and isinstance(qualname, str) and "<" not in qualname:
         return f"{module}.{qualname}"
     return None
@@ -236,10 +332,9 @@ def _full_name(value: Any) -> str | None:
 def process_docstring(
     app: Sphinx, what: str, name: str, obj: Any, options: Any, lines: list[str]
 ) -> None:
-    module = name if what == "module" else getattr(obj, "__module__", None) or name.rpartition(".")[0]
     if not any(line.strip() for line in lines) and _is_public(name, obj):
         logger.warning("%s %s has no docstring", what, name)
-    lines[:] = epytext_to_rst(lines, module)
+    lines[:] = epytext_to_rst(lines, name)
 
 
 def _is_public(name: str, obj: Any) -> bool:
@@ -268,13 +363,18 @@ def missing_reference(app: Sphinx, env: Any, node: Any, contnode: nodes.Node) ->
 
 
 def _public_names(full: str) -> list[str]:
-    """C{full} and the public names it is re-exported as (filexfer.X for filexfer.tcp.sender.X)."""
+    """C{full} and the public names it is re-exported as (filexfer.X.m for filexfer.tcp.sender.X.m)."""
     import filexfer
+    import filexfer.testing
 
-    short = full.rpartition(".")[2]
+    parts = full.split(".")
     names = [full]
-    if short in getattr(filexfer, "__all__", ()):
-        names.append(f"filexfer.{short}")
+    for index, part in enumerate(parts):
+        rest = ".".join(parts[index:])
+        if part in filexfer.__all__:
+            names.append(f"filexfer.{rest}")
+        if part in filexfer.testing.__all__:
+            names.append(f"filexfer.testing.{rest}")
     return names
 
 
@@ -283,10 +383,8 @@ def _documented_anywhere(full: str) -> bool:
     import filexfer
     import filexfer.testing
 
-    short = full.rpartition(".")[2]
-    if full.startswith("filexfer.testing."):
-        return short in filexfer.testing.__all__
-    return short in filexfer.__all__
+    parts = full.split(".")
+    return any(p in filexfer.__all__ or p in filexfer.testing.__all__ for p in parts[1:])
 
 
 def _link(app: Sphinx, env: Any, node: Any, target: str, contnode: nodes.Node) -> Any:
@@ -312,10 +410,31 @@ def draw_pictures(app: Sphinx) -> None:
     fxcharts.draw_all(os.path.join(app.srcdir, "_data"), folder)
 
 
+_INTERFACE = re.compile(r"<InterfaceClass ([\w.]+)>")
+
+
+def process_signature(
+    app: Sphinx, what: str, name: str, obj: Any, options: Any, signature: str | None,
+    annotation: str | None,
+) -> tuple[str | None, str | None]:
+    """zope interfaces print as <InterfaceClass a.b.I> in annotations: name them a.b.I."""
+    clean = [None if text is None else _INTERFACE.sub(r"\1", text) for text in (signature, annotation)]
+    return clean[0], clean[1]
+
+
+def list_present_pages(app: Sphinx, docname: str, source: list[str]) -> None:
+    """The index lists deploy* only when such a page exists (another change writes it)."""
+    if docname == app.config.root_doc and not any(d.startswith("deploy") for d in app.env.found_docs):
+        source[0] = re.sub(r"(?m)^deploy\*\n", "", source[0])
+
+
 def setup(app: Sphinx) -> dict[str, Any]:
     directives.register_directive("filexfer-help", FilexferHelp)
     directives.register_directive("twistd-options", TwistdOptions)
+    directives.register_directive("zope-interfaces", ZopeInterfaces)
     app.connect("builder-inited", draw_pictures)
     app.connect("autodoc-process-docstring", process_docstring)
     app.connect("missing-reference", missing_reference)
+    app.connect("autodoc-process-signature", process_signature)
+    app.connect("source-read", list_present_pages)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
