@@ -43,9 +43,14 @@ def _bars(axes: Any, labels: list[str], values: list[float], colors: list[str], 
     bars = axes.barh(labels, values, color=colors)
     axes.invert_yaxis()
     axes.set_xlabel(unit)
-    for bar, value in zip(bars, values):
-        axes.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {value:.0f}",
-                  va="center", fontsize=8)  # fmt: skip
+    for bar, value in zip(bars, values, strict=False):
+        axes.text(
+            bar.get_width(),
+            bar.get_y() + bar.get_height() / 2,
+            f" {value:.0f}",
+            va="center",
+            fontsize=8,
+        )
     axes.grid(axis="x", alpha=0.3)
 
 
@@ -80,9 +85,11 @@ def chart_resume(report: dict[str, Any], path: str) -> None:
     values = [statistics.median(result[key]) for key in keys]
     figure, axes = plt.subplots(figsize=(8, 3.4))
     _bars(axes, labels, values, [OURS, OURS, THEIRS], "milliseconds (median)")
-    axes.set_title(f"{result['name']}: a small upload is not held up by a resume's hashing\n"
-                   f"small upload done first in {result['small_done_first']}/{result['runs']} runs",
-                   fontsize=10)  # fmt: skip
+    axes.set_title(
+        f"{result['name']}: a small upload is not held up by a resume's hashing\n"
+        f"small upload done first in {result['small_done_first']}/{result['runs']} runs",
+        fontsize=10,
+    )
     _footer(figure, report)
     _save(figure, path, 3)
 
@@ -100,15 +107,19 @@ def chart_concurrent(report: dict[str, Any], path: str) -> None:
     big.set_title("; ".join(c["name"] for c in report["comparisons"]), fontsize=9)
     for result in report["results"]:
         _bars(small, ["uploads/s"], [result["uploads_per_second"]], [OURS], "uploads per second")
-        small.set_title(f"{result['name']}: {result['intact']}/{result['uploads']} intact,\n"
-                        f"server peak RSS {result['server_rss_bytes'] / 2**20:.0f} MiB",
-                        fontsize=9)  # fmt: skip
+        small.set_title(
+            f"{result['name']}: {result['intact']}/{result['uploads']} intact,\n"
+            f"server peak RSS {result['server_rss_bytes'] / 2**20:.0f} MiB",
+            fontsize=9,
+        )
     _footer(figure, report)
     _save(figure, path, 3)
 
 
 CHARTS = {
-    "tcp": lambda r, p: chart_comparisons(r, "TCP, one file over loopback: filexfer (FX/1, verified) and socat", p),
+    "tcp": lambda r, p: chart_comparisons(
+        r, "TCP, one file over loopback: filexfer (FX/1, verified) and socat", p
+    ),
     "tftp": lambda r, p: chart_comparisons(r, "TFTP downloads over loopback: clients + servers", p),
     "concurrent": chart_concurrent,
     "resume": chart_resume,

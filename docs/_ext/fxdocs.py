@@ -162,8 +162,11 @@ class ZopeInterfaces(Directive):
                 continue
             context = f"{interface.__module__}.{interface.__name__}"
             lines += [f".. py:class:: {name}", f"   :module: {module_name}", ""]
-            lines += [f"   Bases: ``{base.__module__}.{base.__name__}``" for base in interface.__bases__
-                      if base.__name__ != "Interface"]  # fmt: skip
+            lines += [
+                f"   Bases: ``{base.__module__}.{base.__name__}``"
+                for base in interface.__bases__
+                if base.__name__ != "Interface"
+            ]
             lines += _indented(interface.__doc__, context, "   ")
             for member_name in interface.names():
                 member = interface[member_name]
@@ -190,7 +193,9 @@ def _indented(doc: str | None, context: str, indent: str) -> list[str]:
 
 # -- docstrings -------------------------------------------------------------------
 
-_FIELD = re.compile(r"^(\s*)@(param|type|return|returns|rtype|raise|raises|ivar|cvar|var|note)\b\s*([^:]*):")
+_FIELD = re.compile(
+    r"^(\s*)@(param|type|return|returns|rtype|raise|raises|ivar|cvar|var|note)\b\s*([^:]*):"
+)
 _MARKUP = re.compile(r"([CLIBU])\{([^{}]*)\}")
 _FIELD_NAMES = {"return": "returns", "raise": "raises", "note": "note"}
 
@@ -272,8 +277,8 @@ def resolve(text: str, context: str) -> str | None:
     scope_name = context
     while scope_name:
         scope = _lookup(scope_name)
-        if scope is not None and hasattr(scope, head):
-            value = getattr(scope, head)
+        if scope is not None and _attribute(scope, head) is not None:
+            value = _attribute(scope, head)
             base = _full_name(value) if not inspect.ismodule(scope) or _full_name(value) else None
             base = base or f"{scope_name}.{head}"
             return f"{base}.{rest}" if rest else base
@@ -285,9 +290,9 @@ def resolve(text: str, context: str) -> str | None:
             continue
         value: Any = imported
         for part in parts[cut:]:
-            if not hasattr(value, part):
+            value = _attribute(value, part)
+            if value is None:
                 return None
-            value = getattr(value, part)
         return text
     if head in vars(__import__("builtins")):
         return f"builtins.{text}"
@@ -305,11 +310,20 @@ def _lookup(dotted: str) -> Any:
         if value is None:
             continue
         for part in parts[cut:]:
-            value = getattr(value, part, None)
+            value = _attribute(value, part)
             if value is None:
                 return None
         return value
     return None
+
+
+def _attribute(value: Any, name: str) -> Any:
+    """C{value.name}, or an interface's C{value[name]} (its methods are no attributes)."""
+    from zope.interface.interface import InterfaceClass
+
+    if isinstance(value, InterfaceClass):
+        return value.get(name)
+    return getattr(value, name, None)
 
 
 def _import(name: str) -> Any:
@@ -363,7 +377,7 @@ def missing_reference(app: Sphinx, env: Any, node: Any, contnode: nodes.Node) ->
 
 
 def _public_names(full: str) -> list[str]:
-    """C{full} and the public names it is re-exported as (filexfer.X.m for filexfer.tcp.sender.X.m)."""
+    """C{full} and the public names it is re-exported as (filexfer.X.m for …sender.X.m)."""
     import filexfer
     import filexfer.testing
 
@@ -414,17 +428,26 @@ _INTERFACE = re.compile(r"<InterfaceClass ([\w.]+)>")
 
 
 def process_signature(
-    app: Sphinx, what: str, name: str, obj: Any, options: Any, signature: str | None,
+    app: Sphinx,
+    what: str,
+    name: str,
+    obj: Any,
+    options: Any,
+    signature: str | None,
     annotation: str | None,
 ) -> tuple[str | None, str | None]:
     """zope interfaces print as <InterfaceClass a.b.I> in annotations: name them a.b.I."""
-    clean = [None if text is None else _INTERFACE.sub(r"\1", text) for text in (signature, annotation)]
+    clean = [
+        None if text is None else _INTERFACE.sub(r"\1", text) for text in (signature, annotation)
+    ]
     return clean[0], clean[1]
 
 
 def list_present_pages(app: Sphinx, docname: str, source: list[str]) -> None:
     """The index lists deploy* only when such a page exists (another change writes it)."""
-    if docname == app.config.root_doc and not any(d.startswith("deploy") for d in app.env.found_docs):
+    if docname == app.config.root_doc and not any(
+        d.startswith("deploy") for d in app.env.found_docs
+    ):
         source[0] = re.sub(r"(?m)^deploy\*\n", "", source[0])
 
 

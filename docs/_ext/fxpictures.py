@@ -10,6 +10,8 @@
   read from the source with :mod:`ast`.
 """
 
+# ruff: noqa: E501 - DOT statements read best one to a line
+
 from __future__ import annotations
 
 import ast
@@ -35,10 +37,14 @@ def render(source: str, path: str) -> None:
 def transitions(machine: Any) -> list[tuple[str, str, str, list[str]]]:
     """(state, input, next state, outputs) of a MethodicalMachine, in a stable order."""
     found = [
-        (state.method.__name__, given.method.__name__, after.method.__name__,
-         [output.method.__name__ for output in outputs])
+        (
+            state.method.__name__,
+            given.method.__name__,
+            after.method.__name__,
+            [output.method.__name__ for output in outputs],
+        )
         for state, given, after, outputs in machine._automaton.allTransitions()
-    ]  # fmt: skip
+    ]
     return sorted(found)
 
 
@@ -48,8 +54,12 @@ def draw_machine(machine: Any, path: str) -> None:
     digraph.graph_attr.update(rankdir="LR", fontname="Helvetica")
     digraph.node_attr.update(fontname="Helvetica")
     digraph.edge_attr.update(fontname="Helvetica")
-    render(digraph.source.replace("Menlo-Bold", "Helvetica-Bold").replace("Menlo", "Helvetica")
-           .replace("menlo-italic", "Helvetica-Oblique"), path)  # fmt: skip
+    render(
+        digraph.source.replace("Menlo-Bold", "Helvetica-Bold")
+        .replace("Menlo", "Helvetica")
+        .replace("menlo-italic", "Helvetica-Oblique"),
+        path,
+    )
 
 
 def _quote(text: str) -> str:
@@ -69,8 +79,11 @@ def _machine_edges(machine: Any, prefix: str, lines: list[str]) -> None:
 
 
 def _cluster(name: str, label: str, states: list[str], prefix: str, color: str) -> list[str]:
-    lines = [f"  subgraph cluster_{name} {{", f"    label={_quote(label)}; style=rounded;",
-             f"    color={_quote(color)}; fontcolor={_quote(color)};"]  # fmt: skip
+    lines = [
+        f"  subgraph cluster_{name} {{",
+        f"    label={_quote(label)}; style=rounded;",
+        f"    color={_quote(color)}; fontcolor={_quote(color)};",
+    ]
     for state in states:
         lines.append(f"    {prefix}_{state} [label={_quote(state)}];")
     lines.append("  }")
@@ -96,25 +109,29 @@ def tcp_states_source() -> str:
         f"    s_LAST_ACK [label=LAST_ACK, {tcp}];",
         f"    s_CLOSED2 [label=CLOSED, {tcp}];",
         *_cluster("s_est", "ESTABLISHED", sender_open, "s", "#2e7d32"),
-        *_cluster("s_cw", "CLOSE_WAIT (the receiver's FIN came with done)", ["done"], "s", "#b26a00"),
+        *_cluster(
+            "s_cw", "CLOSE_WAIT (the receiver's FIN came with done)", ["done"], "s", "#b26a00"
+        ),
         "  }",
         '  subgraph cluster_receiver { label="twistd filexfer (ReceiverProtocol)"; fontname="Helvetica-Bold"; color="#cccccc";',
         f"    r_LISTEN [label=LISTEN, {tcp}]; r_SYN_RCVD [label=SYN_RCVD, {tcp}];",
-        f"    r_FIN_WAIT_2 [label=FIN_WAIT_2, {tcp}]; r_TIME_WAIT [label=\"TIME_WAIT (2 MSL)\", {tcp}];",
+        f'    r_FIN_WAIT_2 [label=FIN_WAIT_2, {tcp}]; r_TIME_WAIT [label="TIME_WAIT (2 MSL)", {tcp}];',
         f"    r_CLOSED [label=CLOSED, {tcp}];",
         *_cluster("r_est", "ESTABLISHED", receiver_open, "r", "#2e7d32"),
-        *_cluster("r_fw", "FIN_WAIT_1 (done written, then the half-close)", ["closed"], "r", "#b26a00"),
+        *_cluster(
+            "r_fw", "FIN_WAIT_1 (done written, then the half-close)", ["closed"], "r", "#b26a00"
+        ),
         "  }",
         # the TCP states' own order
-        "  s_CLOSED -> s_SYN_SENT [label=\"connect: SYN\"];",
-        f"  s_SYN_SENT -> s_{sender_open[0]} [label=\"SYN+ACK\", lhead=cluster_s_est];",
-        "  s_done -> s_LAST_ACK [label=\"loseConnection: FIN\", ltail=cluster_s_cw];",
+        '  s_CLOSED -> s_SYN_SENT [label="connect: SYN"];',
+        f'  s_SYN_SENT -> s_{sender_open[0]} [label="SYN+ACK", lhead=cluster_s_est];',
+        '  s_done -> s_LAST_ACK [label="loseConnection: FIN", ltail=cluster_s_cw];',
         "  s_LAST_ACK -> s_CLOSED2 [label=ACK];",
         "  r_LISTEN -> r_SYN_RCVD [label=SYN];",
         f"  r_SYN_RCVD -> r_{receiver_open[0]} [label=ACK, lhead=cluster_r_est];",
         "  r_closed -> r_FIN_WAIT_2 [label=ACK, ltail=cluster_r_fw];",
-        "  r_FIN_WAIT_2 -> r_TIME_WAIT [label=\"the sender's FIN\"];",
-        "  r_TIME_WAIT -> r_CLOSED [label=\"2 MSL later\"];",
+        '  r_FIN_WAIT_2 -> r_TIME_WAIT [label="the sender\'s FIN"];',
+        '  r_TIME_WAIT -> r_CLOSED [label="2 MSL later"];',
     ]
     _machine_edges(SenderProtocol._machine, "s", lines)
     _machine_edges(ReceiverProtocol._machine, "r", lines)
@@ -129,7 +146,14 @@ def tcp_states_source() -> str:
     return "\n".join(lines) + "\n"
 
 
-_SENDER_ORDER = ["handshake", "checking_prefix", "pulling", "threaded", "confirmed_early", "confirming"]
+_SENDER_ORDER = [
+    "handshake",
+    "checking_prefix",
+    "pulling",
+    "threaded",
+    "confirmed_early",
+    "confirming",
+]
 _RECEIVER_ORDER = ["handshake", "starting", "streaming", "trailer", "finishing"]
 
 
@@ -188,7 +212,11 @@ def module_map_source() -> str:
     groups: dict[str, list[str]] = defaultdict(list)
     for module in graph:
         parts = module.split(".")
-        group = parts[1] if len(parts) > 2 or (len(parts) == 2 and f"{module}.__init__" in graph) else ""
+        group = (
+            parts[1]
+            if len(parts) > 2 or (len(parts) == 2 and f"{module}.__init__" in graph)
+            else ""
+        )
         if len(parts) == 2 and any(m.startswith(module + ".") for m in graph):
             group = parts[1]
         groups[group].append(module)
@@ -201,7 +229,9 @@ def module_map_source() -> str:
     colors = {"tcp": "#e3f2fd", "tftp": "#e8f5e9", "storage": "#fff3e0"}
     for group, members in sorted(groups.items()):
         if group:
-            lines.append(f'  subgraph cluster_{group} {{ label="filexfer.{group}"; style=rounded; fontname="Helvetica-Bold";')
+            lines.append(
+                f'  subgraph cluster_{group} {{ label="filexfer.{group}"; style=rounded; fontname="Helvetica-Bold";'
+            )
         for module in sorted(members):
             short = module.removeprefix("filexfer.") or "filexfer"
             if module == "filexfer":

@@ -152,9 +152,15 @@ def record_lost_block() -> list[Step]:
     network.drop = watch
     with tempfile.TemporaryDirectory() as folder:
         result = download(
-            network, "127.0.0.1", port.number, "boot/pxelinux.0",
-            os.path.join(folder, "pxelinux.0"), blksize=512, windowsize=4, timeout=1.0,
-        )  # fmt: skip
+            network,
+            "127.0.0.1",
+            port.number,
+            "boot/pxelinux.0",
+            os.path.join(folder, "pxelinux.0"),
+            blksize=512,
+            windowsize=4,
+            timeout=1.0,
+        )
         network.run_until(result, limit=60)
         received: list[object] = []
         result.addBoth(received.append)
@@ -172,11 +178,15 @@ def _describe(packet: object, datagram: bytes) -> str:
         return f"ACK {int.from_bytes(datagram[2:4], 'big')}"
     if opcode in (1, 2):
         parts = datagram[2:].split(b"\0")
-        options = " ".join(f"{k.decode()}={v.decode()}" for k, v in zip(parts[2:-1:2], parts[3:-1:2]))
+        options = " ".join(
+            f"{k.decode()}={v.decode()}" for k, v in zip(parts[2:-1:2], parts[3:-1:2], strict=False)
+        )
         return f"{'RRQ' if opcode == 1 else 'WRQ'} {parts[0].decode()} {options}".strip()
     if opcode == 6:
         parts = datagram[2:].split(b"\0")
-        return "OACK " + " ".join(f"{k.decode()}={v.decode()}" for k, v in zip(parts[0:-1:2], parts[1:-1:2]))
+        return "OACK " + " ".join(
+            f"{k.decode()}={v.decode()}" for k, v in zip(parts[0:-1:2], parts[1:-1:2], strict=False)
+        )
     return type(packet).__name__
 
 
@@ -190,21 +200,44 @@ def draw(steps: list[Step], actors: tuple[str, str], title: str, path: str) -> N
     axes.set_xlim(0, 1)
     axes.set_ylim(-0.6, top + 0.6)
     axes.axis("off")
-    for x, name in zip((left, right), actors):
+    for x, name in zip((left, right), actors, strict=False):
         axes.plot([x, x], [-0.4, top - 0.2], color="#999999", linewidth=1, zorder=0)
-        axes.text(x, top, name, ha="center", va="center", fontsize=10, weight="bold",
-                  bbox={"boxstyle": "round", "facecolor": "#eeeeee", "edgecolor": "#888888"})  # fmt: skip
+        axes.text(
+            x,
+            top,
+            name,
+            ha="center",
+            va="center",
+            fontsize=10,
+            weight="bold",
+            bbox={"boxstyle": "round", "facecolor": "#eeeeee", "edgecolor": "#888888"},
+        )
     for index, step in enumerate(steps):
         y = len(steps) - 1 - index
         if step.kind == "note":
-            axes.text(0.5, y, step.text, ha="center", va="center", fontsize=8.5, style="italic",
-                      color="#555555", bbox={"boxstyle": "round", "facecolor": "#fffbe6",
-                                             "edgecolor": "#e0c060"})  # fmt: skip
+            axes.text(
+                0.5,
+                y,
+                step.text,
+                ha="center",
+                va="center",
+                fontsize=8.5,
+                style="italic",
+                color="#555555",
+                bbox={"boxstyle": "round", "facecolor": "#fffbe6", "edgecolor": "#e0c060"},
+            )
             continue
         if step.kind == "cut":
             axes.plot([left, right], [y, y], color="#c62828", linewidth=1.5, linestyle=(0, (2, 2)))
-            axes.text(0.5, y + 0.12, "✂ " + step.text, ha="center", va="bottom", fontsize=8.5,
-                      color="#c62828")  # fmt: skip
+            axes.text(
+                0.5,
+                y + 0.12,
+                "✂ " + step.text,
+                ha="center",
+                va="bottom",
+                fontsize=8.5,
+                color="#c62828",
+            )
             continue
         rightward = step.kind.endswith("right")
         start, end = (left, right) if rightward else (right, left)
@@ -212,14 +245,25 @@ def draw(steps: list[Step], actors: tuple[str, str], title: str, path: str) -> N
         if lost:
             end = start + (end - start) * 0.6
         color = "#c62828" if lost else ("#1f5fa8" if rightward else "#2e7d32")
-        axes.annotate("", xy=(end, y), xytext=(start, y),
-                      arrowprops={"arrowstyle": "-|>" if not lost else "-", "color": color,
-                                  "linewidth": 1.2})  # fmt: skip
+        axes.annotate(
+            "",
+            xy=(end, y),
+            xytext=(start, y),
+            arrowprops={"arrowstyle": "-|>" if not lost else "-", "color": color, "linewidth": 1.2},
+        )
         if lost:
             axes.text(end, y, "✗", ha="center", va="center", fontsize=12, color=color)
         label = step.text + ("  (lost)" if lost else "")
-        axes.text((left + right) / 2, y + 0.07, label, ha="center", va="bottom", fontsize=8,
-                  family="monospace", color=color)  # fmt: skip
+        axes.text(
+            (left + right) / 2,
+            y + 0.07,
+            label,
+            ha="center",
+            va="bottom",
+            fontsize=8,
+            family="monospace",
+            color=color,
+        )
     axes.set_title(title, fontsize=11)
     figure.tight_layout()
     figure.savefig(path, format="svg", metadata={"Date": None})
@@ -228,7 +272,15 @@ def draw(steps: list[Step], actors: tuple[str, str], title: str, path: str) -> N
 
 def draw_all(folder: str) -> None:
     """Record and draw both sequences into C{folder}."""
-    draw(record_resumed_upload(), ("filexfer send", "twistd filexfer"),
-         "FX/1: an upload cut after 384 KiB, then resumed", os.path.join(folder, "fx1-resume.svg"))  # fmt: skip
-    draw(record_lost_block(), ("filexfer get", "TFTP server"),
-         "TFTP, windowsize 4: the first DATA 3 is lost", os.path.join(folder, "tftp-window.svg"))  # fmt: skip
+    draw(
+        record_resumed_upload(),
+        ("filexfer send", "twistd filexfer"),
+        "FX/1: an upload cut after 384 KiB, then resumed",
+        os.path.join(folder, "fx1-resume.svg"),
+    )
+    draw(
+        record_lost_block(),
+        ("filexfer get", "TFTP server"),
+        "TFTP, windowsize 4: the first DATA 3 is lost",
+        os.path.join(folder, "tftp-window.svg"),
+    )
