@@ -33,8 +33,10 @@ def _footer(figure: Any, report: dict[str, Any]) -> None:
     figure.text(0.01, 0.01, "\n".join(lines), fontsize=7, color="#555555", va="bottom")
 
 
-def _save(figure: Any, path: str, lines: int) -> None:
-    figure.tight_layout(rect=(0, 0.04 + 0.035 * lines, 1, 1))
+def _finish(figure: Any, report: dict[str, Any], path: str) -> None:
+    """The footer under the plot, then the SVG at C{path}."""
+    _footer(figure, report)
+    figure.tight_layout(rect=(0, 0.145, 1, 1))
     figure.savefig(path, format="svg", metadata={"Date": None})
     plt.close(figure)
 
@@ -73,8 +75,7 @@ def chart_comparisons(report: dict[str, Any], title: str, path: str) -> None:
     _bars(axes, labels, values, colors, "MB/s (10⁶ bytes per second, median of the runs)")
     ratios = "; ".join(f"{c['name']}: ratio {c['ratio']:.2f}" for c in report["comparisons"])
     axes.set_title(f"{title}\n{ratios}", fontsize=10)
-    _footer(figure, report)
-    _save(figure, path, 3)
+    _finish(figure, report, path)
 
 
 def chart_resume(report: dict[str, Any], path: str) -> None:
@@ -90,8 +91,7 @@ def chart_resume(report: dict[str, Any], path: str) -> None:
         f"small upload done first in {result['small_done_first']}/{result['runs']} runs",
         fontsize=10,
     )
-    _footer(figure, report)
-    _save(figure, path, 3)
+    _finish(figure, report, path)
 
 
 def chart_concurrent(report: dict[str, Any], path: str) -> None:
@@ -112,8 +112,7 @@ def chart_concurrent(report: dict[str, Any], path: str) -> None:
             f"server peak RSS {result['server_rss_bytes'] / 2**20:.0f} MiB",
             fontsize=9,
         )
-    _footer(figure, report)
-    _save(figure, path, 3)
+    _finish(figure, report, path)
 
 
 CHARTS = {
