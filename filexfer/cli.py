@@ -353,7 +353,12 @@ def _build_parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(
         prog=PROG,
         description="Send and receive files over TCP (classic push or verified FX/1) and TFTP.",
-        epilog="Run 'filexfer COMMAND --help' for a command's options.",
+        epilog="Run 'filexfer COMMAND --help' for a command's options.\n"
+        "\nexamples:\n"
+        "  filexfer serve --port 8000 --root /srv/incoming\n"
+        "  filexfer send build.tar.gz backup.example.org:8000\n"
+        "  filexfer get tftp://192.0.2.7:69/boot/pxelinux.0\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     commands = parser.add_subparsers(
@@ -367,11 +372,11 @@ def _build_parser() -> argparse.ArgumentParser:
         "paths; symlinks to files are sent as files, other entries that are not regular "
         "files are skipped with one line each. Exit 0 only when every file was stored and "
         "verified by the server.",
-        epilog="examples:\n"
+        epilog=EXIT_CODES_HELP.lstrip("\n") + "\nexamples:\n"
         "  filexfer send build.tar.gz backup.example.org:8000\n"
         "  filexfer send logs/ 10.0.0.5:8000/hosts/web1\n"
         "  filexfer send --plain image.bin '[::1]:9000'\n"
-        "  filexfer send firmware.bin tftp://192.0.2.7:69/boot/\n" + EXIT_CODES_HELP,
+        "  filexfer send firmware.bin tftp://192.0.2.7:69/boot/\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     send.add_argument("files", nargs="+", metavar="FILE", help="files or directories")
@@ -442,10 +447,11 @@ def _build_parser() -> argparse.ArgumentParser:
         help="download a file from a TFTP server",
         description="Download NAME from a TFTP server into LOCAL (default: the name's last "
         "component in the current directory). The file appears only once complete.",
-        epilog="example:\n  filexfer get tftp://127.0.0.1:8000/boot/pxelinux.0\n"
-        + EXIT_CODES_HELP.replace(
+        epilog=EXIT_CODES_HELP.lstrip("\n").replace(
             "  3  everything else was sent; some entries were skipped (one line each)\n", ""
-        ),
+        )
+        + "\nexamples:\n  filexfer get tftp://127.0.0.1:8000/boot/pxelinux.0\n"
+        "  filexfer get --blksize 8192 tftp://[::1]:8000/images/disk.img disk.img\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     get.add_argument("url", metavar="tftp://HOST:PORT/NAME")

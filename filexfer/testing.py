@@ -455,7 +455,7 @@ def connect_in_memory(
 class InMemoryEndpoint:
     """A client endpoint that connects to a fresh protocol of C{server_factory} via iosim.
 
-    Nothing moves until a pump in L{pumps} (one per connection) is pumped.
+    Nothing moves until a pump in C{pumps} (one per connection) is pumped.
     """
 
     def __init__(self, server_factory: Factory, clock: Clock) -> None:

@@ -55,9 +55,10 @@ class IUpload(Interface):
     def finish(sha256: str | None = None) -> Deferred[Receipt]:
         """Verify, fsync and move the file into place; fire with its receipt.
 
+        Fails with L{TransferError} (422 short or mismatched, 409 exists).
+
         @param sha256: the sender's SHA-256 of its whole file, sent after the
             data (the FX/1 trailer); the stored bytes must hash to it.
-        Fails with L{TransferError} (422 short or mismatched, 409 exists).
         """
 
     def abort(keep_partial: bool) -> None:
