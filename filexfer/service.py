@@ -21,13 +21,14 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 
-from filexfer._guard import AccessPolicy, ConnectionLimits
+from filexfer._guard import AccessPolicy, ConnectionLimits, parse_networks
 from filexfer._log import describe_peer, log
 from filexfer._ports import ListeningPort, StartupError
 from filexfer._tls import keep_tls_libraries_out, needs_tls
 from filexfer._types import IServiceReactor
 from filexfer._workers import ParentWatch, SharedDatagramPort, SharedStreamPort, WorkerProcesses
 from filexfer.storage import CONFLICT_POLICIES, DirectoryStorage
+from filexfer.tcp._proxy import TrustedProxyFactory
 from filexfer.tcp.receiver import ReceiverFactory
 
 DEFAULT_PORT = 8000
@@ -112,6 +113,8 @@ class Options(usage.Options):
         "  twistd -n --pidfile= filexfer --port 8000 --token-file /etc/filexfer.token\n"
         "  twistd -n --pidfile= filexfer --no-tftp \\\n"
         "      --listen ssl:8443:privateKey=key.pem:certKey=cert.pem\n"
+        "  twistd -n --pidfile= filexfer --no-tftp \\\n"
+        "      --listen haproxy:tcp:8000 --trusted-proxy 10.0.0.5/32   (behind HAProxy)\n"
         "  filexfer serve --port 8000 --workers 4 --root /srv/incoming\n"
     )
     """Shown after the options by --help, its lines kept as they are."""
@@ -223,6 +226,7 @@ class Options(usage.Options):
         self.argv: list[str] = []
         self["listen"] = []
         self["allow"] = []
+        self["trusted-proxy"] = []
 
     opt_h = usage.Options.opt_help
 
@@ -236,11 +240,18 @@ class Options(usage.Options):
 
     def opt_allow(self, network: str) -> None:
         """Accept only peers in this network (repeatable): 10.0.0.0/8, ::1/128"""
+        self._add_network("allow", network)
+
+    def opt_trusted_proxy(self, network: str) -> None:
+        """A proxy whose PROXY header a haproxy: --listen believes (repeatable): 10.0.0.5/32"""
+        self._add_network("trusted-proxy", network)
+
+    def _add_network(self, option: str, network: str) -> None:
         try:
-            AccessPolicy([network])
+            parse_networks([network])
         except ValueError as error:
-            raise usage.UsageError(f"--allow: {error}") from None
-        self["allow"].append(network)
+            raise usage.UsageError(f"--{option}: {error}") from None
+        self[option].append(network)
 
     def parseOptions(self, options: list[str] | None = None) -> None:
         """Parse, keeping the arguments for worker processes to be started with."""
@@ -279,6 +290,20 @@ class Options(usage.Options):
                 serverFromString(None, description)
             except Exception as exc:  # any parser's complaint is a usage mistake here
                 raise usage.UsageError(f"--listen {description!r}: {exc}") from None
+        self._check_proxies()
+
+    def _check_proxies(self) -> None:
+        """A haproxy: endpoint needs --trusted-proxy (but over a UNIX socket); nothing else does."""
+        proxied = [d for d in self["listen"] if behind_proxy(d) is not None]
+        if not self["trusted-proxy"] and any(behind_proxy(d) != "unix" for d in proxied):
+            raise usage.UsageError(
+                "--listen haproxy:...: give --trusted-proxy with your proxies' addresses "
+                "(a PROXY header is believed only from them)"
+            )
+        if self["trusted-proxy"] and not proxied:
+            raise usage.UsageError(
+                "--trusted-proxy: only a --listen haproxy:... endpoint reads PROXY headers"
+            )
 
     @property
     def shares_ports(self) -> bool:
@@ -302,6 +327,15 @@ class Options(usage.Options):
 
 
 _BACKLOG_TYPES = ("tcp", "tcp6", "ssl", "unix")
+PROXY_PREFIX = "haproxy:"
+"""An endpoint description starting so reads a PROXY header first (Twisted's syntax)."""
+
+
+def behind_proxy(description: str) -> str | None:
+    """The endpoint type behind C{haproxy:} (C{"tcp"} for C{haproxy:tcp:8000}), or None."""
+    if not description.lower().startswith(PROXY_PREFIX):
+        return None
+    return description[len(PROXY_PREFIX) :].split(":", 1)[0].lower()
 
 
 def _with_backlog(description: str) -> str:
@@ -362,6 +396,13 @@ class _EndpointListener(internet.StreamServerEndpointService):
 
     def _listening(self, port: Any) -> Any:
         log.info("listening for TCP on {where}", where=describe_peer(port.getHost()))
+        if isinstance(self.factory, TrustedProxyFactory):
+            log.info(
+                "--listen {description}: each connection starts with a PROXY header, "
+                "believed only from {trusted}",
+                description=self.description,
+                trusted=", ".join(map(str, self.factory.trusted)) or "UNIX socket peers",
+            )
         return port
 
     def privilegedStartService(self) -> None:
@@ -517,8 +558,18 @@ def make_service(options: Options, reactor: IServiceReactor) -> MultiService:
                     port=port,
                 )
                 continue
-            endpoint = serverFromString(reactor, _with_backlog(description))
-            _EndpointListener(endpoint, factory, description).setServiceParent(top)
+            listening: Any = factory
+            inner = description
+            if behind_proxy(description) is not None:
+                listening = TrustedProxyFactory(
+                    factory,
+                    options["trusted-proxy"],
+                    clock=reactor,
+                    timeout=options["handshake-timeout"],
+                )
+                inner = description[len(PROXY_PREFIX) :]
+            endpoint = serverFromString(reactor, _with_backlog(inner))
+            _EndpointListener(endpoint, listening, description).setServiceParent(top)
     tftp_port = options.tftp_port()
     if tftp_port is None and not options["no-tftp"]:
         log.warn("TFTP is off: with only --listen, give --tftp-port to serve TFTP")
