@@ -28,7 +28,6 @@ from filexfer._tls import keep_tls_libraries_out, needs_tls
 from filexfer._types import IServiceReactor
 from filexfer._workers import ParentWatch, SharedDatagramPort, SharedStreamPort, WorkerProcesses
 from filexfer.storage import CONFLICT_POLICIES, DirectoryStorage
-from filexfer.tcp._proxy import TrustedProxyFactory
 from filexfer.tcp.receiver import ReceiverFactory
 
 DEFAULT_PORT = 8000
@@ -395,14 +394,18 @@ class _EndpointListener(internet.StreamServerEndpointService):
             waiting.addCallback(self._listening)
 
     def _listening(self, port: Any) -> Any:
-        log.info("listening for TCP on {where}", where=describe_peer(port.getHost()))
-        if isinstance(self.factory, TrustedProxyFactory):
+        where = describe_peer(port.getHost())
+        trusted_networks = getattr(self.factory, "trusted", None)  # a TrustedProxyFactory
+        if trusted_networks is not None:
+            trusted = ", ".join(map(str, trusted_networks)) or "UNIX socket peers"
             log.info(
-                "--listen {description}: each connection starts with a PROXY header, "
-                "believed only from {trusted}",
-                description=self.description,
-                trusted=", ".join(map(str, self.factory.trusted)) or "UNIX socket peers",
+                "listening for TCP on {where} with a PROXY header first, believed only from "
+                "{trusted}",
+                where=where,
+                trusted=trusted,
             )
+        else:
+            log.info("listening for TCP on {where}", where=where)
         return port
 
     def privilegedStartService(self) -> None:
@@ -561,6 +564,9 @@ def make_service(options: Options, reactor: IServiceReactor) -> MultiService:
             listening: Any = factory
             inner = description
             if behind_proxy(description) is not None:
+                # imported here: Twisted's haproxy package loads the TLS libraries
+                from filexfer.tcp._proxy import TrustedProxyFactory
+
                 listening = TrustedProxyFactory(
                     factory,
                     options["trusted-proxy"],
