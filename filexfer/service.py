@@ -284,16 +284,23 @@ class Options(usage.Options):
             keep_tls_libraries_out()  # before the reactor loads: saves ~13 MiB per process
         from twisted.internet.endpoints import serverFromString
 
+        self._check_proxies()
         for description in self["listen"]:
             try:
                 serverFromString(None, description)
             except Exception as exc:  # any parser's complaint is a usage mistake here
                 raise usage.UsageError(f"--listen {description!r}: {exc}") from None
-        self._check_proxies()
 
     def _check_proxies(self) -> None:
         """A haproxy: endpoint needs --trusted-proxy (but over a UNIX socket); nothing else does."""
         proxied = [d for d in self["listen"] if behind_proxy(d) is not None]
+        for description in proxied:
+            if behind_proxy(description) not in PROXIED_TYPES:
+                raise usage.UsageError(
+                    f"--listen {description!r}: HAProxy sends its PROXY header before any "
+                    f"TLS, so haproxy: works over {', '.join(PROXIED_TYPES)} only "
+                    "(terminate TLS at HAProxy)"
+                )
         if not self["trusted-proxy"] and any(behind_proxy(d) != "unix" for d in proxied):
             raise usage.UsageError(
                 "--listen haproxy:...: give --trusted-proxy with your proxies' addresses "
@@ -327,6 +334,8 @@ class Options(usage.Options):
 
 _BACKLOG_TYPES = ("tcp", "tcp6", "ssl", "unix")
 PROXY_PREFIX = "haproxy:"
+PROXIED_TYPES = ("tcp", "tcp6", "unix")
+"""The endpoint types a C{haproxy:} endpoint may wrap: the header comes before TLS."""
 """An endpoint description starting so reads a PROXY header first (Twisted's syntax)."""
 
 

@@ -78,7 +78,7 @@ def parse_bytewise(data: bytes) -> tuple[ProxyHeader, bytes]:
     raise AssertionError("the header never completed")
 
 
-class ParseTests(ReceiverTestCase):
+class ParseTests(unittest.TestCase):
     def test_v1_tcp4(self) -> None:
         """A v1 TCP4 header names the client; the bytes after it are left over."""
         header, rest = parse_bytewise(v1("10.1.2.3") + b"FX/1 PUT a\n")
@@ -349,6 +349,12 @@ class OptionsTests(unittest.TestCase):
         with self.assertRaises(usage.UsageError) as caught:
             parse("--listen", "haproxy:tcp:8000", "--trusted-proxy", "proxy.example")
         self.assertTrue(str(caught.exception).startswith("--trusted-proxy: "))
+
+    def test_haproxy_over_tls_refused(self) -> None:
+        """haproxy:ssl: would read the header inside TLS, where HAProxy never sends it."""
+        with self.assertRaises(usage.UsageError) as caught:
+            parse("--listen", "haproxy:ssl:8443:privateKey=k.pem", "--trusted-proxy", "::1")
+        self.assertIn("before any TLS", str(caught.exception))
 
     def test_haproxy_over_unix_needs_no_networks(self) -> None:
         """haproxy:unix:PATH alone is accepted: who connects is the socket file's mode."""
