@@ -62,8 +62,15 @@ def haproxy_config_from_docs() -> str:
 
 
 def on_loopback(config: str, front: int, node: int) -> str:
-    """C{config} with its C{bind} on 127.0.0.1:C{front} and every C{server} at C{node}."""
-    config, binds = re.subn(r"(?m)^(\s*bind )\S+", rf"\g<1>{LOOPBACK}:{front}", config)
+    """C{config} with its C{bind} on loopback port C{front} and every C{server} at C{node}.
+
+    The bind keeps the page's options (C{v4v6}): it listens on an IPv6
+    socket at C{::ffff:127.0.0.1}, so HAProxy sees IPv4 clients as
+    IPv4-mapped addresses, as on a dual-stack C{:::8000}, and the node must
+    still log, allow and count them as IPv4.
+    """
+    mapped = f"::ffff:{LOOPBACK}:{front}"
+    config, binds = re.subn(r"(?m)^(\s*bind )\S+", rf"\g<1>{mapped}", config)
     config, servers = re.subn(r"(?m)^(\s*server \S+ )\S+", rf"\g<1>{LOOPBACK}:{node}", config)
     assert binds == 1 and servers >= 1, (binds, servers)
     assert "send-proxy-v2" in config
