@@ -242,7 +242,9 @@ class Options(usage.Options):
         self._add_network("allow", network)
 
     def opt_trusted_proxy(self, network: str) -> None:
-        """A proxy whose PROXY header a haproxy: --listen believes (repeatable): 10.0.0.5/32"""
+        """Network of the proxies (HAProxy) whose PROXY header a --listen
+        haproxy:tcp:PORT believes; no other peer may connect to it (repeatable):
+        10.0.0.5/32"""
         self._add_network("trusted-proxy", network)
 
     def _add_network(self, option: str, network: str) -> None:

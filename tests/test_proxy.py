@@ -281,6 +281,26 @@ class ProxiedReceiverTests(ReceiverTestCase):
         self.clock.advance(0.1)
         self.assertRefusedWith(transport, 408)
 
+    def test_silent_local_connection_times_out(self) -> None:
+        """After LOCAL the timeout still runs: a proxy's silent connection is not held forever."""
+        connection, transport = self.open()
+        connection.dataReceived(v2(None, command=0))
+        self.clock.advance(9.9)
+        self.assertEqual(transport.value(), b"")
+        self.clock.advance(0.1)
+        self.assertRefusedWith(transport, 408)
+        self.assertEqual(self.factory.limits.open, 0)
+
+    def test_timer_stops_once_the_receiver_has_the_connection(self) -> None:
+        """Once the header is read, only the receiver's own timers run."""
+        connection, transport = self.open()
+        connection.dataReceived(v1("10.1.2.3"))
+        self.clock.advance(10.0)
+        self.assertEqual(transport.value(), b"")
+        self.clock.advance(20.0)  # the receiver's handshake timeout (30 s)
+        self.assertRefusedWith(transport, 408)
+        self.assertIn(b"handshake timed out", transport.value())
+
     def test_local_health_check_is_quiet(self) -> None:
         """LOCAL then close (HAProxy's check), or a bare connect and close: no log, no receiver."""
         for header in [v2(None, command=0), b""]:

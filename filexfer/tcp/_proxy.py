@@ -35,7 +35,8 @@ The rules (docs/security.md, "Behind a proxy"):
     before sending anything (a health check) is not logged;
   - a connection from a trusted proxy that closes without a byte (a plain
     TCP health check) is not logged either;
-  - the header must arrive within the handshake timeout (C{error 408}).
+  - the header must arrive within the handshake timeout (C{error 408}), and
+    on the proxy's own connection its first byte too.
 """
 
 from __future__ import annotations
@@ -264,10 +265,9 @@ class ProxiedConnection(ProtocolWrapper):
             return
         if header is None:
             return
-        self._disarm()
         self._buffer = b""
         if header.source is None:
-            self._phase = _Phase.LOCAL
+            self._phase = _Phase.LOCAL  # the timer runs on until its first byte
             if rest:
                 self._connect(rest)
             return
@@ -276,6 +276,7 @@ class ProxiedConnection(ProtocolWrapper):
 
     def _connect(self, rest: bytes) -> None:
         """Hand the connection to the wrapped protocol, then the bytes after the header."""
+        self._disarm()  # the wrapped protocol keeps its own time from here
         self._phase = _Phase.THROUGH
         self.wrappedProtocol.makeConnection(cast(ITransport, self))
         if rest:
@@ -299,7 +300,8 @@ class ProxiedConnection(ProtocolWrapper):
 
     def _timed_out(self) -> None:
         self._timer = None
-        self._refuse(TransferError(408, "the PROXY header did not arrive in time"))
+        what = "the PROXY header" if self._phase is _Phase.HEADER else "a request"
+        self._refuse(TransferError(408, f"{what} did not arrive in time"))
 
     def _disarm(self) -> None:
         if self._timer is not None and self._timer.active():
