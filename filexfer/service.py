@@ -22,7 +22,7 @@ from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 
 from filexfer._eventlog import EventLog, EventLogService
-from filexfer._guard import AccessPolicy, ConnectionLimits
+from filexfer._guard import AccessPolicy, ConnectionLimits, parse_networks
 from filexfer._hooks import OnStored, parse_command
 from filexfer._log import describe_peer, log
 from filexfer._ports import ListeningPort, StartupError
@@ -121,6 +121,8 @@ class Options(usage.Options):
         "  twistd -n --pidfile= filexfer --port 8000 --token-file /etc/filexfer.token\n"
         "  twistd -n --pidfile= filexfer --no-tftp \\\n"
         "      --listen ssl:8443:privateKey=key.pem:certKey=cert.pem\n"
+        "  twistd -n --pidfile= filexfer --no-tftp \\\n"
+        "      --listen haproxy:tcp:8000 --trusted-proxy 10.0.0.5/32   (behind HAProxy)\n"
         "  filexfer serve --port 8000 --workers 4 --root /srv/incoming\n"
     )
     """Shown after the options by --help, its lines kept as they are."""
@@ -268,6 +270,7 @@ class Options(usage.Options):
         self.argv: list[str] = []
         self["listen"] = []
         self["allow"] = []
+        self["trusted-proxy"] = []
 
     opt_h = usage.Options.opt_help
 
@@ -281,11 +284,20 @@ class Options(usage.Options):
 
     def opt_allow(self, network: str) -> None:
         """Accept only peers in this network (repeatable): 10.0.0.0/8, ::1/128"""
+        self._add_network("allow", network)
+
+    def opt_trusted_proxy(self, network: str) -> None:
+        """Network of the proxies (HAProxy) whose PROXY header a --listen
+        haproxy:tcp:PORT believes; no other peer may connect to it (repeatable):
+        10.0.0.5/32"""
+        self._add_network("trusted-proxy", network)
+
+    def _add_network(self, option: str, network: str) -> None:
         try:
-            AccessPolicy([network])
+            parse_networks([network])
         except ValueError as error:
-            raise usage.UsageError(f"--allow: {error}") from None
-        self["allow"].append(network)
+            raise usage.UsageError(f"--{option}: {error}") from None
+        self[option].append(network)
 
     def parseOptions(self, options: list[str] | None = None) -> None:
         """Parse, keeping the arguments for worker processes to be started with."""
@@ -319,6 +331,7 @@ class Options(usage.Options):
             keep_tls_libraries_out()  # before the reactor loads: saves ~13 MiB per process
         from twisted.internet.endpoints import serverFromString
 
+        self._check_proxies()
         for description in self["listen"]:
             try:
                 serverFromString(None, description)
@@ -347,6 +360,26 @@ class Options(usage.Options):
         """Does anything watch the transfers (--metrics, --event-log, --on-stored)?"""
         return any(self[name] is not None for name in ("metrics", "event-log", "on-stored"))
 
+    def _check_proxies(self) -> None:
+        """A haproxy: endpoint needs --trusted-proxy (but over a UNIX socket); nothing else does."""
+        proxied = [d for d in self["listen"] if behind_proxy(d) is not None]
+        for description in proxied:
+            if behind_proxy(description) not in PROXIED_TYPES:
+                raise usage.UsageError(
+                    f"--listen {description!r}: HAProxy sends its PROXY header before any "
+                    f"TLS, so haproxy: works over {', '.join(PROXIED_TYPES)} only "
+                    "(terminate TLS at HAProxy)"
+                )
+        if not self["trusted-proxy"] and any(behind_proxy(d) != "unix" for d in proxied):
+            raise usage.UsageError(
+                "--listen haproxy:...: give --trusted-proxy with your proxies' addresses "
+                "(a PROXY header is believed only from them)"
+            )
+        if self["trusted-proxy"] and not proxied:
+            raise usage.UsageError(
+                "--trusted-proxy: only a --listen haproxy:... endpoint reads PROXY headers"
+            )
+
     @property
     def shares_ports(self) -> bool:
         """True when several processes serve the same ports (--workers)."""
@@ -369,6 +402,17 @@ class Options(usage.Options):
 
 
 _BACKLOG_TYPES = ("tcp", "tcp6", "ssl", "unix")
+PROXY_PREFIX = "haproxy:"
+PROXIED_TYPES = ("tcp", "tcp6", "unix")
+"""The endpoint types a C{haproxy:} endpoint may wrap: the header comes before TLS."""
+"""An endpoint description starting so reads a PROXY header first (Twisted's syntax)."""
+
+
+def behind_proxy(description: str) -> str | None:
+    """The endpoint type behind C{haproxy:} (C{"tcp"} for C{haproxy:tcp:8000}), or None."""
+    if not description.lower().startswith(PROXY_PREFIX):
+        return None
+    return description[len(PROXY_PREFIX) :].split(":", 1)[0].lower()
 
 
 def _with_backlog(description: str) -> str:
@@ -431,7 +475,18 @@ class _EndpointListener(internet.StreamServerEndpointService):
             waiting.addCallback(self._listening)
 
     def _listening(self, port: Any) -> Any:
-        log.info("listening for TCP on {where}", where=describe_peer(port.getHost()))
+        where = describe_peer(port.getHost())
+        trusted_networks = getattr(self.factory, "trusted", None)  # a TrustedProxyFactory
+        if trusted_networks is not None:
+            trusted = ", ".join(map(str, trusted_networks)) or "UNIX socket peers"
+            log.info(
+                "listening for TCP on {where} with a PROXY header first, believed only from "
+                "{trusted}",
+                where=where,
+                trusted=trusted,
+            )
+        else:
+            log.info("listening for TCP on {where}", where=where)
         return port
 
     def privilegedStartService(self) -> None:
@@ -632,8 +687,21 @@ def make_service(options: Options, reactor: IServiceReactor) -> MultiService:
                     port=port,
                 )
                 continue
-            endpoint = serverFromString(reactor, _with_backlog(description))
-            _EndpointListener(endpoint, factory, description).setServiceParent(top)
+            listening: Any = factory
+            inner = description
+            if behind_proxy(description) is not None:
+                # imported here: Twisted's haproxy package loads the TLS libraries
+                from filexfer.tcp._proxy import TrustedProxyFactory
+
+                listening = TrustedProxyFactory(
+                    factory,
+                    options["trusted-proxy"],
+                    clock=reactor,
+                    timeout=options["handshake-timeout"],
+                )
+                inner = description[len(PROXY_PREFIX) :]
+            endpoint = serverFromString(reactor, _with_backlog(inner))
+            _EndpointListener(endpoint, listening, description).setServiceParent(top)
     tftp_port = options.tftp_port()
     if tftp_port is None and not options["no-tftp"]:
         log.warn("TFTP is off: with only --listen, give --tftp-port to serve TFTP")

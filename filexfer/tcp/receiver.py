@@ -55,6 +55,29 @@ READ_SIZE = 256 * 1024
 """Bytes read from the socket at a time: large reads mean fewer Python calls."""
 
 
+def close_after_last_words(transport: IStreamTransport, peer_finished: bool) -> bool:
+    """Close C{transport} without destroying the reply just written to it.
+
+    Closing with the peer's bytes unread would reset the connection, and a
+    reset can destroy the reply before the peer has read it: unless the
+    peer has finished sending (C{peer_finished}), only the writing side is
+    closed and reading goes on (the caller discards what arrives).
+
+    @return: True when the connection is half-closed: the caller closes it
+        when the peer does, or after L{LINGER} seconds.
+    """
+    if peer_finished:
+        transport.loseConnection()
+        return False
+    try:
+        transport.loseWriteConnection()
+    except (AttributeError, NotImplementedError):
+        transport.loseConnection()
+        return False
+    transport.resumeProducing()
+    return True
+
+
 @implementer(IHalfCloseableProtocol)
 class ReceiverProtocol(Protocol):
     """Receives one file per connection, in the classic or the FX/1 form."""
@@ -434,17 +457,8 @@ class ReceiverProtocol(Protocol):
         Closing with the peer's bytes unread would reset the connection, and
         a reset can destroy the error line before the peer has read it.
         """
-        transport = self._transport
-        if self._peer_finished:
-            transport.loseConnection()
-            return
-        try:
-            transport.loseWriteConnection()
-        except (AttributeError, NotImplementedError):
-            transport.loseConnection()
-            return
-        transport.resumeProducing()
-        self._arm(LINGER)
+        if close_after_last_words(self._transport, self._peer_finished):
+            self._arm(LINGER)
 
     @_machine.output()
     def _close(self) -> None:
