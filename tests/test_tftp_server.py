@@ -86,6 +86,51 @@ def _blocks(data: bytes, size: int) -> list[bytes]:
     return chunks
 
 
+class NamesFromTheRootTests(unittest.TestCase):
+    """A leading / names a path from the root (tftpd-hpa -s), for RRQ and WRQ."""
+
+    def download(self, h: Harness, name: bytes) -> bytes:
+        port = h.request(p.ReadRequest(name, "octet"))
+        assert port is not None, h.take(h.main)
+        (packet,) = h.take(port)
+        assert isinstance(packet, p.Data)
+        h.send(port, p.Ack(packet.block))
+        return packet.payload
+
+    def test_rrq(self) -> None:
+        """RRQ /pxelinux.cfg/default and /boot.cfg are served from the root."""
+        h = Harness(self)
+        os.makedirs(os.path.join(h.root, "pxelinux.cfg"))
+        h.put_file("pxelinux.cfg/default", b"DEFAULT linux")
+        h.put_file("boot.cfg", b"boot")
+        self.assertEqual(self.download(h, b"/pxelinux.cfg/default"), b"DEFAULT linux")
+        self.assertEqual(self.download(h, b"/boot.cfg"), b"boot")
+
+    def test_repeated_slashes(self) -> None:
+        """Any number of leading slashes name the root, as POSIX and tftpd-hpa read them."""
+        h = Harness(self)
+        h.put_file("boot.cfg", b"boot")
+        self.assertEqual(self.download(h, b"//boot.cfg"), b"boot")
+        self.assertEqual(self.download(h, b"///boot.cfg"), b"boot")
+
+    def test_wrq(self) -> None:
+        """WRQ /up.cfg stores up.cfg in the root; /dir/x.cfg stores dir/x.cfg."""
+        h = Harness(self)
+        for name in (b"/up.cfg", b"/dir/x.cfg"):
+            port = h.request(p.WriteRequest(name, "octet"))
+            assert port is not None, h.take(h.main)
+            self.assertEqual(h.take(port), [p.Ack(0)])
+            h.send(port, p.Data(1, name))
+            self.assertEqual(h.take(port), [p.Ack(1)])
+        self.assertEqual((h.stored("up.cfg"), h.stored("dir/x.cfg")), (b"/up.cfg", b"/dir/x.cfg"))
+
+    def test_missing_from_root(self) -> None:
+        """RRQ /missing is ERROR 1 (file not found), not an access violation."""
+        h = Harness(self)
+        self.assertIsNone(h.request(p.ReadRequest(b"/missing", "octet")))
+        self.assertEqual([e.code for e in h.take(h.main)], [p.FILE_NOT_FOUND])  # type: ignore[union-attr]
+
+
 class ReadRequestTests(unittest.TestCase):
     """RRQ: serving files."""
 
@@ -325,9 +370,23 @@ class ReadRequestTests(unittest.TestCase):
         self.assertEqual(error.code, p.FILE_NOT_FOUND)  # type: ignore[union-attr]
 
     def test_escaping_paths(self) -> None:
-        """../etc/passwd, /etc/passwd and non-UTF-8 names are ERROR 2."""
+        """../etc/passwd, /../etc/passwd, empty components and non-UTF-8 names are ERROR 2."""
         h = Harness(self)
-        for name in (b"../etc/passwd", b"/etc/passwd", b"a/../../x", b"\xff", b".filexfer/tmp"):
+        names = (
+            b"../etc/passwd",
+            b"/../etc/passwd",
+            b"//../x",
+            b"a/../../x",
+            b"/./a",
+            b"/a//b",
+            b"/",
+            b"//",
+            b"a/",
+            b"\xff",
+            b".filexfer/tmp",
+            b"/.filexfer/tmp",
+        )
+        for name in names:
             self.assertIsNone(h.request(p.ReadRequest(name, "octet")))
             self.assertIsNone(h.request(p.WriteRequest(name, "octet")))
             errors = h.take(h.main)
@@ -756,12 +815,61 @@ class MainPortTests(unittest.TestCase):
             self.assertIsNone(h.request(p.ReadRequest(b"f", mode)))
         self.assertEqual([e.code for e in h.take(h.main)], [4, 4])  # type: ignore[union-attr]
 
-    def test_malformed_dropped(self) -> None:
-        """Truncated requests and runts are dropped silently, without an exception."""
+    def test_runts_dropped(self) -> None:
+        """Datagrams shorter than an opcode are dropped silently, without an exception."""
         h = Harness(self)
-        for datagram in (b"", b"\x00", b"\x00\x01", b"\x00\x01name", b"\x00\x02\0octet\0"):
+        for datagram in (b"", b"\x00"):
             h.main.receive(datagram, CLIENT)
         self.assertEqual((h.main.sent, len(h.reactor.ports)), ([], 1))
+
+    def test_malformed_requests_get_error_4(self) -> None:
+        """A request with no NUL, an empty name or no mode is ERROR 4 (tftpd-hpa answers too)."""
+        h = Harness(self)
+        h.put_file("name", b"x")
+        datagrams = (
+            b"\x00\x01",
+            b"\x00\x01name",
+            b"\x00\x02name",
+            b"\x00\x01\0octet\0",
+            b"\x00\x02\0octet\0",
+            b"\x00\x01\0",
+            b"\x00\x01\0\0",
+            b"\x00\x01name\0",
+            b"\x00\x02name\0\0",
+            b"\x00\x01name\0oct\xe9t\0",
+        )
+        for datagram in datagrams:
+            h.main.receive(datagram, CLIENT)
+            errors = h.take(h.main)
+            self.assertEqual(
+                [(type(e), e.code) for e in errors],  # type: ignore[union-attr]
+                [(p.Error, p.ILLEGAL_OPERATION)],
+                datagram,
+            )
+        self.assertEqual(len(h.reactor.ports), 1)
+
+    def test_mode_without_nul_is_served(self) -> None:
+        """An RRQ or WRQ whose mode lacks its NUL is served, as tftpd-hpa serves it."""
+        h = Harness(self)
+        h.put_file("name", b"hello")
+        h.main.receive(b"\x00\x01name\0octet", CLIENT)
+        port = h.reactor.ports[-1]
+        self.assertEqual(h.take(port), [p.Data(1, b"hello")])
+        h.main.receive(b"\x00\x02up\0octet", OTHER)
+        up = h.reactor.ports[-1]
+        self.assertEqual(h.take(up, OTHER), [p.Ack(0)])
+        h.send(up, p.Data(1, b"stored"), OTHER)
+        self.assertEqual(h.stored("up"), b"stored")
+
+    def test_error_for_long_name_fits(self) -> None:
+        """The ERROR for a missing, deeply nested 5,000-byte name fits 516 bytes, NUL-ended."""
+        h = Harness(self)
+        name = "/" + "/".join(["d\u00e9j\u00e0"] * 700) + "/missing.cfg"
+        self.assertIsNone(h.request(p.ReadRequest(name.encode(), "octet")))
+        ((datagram, _),) = h.main.sent
+        self.assertLessEqual(len(datagram), 516)
+        self.assertEqual((datagram[:4], datagram[-1:]), (b"\x00\x05\x00\x01", b"\0"))
+        datagram[4:-1].decode("utf-8")  # cut on a character boundary
 
     def test_non_request_opcodes(self) -> None:
         """DATA, ACK, OACK and unknown opcodes are ERROR 4; an ERROR is not answered."""
