@@ -280,6 +280,12 @@ class NegotiationTests(unittest.TestCase):
         result = p.negotiate({"TSIZE": "777"}, self.caps, kind="write")
         self.assertEqual((result.options, result.tsize), ((("tsize", "777"),), 777))
 
+    def test_tsize_write_zero_is_unknown(self) -> None:
+        """tsize 0 on a WRQ (curl -T -) is echoed, and means "size unknown" (tsize None)."""
+        for zero in ("0", "00", " 0"):
+            result = p.negotiate({"tsize": zero}, self.caps, kind="write")
+            self.assertEqual((result.options, result.tsize), ((("tsize", "0"),), None), zero)
+
     def test_timeout_disabled(self) -> None:
         """A server that does not honour timeout never acknowledges it."""
         caps = p.ServerCaps(allow_timeout=False, allow_tsize=False)

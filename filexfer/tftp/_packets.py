@@ -321,8 +321,8 @@ class Negotiated:
 
     @ivar options: the accepted options, as they go in the OACK (empty: no
         OACK; the transfer proceeds as plain RFC 1350).
-    @ivar tsize: the transfer size the peer announced (WRQ) or the size we
-        report (RRQ), or None.
+    @ivar tsize: the transfer size the peer announced (WRQ; None for
+        C{tsize 0}, "unknown") or the size we report (RRQ), or None.
     @ivar timeout: the negotiated retransmission timeout in seconds, or None.
     """
 
@@ -365,7 +365,9 @@ def negotiate(
     C{blksize} and C{windowsize} above the server's caps are lowered to the
     caps; C{timeout} is accepted exactly or not at all; C{tsize} on a read is
     answered with C{file_size} (ignored when that is None, e.g. in netascii
-    mode), on a write it is echoed.  The first occurrence of a repeated
+    mode), on a write it is echoed; a write's C{tsize 0} means the size is
+    unknown (curl sends it for C{-T -}; tftpd-hpa stores such uploads), so
+    L{Negotiated.tsize} is None then.  The first occurrence of a repeated
     option counts.
     """
     accepted: dict[str, str] = {}
@@ -390,12 +392,12 @@ def negotiate(
             accepted[name] = str(value)
         elif name == "tsize" and caps.allow_tsize:
             if kind == "write":
-                tsize = value
+                # 0 is "size unknown" (curl -T - sends it); echoed, as tftpd-hpa does.
+                tsize = value or None
+                accepted[name] = str(value)
             elif file_size is not None:
                 tsize = file_size
-            else:
-                continue
-            accepted[name] = str(tsize)
+                accepted[name] = str(file_size)
     return Negotiated(tuple(accepted.items()), blksize, windowsize, timeout, tsize)
 
 
