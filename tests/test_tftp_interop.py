@@ -339,7 +339,7 @@ class RequestShapesLikeTftpdHpaTests(_Tools):
         if os.geteuid() != 0:
             self.fail("in.tftpd -s -u root (chroot) needs root to run")
         self.roots = []
-        for which in ("hpa", "ours"):
+        for _ in ("tftpd-hpa", "ours"):
             root = os.path.abspath(self.mktemp())
             for name, data in self.files.items():
                 os.makedirs(os.path.dirname(os.path.join(root, name)), exist_ok=True)
