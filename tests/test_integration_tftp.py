@@ -18,14 +18,19 @@ from tests.helpers import (
 )
 
 
-class TwistdTFTPTests(unittest.TestCase):
+class _TwistdTFTP(unittest.TestCase):
+    """A twistd serving TFTP (and TCP) into C{self.root}, on UDP port C{self.udp}."""
+
     def setUp(self) -> None:
         base = os.path.abspath(self.mktemp())
         os.makedirs(base)
         self.base = base
         self.root = os.path.join(base, "root")
         self.server, self.udp = start_twistd_tftp(self, self.root, base)
+        self.url = f"tftp://{LOOPBACK}:{self.udp}"
 
+
+class TwistdTFTPTests(_TwistdTFTP):
     def curl(self, *args: str) -> subprocess.CompletedProcess[str]:
         """Run curl (installed by scripts/install-test-tools), bounded in time."""
         curl = shutil.which("curl")
@@ -137,16 +142,8 @@ class TwistdTFTPTests(unittest.TestCase):
                     )
 
 
-class DevicesAndStockClientsTests(unittest.TestCase):
+class DevicesAndStockClientsTests(_TwistdTFTP):
     """What devices and stock clients send (issue 10), through twistd's TFTP port."""
-
-    def setUp(self) -> None:
-        base = os.path.abspath(self.mktemp())
-        os.makedirs(base)
-        self.base = base
-        self.root = os.path.join(base, "root")
-        self.server, self.udp = start_twistd_tftp(self, self.root, base)
-        self.url = f"tftp://{LOOPBACK}:{self.udp}"
 
     def run_tool(
         self, name: str, *args: str, stdin: bytes | None = None

@@ -94,6 +94,30 @@ class _Tools(unittest.TestCase):
         self.assertEqual(code, expect, f"{' '.join(argv)}\nstdout: {out!r}\nstderr: {err!r}")
         return out + err
 
+    def start_tftpd_hpa(self, root: str) -> int:
+        """Start in.tftpd (-s: chrooted to C{root}, -c: may create) on a free port; the port.
+
+        It is stopped (TERM, then KILL) at cleanup; the caller waits until it answers.
+        """
+        tftpd = self.tool("in.tftpd")
+        if os.geteuid() != 0:
+            self.fail("in.tftpd -s -u root (chroot) needs root to run")
+        os.chmod(root, 0o777)
+        number = free_udp_port()
+        argv = [tftpd, "-L", "-c", "-s", "-u", "root", "-a", f"127.0.0.1:{number}", root]
+        process, collect = self.spawn(argv)
+        self.addCleanup(self._stop_tftpd_hpa, process, collect)
+        return number
+
+    @defer.inlineCallbacks
+    def _stop_tftpd_hpa(self, process: Any, collect: _Collect) -> Generator[Any, Any, None]:
+        if not collect.ended.called:
+            process.signalProcess("TERM")
+            killer = reactor.callLater(PROCESS_TIMEOUT, _kill, process)
+            yield collect.ended
+            if killer.active():
+                killer.cancel()
+
 
 def _kill(transport: Any) -> None:
     try:
@@ -226,31 +250,15 @@ class OurClientAgainstTftpdHpaTests(_Tools):
 
     @defer.inlineCallbacks
     def _start(self) -> Generator[Any, Any, None]:
-        tftpd = self.tool("in.tftpd")
-        if os.geteuid() != 0:
-            self.fail("in.tftpd -s -u root (chroot) needs root to run")
         self.root = os.path.abspath(self.mktemp())
         os.makedirs(self.root)
-        os.chmod(self.root, 0o777)
         self.work = os.path.abspath(self.mktemp())
         os.makedirs(self.work)
         _write(os.path.join(self.root, "ready"), b"ok")
-        self.number = free_udp_port()
-        argv = [tftpd, "-L", "-c", "-s", "-u", "root", "-a", f"127.0.0.1:{self.number}", self.root]
-        self.tftpd, self.collect = self.spawn(argv)
-        self.addCleanup(self._stop)
+        self.number = self.start_tftpd_hpa(self.root)
         # Wait until it answers: a bounded number of quick retries, no sleep.
         probe = os.path.join(self.work, "ready")
         yield download(reactor, "127.0.0.1", self.number, "ready", probe, timeout=0.1, retries=50)
-
-    @defer.inlineCallbacks
-    def _stop(self) -> Generator[Any, Any, None]:
-        if not self.collect.ended.called:
-            self.tftpd.signalProcess("TERM")
-            killer = reactor.callLater(PROCESS_TIMEOUT, _kill, self.tftpd)
-            yield self.collect.ended
-            if killer.active():
-                killer.cancel()
 
     @defer.inlineCallbacks
     def check(self, size: int, **options: Any) -> Generator[Any, Any, None]:
@@ -335,25 +343,19 @@ class RequestShapesLikeTftpdHpaTests(_Tools):
 
     @defer.inlineCallbacks
     def _start(self) -> Generator[Any, Any, None]:
-        tftpd = self.tool("in.tftpd")
-        if os.geteuid() != 0:
-            self.fail("in.tftpd -s -u root (chroot) needs root to run")
-        self.roots = []
+        roots = []
         for _ in ("tftpd-hpa", "ours"):
             root = os.path.abspath(self.mktemp())
             for name, data in self.files.items():
                 os.makedirs(os.path.dirname(os.path.join(root, name)), exist_ok=True)
                 _write(os.path.join(root, name), data)
-            os.chmod(root, 0o777)
-            self.roots.append(root)
-        self.hpa = free_udp_port()
-        argv = [tftpd, "-L", "-c", "-s", "-u", "root", "-a", f"127.0.0.1:{self.hpa}", self.roots[0]]
-        self.tftpd, self.collect = self.spawn(argv)
-        self.addCleanup(self._stop)
+            roots.append(root)
+        self.hpa = self.start_tftpd_hpa(roots[0])
         self.server = TFTPServerProtocol(
-            storage=DirectoryStorage(self.roots[1], "overwrite"), reactor=reactor
+            storage=DirectoryStorage(roots[1], "overwrite"), reactor=reactor
         )
         self.port = reactor.listenUDP(0, self.server, interface="127.0.0.1")
+        self.addCleanup(self._stop)
         # Wait until it answers (bounded quick retries, no sleep), with the
         # shortest request of the test: see test_same_answers.
         for _ in range(50):
@@ -365,12 +367,6 @@ class RequestShapesLikeTftpdHpaTests(_Tools):
     def _stop(self) -> Generator[Any, Any, None]:
         yield self.server.stop_transfers()
         yield self.port.stopListening()
-        if not self.collect.ended.called:
-            self.tftpd.signalProcess("TERM")
-            killer = reactor.callLater(PROCESS_TIMEOUT, _kill, self.tftpd)
-            yield self.collect.ended
-            if killer.active():
-                killer.cancel()
 
     @defer.inlineCallbacks
     def ask(
