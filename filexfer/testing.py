@@ -104,6 +104,7 @@ from filexfer.storage import (
     IUpload,
     Receipt,
     numbered_name,
+    policy_for,
 )
 from filexfer.storage._disk import run_here
 from filexfer.tcp.receiver import ReceiverFactory, ReceiverProtocol
@@ -219,15 +220,16 @@ class MemoryStorage:
         exact_name: bool = False,
     ) -> IUpload:
         self._check_parents(path)
-        if self._is_directory(path) and (self.on_conflict == "overwrite" or exact_name):
+        policy = policy_for(self.on_conflict, exact_name)
+        if self._is_directory(path) and (policy == "overwrite" or exact_name):
             raise TransferError(409, f"{path} exists and is a directory")
         if sha256 is not None and size is not None:
-            stored = self._identical_copy(path, size, sha256)
+            stored = self._identical_copy(path, size, sha256, policy)
             if stored is not None:
                 return MemoryUpload(self, path, size, sha256, mtime_ns, stored=stored)
-        if self._taken(path) and self.on_conflict == "refuse":
+        if self._taken(path) and policy == "refuse":
             raise TransferError(409, f"{path} already exists")
-        return MemoryUpload(self, path, size, sha256, mtime_ns)
+        return MemoryUpload(self, path, size, sha256, mtime_ns, exact_name=exact_name)
 
     def check_size(self, size: int) -> None:
         """Refuse with 413 a file of C{size} bytes above C{max_size}."""
@@ -236,19 +238,30 @@ class MemoryStorage:
                 413, f"file is larger than the server allows ({self.max_size} bytes)"
             )
 
-    def place(self, path: str, data: bytes, digest: str, mtime_ns: int | None) -> Receipt:
-        """Store verified bytes under C{path} by the conflict policy; their receipt."""
+    def place(
+        self,
+        path: str,
+        data: bytes,
+        digest: str,
+        mtime_ns: int | None,
+        exact_name: bool = False,
+    ) -> Receipt:
+        """Store verified bytes under C{path} by the conflict policy; their receipt.
+
+        With C{exact_name}, under C{path} or not at all (L{policy_for}).
+        """
         self._check_parents(path)
-        identical = self._identical_copy(path, len(data), digest)
+        policy = policy_for(self.on_conflict, exact_name)
+        identical = self._identical_copy(path, len(data), digest, policy)
         if identical is not None:
             return identical
-        if self.on_conflict == "overwrite":
+        if policy == "overwrite":
             if self._is_directory(path):
                 raise TransferError(409, f"{path} exists and is a directory")
             stored_path = path
         elif not self._taken(path):
             stored_path = path
-        elif self.on_conflict == "refuse":
+        elif policy == "refuse":
             raise TransferError(409, f"{path} already exists")
         else:
             stored_path = self._free_name(path)
@@ -285,10 +298,10 @@ class MemoryStorage:
                 return candidate
         raise TransferError(409, f"no free name for {path}: {_MAX_RENAME_TRIES} are taken")
 
-    def _copies(self, path: str) -> list[str]:
+    def _copies(self, path: str, policy: ConflictPolicy) -> list[str]:
         """C{path} and, under C{rename}, its numbered copies up to the first free number."""
         found = [path] if path in self.files else []
-        if self.on_conflict != "rename":
+        if policy != "rename":
             return found
         for number in range(1, _MAX_RENAME_TRIES):
             candidate = self._numbered(path, number)
@@ -297,8 +310,10 @@ class MemoryStorage:
             found.append(candidate)
         return found
 
-    def _identical_copy(self, path: str, size: int, digest: str) -> Receipt | None:
-        for stored_path in self._copies(path):
+    def _identical_copy(
+        self, path: str, size: int, digest: str, policy: ConflictPolicy
+    ) -> Receipt | None:
+        for stored_path in self._copies(path, policy):
             data = self.files[stored_path]
             if len(data) == size and hmac.compare_digest(hashlib.sha256(data).hexdigest(), digest):
                 return Receipt(size, digest, stored_path)
@@ -337,10 +352,12 @@ class MemoryUpload:
         mtime_ns: int | None,
         *,
         stored: Receipt | None = None,
+        exact_name: bool = False,
     ) -> None:
         self.path = path
         self.expected_size = size
         self.stored = stored
+        self.exact_name = exact_name
         self._storage = storage
         self._sha256 = sha256
         self._mtime_ns = mtime_ns
@@ -401,7 +418,7 @@ class MemoryUpload:
             )
         self.abort(keep_partial=False)  # the bytes are in `data` now
         return self._storage.run_blocking(
-            lambda: self._storage.place(self.path, data, digest, self._mtime_ns)
+            lambda: self._storage.place(self.path, data, digest, self._mtime_ns, self.exact_name)
         )
 
     def abort(self, keep_partial: bool) -> None:

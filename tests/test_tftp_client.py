@@ -292,10 +292,20 @@ class ClientAgainstFakesTests(unittest.TestCase):
         return number
 
     def test_exports(self) -> None:
-        """The package exports the server, the client calls and the error."""
+        """The package exports the server, the client calls, the errors and tftp:// URLs."""
         self.assertEqual(
             set(filexfer.tftp.__all__),
-            {"TFTPServerProtocol", "upload", "download", "TFTPError", "TFTPTimeout"},
+            {
+                "TFTPServerProtocol",
+                "upload",
+                "download",
+                "TFTPError",
+                "TFTPTimeout",
+                "TFTPURL",
+                "BadURL",
+                "parse_tftp_url",
+                "format_tftp_url",
+            },
         )
 
     @defer.inlineCallbacks

@@ -23,6 +23,7 @@ from zope.interface import implementer
 from filexfer._errors import TransferError
 from filexfer._guard import AccessPolicy
 from filexfer._log import describe_peer, log
+from filexfer._names import from_tftp_root
 from filexfer._records import ITransferObserver, Observers, TransferRecord, transfer_ended
 from filexfer._types import ITFTPReactor
 from filexfer.storage import IStorage, IUpload, Receipt
@@ -453,14 +454,15 @@ class TFTPServerProtocol(DatagramProtocol):
             return
         try:
             request = decode(datagram)
-        except MalformedPacket:
+        except MalformedPacket as exc:  # no file name, no mode...: tftpd-hpa answers too
+            self._error(peer, ILLEGAL_OPERATION, str(exc))
             return
         assert isinstance(request, ReadRequest | WriteRequest)
         if request.mode not in MODES:
             self._error(peer, ILLEGAL_OPERATION, f"unsupported mode {request.mode!r}")
             return
         try:
-            path = request.filename.decode("utf-8")
+            path = from_tftp_root(request.filename.decode("utf-8"))
         except UnicodeDecodeError:
             self._error(peer, ACCESS_VIOLATION, "the file name is not valid UTF-8")
             return
