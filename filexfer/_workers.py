@@ -5,7 +5,9 @@ C{SO_REUSEPORT} (dual-stack, like C{--port} alone: see L{filexfer._ports}),
 so the kernel spreads new connections and requests across them.  The first
 process starts the others (C{python -m filexfer serve
 ... --worker-of PID}), forwards their log lines, and stops them when it
-stops; a worker whose parent disappears stops by itself.
+stops: its drain (L{filexfer._drain}) tells them to drain too (SIGUSR1),
+waits for them, and tells them to cut (SIGUSR2) when its grace ends.  A
+worker whose parent disappears stops by itself.
 """
 
 from __future__ import annotations
@@ -102,11 +104,30 @@ class WorkerProcesses(Service):
             output = _WorkerOutput(number)
             argv = [sys.executable, "-m", "filexfer", "serve", *self.serve_argv]
             argv += ["--worker-of", str(os.getpid())]
+            env = {key: value for key, value in os.environ.items() if key != "NOTIFY_SOCKET"}
             process = self.reactor.spawnProcess(
-                output, sys.executable, argv, env=os.environ, childFDs={0: "w", 1: "r", 2: "r"}
+                output, sys.executable, argv, env=env, childFDs={0: "w", 1: "r", 2: "r"}
             )
             log.info("worker {n} started as process {pid}", n=number, pid=process.pid)
             self._workers.append((process, output))
+
+    # -- as the drain sees it (filexfer._drain.Intake) ---------------------------------
+
+    def stop_accepting(self) -> None:
+        """Tell each worker to drain (SIGUSR1: a drain that a second one does not escalate)."""
+        for process, output in self._workers:
+            if not output.ended.called:
+                _signal(process, signal.SIGUSR1)
+
+    def in_progress(self) -> int:
+        """Workers still running."""
+        return sum(1 for _, output in self._workers if not output.ended.called)
+
+    def cut(self) -> None:
+        """Tell each worker to cut its transfers now (SIGUSR2)."""
+        for process, output in self._workers:
+            if not output.ended.called:
+                _signal(process, signal.SIGUSR2)
 
     def stopService(self) -> Deferred[Any]:
         super().stopService()

@@ -97,14 +97,14 @@ class ProcessTestCase(unittest.TestCase):
 @pytest.mark.integration
 class ShutdownLogTests(ProcessTestCase):
     def test_upload_cut_by_sigterm_is_logged(self) -> None:
-        """SIGTERM to twistd while an FX/1 upload streams: one line saying the
-        shutdown cut it and that its bytes are kept; the partial is there."""
-        server = start_twistd(self, self.root)
+        """SIGTERM to twistd while an FX/1 upload streams and stalls past --grace: one
+        line saying the shutdown cut it and that its bytes are kept; the partial is there."""
+        server = start_twistd(self, self.root, "--grace", "0.5")
         request = _wire.PutRequest("cut.bin", 100_000, None, 1_650_000_000 * 10**9, trailer=True)
         sock = self.upload_holding(server.port, request, 40_000)
         self.addCleanup(sock.close)
         server.signal(signal.SIGTERM)
-        server.wait(30)  # twistd ends by its SIGTERM once it has shut down
+        self.assertEqual(server.wait(30), 0)  # once the grace has passed
         lines = [line for line in server.log.lines if "'cut.bin'" in line]
         self.assertEqual(len(lines), 1, server.log.text())
         self.assertTrue(
