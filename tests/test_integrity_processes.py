@@ -32,6 +32,7 @@ from tests.helpers import (
     start_twistd,
     start_twistd_tftp,
     state_files,
+    upload_holding,
     visible_files,
     wait_until,
     write_file,
@@ -77,18 +78,7 @@ class ProcessTestCase(unittest.TestCase):
 
     def upload_holding(self, port: int, request: _wire.PutRequest, held: int) -> socket.socket:
         """An FX/1 upload of C{request} whose first C{held} bytes (As) are on the server's disk."""
-        sock = socket.create_connection((LOOPBACK, port), timeout=30)
-        sock.sendall(_wire.encode_put(request))
-        self.assertTrue(read_line(sock).startswith(b"ok 0"))
-        sock.sendall(b"A" * held)
-
-        def partial_holds_them() -> bool:
-            names = state_files(self.root, "partial")
-            partial = os.path.join(self.root, ".filexfer", "partial", names[0]) if names else ""
-            return bool(names) and os.path.getsize(partial) == held
-
-        wait_until(partial_holds_them, 30, f"{held} bytes in the partial")
-        return sock
+        return upload_holding(self.root, port, request, held)
 
 
 # -- 0. the server's log tells how an upload ended ---------------------------------------
