@@ -270,14 +270,14 @@ class LineLog:
 class ServerProcess:
     """A server child process whose output is one merged log."""
 
-    def __init__(self, command: Sequence[str], cwd: str) -> None:
+    def __init__(self, command: Sequence[str], cwd: str, env: dict[str, str] | None = None) -> None:
         self.process = subprocess.Popen(
             list(command),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             text=True,
-            env=child_env(),
+            env={**child_env(), **(env or {})},
             cwd=cwd,
         )
         self.log = LineLog(self.process.stdout)
