@@ -32,6 +32,7 @@ from tests.helpers import (
     read_line,
     run_filexfer,
     sha256_bytes,
+    start_serve,
     start_twistd,
     start_twistd_tftp,
     state_files,
@@ -312,6 +313,18 @@ class TwistdDrainTests(unittest.TestCase):
         server.log.wait_for(r"drained: 1 transfer finished, 0 cut, in ")
         with open(os.path.join(self.root, "slow.bin"), "rb") as handle:
             self.assertEqual(handle.read(), b"A" * SIZE)
+
+    def test_filexfer_serve_drains_on_ctrl_c(self) -> None:
+        """filexfer serve: SIGINT (Ctrl-C) drains the same way; the upload finishes, exit 0."""
+        server = start_serve(self, self.root)
+        sock = upload_holding(self.root, server.port, fx1_request("serve.bin"), HELD)
+        self.addCleanup(sock.close)
+        server.signal(signal.SIGINT)
+        server.log.wait_for(r"SIGINT: stopping; transfers in progress have 30 s")
+        done = finish_upload(sock)
+        self.assertTrue(done.startswith(f"done {SIZE} ".encode()), done)
+        self.assertEqual(server.wait(30), 0, server.log.text())
+        server.log.wait_for(r"drained: 1 transfer finished, 0 cut")
 
     def test_second_sigterm_cuts_at_once_and_the_partial_resumes(self) -> None:
         """A second SIGTERM cuts the held upload at once (exit 0, 1 cut); its partial stays
