@@ -79,7 +79,10 @@ def inherited_descriptor(which: int | str, passed: ListenFDs) -> int:
         if which in named:
             return named[which]
     if not descriptors:
-        raise LookupError("systemd passed no sockets (LISTEN_FDS is not set for this process)")
+        raise LookupError(
+            "systemd passed no sockets (LISTEN_FDS, LISTEN_PID and LISTEN_FDNAMES are not "
+            "all set for this process)"
+        )
     names = ", ".join(
         f"{index}={name}" for index, name in enumerate(passed.inheritedNamedDescriptors())
     )

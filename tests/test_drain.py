@@ -280,6 +280,25 @@ def finish_upload(sock: socket.socket) -> bytes:
     return read_line(sock)
 
 
+def finish_while_draining(
+    testcase: unittest.TestCase,
+    server: ServerProcess,
+    sock: socket.socket,
+    signum: int,
+    stopping: str,
+    meanwhile: Any = None,
+) -> None:
+    """Send C{signum}; once the log matches C{stopping} (and C{meanwhile} ran), send the
+    rest of the held upload: it is stored (C{done}) and the server exits 0."""
+    server.signal(signum)
+    server.log.wait_for(stopping)
+    if meanwhile is not None:
+        meanwhile()
+    done = finish_upload(sock)
+    testcase.assertTrue(done.startswith(f"done {SIZE} ".encode()), done)
+    testcase.assertEqual(server.wait(30), 0, server.log.text())
+
+
 def refused(port: int) -> bool:
     """Does a new TCP connection to C{port} fail (or get closed without a word)?"""
     try:
@@ -304,12 +323,14 @@ class TwistdDrainTests(unittest.TestCase):
         server = start_twistd(self, self.root)
         sock = upload_holding(self.root, server.port, fx1_request("slow.bin"), HELD)
         self.addCleanup(sock.close)
-        server.signal(signal.SIGTERM)
-        server.log.wait_for(r"SIGTERM: stopping; transfers in progress have 30 s to finish")
-        self.assertTrue(refused(server.port), "a new connection was accepted while draining")
-        done = finish_upload(sock)
-        self.assertTrue(done.startswith(f"done {SIZE} ".encode()), done)
-        self.assertEqual(server.wait(30), 0, server.log.text())
+
+        def no_new_connection() -> None:
+            self.assertTrue(refused(server.port), "a new connection was accepted while draining")
+
+        finish_while_draining(
+            self, server, sock, signal.SIGTERM,
+            r"SIGTERM: stopping; transfers in progress have 30 s to finish", no_new_connection,
+        )  # fmt: skip
         server.log.wait_for(r"drained: 1 transfer finished, 0 cut, in ")
         with open(os.path.join(self.root, "slow.bin"), "rb") as handle:
             self.assertEqual(handle.read(), b"A" * SIZE)
@@ -319,11 +340,7 @@ class TwistdDrainTests(unittest.TestCase):
         server = start_serve(self, self.root)
         sock = upload_holding(self.root, server.port, fx1_request("serve.bin"), HELD)
         self.addCleanup(sock.close)
-        server.signal(signal.SIGINT)
-        server.log.wait_for(r"SIGINT: stopping; transfers in progress have 30 s")
-        done = finish_upload(sock)
-        self.assertTrue(done.startswith(f"done {SIZE} ".encode()), done)
-        self.assertEqual(server.wait(30), 0, server.log.text())
+        finish_while_draining(self, server, sock, signal.SIGINT, r"SIGINT: stopping; .* 30 s")
         server.log.wait_for(r"drained: 1 transfer finished, 0 cut")
 
     def test_second_sigterm_cuts_at_once_and_the_partial_resumes(self) -> None:
@@ -443,10 +460,6 @@ class WorkersDrainTests(unittest.TestCase):
         self.assertIsNotNone(held, "no connection reached the worker")
         assert held is not None
         self.addCleanup(held.close)
-        server.signal(signal.SIGTERM)
-        server.log.wait_for(r"worker 1: .*SIGUSR1: stopping")
-        done = finish_upload(held)
-        self.assertTrue(done.startswith(f"done {SIZE} ".encode()), done)
-        self.assertEqual(server.wait(30), 0, server.log.text())
+        finish_while_draining(self, server, held, signal.SIGTERM, r"worker 1: .*SIGUSR1: stopping")
         server.log.wait_for(r"worker 1: .*drained: 1 transfer finished, 0 cut")
         server.log.wait_for(r"worker 1 ended: A process has ended without apparent errors")
