@@ -929,6 +929,7 @@ def _serve(reactor: IServiceReactor, options: Options, err: TextIO) -> Deferred[
     except OSError as error:
         raise UserError(f"cannot start: {error}") from None
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    service.take_over_process()  # SIGTERM drains and exits 0; systemd hears READY=1
     return Deferred()  # runs until interrupted
 
 

@@ -585,6 +585,17 @@ class TFTPServerProtocol(DatagramProtocol):
         """The listening port closed: abandon every transfer."""
         self.stop_transfers()
 
+    def pause_requests(self) -> None:
+        """Read no more requests (a drain): they wait in the socket's queue; transfers go on."""
+        stop_reading = getattr(self.transport, "stopReading", None)
+        if stop_reading is not None:
+            stop_reading()
+
+    def in_progress(self) -> int:
+        """Transfers running, and requests the storage is still starting."""
+        starting = sum(1 for transfer in self._requests.values() if transfer is None)
+        return len(self.transfers) + starting
+
     def stop_transfers(self) -> Deferred[Any]:
         """End every running transfer; fires when their ports are closed."""
         for key in [key for key, transfer in self._requests.items() if transfer is None]:
