@@ -49,22 +49,28 @@ def log_transfer(
     nbytes: int,
     seconds: float,
     outcome: str,
+    retransmissions: int | None = None,
 ) -> None:
     """Log a finished (or failed) transfer: peer, path, bytes, seconds, rate, outcome.
 
     Whatever a peer chose is shown escaped, never raw: the path in Python's
     quoted form (C{repr}, which escapes every control character), the peer and
     the outcome (which may carry a stored name or a TFTP client's ERROR
-    message) through L{escape}.
+    message) through L{escape}.  A TFTP transfer adds how many datagrams it
+    sent again (C{retransmissions}).
     """
     rate = nbytes / seconds / 1e6 if seconds > 0 else 0.0
+    resent = "" if retransmissions is None else f", {retransmissions} retransmitted"
     log.info(
-        "{protocol} {peer} {path!r} {nbytes} bytes in {seconds:.3f}s ({rate:.1f} MB/s): {outcome}",
+        "{protocol} {peer} {path!r} {nbytes} bytes in {seconds:.3f}s ({rate:.1f} MB/s{resent})"
+        ": {outcome}",
         protocol=protocol,
         peer=escape(peer),
         path=path,
         nbytes=nbytes,
         seconds=seconds,
         rate=rate,
+        resent=resent,
+        retransmissions=retransmissions,
         outcome=escape(outcome),
     )

@@ -73,8 +73,9 @@ class _ServerTransfer(Transfer):
         timeout: float,
         retries: int,
     ) -> None:
-        timeout = float(settings.timeout) if settings.timeout is not None else timeout
-        super().__init__(server.reactor, peer, timeout, retries)
+        # RFC 2349 timeout: echoed in the OACK, and the end of our backoff
+        ceiling = float(settings.timeout) if settings.timeout is not None else timeout
+        super().__init__(server.reactor, peer, timeout, retries, ceiling)
         self.server = server
         self.path = path
         self.settings = settings
@@ -138,6 +139,7 @@ class _ServerTransfer(Transfer):
             nbytes=self.nbytes(),
             seconds=self.server.reactor.seconds() - self.started,
             outcome=outcome,
+            retransmissions=self.retransmissions,
         )
         if linger > 0:
             self._linger = self.server.reactor.callLater(linger, self.close)
@@ -223,7 +225,7 @@ class _WriteTransfer(Receiver, _ServerTransfer):
         self.upload = upload
         self.decoder = NetasciiDecoder() if netascii else None
         self.buffer = bytearray()
-        self.dally_for = self.timeout * max(1, retries)
+        self.dally_for = self.budget
         self.receipt: Receipt | None = None
         self.finishing = False
 
@@ -338,9 +340,13 @@ class TFTPServerProtocol(DatagramProtocol):
     @param allow_write: serve WRQ (uploads).
     @param max_blksize: the largest C{blksize} accepted (8-65464).
     @param max_windowsize: the largest C{windowsize} accepted (1-65535).
-    @param timeout: the retransmission timeout in seconds, unless the
-        client negotiates C{timeout}.
-    @param retries: retransmissions before a transfer is abandoned.
+    @param timeout: the retransmission timeout in seconds before a transfer
+        has measured its round trip; after that the timeout follows the
+        round trip (RFC 6298, never below 0.1 s or C{timeout}), backing off
+        up to C{timeout}, or up to the RFC 2349 C{timeout} a client
+        negotiated (see L{filexfer.tftp.transfer.Transfer}).
+    @param retries: a transfer is abandoned after (retries + 1) times that
+        upper bound without progress.
     @param interface: the address transfer ports are bound on.
     @param access: which peer addresses may make requests (everyone by default).
     """
