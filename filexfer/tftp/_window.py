@@ -37,6 +37,13 @@ uses 200 ms.  100 ms covers a peer's scheduling hiccup or block write on a
 busy host while keeping a loss at LAN cost (a spurious retransmission costs
 one window, and backs the timer off)."""
 
+RECEIVER_RESENDS = 2
+"""How many times a receiver sends its last ACK again on its own timer before
+it waits silently for the sender.  Some senders resend DATA on a repeated ACK
+(curl): one or two repeats make them recover at once.  Others ignore it and
+restart their own timer on every packet they receive (the tftp-hpa client's
+5 s C{alarm}): an ACK repeated forever would keep them from ever resending."""
+
 RTO_GRANULARITY = 0.001
 """The clock granularity G of RFC 6298 2.3, in seconds."""
 
@@ -111,6 +118,9 @@ class Retransmitter:
     since it was set), moves itself to the real deadline.  Resetting a
     C{DelayedCall} per packet cost more than the rest of the per-packet work.
 
+    With C{resends}, at most that many timeouts per stall resend; after
+    them the timer only waits for progress, until the budget runs out.
+
     @ivar retransmissions: datagrams sent again, by timeouts and by L{resent}.
     """
 
@@ -121,9 +131,12 @@ class Retransmitter:
         budget: float,
         resend: Callable[[], int],
         give_up: Callable[[], None],
+        resends: int | None = None,
     ) -> None:
         self.rtt = rtt
         self.budget = budget
+        self._resends = resends
+        self._left = resends
         self.retransmissions = 0
         self._clock = clock
         self._seconds = clock.seconds
@@ -144,6 +157,7 @@ class Retransmitter:
         """
         now = self._seconds()
         self._last = self._quiet_since = now
+        self._left = self._resends
         timed = self._timed
         if 0 <= timed <= answered:
             self.rtt.sample(now - self._timed_at)
@@ -185,6 +199,11 @@ class Retransmitter:
         if left <= 1e-6:
             self._give_up()
             return
+        if self._left is not None:
+            if self._left <= 0:  # wait silently for the peer, until the budget runs out
+                self._arm(now, left)
+                return
+            self._left -= 1
         self._timed = -1
         self.rtt.back_off()
         self._last = now
@@ -395,7 +414,8 @@ class WindowReceiver:
     its last ACK (or the handshake) again.  After the final (short) block
     the owner calls L{ack_final}; from then on a repeated final block is
     answered with the final ACK again (the RFC 1350 dally).  Each ACK the
-    sender must answer is timed for the round trip.
+    sender must answer is timed for the round trip.  Its timer resends the
+    last ACK at most L{RECEIVER_RESENDS} times per stall, then waits.
 
     @ivar received_bytes: payload bytes taken in order.
     @ivar timer: the L{Retransmitter} (its C{retransmissions} counts resent ACKs).
@@ -421,7 +441,9 @@ class WindowReceiver:
         self._windowsize = windowsize
         self._on_last = on_last
         self._seconds = clock.seconds
-        self.timer = Retransmitter(clock, rtt, budget, self._resend_ack, on_timeout)
+        self.timer = Retransmitter(
+            clock, rtt, budget, self._resend_ack, on_timeout, RECEIVER_RESENDS
+        )
         self.duplicate_guard = rtt.floor / 2
         self._acked = 0  # unwrapped number of the block last ACKed (0: the handshake)
         self._acked_at = -1.0  # when that ACK last went out (-1: withheld, or none)

@@ -57,6 +57,13 @@ from filexfer.tftp.transfer import Receiver, Sender, Transfer
 
 _WRITE_BUFFER = 256 * 1024
 
+PEER_TIMER = 5.0
+"""The retransmission timer stock TFTP clients run with when they do not
+negotiate C{timeout} (tftp-hpa's and atftp's 5 s).  A server transfer waits at
+least (retries + 1) times this long for a silent peer, so that a client that
+only resends on its own timer gets several chances (tftp-hpa re-arms its timer
+on every packet it receives, so no repeated ACK makes it resend sooner)."""
+
 
 class _ServerTransfer(Transfer):
     """A server's transfer: started by a request, ended with a log line."""
@@ -75,7 +82,8 @@ class _ServerTransfer(Transfer):
     ) -> None:
         # RFC 2349 timeout: echoed in the OACK, and the end of our backoff
         ceiling = float(settings.timeout) if settings.timeout is not None else timeout
-        super().__init__(server.reactor, peer, timeout, retries, ceiling)
+        budget = max(ceiling, PEER_TIMER) * (retries + 1)
+        super().__init__(server.reactor, peer, timeout, retries, ceiling, budget)
         self.server = server
         self.path = path
         self.settings = settings
@@ -225,7 +233,7 @@ class _WriteTransfer(Receiver, _ServerTransfer):
         self.upload = upload
         self.decoder = NetasciiDecoder() if netascii else None
         self.buffer = bytearray()
-        self.dally_for = self.budget
+        self.dally_for = self.rtt.ceiling * max(1, retries)
         self.receipt: Receipt | None = None
         self.finishing = False
 
@@ -346,7 +354,7 @@ class TFTPServerProtocol(DatagramProtocol):
         up to C{timeout}, or up to the RFC 2349 C{timeout} a client
         negotiated (see L{filexfer.tftp.transfer.Transfer}).
     @param retries: a transfer is abandoned after (retries + 1) times that
-        upper bound without progress.
+        upper bound (at least 5 s, L{PEER_TIMER}) without progress.
     @param interface: the address transfer ports are bound on.
     @param access: which peer addresses may make requests (everyone by default).
     """

@@ -72,8 +72,8 @@ class Transfer(DatagramProtocol):
     first sample, never less than C{min(RTO_FLOOR, timeout)}, and backed
     off on each timeout up to C{ceiling} (by default C{timeout}; a server
     passes the RFC 2349 C{timeout} its client negotiated).  The transfer
-    gives up after C{ceiling * (retries + 1)} seconds without progress
-    (L{budget}).
+    gives up after C{budget} seconds without progress (by default
+    C{ceiling * (retries + 1)}).
 
     @ivar rtt: the transfer's L{RoundTrip}, shared by all its timers.
     @ivar budget: seconds without progress before the transfer gives up.
@@ -98,6 +98,7 @@ class Transfer(DatagramProtocol):
         timeout: float,
         retries: int,
         ceiling: float | None = None,
+        budget: float | None = None,
     ) -> None:
         self.clock = clock
         self.peer = peer
@@ -106,7 +107,7 @@ class Transfer(DatagramProtocol):
         ceiling = timeout if ceiling is None else ceiling
         initial = min(timeout, ceiling)
         self.rtt = RoundTrip(initial, min(RTO_FLOOR, initial), ceiling)
-        self.budget = ceiling * (retries + 1)
+        self.budget = ceiling * (retries + 1) if budget is None else budget
         self.timers: list[Retransmitter] = []
         self.port: Any = None
         self.gro = False
