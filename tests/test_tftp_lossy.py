@@ -200,18 +200,19 @@ class StockClientsThroughLossTests(interop._Tools):
         yield self.through_relay(
             3, lambda h, p: [tftp, "-m", "binary", h, p, "-c", "get", "h.bin", out], out
         )
-        # Uploading, tftp-hpa resends a lost DATA only on its own 5 s timer,
-        # which it re-arms on every packet it receives (it ignores a repeated
-        # ACK: no Sorcerer's Apprentice), so no server can make it recover
-        # sooner: each lost DATA costs it about 5 s.  A smaller file keeps
-        # that to a few losses.
+        # Uploading, tftp-hpa resends a lost DATA only on its own timer (5 s
+        # unless told otherwise), which it re-arms on every packet it
+        # receives (it ignores a repeated ACK: no Sorcerer's Apprentice), so
+        # no server can make it recover sooner.  With its `rexmt 1` command
+        # a loss costs it about 1 s; a smaller file keeps that to a few.
         small = self.data[: 32 * 1024]
         source = os.path.join(self.work, "small.bin")
         with open(source, "wb") as handle:
             handle.write(small)
+        script = f"mode binary\nrexmt 1\nput {source} up-h.bin\nquit\n"
         yield self.through_relay(
             4,
-            lambda h, p: [tftp, "-m", "binary", h, p, "-c", "put", source, "up-h.bin"],
+            lambda h, p: ["/bin/sh", "-c", f'printf "%s" "$0" | {tftp} {h} {p}', script],
             self.stored("up-h.bin"),
             small,
         )
