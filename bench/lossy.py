@@ -99,16 +99,62 @@ def clients(curl: str, tftp: str, atftp: str, work: Path) -> dict[str, Callable[
     put_script = f"mode binary\nrexmt 1\nput {source} up-tftp.bin\nquit\n"
     return {
         "curl get": lambda p: [curl, *curl_opts, "-o", str(got), f"tftp://127.0.0.1:{p}/{NAME}"],
-        "curl put": lambda p: [curl, *curl_opts, "-T", str(source), f"tftp://127.0.0.1:{p}/up-curl.bin"],
-        "tftp-hpa get": lambda p: [tftp, "-m", "binary", "127.0.0.1", str(p), "-c", "get", NAME, str(got)],
-        "tftp-hpa put": lambda p: ["/bin/sh", "-c", f'printf "%s" "$0" | {tftp} 127.0.0.1 {p}', put_script],
-        "atftp get": lambda p: [atftp, *at_opts, "-g", "-r", NAME, "-l", str(got), "127.0.0.1", str(p)],
-        "atftp put": lambda p: [atftp, *at_opts, "-p", "-l", str(source), "-r", "up-atftp.bin", "127.0.0.1", str(p)],
-    }  # fmt: skip
+        "curl put": lambda p: [
+            curl,
+            *curl_opts,
+            "-T",
+            str(source),
+            f"tftp://127.0.0.1:{p}/up-curl.bin",
+        ],
+        "tftp-hpa get": lambda p: [
+            tftp,
+            "-m",
+            "binary",
+            "127.0.0.1",
+            str(p),
+            "-c",
+            "get",
+            NAME,
+            str(got),
+        ],
+        "tftp-hpa put": lambda p: [
+            "/bin/sh",
+            "-c",
+            f'printf "%s" "$0" | {tftp} 127.0.0.1 {p}',
+            put_script,
+        ],
+        "atftp get": lambda p: [
+            atftp,
+            *at_opts,
+            "-g",
+            "-r",
+            NAME,
+            "-l",
+            str(got),
+            "127.0.0.1",
+            str(p),
+        ],
+        "atftp put": lambda p: [
+            atftp,
+            *at_opts,
+            "-p",
+            "-l",
+            str(source),
+            "-r",
+            "up-atftp.bin",
+            "127.0.0.1",
+            str(p),
+        ],
+    }
 
 
 def once(
-    label: str, server_port: int, seed: int, argv: Callable[[int], list[str]], check: Path, source: Path
+    label: str,
+    server_port: int,
+    seed: int,
+    argv: Callable[[int], list[str]],
+    check: Path,
+    source: Path,
 ) -> tuple[float, dict[str, int]]:
     """One transfer through a fresh relay: (seconds, relay counts); the result checked."""
     c.remove(check)
@@ -122,6 +168,10 @@ def once(
     if not check.exists() or not filecmp.cmp(source, check, shallow=False):
         raise c.BenchError(f"{label}: the transferred file differs from the source")
     return seconds, counts
+
+
+def _resent(counts: dict[str, int]) -> int:
+    return counts["resent_to_client"] + counts["resent_to_server"]
 
 
 def main() -> int:
@@ -162,9 +212,12 @@ def main() -> int:
 
         def bench(server: str, port: int, names: list[str]) -> None:
             for name in names:
-                check = work / "got.bin" if name.endswith("get") else root / f"up-{name.split()[0].replace('-hpa', '')}.bin"
+                uploaded = root / f"up-{name.split()[0].replace('-hpa', '')}.bin"
+                check = work / "got.bin" if name.endswith("get") else uploaded
                 for seed in range(runs):
-                    result = once(f"{name} vs {server}", port, 1000 + seed, pairings[name], check, source)
+                    result = once(
+                        f"{name} vs {server}", port, 1000 + seed, pairings[name], check, source
+                    )
                     results.setdefault((server, name), []).append(result)
                     seconds, counts = result
                     print(
@@ -173,7 +226,7 @@ def main() -> int:
                         f"{counts['resent_to_server']} to server "
                         f"(dropped {counts['dropped']}, duplicated {counts['duplicated']})",
                         flush=True,
-                    )  # fmt: skip
+                    )
 
         everything = list(pairings)
         port = c.free_port(c.socket.SOCK_DGRAM)
@@ -195,12 +248,12 @@ def main() -> int:
                 continue
             mine = statistics.median(s for s, _ in ours)
             theirs = statistics.median(s for s, _ in ref)
-            resent = statistics.median(n["resent_to_client"] + n["resent_to_server"] for _, n in ours)
-            ref_resent = statistics.median(n["resent_to_client"] + n["resent_to_server"] for _, n in ref)
+            resent = statistics.median(_resent(n) for _, n in ours)
+            ref_resent = statistics.median(_resent(n) for _, n in ref)
             print(
                 f"RESULT tftp lossy {name}: filexfer {mine:.2f} s ({resent:g} DATA resent) vs "
                 f"tftpd-hpa {theirs:.2f} s ({ref_resent:g} DATA resent) speedup={theirs / mine:.1f}"
-            )  # fmt: skip
+            )
     return 0
 
 
