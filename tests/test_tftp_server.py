@@ -211,17 +211,23 @@ class ReadRequestTests(unittest.TestCase):
         h.send(port, p.Ack(0))
         self.assertEqual(h.take(port), [p.Data(1, b"x" * 1024), p.Data(2, b"x" * 1024)])
 
-    def test_negotiated_timeout_used(self) -> None:
-        """The retransmission timeout the client negotiated replaces the server's."""
+    def test_negotiated_timeout_bounds_the_backoff(self) -> None:
+        """RFC 2349 timeout is echoed and caps the backoff: 1 s first, doubling, at most 3 s."""
         h = Harness(self, timeout=1.0)
         h.put_file("f", b"data")
         port = h.request(p.ReadRequest(b"f", "octet", {"timeout": "3"}))
         assert port is not None
-        h.take(port)
-        h.reactor.advance(2.9)
-        self.assertEqual(h.take(port), [])
-        h.reactor.advance(0.1)
         self.assertEqual(h.take(port), [p.OptionAck({"timeout": "3"})])
+        resent = []
+        while h.reactor.getDelayedCalls():
+            when = min(call.getTime() for call in h.reactor.getDelayedCalls())
+            h.reactor.advance(when - h.reactor.seconds())
+            resent.append((h.reactor.seconds(), h.take(port)))
+        oack = [p.OptionAck({"timeout": "3"})]
+        # given up after max(timeout 3, 5 s) x (retries 5 + 1) = 30 s without progress
+        self.assertEqual([when for when, _ in resent], [1, 3, 6, 9, 12, 15, 18, 21, 24, 27, 30])
+        self.assertEqual([packets for _, packets in resent[:-1]], [oack] * 10)
+        self.assertIsInstance(resent[-1][1][0], p.Error)
 
     def test_windowsize(self) -> None:
         """A window of blocks goes out at once; an ACK of its end sends the next window."""
@@ -299,19 +305,18 @@ class ReadRequestTests(unittest.TestCase):
         self.assertEqual([pk.block for pk in h.take(port)], [9, 10, 11, 12])  # type: ignore[union-attr]
 
     def test_bounded_retries(self) -> None:
-        """After the retries run out the server sends an ERROR and closes the port."""
+        """After (retries + 1) x max(timeout, 5 s) of silence: an ERROR, the port closed."""
         h = Harness(self, timeout=1.0, retries=3)
         h.put_file("f", b"r" * 100)
         port = h.request(p.ReadRequest(b"f", "octet"))
         assert port is not None
-        h.reactor.advance(1.0)
-        h.reactor.advance(1.0)
-        h.reactor.advance(1.0)
+        for _ in range(19):
+            h.reactor.advance(1.0)
         self.assertFalse(port.closed)
         h.reactor.advance(1.0)
         packets = h.take(port)
-        self.assertEqual(packets[:4], [p.Data(1, b"r" * 100)] * 4)
-        self.assertIsInstance(packets[4], p.Error)
+        self.assertEqual(packets[:20], [p.Data(1, b"r" * 100)] * 20)  # every 1 s (the ceiling)
+        self.assertIsInstance(packets[20], p.Error)
         self.assertTrue(port.closed)
         self.assertEqual(h.reactor.getDelayedCalls(), [])
 
@@ -560,18 +565,63 @@ class WriteRequestTests(unittest.TestCase):
         self.assertEqual(h.take(port), [p.Ack(7)])
         self.assertEqual(h.stored("reord"), data)
 
-    def test_duplicate_data_not_reacked(self) -> None:
-        """A duplicate DATA is not ACKed at once; the timeout re-ACKs."""
+    def test_repeated_data_reacked_at_once(self) -> None:
+        """Issue 10 item 3: the first ACK is lost and the sender repeats DATA 1 every 0.2 s.
+
+        Each repeat is answered with ACK 1 at once (as tftpd-hpa does), not
+        when our own timer fires: a sender with a short retry budget would
+        give up first.
+        """
         h = Harness(self)
         port = h.request(p.WriteRequest(b"dup", "octet"))
         assert port is not None
+        self.assertEqual(h.take(port), [p.Ack(0)])
+        h.send(port, p.Data(1, b"d" * 512))
+        self.assertEqual(h.take(port), [p.Ack(1)])  # lost on its way
+        for _ in range(3):
+            h.reactor.advance(0.2)
+            h.send(port, p.Data(1, b"d" * 512))
+            self.assertEqual(h.take(port), [p.Ack(1)])
+        h.send(port, p.Data(2, b"end"))
+        self.assertEqual(h.take(port), [p.Ack(2)])
+        self.assertEqual(h.stored("dup"), b"d" * 512 + b"end")
+
+    def test_network_copy_of_data_answered_once(self) -> None:
+        """Two copies of a DATA arriving together get one ACK (the guard, half the floor)."""
+        h = Harness(self)
+        port = h.request(p.WriteRequest(b"twice", "octet"))
+        assert port is not None
         h.take(port)
-        h.send(port, p.Data(1, b"d" * 512))
+        h.send(port, p.Data(1, b"t" * 512))
+        h.reactor.advance(0.01)
+        h.send(port, p.Data(1, b"t" * 512))
         self.assertEqual(h.take(port), [p.Ack(1)])
-        h.send(port, p.Data(1, b"d" * 512))
+
+    def test_older_duplicate_not_reacked(self) -> None:
+        """A repeat of a block older than the one last ACKed is not answered."""
+        h = Harness(self)
+        port = h.request(p.WriteRequest(b"old", "octet"))
+        assert port is not None
+        h.take(port)
+        h.send(port, p.Data(1, b"o" * 512))
+        h.send(port, p.Data(2, b"o" * 512))
+        h.take(port)
+        h.reactor.advance(0.06)  # past the guard, before the timer (0.1 s)
+        h.send(port, p.Data(1, b"o" * 512))
         self.assertEqual(h.take(port), [])
-        h.reactor.advance(1.0)
-        self.assertEqual(h.take(port), [p.Ack(1)])
+
+    def test_repeated_data_mid_window_not_reacked(self) -> None:
+        """In a window, a repeat of the block last ACKed after newer blocks came is ignored."""
+        h = Harness(self)
+        port = h.request(p.WriteRequest(b"win", "octet", {"windowsize": "2"}))
+        assert port is not None
+        h.take(port)
+        for number in (1, 2, 3):
+            h.send(port, p.Data(number, b"w" * 512))
+        self.assertEqual(h.take(port), [p.Ack(2)])
+        h.reactor.advance(0.06)
+        h.send(port, p.Data(2, b"w" * 512))  # ACK 2 is stale: block 3 came since
+        self.assertEqual(h.take(port), [])
 
     def test_final_ack_repeated_while_dallying(self) -> None:
         """A repeat of the final DATA (our ACK was lost) is answered with the final ACK."""
@@ -602,17 +652,19 @@ class WriteRequestTests(unittest.TestCase):
         self.assertEqual(h.stored("wrap"), data)
 
     def test_bounded_retries_abort_upload(self) -> None:
-        """A silent client: ERROR after the retries, port closed, no file, no temp file."""
+        """A silent client: ACK 1 repeated twice, then ERROR after 15 s; no file left."""
         h = Harness(self, timeout=1.0, retries=2)
         port = h.request(p.WriteRequest(b"lost", "octet"))
         assert port is not None
         h.send(port, p.Data(1, b"l" * 512))
         self.assertEqual(len(h.temp_files()), 1)
-        for _ in range(3):
+        for _ in range(14):
             h.reactor.advance(1.0)
+        self.assertFalse(port.closed)
+        h.reactor.advance(1.0)  # (retries + 1) x max(timeout, 5 s)
         packets = h.take(port)
-        self.assertEqual(packets[:3], [p.Ack(0), p.Ack(1), p.Ack(1)])
-        self.assertIsInstance(packets[-1], p.Error)
+        self.assertEqual(packets[:4], [p.Ack(0), p.Ack(1), p.Ack(1), p.Ack(1)])
+        self.assertIsInstance(packets[4], p.Error)
         self.assertTrue(port.closed)
         self.assertIsNone(h.stored("lost"))
         self.assertEqual(h.temp_files(), [])
