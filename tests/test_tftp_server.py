@@ -586,6 +586,54 @@ class WriteRequestTests(unittest.TestCase):
         self.assertEqual(h.take(port), [p.Ack(2)])
         self.assertEqual(h.stored("dup"), b"d" * 512 + b"end")
 
+    def test_repeated_request_answered_at_once(self) -> None:
+        """Issue 10 item 3, the request's kind: our first answer is lost and the
+        client repeats its request every 0.2 s; each repeat gets that answer
+        again at once (OACK or DATA 1 for an RRQ, OACK or ACK 0 for a WRQ),
+        from the transfer's port, and no second transfer starts."""
+        h = Harness(self)
+        h.put_file("boot.cfg", b"b" * 700)
+        cases = [
+            (p.ReadRequest(b"boot.cfg", "octet"), p.Data(1, b"b" * 512)),
+            (
+                p.ReadRequest(b"boot.cfg", "octet", {"blksize": "1024"}),
+                p.OptionAck({"blksize": "1024"}),
+            ),
+            (p.WriteRequest(b"up.cfg", "octet"), p.Ack(0)),
+            (
+                p.WriteRequest(b"up2.cfg", "octet", {"blksize": "1024"}),
+                p.OptionAck({"blksize": "1024"}),
+            ),
+        ]
+        for number, (request, first) in enumerate(cases):
+            client = (CLIENT[0], CLIENT[1] + 1 + number)
+            port = h.request(request, client)
+            assert port is not None
+            self.assertEqual(h.take(port, client), [first])  # lost on its way
+            ports = len(h.reactor.ports)
+            for _ in range(3):
+                h.reactor.advance(0.2)
+                self.assertIsNone(h.request(request, client))
+                self.assertEqual(h.take(port, client), [first])
+            h.reactor.advance(0.01)  # a copy the network made of the request: not answered twice
+            self.assertIsNone(h.request(request, client))
+            self.assertEqual(h.take(port, client), [])
+            self.assertEqual(len(h.reactor.ports), ports)
+
+    def test_repeated_request_after_answer_ignored(self) -> None:
+        """Once the client has answered (ACKed), a late copy of its request sends nothing."""
+        h = Harness(self)
+        h.put_file("late.bin", b"l" * 1000)
+        request = p.ReadRequest(b"late.bin", "octet")
+        port = h.request(request)
+        assert port is not None
+        self.assertEqual(h.take(port), [p.Data(1, b"l" * 512)])
+        h.send(port, p.Ack(1))
+        self.assertEqual(h.take(port), [p.Data(2, b"l" * 488)])
+        h.reactor.advance(0.06)  # past the guard, before the timer's floor (0.1 s)
+        self.assertIsNone(h.request(request))
+        self.assertEqual(h.take(port), [])
+
     def test_network_copy_of_data_answered_once(self) -> None:
         """Two copies of a DATA arriving together get one ACK (the guard, half the floor)."""
         h = Harness(self)

@@ -172,6 +172,10 @@ class Retransmitter:
             self._arm(now, self.rtt.rto)
         return now
 
+    def seconds(self) -> float:
+        """The clock's time now."""
+        return self._seconds()
+
     def resent(self, count: int) -> None:
         """C{count} datagrams were sent again (not on a timeout): count them; Karn's rule."""
         self.retransmissions += count
@@ -285,11 +289,14 @@ class WindowSender:
         self._read_all = False  # the last block has been read (into _ahead)
         self._last_read = False  # the last block has been sent (it is in _window)
         self._handshake = False
+        self._answered = False  # an ACK came (for the OACK or DATA 1)
+        self._first_sent_at = -1.0
         self.acked_bytes = 0
         self.finished = False
 
     def start(self, handshake: bytes | None = None) -> None:
         """Begin; with C{handshake} (an OACK), send it and wait for ACK 0 first."""
+        self._first_sent_at = self.timer.seconds()
         if handshake is not None:
             self._handshake = True
             self._window.append(handshake)
@@ -306,6 +313,7 @@ class WindowSender:
         index = (block - self._base) & 0xFFFF
         if index >= len(window):
             return  # a duplicate or stray ACK: never resend because of it
+        self._answered = True
         if index == 0:
             acked = len(window.popleft()) - 4
         else:
@@ -338,6 +346,23 @@ class WindowSender:
             if self._on_progress is not None:
                 self._on_progress(self.acked_bytes)
         self._read_ahead()
+
+    def request_repeated(self) -> None:
+        """The peer repeated its request: our first answer (OACK or DATA 1) was lost.
+
+        That first packet is sent again at once, as a receiver re-ACKs a
+        repeated block, instead of waiting for the timer; only while no ACK
+        has come, and not twice within half the timer's floor (a copy the
+        network made of the request).  Karn's rule: no round-trip sample.
+        """
+        if self._answered or not self._window:
+            return
+        now = self.timer.seconds()
+        if now - self._first_sent_at < self.timer.rtt.floor / 2:
+            return
+        self._first_sent_at = now
+        self._send(self._window[0])
+        self.timer.resent(1)
 
     def _send_each(self, datagrams: Sequence[bytes]) -> None:
         send = self._send

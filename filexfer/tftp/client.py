@@ -313,8 +313,7 @@ class _Downloader(Receiver, _ClientTransfer):
 
     def oack_repeated(self) -> None:
         """Our ACK 0 was lost: send it again at once (the repeat of a block just acked)."""
-        if self.receiver is not None:
-            self.receiver.handshake_repeated()
+        self.request_repeated()
 
     def _write_counted(self, data: bytes) -> None:
         """Netascii: count the converted bytes (octet counts what was received)."""

@@ -453,7 +453,12 @@ class TFTPServerProtocol(DatagramProtocol):
 
     def _request(self, datagram: bytes, peer: Address) -> None:
         if (peer, datagram) in self._requests:
-            return  # the client repeated its request; the transfer answers it
+            # The client repeated its request: our first answer was lost (or
+            # is late); a running transfer sends it again at once.
+            transfer = self._requests[(peer, datagram)]
+            if transfer is not None:
+                transfer.request_repeated()
+            return
         if len(datagram) < 2:
             return
         if not self.access.allows(peer[0]):

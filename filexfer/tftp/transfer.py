@@ -232,6 +232,9 @@ class Transfer(DatagramProtocol):
     def after_reading(self) -> None:
         """A burst of datagrams was handled (progress reports go here)."""
 
+    def request_repeated(self) -> None:
+        """The peer repeated what this transfer's first packet answers (its request)."""
+
     def after_done(self, datagram: bytes, addr: Any) -> None:
         """A datagram after the transfer ended; ignored unless overridden."""
 
@@ -297,6 +300,11 @@ class Sender(Transfer):
         )
         self.timers.append(self.sender.timer)
         self.sender.start(handshake)
+
+    def request_repeated(self) -> None:
+        """The peer repeated the request this transfer answers: resend the first answer."""
+        if self.sender is not None:
+            self.sender.request_repeated()
 
     def readable(self, sock: Any, bufsize: int) -> None:
         """One ACK per window: read one datagram; an ACK from the peer goes
@@ -382,6 +390,11 @@ class Receiver(Transfer):
         )
         self.timers.append(self.receiver.timer)
         self.receiver.start(handshake)
+
+    def request_repeated(self) -> None:
+        """The peer repeated what our handshake answers: send it again at once."""
+        if self.receiver is not None:
+            self.receiver.handshake_repeated()
 
     def netascii_tail(self) -> bytes:
         """At the end: what the netascii decoder still holds (a CR), else nothing."""
