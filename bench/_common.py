@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import errno
 import hashlib
+import json
 import os
 import platform
 import shutil
@@ -646,7 +647,89 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     )
     parser.add_argument("--runs", type=int, default=3, help="measured runs (default 3)")
     parser.add_argument("--warmup", type=int, default=1, help="unmeasured runs first (default 1)")
+    parser.add_argument(
+        "--json",
+        metavar="FILE",
+        type=Path,
+        help="also write the results to FILE as JSON (what docs/_data/ holds and the docs chart)",
+    )
     return parser
+
+
+@dataclass
+class Report:
+    """What one benchmark run measured, for C{--json FILE}.
+
+    The shape (format 1)::
+
+        {"format": 1, "benchmark": "tcp", "date": ISO 8601 UTC, "machine": str,
+         "smoke": bool, "references": [tool version, ...], "note": str,
+         "comparisons": [{"name", "target", "ratio", "verdict",
+                          "ours": SERIES, "reference": SERIES}],
+         "results": [{"name", ...figures of a result that is no comparison}]}
+
+    where SERIES is C{{"label", "bytes", "seconds": [per run], "median_seconds",
+    "mbps" (MB/s, 10**6 bytes), "rss_bytes": {role: peak}, "cpu_seconds":
+    {role: median}}}.
+    """
+
+    benchmark: str
+    smoke: bool
+    references: list[str] = field(default_factory=list)
+    comparisons: list[dict[str, Any]] = field(default_factory=list)
+    results: list[dict[str, Any]] = field(default_factory=list)
+    note: str = os.environ.get("FX_BENCH_NOTE", "")
+
+    def compare(self, name: str, ours: Series, reference: Series, target: float | None) -> str:
+        """Record one comparison and return its C{RESULT} line (L{result_line})."""
+        ratio = ours.mbps / reference.mbps
+        self.comparisons.append(
+            {
+                "name": name,
+                "target": target,
+                "ratio": ratio,
+                "verdict": None if target is None else ("PASS" if ratio >= target else "MISS"),
+                "ours": series_json(ours),
+                "reference": series_json(reference),
+            }
+        )
+        return result_line(name, ours, reference, target)
+
+    def add(self, name: str, **figures: Any) -> None:
+        """Record a result that is not a comparison of two series (counts, milliseconds)."""
+        self.results.append({"name": name, **figures})
+
+    def write(self, path: Path | None) -> None:
+        """Write the report as JSON to C{path} (nothing when C{None}), atomically."""
+        if path is None:
+            return
+        document = {
+            "format": 1,
+            "benchmark": self.benchmark,
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "machine": machine(),
+            "smoke": self.smoke,
+            "references": self.references,
+            "note": self.note,
+            "comparisons": self.comparisons,
+            "results": self.results,
+        }
+        temporary = path.with_name(path.name + ".tmp")
+        temporary.write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
+        os.replace(temporary, path)
+
+
+def series_json(series: Series) -> dict[str, Any]:
+    """One L{Series} as the JSON object L{Report} describes."""
+    return {
+        "label": series.label,
+        "bytes": series.nbytes,
+        "seconds": series.seconds,
+        "median_seconds": series.median,
+        "mbps": series.mbps,
+        "rss_bytes": series.rss,
+        "cpu_seconds": {role: statistics.median(spent) for role, spent in series.cpu.items()},
+    }
 
 
 def is_enospc(exc: OSError) -> bool:

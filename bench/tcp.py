@@ -112,7 +112,8 @@ def main() -> int:
     runs, warmup = (1, 0) if args.smoke else (args.runs, args.warmup)
     socat = c.socat()
     print(f"machine: {c.machine()}")
-    print(f"reference: {c.tool_version([socat, '-V'], 'socat')}")
+    report = c.Report("tcp", args.smoke, [c.tool_version([socat, "-V"], "socat")])
+    print(f"reference: {report.references[0]}")
     failures = 0
     with c.workdir() as work:
         root = work / "received"
@@ -154,7 +155,7 @@ def main() -> int:
                     c.remove(source, work / "socat.out")
                 print(" ", reference.describe())
                 print(" ", ours.describe())
-                print(c.result_line(f"tcp {c.size_text(size)}", ours, reference, TCP_TARGET))
+                print(report.compare(f"tcp {c.size_text(size)}", ours, reference, TCP_TARGET))
                 over = [role for role, value in ours.rss.items() if value > RSS_LIMIT]
                 print(
                     f"RESULT tcp {c.size_text(size)} rss: filexfer server "
@@ -166,6 +167,7 @@ def main() -> int:
                     failures += 1
     if failures and not args.smoke:
         print(f"{failures} target(s) missed")
+    report.write(args.json)
     return 0
 
 

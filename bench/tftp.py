@@ -111,17 +111,14 @@ def main() -> int:
     runs, warmup = (1, 0) if args.smoke else (args.runs, args.warmup)
     curl, atftp, tftpd, atftpd = c.curl(), c.atftp(), c.tftpd_hpa(), c.atftpd()
     print(f"machine: {c.machine()}")
-    print(
-        "references: "
-        + ", ".join(
-            [
-                c.tool_version([tftpd, "-V"], "tftpd-hpa"),
-                c.tool_version([atftpd, "--version"], "atftpd"),
-                c.tool_version([curl, "--version"], "curl"),
-                c.tool_version([atftp, "--version"], "atftp"),
-            ]
-        )
-    )
+    references = [
+        c.tool_version([tftpd, "-V"], "tftpd-hpa"),
+        c.tool_version([atftpd, "--version"], "atftpd"),
+        c.tool_version([curl, "--version"], "curl"),
+        c.tool_version([atftp, "--version"], "atftp"),
+    ]
+    report = c.Report("tftp", args.smoke, references)
+    print("references: " + ", ".join(references))
     print(f"{c.size_text(size)} downloads: {warmup} warm-up + {runs} runs each")
     fx_env = c.fx_env()
     with c.workdir() as work:
@@ -157,7 +154,8 @@ def main() -> int:
             ("tftp defaults", "filexfer+filexfer", "atftp-w16+atftpd", DEFAULTS_TARGET),
         ]
         for name, ours, reference, target in comparisons:
-            print(c.result_line(name, series[ours], series[reference], target))
+            print(report.compare(name, series[ours], series[reference], target))
+    report.write(args.json)
     return 0
 
 

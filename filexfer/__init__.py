@@ -4,6 +4,7 @@ The public API lives here; everything else is an implementation detail.
 """
 
 from filexfer._errors import TransferError
+from filexfer._records import ITransferObserver, TransferRecord
 from filexfer.storage import DirectoryStorage, IReadSource, IStorage, IUpload, Receipt, S3Storage
 from filexfer.tcp.receiver import ReceiverFactory, ReceiverProtocol
 from filexfer.tcp.sender import SenderProtocol, SendError, ServerRefused, send_file
@@ -14,6 +15,7 @@ __all__ = [
     "DirectoryStorage",
     "IReadSource",
     "IStorage",
+    "ITransferObserver",
     "IUpload",
     "Receipt",
     "ReceiverFactory",
@@ -23,6 +25,7 @@ __all__ = [
     "SenderProtocol",
     "ServerRefused",
     "TransferError",
+    "TransferRecord",
     "__version__",
     "send_file",
 ]

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
 
 from filexfer._guard import ipv4_form
 from filexfer._text import escape
+
+if TYPE_CHECKING:
+    from filexfer._records import TransferRecord
 
 log = Logger(namespace="filexfer")
 
@@ -41,30 +44,32 @@ def describe_peer(address: Any) -> str:
     return format_address(host, port)
 
 
-def log_transfer(
-    *,
-    protocol: str,
-    peer: str,
-    path: str,
-    nbytes: int,
-    seconds: float,
-    outcome: str,
-) -> None:
+def log_transfer(record: TransferRecord) -> None:
     """Log a finished (or failed) transfer: peer, path, bytes, seconds, rate, outcome.
 
     Whatever a peer chose is shown escaped, never raw: the path in Python's
     quoted form (C{repr}, which escapes every control character), the peer and
     the outcome (which may carry a stored name or a TFTP client's ERROR
-    message) through L{escape}.
+    message) through L{escape}.  A TFTP transfer is named by its request
+    (C{tftp-rrq}, C{tftp-wrq}) and adds how many datagrams it sent again.
     """
-    rate = nbytes / seconds / 1e6 if seconds > 0 else 0.0
+    protocol = record.protocol
+    if protocol == "tftp":
+        protocol = "tftp-rrq" if record.direction == "download" else "tftp-wrq"
+    seconds = record.seconds
+    rate = record.nbytes / seconds / 1e6 if seconds > 0 else 0.0
+    retransmissions = record.retransmissions
+    resent = "" if retransmissions is None else f", {retransmissions} retransmitted"
     log.info(
-        "{protocol} {peer} {path!r} {nbytes} bytes in {seconds:.3f}s ({rate:.1f} MB/s): {outcome}",
+        "{protocol} {peer} {path!r} {nbytes} bytes in {seconds:.3f}s ({rate:.1f} MB/s{resent})"
+        ": {outcome}",
         protocol=protocol,
-        peer=escape(peer),
-        path=path,
-        nbytes=nbytes,
+        peer=escape(record.peer),
+        path=record.path,
+        nbytes=record.nbytes,
         seconds=seconds,
         rate=rate,
-        outcome=escape(outcome),
+        resent=resent,
+        retransmissions=retransmissions,
+        outcome=escape(record.detail),
     )

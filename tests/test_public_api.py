@@ -10,6 +10,7 @@ DOCUMENTED = {
     "DirectoryStorage",
     "IReadSource",
     "IStorage",
+    "ITransferObserver",
     "IUpload",
     "Receipt",
     "ReceiverFactory",
@@ -19,6 +20,7 @@ DOCUMENTED = {
     "SenderProtocol",
     "ServerRefused",
     "TransferError",
+    "TransferRecord",
     "__version__",
     "send_file",
 }

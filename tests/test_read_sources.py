@@ -10,7 +10,7 @@ from twisted.trial import unittest
 from zope.interface import implementer
 
 from filexfer.storage import FileSource, IReadSource
-from filexfer.tftp._window import SourceBlocks, WindowSender
+from filexfer.tftp._window import RoundTrip, SourceBlocks, WindowSender
 
 
 @implementer(IReadSource)
@@ -75,8 +75,8 @@ class SourceBlocksTests(unittest.TestCase):
             next_block=blocks.next_block,
             blksize=512,
             windowsize=4,
-            timeout=1.0,
-            retries=3,
+            rtt=RoundTrip(1.0, 0.1, 10.0),
+            budget=10.0,
             on_done=lambda: None,
             on_timeout=lambda: None,
         )

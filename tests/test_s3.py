@@ -230,6 +230,16 @@ class ConflictTests(S3TestCase):
         slow.write(b"slow")
         self.assertEqual(self.successResultOf(slow.finish()).path, "y (1)")
 
+    def test_exact_name_never_renamed(self) -> None:
+        """TFTP (exact_name): under rename an existing name is refused (409), never renamed."""
+        self.store(self.node(), "boot.img", b"old")
+        self.refused(self.node().begin("boot.img", 3, None, None, exact_name=True), 409)
+        upload = self.successResultOf(self.node().begin("late.img", 3, None, None, exact_name=True))
+        self.store(self.node(), "late.img", b"one")
+        upload.write(b"two")
+        self.refused(upload.finish(), 409)
+        self.assertEqual(self.objects(), {"boot.img": b"old", "late.img": b"one"})
+
     def test_overwrite(self) -> None:
         """overwrite replaces."""
         self.store(self.node(), "o", b"old")

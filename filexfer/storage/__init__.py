@@ -4,7 +4,8 @@ L{IStorage} is what the TCP receiver and the TFTP server store through;
 L{DirectoryStorage} keeps files under one root directory.  One store per
 module, beside each other:
 
- - C{_interfaces}: L{IStorage}, L{IUpload}, L{IReadSource}, L{Receipt};
+ - C{_interfaces}: L{IStorage}, L{IUpload}, L{Receipt}, L{policy_for} (the
+   conflict policy of an upload that must keep its name);
  - C{_rules}: what every store promises (resume identity, names, I1, I2);
  - C{_sources}: L{FileSource}, a local file to read;
  - C{s3}: L{S3Storage} (multipart uploads, conditional writes, leases),
@@ -25,6 +26,7 @@ from filexfer.storage._interfaces import (
     IStorage,
     IUpload,
     Receipt,
+    policy_for,
 )
 from filexfer.storage._sources import FileSource
 from filexfer.storage.directory import DirectoryStorage
@@ -42,4 +44,5 @@ __all__ = [
     "Receipt",
     "S3Storage",
     "numbered_name",
+    "policy_for",
 ]

@@ -47,8 +47,19 @@ class UploadSite(Protocol):
     def check_space(self, incoming: int, where: str | None = None) -> None:
         """Refuse (507) C{incoming} more bytes on the file system of C{where}."""
 
-    def place(self, temp_name: str, path: str, size: int, digest: str, mtime_ns: int | None) -> str:
-        """Give the finished temporary file its final name; return the relative path."""
+    def place(
+        self,
+        temp_name: str,
+        path: str,
+        size: int,
+        digest: str,
+        mtime_ns: int | None,
+        exact_name: bool = False,
+    ) -> str:
+        """Give the finished temporary file its final name; return the relative path.
+
+        With C{exact_name} that name is C{path} or none (L{policy_for}).
+        """
 
     def discard(self, temp_name: str) -> None:
         """Remove a temporary or partial file."""
@@ -69,6 +80,8 @@ class Upload(Backlog):
         handle: BinaryIO,
         resumable: bool,
         run_writes: BlockingRunner[Any] | None = None,
+        *,
+        exact_name: bool = False,
     ) -> None:
         super().__init__()
         self.path = path
@@ -80,6 +93,8 @@ class Upload(Backlog):
         self._handle = handle
         self.resumable = resumable
         """Whether an aborted upload's bytes are kept (C{abort(keep_partial=True)})."""
+        self.exact_name = exact_name
+        """Stored under C{path} or not at all (L{IStorage.begin}'s C{exact_name})."""
         handle.seek(0, os.SEEK_END)
         self.offset = handle.tell()
         if size is not None and self.offset > size:
@@ -198,7 +213,7 @@ class Upload(Backlog):
                 os.utime(self._handle.fileno(), ns=(time.time_ns(), self._mtime_ns))
             os.fsync(self._handle.fileno())
             stored_path = self._storage.place(
-                self._temp_name, self.path, self.received, digest, self._mtime_ns
+                self._temp_name, self.path, self.received, digest, self._mtime_ns, self.exact_name
             )
         except TransferError:
             self._discard_here()

@@ -70,6 +70,7 @@ from filexfer.storage._interfaces import (
     IStorage,
     IUpload,
     Receipt,
+    policy_for,
 )
 from filexfer.storage._rules import (
     MAX_RENAME_TRIES,
@@ -297,7 +298,15 @@ class S3Storage:
         except TransferError:
             return fail()
         return self.run_blocking(
-            lambda: self._begin_blocking(path, size, sha256, mtime_ns, trailer, fresh)
+            lambda: self._begin_blocking(
+                path,
+                size,
+                sha256,
+                mtime_ns,
+                trailer,
+                fresh,
+                policy_for(self.on_conflict, exact_name),
+            )
         )
 
     def _begin_blocking(
@@ -308,9 +317,12 @@ class S3Storage:
         mtime_ns: int | None,
         trailer: bool,
         fresh: bool,
+        policy: ConflictPolicy,
     ) -> IUpload:
         try:
             heads = self._copies(path)
+            if policy != "rename":  # no copy under another name answers for this one
+                heads = {stored: head for stored, head in heads.items() if stored == path}
             wanted = wanted_copies(
                 {stored: int(head["ContentLength"]) for stored, head in heads.items()},
                 size,
@@ -324,16 +336,20 @@ class S3Storage:
             judged = judge_stored(path, size, sha256, digests)
             if judged is not None:
                 return judged
-            if path in heads and self.on_conflict == "refuse":
+            if path in heads and policy == "refuse":
                 raise TransferError(409, f"{path} already exists")
             identity = resume_identity(path, size, sha256, mtime_ns, trailer)
             if identity is None:
                 key = f"{self._state}tmp/{secrets.token_hex(16)}"
                 upload_id = self._create(key)
-                return S3Upload(self, path, size, sha256, mtime_ns, key, upload_id, None)
+                upload = S3Upload(self, path, size, sha256, mtime_ns, key, upload_id, None)
+                upload.policy = policy
+                return upload
             self._take_lease(identity)
             try:
-                return self._resume_or_start(path, size, sha256, mtime_ns, identity, fresh)
+                upload = self._resume_or_start(path, size, sha256, mtime_ns, identity, fresh)
+                upload.policy = policy
+                return upload
             except BaseException:
                 self._release_lease(identity)
                 raise
@@ -501,7 +517,15 @@ class S3Storage:
 
     # -- placing -------------------------------------------------------------
 
-    def place(self, source: str, path: str, size: int, digest: str, mtime_ns: int | None) -> str:
+    def place(
+        self,
+        source: str,
+        path: str,
+        size: int,
+        digest: str,
+        mtime_ns: int | None,
+        policy: ConflictPolicy | None = None,
+    ) -> str:
         """Copy the finished object C{source} to its final name by the conflict policy (blocking).
 
         An identical copy already stored for C{path} answers instead
@@ -509,11 +533,13 @@ class S3Storage:
         completed with C{If-None-Match: *} unless the policy is
         C{overwrite}: a name taken meanwhile, by any node, is never replaced.
 
+        @param policy: the upload's (L{policy_for}); by default C{on_conflict}.
         @return: the relative path it was stored under.
         """
+        policy = self.on_conflict if policy is None else policy
         *parents, name = path.split("/")
         heads = self._copies(path)
-        if self.on_conflict != "rename":
+        if policy != "rename":
             heads = {stored: head for stored, head in heads.items() if stored == path}
         for stored, head in heads.items():
             if int(head["ContentLength"]) == size and self._stored_digest(stored, head) == digest:
@@ -523,9 +549,9 @@ class S3Storage:
             metadata["mtime-ns"] = str(mtime_ns)
         for candidate in candidate_names(name):
             stored = "/".join([*parents, candidate])
-            if self._copy_into(source, self._key(stored), size, metadata):
+            if self._copy_into(source, self._key(stored), size, metadata, policy):
                 return stored
-            if self.on_conflict == "refuse":
+            if policy == "refuse":
                 raise TransferError(409, f"{path} already exists")
         raise TransferError(409, f"no free name for {name}: {MAX_RENAME_TRIES} are taken")
 
@@ -560,9 +586,11 @@ class S3Storage:
             self.client.delete_object(Bucket=self.bucket, Key=marker)
         return False
 
-    def _copy_into(self, source: str, key: str, size: int, metadata: dict[str, str]) -> bool:
+    def _copy_into(
+        self, source: str, key: str, size: int, metadata: dict[str, str], policy: ConflictPolicy
+    ) -> bool:
         """Copy C{source} to C{key} server-side; False when C{key} exists (and must not go)."""
-        condition = {} if self.on_conflict == "overwrite" else {"IfNoneMatch": "*"}
+        condition = {} if policy == "overwrite" else {"IfNoneMatch": "*"}
         if condition and (self._head(key) is not None or not self._claim(key)):
             return False
         client = self.client
@@ -732,6 +760,8 @@ class S3Upload(Backlog):
         self._upload_id = upload_id
         self._identity = identity
         self.resumable = identity is not None
+        self.policy: ConflictPolicy = storage.on_conflict
+        """The conflict policy at placing (L{policy_for}: C{refuse} for an exact name)."""
         self._parts: list[tuple[int, str, int]] = list(parts or [])
         self._hasher = hasher if hasher is not None else _new_hasher()
         self.offset = sum(length for _, _, length in self._parts)
@@ -864,7 +894,9 @@ class S3Upload(Backlog):
                 MultipartUpload={"Parts": parts},
             )
             try:
-                stored = storage.place(self._key, self.path, self.received, digest, self._mtime_ns)
+                stored = storage.place(
+                    self._key, self.path, self.received, digest, self._mtime_ns, self.policy
+                )
             finally:
                 client.delete_object(Bucket=storage.bucket, Key=self._key)
                 if self._identity is not None:

@@ -38,8 +38,9 @@ from zope.interface import implementer
 
 from filexfer._errors import TransferError
 from filexfer._guard import AccessPolicy, ConnectionLimits
-from filexfer._log import describe_peer, log, log_transfer
+from filexfer._log import describe_peer, log
 from filexfer._receipt import Receipt
+from filexfer._records import ITransferObserver, Observers, TransferRecord, transfer_ended
 from filexfer._types import IStreamTransport
 from filexfer.storage import IStorage, IUpload
 from filexfer.tcp import _wire
@@ -52,6 +53,29 @@ LINGER = 5.0
 
 READ_SIZE = 256 * 1024
 """Bytes read from the socket at a time: large reads mean fewer Python calls."""
+
+
+def close_after_last_words(transport: IStreamTransport, peer_finished: bool) -> bool:
+    """Close C{transport} without destroying the reply just written to it.
+
+    Closing with the peer's bytes unread would reset the connection, and a
+    reset can destroy the reply before the peer has read it: unless the
+    peer has finished sending (C{peer_finished}), only the writing side is
+    closed and reading goes on (the caller discards what arrives).
+
+    @return: True when the connection is half-closed: the caller closes it
+        when the peer does, or after L{LINGER} seconds.
+    """
+    if peer_finished:
+        transport.loseConnection()
+        return False
+    try:
+        transport.loseWriteConnection()
+    except (AttributeError, NotImplementedError):
+        transport.loseConnection()
+        return False
+    transport.resumeProducing()
+    return True
 
 
 @implementer(IHalfCloseableProtocol)
@@ -79,6 +103,8 @@ class ReceiverProtocol(Protocol):
         self._claimed_sha256: str | None = None
         self._client_outcome: str | None = None
         """Set when the client ended the upload early: the log says so, not "refused"."""
+        self._announced = False
+        """The factory's observer was told this upload started (it is told of its end too)."""
 
     @property
     def _transport(self) -> IStreamTransport:
@@ -276,6 +302,8 @@ class ReceiverProtocol(Protocol):
     def _send_ok(self, upload: IUpload) -> None:
         self.factory.handshake_done(self)
         self._upload = upload
+        self._announced = True
+        self.factory.observer.transfer_started(self._protocol, "upload")
         if IConsumer.providedBy(upload):
             # storage that writes in the background pauses us while it catches up
             IConsumer(upload).registerProducer(self._transport, True)
@@ -297,7 +325,7 @@ class ReceiverProtocol(Protocol):
         self._upload = upload
         line = _wire.encode_ok(upload.offset, None, self._trailer)
         self._transport.write(line)
-        self._reply_done(upload.stored, "already stored as")
+        self._reply_done(upload.stored, "already stored as", "already_stored")
 
     def _size_reached(self) -> None:
         if self._trailer:
@@ -375,18 +403,18 @@ class ReceiverProtocol(Protocol):
         upload = self._accepted
         offset = upload.offset
         if upload.prefix_sha256 is None and offset == upload.expected_size:
-            outcome = "already stored as"  # proved by the trailer: nothing was sent
+            # proved by the trailer: nothing was sent
+            self._reply_done(receipt, "already stored as", "already_stored")
         elif offset:
-            outcome = f"resumed at byte {offset}, stored as"
+            self._reply_done(receipt, f"resumed at byte {offset}, stored as", "stored")
         else:
-            outcome = "stored as"
-        self._reply_done(receipt, outcome)
+            self._reply_done(receipt, "stored as", "stored")
 
-    def _reply_done(self, receipt: Receipt, outcome: str) -> None:
+    def _reply_done(self, receipt: Receipt, words: str, outcome: str) -> None:
         if not self._classic:
             line = _wire.encode_done(receipt.size, receipt.sha256, receipt.path)
             self._transport.write(line)
-        self._log(self._received(), f"{outcome} {receipt.path!r}")
+        self._log(self._received(), f"{words} {receipt.path!r}", outcome, receipt=receipt)
         self._transport.loseConnection()
 
     @_machine.output()
@@ -400,15 +428,18 @@ class ReceiverProtocol(Protocol):
     def _refuse_before_ok(self, error: TransferError) -> None:
         """Before C{ok}: say why, log, and close."""
         self._disarm()
-        self._log(0, f"refused: {error.code} {error.reason}")
+        self._log(0, f"refused: {error.code} {error.reason}", "refused", code=error.code)
         self._say_error(error)
 
     def _drop_upload(self, error: TransferError) -> None:
         """After C{ok}: drop the upload, say why (the classic form: reset), log, and close."""
         self._disarm()
         self._accepted.abort(keep_partial=False)  # a no-op once finish() kept a short partial
-        outcome = self._client_outcome or f"refused: {error.code} {error.reason}"
-        self._log(self._received(), outcome)
+        if self._client_outcome is not None:
+            self._log(self._received(), self._client_outcome, "aborted", code=error.code)
+        else:
+            words = f"refused: {error.code} {error.reason}"
+            self._log(self._received(), words, "refused", code=error.code)
         if self._classic:
             # The classic form has no words after "ok": a reset is the only
             # way to tell the client that its file was not stored.
@@ -426,17 +457,8 @@ class ReceiverProtocol(Protocol):
         Closing with the peer's bytes unread would reset the connection, and
         a reset can destroy the error line before the peer has read it.
         """
-        transport = self._transport
-        if self._peer_finished:
-            transport.loseConnection()
-            return
-        try:
-            transport.loseWriteConnection()
-        except (AttributeError, NotImplementedError):
-            transport.loseConnection()
-            return
-        transport.resumeProducing()
-        self._arm(LINGER)
+        if close_after_last_words(self._transport, self._peer_finished):
+            self._arm(LINGER)
 
     @_machine.output()
     def _close(self) -> None:
@@ -456,20 +478,20 @@ class ReceiverProtocol(Protocol):
     def _keep_partial(self, reason: Failure) -> None:
         self._accepted.abort(keep_partial=True)
         # A half-close is end_of_stream: a connection lost mid-stream was reset or dropped.
-        self._log(self._received(), self._client_ended("client aborted"))
+        self._log(self._received(), self._client_ended("client aborted"), "aborted")
 
     @_machine.output()
     def _cut(self) -> None:
         """The service stops: keep the bytes for a resume, say so, and drop the connection."""
         self._disarm()
         self._accepted.abort(keep_partial=True)
-        self._log(self._received(), self._client_ended("cut by shutdown"))
+        self._log(self._received(), self._client_ended("cut by shutdown"), "aborted")
         self._transport.abortConnection()
 
     @_machine.output()
     def _log_vanished(self, reason: Failure) -> None:
         if self._buffer:
-            self._log(0, "connection closed during the handshake")
+            self._log(0, "connection closed during the handshake", "aborted")
 
     @_machine.output()
     def _refuse_early_data(self, data: bytes) -> None:
@@ -478,7 +500,7 @@ class ReceiverProtocol(Protocol):
 
     @_machine.output()
     def _note_gone(self, reason: Failure) -> None:
-        self._log(0, "client aborted while the upload was starting")
+        self._log(0, "client aborted while the upload was starting", "aborted")
 
     @_machine.output()
     def _put_back(self, upload: IUpload) -> None:
@@ -591,15 +613,40 @@ class ReceiverProtocol(Protocol):
         """Bytes of the accepted upload that arrived on this connection."""
         return int(self._accepted.received - self._accepted.offset)
 
-    def _log(self, nbytes: int, outcome: str) -> None:
-        log_transfer(
-            protocol="classic" if self._classic else "fx/1",
+    @property
+    def _protocol(self) -> str:
+        return "classic" if self._classic else "fx/1"
+
+    def _log(
+        self,
+        nbytes: int,
+        detail: str,
+        outcome: str,
+        *,
+        code: int | None = None,
+        receipt: Receipt | None = None,
+    ) -> None:
+        """The transfer's one record: its log line, and the factory's observer hears it."""
+        now = self._clock.seconds()
+        upload = self._upload
+        record = TransferRecord(
+            protocol=self._protocol,
+            direction="upload",
             peer=self._peer,
             path=self._path,
-            nbytes=nbytes,
-            seconds=self._clock.seconds() - self._started,
             outcome=outcome,
+            detail=detail,
+            nbytes=nbytes,
+            seconds=now - self._started,
+            time=now,
+            stored_path=receipt.path if receipt is not None else None,
+            size=receipt.size if receipt is not None else None,
+            sha256=receipt.sha256 if receipt is not None else None,
+            resumed_offset=upload.offset if upload is not None and self._announced else 0,
+            error_code=code,
+            accepted=self._announced,
         )
+        transfer_ended(self.factory.observer, record)
 
 
 class ReceiverFactory(Factory):
@@ -612,6 +659,8 @@ class ReceiverFactory(Factory):
     @param limits: caps on connections in total, and per address on those
         still in their handshake.
     @param access: which peer addresses may connect.
+    @param observer: told when an upload starts and given every
+        connection's L{TransferRecord} (after its log line).
     """
 
     protocol = ReceiverProtocol
@@ -626,8 +675,10 @@ class ReceiverFactory(Factory):
         idle_timeout: float = 300.0,
         limits: ConnectionLimits | None = None,
         access: AccessPolicy | None = None,
+        observer: ITransferObserver | None = None,
     ) -> None:
         self.storage = storage
+        self.observer: ITransferObserver = observer if observer is not None else Observers()
         self.clock = clock
         self.token = token
         self.handshake_timeout = handshake_timeout

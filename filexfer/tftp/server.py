@@ -22,7 +22,9 @@ from zope.interface import implementer
 
 from filexfer._errors import TransferError
 from filexfer._guard import AccessPolicy
-from filexfer._log import describe_peer, log, log_transfer
+from filexfer._log import describe_peer, log
+from filexfer._names import from_tftp_root
+from filexfer._records import ITransferObserver, Observers, TransferRecord, transfer_ended
 from filexfer._types import ITFTPReactor
 from filexfer.storage import IReadSource, IStorage, IUpload, Receipt
 from filexfer.tftp._netascii import NetasciiDecoder
@@ -57,11 +59,18 @@ from filexfer.tftp.transfer import Receiver, Sender, Transfer
 
 _WRITE_BUFFER = 256 * 1024
 
+PEER_TIMER = 5.0
+"""The retransmission timer stock TFTP clients run with when they do not
+negotiate C{timeout} (tftp-hpa's and atftp's 5 s).  A server transfer waits at
+least (retries + 1) times this long for a silent peer, so that a client that
+only resends on its own timer gets several chances (tftp-hpa re-arms its timer
+on every packet it receives, so no repeated ACK makes it resend sooner)."""
+
 
 class _ServerTransfer(Transfer):
     """A server's transfer: started by a request, ended with a log line."""
 
-    kind = "tftp"
+    direction = "upload"
     peer: Address
 
     def __init__(
@@ -73,14 +82,18 @@ class _ServerTransfer(Transfer):
         timeout: float,
         retries: int,
     ) -> None:
-        timeout = float(settings.timeout) if settings.timeout is not None else timeout
-        super().__init__(server.reactor, peer, timeout, retries)
+        # RFC 2349 timeout: echoed in the OACK, and the end of our backoff
+        ceiling = float(settings.timeout) if settings.timeout is not None else timeout
+        budget = max(ceiling, PEER_TIMER) * (retries + 1)
+        super().__init__(server.reactor, peer, timeout, retries, ceiling, budget)
         self.server = server
         self.path = path
         self.settings = settings
         self.started = server.reactor.seconds()
         self.key: tuple[Address, bytes] = (peer, b"")
         self.outcome = ""
+        self.announced = False
+        """The server's observer was told this transfer started."""
 
     def startProtocol(self) -> None:
         self.pin(self.peer)
@@ -99,7 +112,9 @@ class _ServerTransfer(Transfer):
         """Anything but the fast path's packet (ACK or DATA): ERROR 4 and end."""
         name = type(packet).__name__
         self.finish(
-            f"illegal {name} from peer", send_error=(ILLEGAL_OPERATION, f"unexpected {name}")
+            f"illegal {name} from peer",
+            send_error=(ILLEGAL_OPERATION, f"unexpected {name}"),
+            refused=400,
         )
 
     def peer_error(self, packet: Error) -> None:
@@ -107,22 +122,32 @@ class _ServerTransfer(Transfer):
 
     def timed_out(self) -> None:
         """The peer stopped answering: ERROR 0 and end."""
-        self.finish("timed out", send_error=(NOT_DEFINED, "timed out"))
+        self.finish("timed out", send_error=(NOT_DEFINED, "timed out"), refused=408)
 
     def local_error(self, exc: OSError) -> None:
         self.crashed(exc)
 
     def crashed(self, exc: Exception) -> None:
         log.failure("unexpected error in a TFTP transfer with {peer}", peer=self.peer)
-        self.finish("internal error", send_error=(NOT_DEFINED, "internal server error"))
+        self.finish(
+            "internal error", send_error=(NOT_DEFINED, "internal server error"), refused=500
+        )
 
     def finish(
         self,
         outcome: str,
         send_error: tuple[int, str] | None = None,
         linger: float = 0.0,
+        *,
+        refused: int | None = None,
+        receipt: Receipt | None = None,
     ) -> None:
-        """End the transfer: maybe send an ERROR, log, and close the port."""
+        """End the transfer: maybe send an ERROR, report its record, and close the port.
+
+        @param outcome: the words the log line ends with.
+        @param refused: the server's refusal code (HTTP-like) when it said no.
+        @param receipt: what was stored, for a stored upload.
+        """
         if self.done:
             return
         self.done = True
@@ -131,18 +156,46 @@ class _ServerTransfer(Transfer):
         if send_error is not None:
             self.send(encode_error(*send_error))
         self.cleanup()
-        log_transfer(
-            protocol=self.kind,
-            peer=describe_peer(self.peer),
-            path=self.path,
-            nbytes=self.nbytes(),
-            seconds=self.server.reactor.seconds() - self.started,
-            outcome=outcome,
-        )
+        if refused is not None:
+            self.report(outcome, "refused", refused)
+        elif receipt is not None:
+            self.report(outcome, "stored", receipt=receipt)
+        elif outcome == "ok":
+            self.report(outcome, "sent")
+        else:
+            self.report(outcome, "aborted")
         if linger > 0:
             self._linger = self.server.reactor.callLater(linger, self.close)
         else:
             self.close()
+
+    def report(
+        self, detail: str, outcome: str, code: int | None = None, receipt: Receipt | None = None
+    ) -> None:
+        """The transfer's one record: its log line, and the server's observer hears it."""
+        now = self.server.reactor.seconds()
+        settings = self.settings
+        record = TransferRecord(
+            protocol="tftp",
+            direction=self.direction,
+            peer=describe_peer(self.peer),
+            path=self.path,
+            outcome=outcome,
+            detail=detail,
+            nbytes=self.nbytes(),
+            seconds=now - self.started,
+            time=now,
+            stored_path=receipt.path if receipt is not None else None,
+            size=receipt.size if receipt is not None else None,
+            sha256=receipt.sha256 if receipt is not None else None,
+            error_code=code,
+            accepted=self.announced,
+            blksize=settings.blksize,
+            windowsize=settings.windowsize,
+            # counted by the transfer base where it retransmits (0 where it does not count)
+            retransmissions=self.retransmissions,
+        )
+        transfer_ended(self.server.observer, record)
 
     def nbytes(self) -> int:
         """Bytes transferred so far."""
@@ -158,14 +211,14 @@ class _ServerTransfer(Transfer):
 
     def abandon(self) -> Deferred[None]:
         """The server is stopping: end at once."""
-        self.finish("server stopped", send_error=(NOT_DEFINED, "server shutting down"))
+        self.finish("server stopped", send_error=(NOT_DEFINED, "server shutting down"))  # aborted
         return self.close()
 
 
 class _ReadTransfer(Sender, _ServerTransfer):
     """Serve one RRQ: send a file from storage, a window of blocks at a time."""
 
-    kind = "tftp-rrq"
+    direction = "download"
 
     def __init__(
         self,
@@ -191,7 +244,9 @@ class _ReadTransfer(Sender, _ServerTransfer):
             self.local_error(exc)
 
     def local_error(self, exc: OSError) -> None:
-        self.finish(f"read error: {exc}", send_error=(NOT_DEFINED, "cannot read the file"))
+        self.finish(
+            f"read error: {exc}", send_error=(NOT_DEFINED, "cannot read the file"), refused=500
+        )
 
     def _sent(self) -> None:
         self.finish("ok")
@@ -206,7 +261,7 @@ class _WriteTransfer(Receiver, _ServerTransfer):
     withheld, which slows the client down.
     """
 
-    kind = "tftp-wrq"
+    direction = "upload"
 
     def __init__(
         self,
@@ -223,7 +278,7 @@ class _WriteTransfer(Receiver, _ServerTransfer):
         self.upload = upload
         self.decoder = NetasciiDecoder() if netascii else None
         self.buffer = bytearray()
-        self.dally_for = self.timeout * max(1, retries)
+        self.dally_for = self.rtt.ceiling * max(1, retries)
         self.receipt: Receipt | None = None
         self.finishing = False
 
@@ -298,7 +353,7 @@ class _WriteTransfer(Receiver, _ServerTransfer):
         self.receipt = receipt
         assert self.receiver is not None
         self.receiver.ack_final()
-        self.finish(f"ok stored as {receipt.path!r}", linger=self.dally_for)
+        self.finish(f"ok stored as {receipt.path!r}", linger=self.dally_for, receipt=receipt)
 
     def _not_stored(self, failure: Failure) -> None:
         self.finishing = False
@@ -309,12 +364,16 @@ class _WriteTransfer(Receiver, _ServerTransfer):
         else:
             log.failure("storing a TFTP upload failed", failure)
             self.finish(
-                f"failed: {exc}", send_error=(NOT_DEFINED, "the server could not store the file")
+                f"failed: {exc}",
+                send_error=(NOT_DEFINED, "the server could not store the file"),
+                refused=500,
             )
 
     def _refused(self, exc: TransferError) -> None:
         self.finish(
-            f"error {exc.code} {exc.reason}", send_error=(error_code_for(exc.code), exc.reason)
+            f"error {exc.code} {exc.reason}",
+            send_error=(error_code_for(exc.code), exc.reason),
+            refused=exc.code,
         )
 
     def cleanup(self) -> None:
@@ -338,11 +397,17 @@ class TFTPServerProtocol(DatagramProtocol):
     @param allow_write: serve WRQ (uploads).
     @param max_blksize: the largest C{blksize} accepted (8-65464).
     @param max_windowsize: the largest C{windowsize} accepted (1-65535).
-    @param timeout: the retransmission timeout in seconds, unless the
-        client negotiates C{timeout}.
-    @param retries: retransmissions before a transfer is abandoned.
+    @param timeout: the retransmission timeout in seconds before a transfer
+        has measured its round trip; after that the timeout follows the
+        round trip (RFC 6298, never below 0.1 s or C{timeout}), backing off
+        up to C{timeout}, or up to the RFC 2349 C{timeout} a client
+        negotiated (see L{filexfer.tftp.transfer.Transfer}).
+    @param retries: a transfer is abandoned after (retries + 1) times that
+        upper bound (at least 5 s, L{PEER_TIMER}) without progress.
     @param interface: the address transfer ports are bound on.
     @param access: which peer addresses may make requests (everyone by default).
+    @param observer: told when a transfer starts and given every request's
+        L{TransferRecord} (after its log line).
     """
 
     def __init__(
@@ -358,6 +423,7 @@ class TFTPServerProtocol(DatagramProtocol):
         retries: int = 5,
         interface: str | None = None,
         access: AccessPolicy | None = None,
+        observer: ITransferObserver | None = None,
     ) -> None:
         if not 8 <= max_blksize <= MAX_BLKSIZE:
             raise ValueError(f"max_blksize must be 8-{MAX_BLKSIZE}")
@@ -372,6 +438,7 @@ class TFTPServerProtocol(DatagramProtocol):
         self.retries = retries
         self.interface = interface
         self.access = access if access is not None else AccessPolicy()
+        self.observer: ITransferObserver = observer if observer is not None else Observers()
         self.transfers: set[_ServerTransfer] = set()
         self._requests: dict[tuple[Address, bytes], _ServerTransfer | None] = {}
         """Requests being served; None while the storage starts one."""
@@ -386,7 +453,12 @@ class TFTPServerProtocol(DatagramProtocol):
 
     def _request(self, datagram: bytes, peer: Address) -> None:
         if (peer, datagram) in self._requests:
-            return  # the client repeated its request; the transfer answers it
+            # The client repeated its request: our first answer was lost (or
+            # is late); a running transfer sends it again at once.
+            transfer = self._requests[(peer, datagram)]
+            if transfer is not None:
+                transfer.request_repeated()
+            return
         if len(datagram) < 2:
             return
         if not self.access.allows(peer[0]):
@@ -400,14 +472,15 @@ class TFTPServerProtocol(DatagramProtocol):
             return
         try:
             request = decode(datagram)
-        except MalformedPacket:
+        except MalformedPacket as exc:  # no file name, no mode...: tftpd-hpa answers too
+            self._error(peer, ILLEGAL_OPERATION, str(exc))
             return
         assert isinstance(request, ReadRequest | WriteRequest)
         if request.mode not in MODES:
             self._error(peer, ILLEGAL_OPERATION, f"unsupported mode {request.mode!r}")
             return
         try:
-            path = request.filename.decode("utf-8")
+            path = from_tftp_root(request.filename.decode("utf-8"))
         except UnicodeDecodeError:
             self._error(peer, ACCESS_VIOLATION, "the file name is not valid UTF-8")
             return
@@ -445,14 +518,18 @@ class TFTPServerProtocol(DatagramProtocol):
             exc = TransferError(500, "internal server error")
         peer = key[0]
         self._error(peer, error_code_for(exc.code), exc.reason)
-        log_transfer(
-            protocol="tftp-rrq" if isinstance(request, ReadRequest) else "tftp-wrq",
+        now = self.reactor.seconds()
+        record = TransferRecord(
+            protocol="tftp",
+            direction="download" if isinstance(request, ReadRequest) else "upload",
             peer=describe_peer(peer),
             path=path,
-            nbytes=0,
-            seconds=0.0,
-            outcome=f"refused: error {exc.code} {exc.reason}",
+            outcome="refused",
+            detail=f"refused: error {exc.code} {exc.reason}",
+            time=now,
+            error_code=exc.code,
         )
+        transfer_ended(self.observer, record)
 
     def _start_read(
         self, request: ReadRequest, path: str, peer: Address
@@ -500,6 +577,8 @@ class TFTPServerProtocol(DatagramProtocol):
         transfer.key = (transfer.peer, request)
         self._requests[transfer.key] = transfer
         self.transfers.add(transfer)
+        transfer.announced = True
+        self.observer.transfer_started("tftp", transfer.direction)
         try:
             transfer.port, transfer.gro = open_port(
                 self.reactor,
@@ -514,6 +593,7 @@ class TFTPServerProtocol(DatagramProtocol):
             transfer.cleanup()
             self._error(transfer.peer, NOT_DEFINED, "the server cannot open a transfer port")
             log.warn("cannot open a TFTP transfer port: {exc}", exc=exc)
+            transfer.report("refused: the server cannot open a transfer port", "refused", 500)
             return
         if transfer.done:  # it ended while starting (e.g. the file could not be read)
             transfer.close()
@@ -534,6 +614,17 @@ class TFTPServerProtocol(DatagramProtocol):
     def stopProtocol(self) -> None:
         """The listening port closed: abandon every transfer."""
         self.stop_transfers()
+
+    def pause_requests(self) -> None:
+        """Read no more requests (a drain): they wait in the socket's queue; transfers go on."""
+        stop_reading = getattr(self.transport, "stopReading", None)
+        if stop_reading is not None:
+            stop_reading()
+
+    def in_progress(self) -> int:
+        """Transfers running, and requests the storage is still starting."""
+        starting = sum(1 for transfer in self._requests.values() if transfer is None)
+        return len(self.transfers) + starting
 
     def stop_transfers(self) -> Deferred[Any]:
         """End every running transfer; fires when their ports are closed."""
