@@ -55,13 +55,15 @@ class Cluster:
             _made.add(self.bucket)
         self.nodes: list[ServerProcess] = []
 
-    def start_node(self, *extra: str, endpoint: str | None = None) -> tuple[ServerProcess, int]:
+    def start_node(
+        self, *extra: str, endpoint: str | None = None, listen: str = f"tcp:0:interface={LOOPBACK}"
+    ) -> tuple[ServerProcess, int]:
         """A node with TCP on an ephemeral port and TFTP on a free UDP port."""
         udp = free_udp_port()
         cwd = os.path.join(self.tmp, f"node{len(self.nodes)}")
         os.makedirs(cwd)
         command = twistd_command(
-            "filexfer", "--listen", f"tcp:0:interface={LOOPBACK}",
+            "filexfer", "--listen", listen,
             "--tftp-port", str(udp), "--tftp-interface", LOOPBACK,
             "--storage", f"s3://{self.bucket}/{self.prefix}",
             "--s3-endpoint", endpoint or self.store.endpoint, *extra,

@@ -41,7 +41,9 @@ import base64
 import binascii
 import hashlib
 import json
+import os
 import secrets
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -495,7 +497,9 @@ class S3Storage:
         raise TransferError(409, "an upload of this file is already in progress")
 
     def _lease_body(self) -> bytes:
-        return json.dumps({"expires": self._now() + self.lease_seconds}).encode()
+        """When the lease expires, and who holds it (host and process, for an operator)."""
+        holder = f"{socket.gethostname()}:{os.getpid()}"
+        return json.dumps({"expires": self._now() + self.lease_seconds, "node": holder}).encode()
 
     def _renew_lease(self, identity: str) -> None:
         self.client.put_object(
