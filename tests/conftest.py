@@ -25,3 +25,9 @@ def seaweedfs() -> Iterator[object]:
     store = SeaweedFS(binary)
     yield store
     store.stop()
+
+
+@pytest.fixture(scope="class")
+def seaweedfs_on_class(request: pytest.FixtureRequest, seaweedfs: object) -> None:
+    """The session's SeaweedFS as C{store} on a (trial) test class that uses this fixture."""
+    request.cls.store = seaweedfs

@@ -12,8 +12,6 @@ import re
 import shutil
 import socket
 import threading
-from collections.abc import Callable
-from typing import Any
 
 import pytest
 
@@ -39,10 +37,9 @@ from .test_integration_proxy import (
     upload_from,
     v2_header,
 )
-from .test_s3_seaweedfs import Cluster, cluster, sha
+from .test_s3_seaweedfs import Cluster, S3ClusterTestCase, sha
 
 pytestmark = pytest.mark.integration
-__all__ = ["cluster"]  # the fixture, used by name
 
 PART = DEFAULT_PART_SIZE
 
@@ -92,129 +89,129 @@ class Front:
         return True
 
 
-@pytest.fixture
-def front(cluster: Callable[..., Cluster], tmp_path: Any) -> Callable[..., tuple[Cluster, Front]]:
-    def make(*extra: str) -> tuple[Cluster, Front]:
-        c = cluster()
-        return c, Front(c, str(tmp_path), *extra)
+class BehindHAProxyOnS3Tests(S3ClusterTestCase):
+    def front(self, *extra: str) -> tuple[Cluster, Front]:
+        """Two nodes on the session's store and HAProxy before them."""
+        c = self.cluster()
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        return c, Front(c, folder, *extra)
 
-    return make
+    def test_uploads_through_haproxy_land_intact(self) -> None:
+        """Uploads through HAProxy reach both nodes intact; TFTP serves them from either node."""
+        c, f = self.front()
+        files = {f"f{n}.bin": payload(100_000 + n, seed=n) for n in range(4)}
+        for name, data in files.items():
+            replies, _ = upload_from(CLIENT, f.port, name, data)
+            assert b"\ndone " in replies, replies
+        assert {name: sha(data) for name, data in c.objects().items()} == {
+            name: sha(data) for name, data in files.items()
+        }
+        for node, _ in f.nodes:  # round robin: each node stored some, and logged the client
+            node.log.wait_for(rf"{re.escape(CLIENT)}:\d+ 'f\d\.bin'", 10)
+        for _, udp in f.nodes:
+            target = os.path.join(c.tmp, f"got{udp}")
+            got = run_filexfer("get", f"tftp://127.0.0.1:{udp}/f2.bin", target)
+            assert got.returncode == 0, got.stderr
+            with open(target, "rb") as handle:
+                assert sha(handle.read()) == sha(files["f2.bin"])
 
+    def test_resume_through_haproxy_after_kill(self) -> None:
+        """kill -9 of the receiving node: a re-send through HAProxy resumes on the other node."""
+        c, f = self.front("--s3-lease", "2")
+        data = payload(2 * PART + 999, seed=9)
+        request = _wire.PutRequest("big.bin", len(data), sha(data), None, trailer=True)
+        sock = connect_from(CLIENT, f.port)
+        sock.sendall(_wire.encode_put(request))
+        assert read_line(sock).startswith(b"ok 0")
+        sock.sendall(data[: PART + 10])
 
-def test_uploads_through_haproxy_land_intact(front: Callable[..., tuple[Cluster, Front]]) -> None:
-    """Uploads through HAProxy reach both nodes and land intact; TFTP serves them from either."""
-    c, f = front()
-    files = {f"f{n}.bin": payload(100_000 + n, seed=n) for n in range(4)}
-    for name, data in files.items():
-        replies, _ = upload_from(CLIENT, f.port, name, data)
-        assert b"\ndone " in replies, replies
-    assert {name: sha(data) for name, data in c.objects().items()} == {
-        name: sha(data) for name, data in files.items()
-    }
-    for node, _ in f.nodes:  # round robin: each node stored some, and logged the client
-        node.log.wait_for(rf"{re.escape(CLIENT)}:\d+ 'f\d\.bin'", 10)
-    for _, udp in f.nodes:
-        target = os.path.join(c.tmp, f"got{udp}")
-        got = run_filexfer("get", f"tftp://127.0.0.1:{udp}/f2.bin", target)
-        assert got.returncode == 0, got.stderr
-        with open(target, "rb") as handle:
-            assert sha(handle.read()) == sha(files["f2.bin"])
+        def a_part_stored() -> bool:
+            prefix = f"{c.prefix}/.filexfer/uploads/"
+            listed = c.s3.list_objects_v2(Bucket=c.bucket, Prefix=prefix).get("Contents", [])
+            return any(
+                b'"size": 0' not in c.s3.get_object(Bucket=c.bucket, Key=e["Key"])["Body"].read()
+                for e in listed
+            )
 
+        wait_until(a_part_stored, 30, "a part in the store")
+        holder = self.holder(c, f)  # the node HAProxy chose for this connection
+        holder.process.kill()
+        holder.wait(10)
+        sock.close()
+        answers: list[tuple[socket.socket, list[bytes]]] = []
 
-def test_resume_through_haproxy_after_kill(front: Callable[..., tuple[Cluster, Front]]) -> None:
-    """kill -9 of the node receiving an upload: a re-send through HAProxy resumes on the other."""
-    c, f = front("--s3-lease", "2")
-    data = payload(2 * PART + 999, seed=9)
-    request = _wire.PutRequest("big.bin", len(data), sha(data), None, trailer=True)
-    sock = connect_from(CLIENT, f.port)
-    sock.sendall(_wire.encode_put(request))
-    assert read_line(sock).startswith(b"ok 0")
-    sock.sendall(data[: PART + 10])
+        def resumed() -> bool:
+            try:
+                again = connect_from(CLIENT, f.port)
+                again.sendall(_wire.encode_put(request))
+                reply = read_line(again).split()
+            except OSError:
+                return False
+            if reply[:1] != [b"ok"] or int(reply[1]) == 0:
+                again.close()
+                return False
+            answers.append((again, reply))
+            return True
 
-    def a_part_stored() -> bool:
-        prefix = f"{c.prefix}/.filexfer/uploads/"
-        listed = c.s3.list_objects_v2(Bucket=c.bucket, Prefix=prefix).get("Contents", [])
-        return any(
-            b'"size": 0' not in c.s3.get_object(Bucket=c.bucket, Key=e["Key"])["Body"].read()
-            for e in listed
-        )
+        wait_until(resumed, 60, "a resume through HAProxy on the surviving node")
+        again, reply = answers[0]
+        offset = int(reply[1])
+        assert offset >= PART and reply[2].decode() == sha(data[:offset])
+        again.sendall(data[offset:] + _wire.encode_trailer(sha(data)))
+        done = read_line(again)
+        again.close()
+        assert done.startswith(b"done "), done
+        assert c.objects() == {"big.bin": data}
 
-    wait_until(a_part_stored, 30, "a part in the store")
-    holder = _holder(c, f)  # the node HAProxy chose for this connection
-    holder.process.kill()
-    holder.wait(10)
-    sock.close()
-    answers: list[tuple[socket.socket, list[bytes]]] = []
+    @staticmethod
+    def holder(c: Cluster, f: Front) -> ServerProcess:
+        """The node holding the upload's lease (the lease names its host and process)."""
+        prefix = f"{c.prefix}/.filexfer/leases/"
+        (entry,) = c.s3.list_objects_v2(Bucket=c.bucket, Prefix=prefix)["Contents"]
+        lease = json.loads(c.s3.get_object(Bucket=c.bucket, Key=entry["Key"])["Body"].read())
+        pid = int(lease["node"].rsplit(":", 1)[1])
+        (node,) = [node for node, _ in f.nodes if node.process.pid == pid]
+        return node
 
-    def resumed() -> bool:
-        try:
-            again = connect_from(CLIENT, f.port)
-            again.sendall(_wire.encode_put(request))
-            reply = read_line(again).split()
-        except OSError:
-            return False
-        if reply[:1] != [b"ok"] or int(reply[1]) == 0:
-            again.close()
-            return False
-        answers.append((again, reply))
-        return True
+    def test_twenty_at_once_rename(self) -> None:
+        """20 uploads of one path at once through HAProxy: rename keeps 20 objects."""
+        self.twenty_at_once("rename", 20, 0)
 
-    wait_until(resumed, 60, "a resume through HAProxy on the surviving node")
-    again, reply = answers[0]
-    offset = int(reply[1])
-    assert offset >= PART and reply[2].decode() == sha(data[:offset])
-    again.sendall(data[offset:] + _wire.encode_trailer(sha(data)))
-    done = read_line(again)
-    again.close()
-    assert done.startswith(b"done "), done
-    assert c.objects() == {"big.bin": data}
+    def test_twenty_at_once_refuse(self) -> None:
+        """20 uploads of one path at once through HAProxy: refuse stores 1, 19 get 409."""
+        self.twenty_at_once("refuse", 1, 19)
 
+    def twenty_at_once(self, policy: str, stored: int, refused: int) -> None:
+        c, f = self.front("--on-conflict", policy)
+        replies: list[bytes] = []
+        lock = threading.Lock()
 
-def _holder(c: Cluster, f: Front) -> ServerProcess:
-    """The node holding the upload's lease (the lease names its host and process)."""
-    prefix = f"{c.prefix}/.filexfer/leases/"
-    (entry,) = c.s3.list_objects_v2(Bucket=c.bucket, Prefix=prefix)["Contents"]
-    lease = json.loads(c.s3.get_object(Bucket=c.bucket, Key=entry["Key"])["Body"].read())
-    pid = int(lease["node"].rsplit(":", 1)[1])
-    (node,) = [node for node, _ in f.nodes if node.process.pid == pid]
-    return node
+        def send(number: int) -> None:
+            answer, _ = upload_from(CLIENT, f.port, "same.txt", f"upload {number}\n".encode() * 500)
+            with lock:
+                replies.append(answer)
 
+        threads = [threading.Thread(target=send, args=(n,)) for n in range(20)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert len(replies) == 20
+        assert sum(b"\ndone " in r for r in replies) == stored, replies
+        assert sum(b"error 409" in r for r in replies) == refused, replies  # at begin or placing
+        objects = c.objects()
+        assert len(objects) == stored and len(set(objects.values())) == stored
 
-@pytest.mark.parametrize(("policy", "stored", "refused"), [("rename", 20, 0), ("refuse", 1, 19)])
-def test_twenty_at_once_through_haproxy(
-    front: Callable[..., tuple[Cluster, Front]], policy: str, stored: int, refused: int
-) -> None:
-    """20 uploads of one path at once through HAProxy: rename 20 objects, refuse 1 + 19 x 409."""
-    c, f = front("--on-conflict", policy)
-    replies: list[bytes] = []
-    lock = threading.Lock()
-
-    def send(number: int) -> None:
-        answer, _ = upload_from(CLIENT, f.port, "same.txt", f"upload {number}\n".encode() * 500)
-        with lock:
-            replies.append(answer)
-
-    threads = [threading.Thread(target=send, args=(n,)) for n in range(20)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    assert len(replies) == 20
-    assert sum(b"\ndone " in r for r in replies) == stored, replies
-    assert sum(b"error 409" in r for r in replies) == refused, replies  # at begin or placing
-    objects = c.objects()
-    assert len(objects) == stored and len(set(objects.values())) == stored
-
-
-def test_allow_and_untrusted_header(front: Callable[..., tuple[Cluster, Front]]) -> None:
-    """--allow judges the client HAProxy passes; an untrusted peer's PROXY header is refused."""
-    c, f = front("--allow", f"{CLIENT}/32")
-    allowed, _ = upload_from(CLIENT, f.port, "ok.txt", b"fine")
-    refused, _ = upload_from(OTHER_CLIENT, f.port, "no.txt", b"nope")
-    assert b"\ndone " in allowed, allowed
-    assert refused.startswith(b"error 403"), refused
-    node = f.nodes[0][0]
-    with connect_from(STRANGER, node.port) as sock:
-        sock.sendall(v2_header(CLIENT, 4000) + b"FX/1 PUT x\nSize: 1\n\n")
-        assert read_line(sock).startswith(b"error 403")
-    assert c.objects() == {"ok.txt": b"fine"}
+    def test_allow_and_untrusted_header(self) -> None:
+        """--allow judges the client HAProxy passes; an untrusted peer's PROXY header is refused."""
+        c, f = self.front("--allow", f"{CLIENT}/32")
+        allowed, _ = upload_from(CLIENT, f.port, "ok.txt", b"fine")
+        refused, _ = upload_from(OTHER_CLIENT, f.port, "no.txt", b"nope")
+        assert b"\ndone " in allowed, allowed
+        assert refused.startswith(b"error 403"), refused
+        node = f.nodes[0][0]
+        with connect_from(STRANGER, node.port) as sock:
+            sock.sendall(v2_header(CLIENT, 4000) + b"FX/1 PUT x\nSize: 1\n\n")
+            assert read_line(sock).startswith(b"error 403")
+        assert c.objects() == {"ok.txt": b"fine"}
