@@ -21,7 +21,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from filexfer._errors import TransferError
-from filexfer._hashing import sha256_prefix
+from filexfer._hashing import DEFAULT_DIGEST, DigestName, hash_prefix
 from filexfer._log import log
 from filexfer.storage._disk import os_error, write_error
 from filexfer.storage._interfaces import BlockingRunner, IUpload, Receipt
@@ -45,7 +45,15 @@ class UploadSite(Protocol):
     def check_space(self, incoming: int, where: str | None = None) -> None:
         """Refuse (507) C{incoming} more bytes on the file system of C{where}."""
 
-    def place(self, temp_name: str, path: str, size: int, digest: str, mtime_ns: int | None) -> str:
+    def place(
+        self,
+        temp_name: str,
+        path: str,
+        size: int,
+        digest: str,
+        mtime_ns: int | None,
+        algorithm: DigestName = DEFAULT_DIGEST,
+    ) -> str:
         """Give the finished temporary file its final name; return the relative path."""
 
     def discard(self, temp_name: str) -> None:
@@ -67,8 +75,10 @@ class Upload:
         handle: BinaryIO,
         resumable: bool,
         run_writes: BlockingRunner[Any] | None = None,
+        digest: DigestName = DEFAULT_DIGEST,
     ) -> None:
         self.path = path
+        self.digest = digest
         self.expected_size = size
         self._sha256 = sha256
         self._mtime_ns = mtime_ns
@@ -83,7 +93,9 @@ class Upload:
             handle.truncate(0)
             self.offset = 0
         handle.seek(0)
-        self._digest = sha256_prefix(handle, self.offset)  # begin() runs this off the reactor
+        self._digest = hash_prefix(
+            handle, self.offset, name=digest
+        )  # begin() runs this off the reactor
         self.prefix_sha256: str | None = self._digest.hexdigest()
         self.received = self.offset
         self.stored: Receipt | None = None
@@ -230,7 +242,7 @@ class Upload:
                     " file; send it again from the start"
                 )
             else:
-                reason = "the file changed while it was sent (its SHA-256 differs)"
+                reason = f"the file changed while it was sent (its {self.digest} differs)"
             return fail(TransferError(422, reason))
         return self._storage.run_blocking(lambda: self._make_durable(digest))
 
@@ -241,7 +253,7 @@ class Upload:
                 os.utime(self._handle.fileno(), ns=(time.time_ns(), self._mtime_ns))
             os.fsync(self._handle.fileno())
             stored_path = self._storage.place(
-                self._temp_name, self.path, self.received, digest, self._mtime_ns
+                self._temp_name, self.path, self.received, digest, self._mtime_ns, self.digest
             )
         except TransferError:
             self._discard_here()
@@ -250,7 +262,7 @@ class Upload:
             self._discard_here()
             raise os_error(exc, "store the file") from exc
         self._close()
-        return Receipt(self.received, digest, stored_path)
+        return Receipt(self.received, digest, stored_path, self.digest)
 
     def _discard_here(self) -> None:
         """Remove the file and close it in this thread (a worker of C{run_blocking})."""
@@ -299,6 +311,7 @@ class AlreadyStored:
     prefix_sha256 = None
 
     def __init__(self, receipt: Receipt) -> None:
+        self.digest = receipt.algorithm
         self.path = receipt.path
         self.expected_size = receipt.size
         self.offset = self.received = receipt.size
@@ -313,7 +326,7 @@ class AlreadyStored:
 
     def finish(self, sha256: str | None = None) -> Deferred[Receipt]:
         assert self.stored is not None
-        if sha256 is not None and sha256 != self.stored.sha256:
+        if sha256 is not None and sha256 != self.stored.digest:
             return fail(TransferError(422, "SHA256 mismatch with the announced SHA256"))
         return succeed(self.stored)
 
@@ -334,7 +347,11 @@ class StoredCandidate:
     prefix_sha256 = None
     stored = None
 
-    def __init__(self, path: str, size: int, digests: dict[str, str]) -> None:
+    def __init__(
+        self, path: str, size: int, digests: dict[str, str], digest: DigestName = DEFAULT_DIGEST
+    ) -> None:
+        self.digest = digest
+        """Which digest C{digests} (stored path -> hex) are, and the trailer is."""
         self.path = path
         self.expected_size = size
         self.offset = self.received = size
@@ -350,7 +367,7 @@ class StoredCandidate:
     def finish(self, sha256: str | None = None) -> Deferred[Receipt]:
         for stored_path, digest in self._digests.items():
             if sha256 is not None and hmac.compare_digest(digest, sha256):
-                return succeed(Receipt(self.expected_size, digest, stored_path))
+                return succeed(Receipt(self.expected_size, digest, stored_path, self.digest))
         return fail(
             TransferError(
                 422, "the stored file with this Size and Mtime differs from yours; send it again"

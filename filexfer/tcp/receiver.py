@@ -38,6 +38,7 @@ from zope.interface import implementer
 
 from filexfer._errors import TransferError
 from filexfer._guard import AccessPolicy, ConnectionLimits
+from filexfer._hashing import DEFAULT_DIGEST, DigestName, digest_name
 from filexfer._log import describe_peer, log
 from filexfer._receipt import Receipt
 from filexfer._records import ITransferObserver, Observers, TransferRecord, transfer_ended
@@ -100,7 +101,10 @@ class ReceiverProtocol(Protocol):
         self._started = 0.0
         self._trailer = False
         self._trailer_line = b""
-        self._claimed_sha256: str | None = None
+        self._claimed_digest: str | None = None
+        self._digest: DigestName | None = None
+        """The receipt digest chosen for a client that asked for one (C{Digest:}),
+        named in C{ok} and labelled in C{done}; None for a client that did not ask."""
         self._client_outcome: str | None = None
         """Set when the client ended the upload early: the log says so, not "refused"."""
         self._announced = False
@@ -274,6 +278,8 @@ class ReceiverProtocol(Protocol):
             starting = maybeDeferred(storage.begin, request.name, None, None, None)
         else:
             self._trailer = request.trailer
+            self._digest = choose_digest(request, storage)
+            chosen = {} if self._digest in (None, DEFAULT_DIGEST) else {"digest": self._digest}
             starting = maybeDeferred(
                 storage.begin,
                 request.path,
@@ -282,6 +288,7 @@ class ReceiverProtocol(Protocol):
                 request.mtime_ns,
                 trailer=request.trailer,
                 fresh=request.fresh,
+                **chosen,
             )
         starting.addCallbacks(self._storage_took, self._storage_refused)
 
@@ -311,7 +318,7 @@ class ReceiverProtocol(Protocol):
             self._transport.write(_wire.CLASSIC_OK)
         else:
             prefix = upload.prefix_sha256 if upload.offset < (upload.expected_size or 0) else None
-            line = _wire.encode_ok(upload.offset, prefix, self._trailer)
+            line = _wire.encode_ok(upload.offset, prefix, self._trailer, self._digest)
             self._transport.write(line)
         self._arm(self.factory.idle_timeout)
         if upload.expected_size is not None and upload.received >= upload.expected_size:
@@ -323,7 +330,7 @@ class ReceiverProtocol(Protocol):
     def _send_ok_and_done(self, upload: IUpload) -> None:
         assert upload.stored is not None
         self._upload = upload
-        line = _wire.encode_ok(upload.offset, None, self._trailer)
+        line = _wire.encode_ok(upload.offset, None, self._trailer, self._digest)
         self._transport.write(line)
         self._reply_done(upload.stored, "already stored as", "already_stored")
 
@@ -366,7 +373,7 @@ class ReceiverProtocol(Protocol):
             self.refused(TransferError(422, "more bytes than Size and the trailer"))
             return
         try:
-            self._claimed_sha256 = _wire.parse_trailer(line)
+            self._claimed_digest = _wire.parse_trailer(line, self._digest or DEFAULT_DIGEST)
         except TransferError as error:
             self.refused(error)
             return
@@ -387,7 +394,7 @@ class ReceiverProtocol(Protocol):
             # the client half-closed before Size bytes: the storage refuses
             # the short upload (422, the partial kept), which the client caused
             self._client_outcome = self._client_ended("client closed")
-        result: Deferred[Receipt] = upload.finish(self._claimed_sha256)
+        result: Deferred[Receipt] = upload.finish(self._claimed_digest)
         result.addCallbacks(self.stored, self._finish_failed)
 
     def _finish_failed(self, failure: Failure) -> None:
@@ -412,7 +419,8 @@ class ReceiverProtocol(Protocol):
 
     def _reply_done(self, receipt: Receipt, words: str, outcome: str) -> None:
         if not self._classic:
-            line = _wire.encode_done(receipt.size, receipt.sha256, receipt.path)
+            label = None if self._digest is None else receipt.algorithm
+            line = _wire.encode_done(receipt.size, receipt.digest, receipt.path, label)
             self._transport.write(line)
         self._log(self._received(), f"{words} {receipt.path!r}", outcome, receipt=receipt)
         self._transport.loseConnection()
@@ -642,6 +650,9 @@ class ReceiverProtocol(Protocol):
             stored_path=receipt.path if receipt is not None else None,
             size=receipt.size if receipt is not None else None,
             sha256=receipt.sha256 if receipt is not None else None,
+            blake3=receipt.digest
+            if receipt is not None and receipt.algorithm == "blake3"
+            else None,
             resumed_offset=upload.offset if upload is not None and self._announced else 0,
             error_code=code,
             accepted=self._announced,
@@ -727,6 +738,23 @@ class ReceiverFactory(Factory):
             raise TransferError(401, "this server requires a token: use the FX/1 form")
         if request.token is None or not _constant_time_equal(request.token, self.token):
             raise TransferError(401, "bad or missing token")
+
+
+def choose_digest(request: _wire.PutRequest, storage: IStorage) -> DigestName | None:
+    """The receipt digest for C{request}: None when the client did not ask (C{Digest:}).
+
+    The asked-for digest when the storage computes it (C{IStorage.digests})
+    and the client announced no SHA256 up front (that digest is SHA-256);
+    otherwise the server declines and answers with SHA-256, which every
+    client can check (docs/protocol.md, "Receipt digests").
+    """
+    if request.digest is None:
+        return None
+    asked = digest_name(request.digest)
+    offered = getattr(storage, "digests", (DEFAULT_DIGEST,))
+    if asked is None or asked not in offered or request.sha256 is not None:
+        return DEFAULT_DIGEST
+    return asked
 
 
 def _constant_time_equal(given: str, expected: str) -> bool:
