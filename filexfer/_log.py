@@ -51,20 +51,25 @@ def log_transfer(record: TransferRecord) -> None:
     quoted form (C{repr}, which escapes every control character), the peer and
     the outcome (which may carry a stored name or a TFTP client's ERROR
     message) through L{escape}.  A TFTP transfer is named by its request
-    (C{tftp-rrq}, C{tftp-wrq}).
+    (C{tftp-rrq}, C{tftp-wrq}) and adds how many datagrams it sent again.
     """
     protocol = record.protocol
     if protocol == "tftp":
         protocol = "tftp-rrq" if record.direction == "download" else "tftp-wrq"
     seconds = record.seconds
     rate = record.nbytes / seconds / 1e6 if seconds > 0 else 0.0
+    retransmissions = record.retransmissions
+    resent = "" if retransmissions is None else f", {retransmissions} retransmitted"
     log.info(
-        "{protocol} {peer} {path!r} {nbytes} bytes in {seconds:.3f}s ({rate:.1f} MB/s): {outcome}",
+        "{protocol} {peer} {path!r} {nbytes} bytes in {seconds:.3f}s ({rate:.1f} MB/s{resent})"
+        ": {outcome}",
         protocol=protocol,
         peer=escape(record.peer),
         path=record.path,
         nbytes=record.nbytes,
         seconds=seconds,
         rate=rate,
+        resent=resent,
+        retransmissions=retransmissions,
         outcome=escape(record.detail),
     )

@@ -21,8 +21,10 @@ from zope.interface import Interface, implementer
 
 from filexfer._log import log, log_transfer
 
-PROTOCOLS = ("classic", "fx/1", "tftp")
-"""The C{protocol} of a record: the TCP handshake forms, and TFTP."""
+PROTOCOLS = ("classic", "fx/1", "tftp", "proxy")
+"""The C{protocol} of a record: the TCP handshake forms, TFTP, and C{proxy} for a
+connection to a C{haproxy:} port refused (or closed) before its PROXY header
+was through."""
 
 DIRECTIONS = ("upload", "download")
 """The C{direction} of a record, seen from the client."""

@@ -5,7 +5,9 @@ C{SO_REUSEPORT} (dual-stack, like C{--port} alone: see L{filexfer._ports}),
 so the kernel spreads new connections and requests across them.  The first
 process starts the others (C{python -m filexfer serve
 ... --worker-of PID}), forwards their log lines, and stops them when it
-stops; a worker whose parent disappears stops by itself.
+stops: its drain (L{filexfer._drain}) tells them to drain too (SIGUSR1),
+waits for them, and tells them to cut (SIGUSR2) when its grace ends.  A
+worker whose parent disappears stops by itself.
 
 When the service observes transfers (C{--metrics}, C{--event-log},
 C{--on-stored}), each worker sends its transfer records to the first
@@ -126,12 +128,13 @@ class WorkerProcesses(Service):
             argv = [sys.executable, "-m", "filexfer", "serve", *self.serve_argv]
             argv += ["--worker-of", str(os.getpid())]
             child_fds: dict[int, int | str] = {0: "w", 1: "r", 2: "r"}
+            env = {key: value for key, value in os.environ.items() if key != "NOTIFY_SOCKET"}
             ours = theirs = None
             if self.observer is not None:
                 ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
                 child_fds[RECORDS_FD] = theirs.fileno()
             process = self.reactor.spawnProcess(
-                output, sys.executable, argv, env=os.environ, childFDs=child_fds
+                output, sys.executable, argv, env=env, childFDs=child_fds
             )
             observer = self.observer
             if ours is not None and theirs is not None and observer is not None:
@@ -141,6 +144,24 @@ class WorkerProcesses(Service):
                 ours.close()  # the reactor reads its own copy
             log.info("worker {n} started as process {pid}", n=number, pid=process.pid)
             self._workers.append((process, output))
+
+    # -- as the drain sees it (filexfer._drain.Intake) ---------------------------------
+
+    def stop_accepting(self) -> None:
+        """Tell each worker to drain (SIGUSR1: a drain that a second one does not escalate)."""
+        for process, output in self._workers:
+            if not output.ended.called:
+                _signal(process, signal.SIGUSR1)
+
+    def in_progress(self) -> int:
+        """Workers still running."""
+        return sum(1 for _, output in self._workers if not output.ended.called)
+
+    def cut(self) -> None:
+        """Tell each worker to cut its transfers now (SIGUSR2)."""
+        for process, output in self._workers:
+            if not output.ended.called:
+                _signal(process, signal.SIGUSR2)
 
     def stopService(self) -> Deferred[Any]:
         super().stopService()

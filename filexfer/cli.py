@@ -34,7 +34,6 @@ from twisted.python.failure import Failure
 
 from filexfer import __version__
 from filexfer._hashing import DIGESTS
-from filexfer._log import format_address
 from filexfer._ports import StartupError
 from filexfer._progress import Progress
 from filexfer._start import interrupted_while_starting
@@ -55,6 +54,8 @@ from filexfer.tcp.sender import (
     describe_mode,
     send_file,
 )
+from filexfer.tftp._packets import MODES
+from filexfer.tftp._url import BadURL, format_tftp_url, parse_tftp_url
 from filexfer.tftp.client import (
     DEFAULT_CLIENT_BLKSIZE,
     DEFAULT_CLIENT_RETRIES,
@@ -85,19 +86,27 @@ class Destination:
     host: str
     port: int
     path: str  # remote path ("" for none); a trailing "/" means a directory
+    mode: str | None = None  # a tftp:// URL's ;mode= (RFC 3617)
 
 
 def parse_destination(text: str) -> Destination:
-    """Parse C{HOST:PORT}, C{HOST:PORT/remote/dir}, C{[::1]:PORT} or C{tftp://...}."""
+    """Parse C{HOST:PORT}, C{HOST:PORT/remote/dir}, C{[::1]:PORT} or C{tftp://...}.
+
+    A tftp:// URL is read by L{filexfer.tftp.parse_tftp_url} (RFC 3617: its
+    name percent-decoded, its C{;mode=} kept in L{Destination.mode}).
+    """
     scheme = "tcp"
     rest = text
     if "://" in text:
         scheme, _, rest = text.partition("://")
-        if scheme not in ("tftp", "tcp"):
+        if scheme.lower() == "tftp":
+            try:
+                url = parse_tftp_url(text)
+            except BadURL as error:
+                raise UserError(str(error), 2) from None
+            return Destination("tftp", url.host, url.port, url.name, url.mode)
+        if scheme != "tcp":
             raise UserError(f"unknown scheme {scheme!r} in {text!r} (use HOST:PORT or tftp://)", 2)
-        if scheme == "tftp" and re.match(r"^(\[[^\]]+\]|[^:/\[\]]+)(/|$)", rest):
-            host, slash, path = rest.partition("/")
-            rest = f"{host}:69{slash}{path}"
     match = _HOST_PORT.match(rest)
     if match is None:
         raise UserError(f"bad destination {text!r}: expected HOST:PORT, [IPv6]:PORT or tftp://", 2)
@@ -561,15 +570,30 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         f"{DEFAULT_CLIENT_TIMEOUT:g}; the transfer gives up after {DEFAULT_CLIENT_RETRIES} "
         "retransmissions without an answer)",
     )
+    tftp.add_argument(
+        "--mode",
+        choices=MODES,
+        default=None,
+        help="TFTP transfer mode: octet (bytes as they are, the default) or netascii "
+        "(text: line ends converted); a URL's ;mode=netascii says the same",
+    )
 
 
-def _tftp_options(args: argparse.Namespace) -> dict[str, Any]:
+def _tftp_options(args: argparse.Namespace, dest: Destination) -> dict[str, Any]:
     options = {
         "blksize": args.blksize,
         "windowsize": args.windowsize,
         "timeout": args.timeout,
+        "mode": _tftp_mode(args, dest),
     }
     return {key: value for key, value in options.items() if value is not None}
+
+
+def _tftp_mode(args: argparse.Namespace, dest: Destination) -> str:
+    """--mode, else the URL's ;mode=, else octet; a usage error when the two differ."""
+    if args.mode is not None and dest.mode is not None and args.mode != dest.mode:
+        raise UserError(f"--mode {args.mode} contradicts ;mode={dest.mode} in the URL", 2)
+    return args.mode or dest.mode or "octet"
 
 
 async def _send(
@@ -581,6 +605,8 @@ async def _send(
 ) -> int:
     dest = parse_destination(args.dest)
     _check_remote_dir(dest)
+    if dest.scheme != "tftp" and args.mode is not None:
+        raise UserError("--mode is a TFTP option: the TCP push sends bytes as they are", 2)
     skipped: list[str] = []
     if dest.scheme == "tftp":
         plan = _tftp_plan(args, dest, skipped)
@@ -802,7 +828,7 @@ def _tftp_transport(
     """TFTP uploads (WRQ) to C{dest}, with the TFTP options given."""
     from filexfer import tftp
 
-    options = _tftp_options(args)
+    options = _tftp_options(args, dest)
 
     async def send_one(local: str, remote: str, progress: Progress) -> Sent:
         size = await tftp.upload(
@@ -814,7 +840,7 @@ def _tftp_transport(
             progress=progress,
             **options,
         )
-        return Sent(f"tftp://{format_address(dest.host, dest.port)}/{remote}", size)
+        return Sent(format_tftp_url(dest.host, dest.port, remote, options["mode"]), size)
 
     return Transport(send_one, "")
 
@@ -840,7 +866,8 @@ async def _get(
     if os.path.lexists(local) and not args.overwrite:
         raise UserError(f"{local} exists; use --overwrite to replace it")
     _check_can_save(local)
-    url = f"tftp://{format_address(dest.host, dest.port)}/{dest.path}"
+    options = _tftp_options(args, dest)
+    url = format_tftp_url(dest.host, dest.port, dest.path, options["mode"])
     bars = ProgressBars(not args.no_progress, err)
     try:
         with bars.for_file(escape(dest.path), None) as progress:
@@ -851,7 +878,7 @@ async def _get(
                 dest.path,
                 local,
                 progress=progress,
-                **_tftp_options(args),
+                **options,
             )
             size = await interrupt.guard(downloading)
     except Exception:
@@ -866,7 +893,7 @@ async def _get(
         if isinstance(failure.value, OSError):
             say(err, f"{PROG}: cannot save {local}: {failure.value.strerror}")
         else:
-            say(err, f"{PROG}: {args.url}: {describe_failure(failure)}")
+            say(err, f"{PROG}: {url}: {describe_failure(failure)}")
         return STATUS_FAILED
     _give_normal_mode(local)
     say(out, f"{url} -> {local}: {size} bytes")
@@ -917,6 +944,7 @@ def _serve(reactor: IServiceReactor, options: Options, err: TextIO) -> Deferred[
     except OSError as error:
         raise UserError(f"cannot start: {error}") from None
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    service.take_over_process()  # SIGTERM drains and exits 0; systemd hears READY=1
     return Deferred()  # runs until interrupted
 
 

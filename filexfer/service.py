@@ -15,18 +15,20 @@ from typing import Any
 
 from twisted.application import internet
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorFromThreads, IReactorThreads
 from twisted.internet.threads import deferToThreadPool
 from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 
+from filexfer._drain import DEFAULT_GRACE, GracefulService, TCPIntake, TFTPIntake
 from filexfer._eventlog import EventLog, EventLogService
 from filexfer._guard import AccessPolicy, ConnectionLimits, parse_networks
 from filexfer._hooks import OnStored, parse_command
 from filexfer._log import describe_peer, log
 from filexfer._ports import ListeningPort, StartupError
 from filexfer._records import Observers
+from filexfer._systemd import InheritedPort, parse_inherited
 from filexfer._tls import keep_tls_libraries_out, needs_tls
 from filexfer._types import IServiceReactor
 from filexfer._workers import (
@@ -205,6 +207,21 @@ class Options(usage.Options):
             _positive(int),
         ],
         [
+            "grace",
+            None,
+            DEFAULT_GRACE,
+            "on SIGTERM, seconds transfers in progress have to finish before they are cut "
+            "(new ones are refused at once; a second SIGTERM cuts at once)",
+            _positive(float),
+        ],
+        [
+            "tftp-listen",
+            None,
+            None,
+            "serve TFTP on a UDP socket passed by systemd: systemd:index=N or "
+            "systemd:name=NAME (its FileDescriptorName=)",
+        ],
+        [
             "worker-of",
             None,
             None,
@@ -327,6 +344,8 @@ class Options(usage.Options):
             raise usage.UsageError(
                 "--workers shares --port and the TFTP port; it cannot share --listen endpoints"
             )
+        if self["tftp-listen"] is not None:
+            self._check_tftp_listen()
         if not needs_tls(self.endpoints()):
             keep_tls_libraries_out()  # before the reactor loads: saves ~13 MiB per process
         from twisted.internet.endpoints import serverFromString
@@ -380,6 +399,23 @@ class Options(usage.Options):
                 "--trusted-proxy: only a --listen haproxy:... endpoint reads PROXY headers"
             )
 
+    def _check_tftp_listen(self) -> None:
+        try:
+            parse_inherited(self["tftp-listen"])
+        except ValueError as error:
+            raise usage.UsageError(f"--tftp-listen: {error}") from None
+        clash = [
+            option
+            for option, given in (
+                ("--tftp-port", self["tftp-port"] is not None),
+                ("--no-tftp", self["no-tftp"]),
+                ("--workers", self.shares_ports),
+            )
+            if given
+        ]
+        if clash:
+            raise usage.UsageError(f"--tftp-listen cannot be given with {clash[0]}")
+
     @property
     def shares_ports(self) -> bool:
         """True when several processes serve the same ports (--workers)."""
@@ -395,7 +431,7 @@ class Options(usage.Options):
 
     def tftp_port(self) -> int | None:
         """The UDP port for TFTP, or None when TFTP is off or has no port."""
-        if self["no-tftp"]:
+        if self["no-tftp"] or self["tftp-listen"] is not None:
             return None
         port: int | None = self["tftp-port"] if self["tftp-port"] is not None else self["port"]
         return port
@@ -458,6 +494,7 @@ class _EndpointListener(internet.StreamServerEndpointService):
         super().__init__(endpoint, factory)
         self.description = description
         self._raiseSynchronously = True  # fail at start-up when the port is taken
+        self._stopping = False
 
     def bind(self) -> None:
         """Listen now (idempotent), for the twistd plugin to report failures before daemonising."""
@@ -495,6 +532,14 @@ class _EndpointListener(internet.StreamServerEndpointService):
     def startService(self) -> None:
         self.bind()
         Service.startService(self)
+
+    def stopService(self) -> Deferred[Any]:
+        """Stop listening, once: the drain stops the port first, the service's stop again."""
+        if self._stopping:
+            return succeed(None)
+        self._stopping = True
+        stopping: Deferred[Any] = super().stopService()
+        return stopping
 
 
 class _MetricsListener(_EndpointListener):
@@ -588,17 +633,6 @@ class HashingPool(Service):
             self.pool.stop()
 
 
-class CutOnShutdown(Service):
-    """When the service stops, uploads still streaming are cut, each with its log line."""
-
-    def __init__(self, factory: ReceiverFactory) -> None:
-        self.factory = factory
-
-    def stopService(self) -> Any:
-        super().stopService()
-        self.factory.shut_down()
-
-
 def _open_storage(
     options: Options, reactor: IReactorThreads, hashing: HashingPool
 ) -> DirectoryStorage:
@@ -631,7 +665,7 @@ def _open_storage(
     return storage
 
 
-def make_service(options: Options, reactor: IServiceReactor) -> MultiService:
+def make_service(options: Options, reactor: IServiceReactor) -> GracefulService:
     """Build the service tree for C{options}, on C{reactor}.
 
     The ports are bound when the service starts, or earlier by L{bind_ports}.
@@ -643,7 +677,7 @@ def make_service(options: Options, reactor: IServiceReactor) -> MultiService:
     storage = _open_storage(options, reactor, hashing)
     log.info("storing into {root}", root=storage.root)
     access = AccessPolicy(options["allow"])
-    top = MultiService()
+    top = GracefulService(reactor, options["grace"], relayed=options["worker-of"] is not None)
     observers = Observers()
     if options["worker-of"] is not None and options.observes:
         # the first child, so stopped last: it forwards the records of cut uploads too
@@ -662,8 +696,6 @@ def make_service(options: Options, reactor: IServiceReactor) -> MultiService:
         observer=observers,
     )
     factory.noisy = False  # no "Starting factory <...ReceiverFactory object at 0x...>"
-    # Stopped after the ports (a MultiService stops its children last first).
-    CutOnShutdown(factory).setServiceParent(top)
     port = options["port"]
     if options.shares_ports:
         SharedStreamPort(reactor, port, factory, LISTEN_BACKLOG).setServiceParent(top)
@@ -702,20 +734,27 @@ def make_service(options: Options, reactor: IServiceReactor) -> MultiService:
                 inner = description[len(PROXY_PREFIX) :]
             endpoint = serverFromString(reactor, _with_backlog(inner))
             _EndpointListener(endpoint, listening, description).setServiceParent(top)
+    before_ports = {hashing, *(observers.observers)}  # the records' forwarder
+    tcp_ports = [child for child in top if child not in before_ports]
+    intakes: list[Any] = [TCPIntake(factory, tcp_ports)]
     tftp_port = options.tftp_port()
-    if tftp_port is None and not options["no-tftp"]:
-        log.warn("TFTP is off: with only --listen, give --tftp-port to serve TFTP")
-    if tftp_port is not None:
+    inherited = options["tftp-listen"]
+    if tftp_port is None and inherited is None and not options["no-tftp"]:
+        log.warn(
+            "TFTP is off: with only --listen, give --tftp-port (or --tftp-listen) to serve TFTP"
+        )
+    if tftp_port is not None or inherited is not None:
         from filexfer.tftp.server import TFTPServerProtocol
 
         allow_write = not options["tftp-read-only"]
+        udp_port = f"UDP port {tftp_port}" if tftp_port is not None else f"the socket {inherited}"
         if options["token"] is not None and allow_write:
             if options["tftp-allow-write-without-token"]:
                 log.warn(
                     "--token is set but TFTP cannot carry it: with "
-                    "--tftp-allow-write-without-token anyone who reaches UDP port {port} "
+                    "--tftp-allow-write-without-token anyone who reaches {port} "
                     "may upload",
-                    port=tftp_port,
+                    port=udp_port,
                 )
             else:
                 allow_write = False
@@ -725,9 +764,9 @@ def make_service(options: Options, reactor: IServiceReactor) -> MultiService:
                 )
         if options["token"] is not None and not options["tftp-no-read"]:
             log.warn(
-                "--token is set but TFTP downloads need none: anyone who reaches UDP port "
-                "{port} may read the files under --root (--tftp-no-read or --no-tftp to stop it)",
-                port=tftp_port,
+                "--token is set but TFTP downloads need none: anyone who reaches {port} "
+                "may read the files under --root (--tftp-no-read or --no-tftp to stop it)",
+                port=udp_port,
             )
         tftp = TFTPServerProtocol(
             storage=storage,
@@ -740,11 +779,22 @@ def make_service(options: Options, reactor: IServiceReactor) -> MultiService:
             observer=observers,
         )
         tftp.noisy = False
-        option = f"--tftp-port {tftp_port}" if options["tftp-port"] else f"--port {tftp_port}"
+        intakes.append(TFTPIntake(tftp))
         udp: Service
-        if options.shares_ports:
+        if inherited is not None:
+            udp = InheritedPort(
+                reactor,
+                socket.SOCK_DGRAM,
+                parse_inherited(inherited),
+                tftp,
+                option=f"--tftp-listen {inherited}",
+            )
+        elif options.shares_ports:
+            assert tftp_port is not None
             udp = SharedDatagramPort(reactor, tftp_port, tftp, options["tftp-interface"])
         else:
+            assert tftp_port is not None
+            option = f"--tftp-port {tftp_port}" if options["tftp-port"] else f"--port {tftp_port}"
             udp = ListeningPort(
                 reactor,
                 socket.SOCK_DGRAM,
@@ -754,15 +804,16 @@ def make_service(options: Options, reactor: IServiceReactor) -> MultiService:
                 interface=options["tftp-interface"],
             )
         udp.setServiceParent(top)
+    top.drain_with(intakes)
     if options["worker-of"] is not None:
         ParentWatch(reactor, options["worker-of"]).setServiceParent(top)
         return top  # the first process does the housekeeping
     _observe(options, reactor, storage.root, observers, top)
     if options["workers"] > 1:
         workers_observer = observers if options.observes else None
-        WorkerProcesses(
-            reactor, options["workers"] - 1, options.argv, workers_observer
-        ).setServiceParent(top)
+        workers = WorkerProcesses(reactor, options["workers"] - 1, options.argv, workers_observer)
+        workers.setServiceParent(top)
+        top.drain_with(intakes, helpers=[workers])
     cleanup = internet.TimerService(3600, remove_stale_in, storage, options["partial-max-age"])
     cleanup.clock = reactor
     cleanup.setServiceParent(top)

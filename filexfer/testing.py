@@ -14,6 +14,9 @@
    (seeded); its L{FakeUDPPort}s hand datagrams to a TFTP transfer through
    the transfer's own burst reads and fast path, as real sockets do, and
    record what is written to them;
+ - L{LossyRelay}: a UDP relay on real loopback sockets between one TFTP
+   client and a server (any implementation), dropping, duplicating,
+   delaying and reordering datagrams (seeded), and counting what it saw;
  - L{start_receiver}, L{start_tftp_server}: a receiver or a TFTP server on a
    free loopback port of the real reactor, storing under a root directory,
    for tests that want real sockets (L{RunningReceiver.stop} and
@@ -104,6 +107,7 @@ from filexfer.storage import (
     IUpload,
     Receipt,
     numbered_name,
+    policy_for,
 )
 from filexfer.storage._disk import run_here
 from filexfer.tcp.receiver import ReceiverFactory, ReceiverProtocol
@@ -117,6 +121,7 @@ __all__ = [
     "HalfCloseFakeTransport",
     "InMemoryEndpoint",
     "InMemoryReceiver",
+    "LossyRelay",
     "ManualRunner",
     "MemoryStorage",
     "MemoryUpload",
@@ -226,15 +231,16 @@ class MemoryStorage:
         exact_name: bool = False,
     ) -> IUpload:
         self._check_parents(path)
-        if self._is_directory(path) and (self.on_conflict == "overwrite" or exact_name):
+        policy = policy_for(self.on_conflict, exact_name)
+        if self._is_directory(path) and (policy == "overwrite" or exact_name):
             raise TransferError(409, f"{path} exists and is a directory")
         if sha256 is not None and size is not None:
-            stored = self._identical_copy(path, size, sha256)
+            stored = self._identical_copy(path, size, sha256, policy)
             if stored is not None:
                 return MemoryUpload(self, path, size, sha256, mtime_ns, stored=stored)
-        if self._taken(path) and self.on_conflict == "refuse":
+        if self._taken(path) and policy == "refuse":
             raise TransferError(409, f"{path} already exists")
-        return MemoryUpload(self, path, size, sha256, mtime_ns)
+        return MemoryUpload(self, path, size, sha256, mtime_ns, exact_name=exact_name)
 
     def check_size(self, size: int) -> None:
         """Refuse with 413 a file of C{size} bytes above C{max_size}."""
@@ -243,19 +249,30 @@ class MemoryStorage:
                 413, f"file is larger than the server allows ({self.max_size} bytes)"
             )
 
-    def place(self, path: str, data: bytes, digest: str, mtime_ns: int | None) -> Receipt:
-        """Store verified bytes under C{path} by the conflict policy; their receipt."""
+    def place(
+        self,
+        path: str,
+        data: bytes,
+        digest: str,
+        mtime_ns: int | None,
+        exact_name: bool = False,
+    ) -> Receipt:
+        """Store verified bytes under C{path} by the conflict policy; their receipt.
+
+        With C{exact_name}, under C{path} or not at all (L{policy_for}).
+        """
         self._check_parents(path)
-        identical = self._identical_copy(path, len(data), digest)
+        policy = policy_for(self.on_conflict, exact_name)
+        identical = self._identical_copy(path, len(data), digest, policy)
         if identical is not None:
             return identical
-        if self.on_conflict == "overwrite":
+        if policy == "overwrite":
             if self._is_directory(path):
                 raise TransferError(409, f"{path} exists and is a directory")
             stored_path = path
         elif not self._taken(path):
             stored_path = path
-        elif self.on_conflict == "refuse":
+        elif policy == "refuse":
             raise TransferError(409, f"{path} already exists")
         else:
             stored_path = self._free_name(path)
@@ -292,10 +309,10 @@ class MemoryStorage:
                 return candidate
         raise TransferError(409, f"no free name for {path}: {_MAX_RENAME_TRIES} are taken")
 
-    def _copies(self, path: str) -> list[str]:
+    def _copies(self, path: str, policy: ConflictPolicy) -> list[str]:
         """C{path} and, under C{rename}, its numbered copies up to the first free number."""
         found = [path] if path in self.files else []
-        if self.on_conflict != "rename":
+        if policy != "rename":
             return found
         for number in range(1, _MAX_RENAME_TRIES):
             candidate = self._numbered(path, number)
@@ -304,8 +321,10 @@ class MemoryStorage:
             found.append(candidate)
         return found
 
-    def _identical_copy(self, path: str, size: int, digest: str) -> Receipt | None:
-        for stored_path in self._copies(path):
+    def _identical_copy(
+        self, path: str, size: int, digest: str, policy: ConflictPolicy
+    ) -> Receipt | None:
+        for stored_path in self._copies(path, policy):
             data = self.files[stored_path]
             if len(data) == size and hmac.compare_digest(hashlib.sha256(data).hexdigest(), digest):
                 return Receipt(size, digest, stored_path)
@@ -345,10 +364,12 @@ class MemoryUpload:
         mtime_ns: int | None,
         *,
         stored: Receipt | None = None,
+        exact_name: bool = False,
     ) -> None:
         self.path = path
         self.expected_size = size
         self.stored = stored
+        self.exact_name = exact_name
         self._storage = storage
         self._sha256 = sha256
         self._mtime_ns = mtime_ns
@@ -409,7 +430,7 @@ class MemoryUpload:
             )
         self.abort(keep_partial=False)  # the bytes are in `data` now
         return self._storage.run_blocking(
-            lambda: self._storage.place(self.path, data, digest, self._mtime_ns)
+            lambda: self._storage.place(self.path, data, digest, self._mtime_ns, self.exact_name)
         )
 
     def abort(self, keep_partial: bool) -> None:
@@ -864,6 +885,149 @@ class FakeUDPNetwork(Clock):
             self.rightNow = max(self.rightNow, when)
             self.advance(0)
         return bool(fired)
+
+
+# -- a lossy relay on real sockets -------------------------------------------------
+
+
+class _RelayLeg(DatagramProtocol):
+    """One relay socket: hands what it receives to the relay."""
+
+    def __init__(self, relay: LossyRelay) -> None:
+        self.relay = relay
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        self.relay.received(self, datagram, (addr[0], addr[1]))
+
+
+class LossyRelay:
+    """A UDP relay between one TFTP client and a server, impairing every datagram.
+
+    The client talks to the address L{start} returns; the relay talks to
+    the server from a port of its own.  For each transfer port (TID) the
+    server opens, the relay opens a mirror port, so the client sees a TID
+    of its own to lock onto.  Every datagram, either way, is copied twice
+    with probability C{duplicate}; each copy is lost with probability
+    C{loss}, else delivered after C{delay} seconds, plus a draw from
+    C{reorder_delay} with probability C{reorder} (so later datagrams
+    overtake it).  The draws come from C{random.Random(seed)}.
+
+    @param reactor: a reactor with C{listenUDP} and C{callLater}.
+    @param server: the server's (host, port).
+    @param host: the loopback address the relay listens on.
+    @ivar data_sent: DATA datagrams the relay was given, per direction
+        (C{"to-server"}, C{"to-client"}), before any impairment.
+    @ivar acks_sent: ACK datagrams likewise.
+    @ivar dropped: copies lost, both ways.
+    @ivar duplicated: datagrams copied twice, both ways.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        server: Address,
+        *,
+        seed: int,
+        loss: float = 0.05,
+        duplicate: float = 0.05,
+        delay: float = 0.001,
+        reorder: float = 0.05,
+        reorder_delay: tuple[float, float] = (0.001, 0.004),
+        host: str = LOOPBACK,
+    ) -> None:
+        self.reactor = reactor
+        self.server = server
+        self.host = host
+        self.random = random.Random(seed)
+        self.loss = loss
+        self.duplicate = duplicate
+        self.delay = delay
+        self.reorder = reorder
+        self.reorder_delay = reorder_delay
+        self.client: Address | None = None
+        self.front = _RelayLeg(self)
+        self.back = _RelayLeg(self)
+        self.mirrors: dict[Address, _RelayLeg] = {}  # server TID -> our port facing the client
+        self.ports: list[Any] = []
+        self.pending: set[IDelayedCall] = set()
+        self.data_sent: dict[str, int] = {"to-server": 0, "to-client": 0}
+        self.acks_sent: dict[str, int] = {"to-server": 0, "to-client": 0}
+        self.blocks_seen: dict[str, set[int]] = {"to-server": set(), "to-client": set()}
+        self.acks_seen: dict[str, set[int]] = {"to-server": set(), "to-client": set()}
+        self.dropped = 0
+        self.duplicated = 0
+
+    def start(self) -> Address:
+        """Listen; return the address the client should use as the server."""
+        self.ports.append(self.reactor.listenUDP(0, self.back, interface=self.host))
+        front = self.reactor.listenUDP(0, self.front, interface=self.host)
+        self.ports.append(front)
+        return (self.host, front.getHost().port)
+
+    def stop(self) -> Deferred[Any]:
+        """Cancel pending deliveries and close every port."""
+        for call in list(self.pending):
+            if call.active():
+                call.cancel()
+        return gatherResults([maybeDeferred(port.stopListening) for port in self.ports])
+
+    def received(self, leg: _RelayLeg, datagram: bytes, source: Address) -> None:
+        """A datagram reached one of the relay's ports from C{source}."""
+        if leg is self.back:
+            self._from_server(datagram, source)
+            return
+        self.client = source
+        target = self.server
+        for tid, mirror in self.mirrors.items():
+            if mirror is leg:
+                target = tid
+        self._impair(self.back, datagram, target, "to-server")
+
+    def _from_server(self, datagram: bytes, tid: Address) -> None:
+        mirror = self.mirrors.get(tid)
+        if mirror is None:
+            mirror = self.mirrors[tid] = _RelayLeg(self)
+            self.ports.append(self.reactor.listenUDP(0, mirror, interface=self.host))
+        if self.client is not None:
+            self._impair(mirror, datagram, self.client, "to-client")
+
+    def _impair(self, leg: _RelayLeg, datagram: bytes, target: Address, direction: str) -> None:
+        kind = datagram[:2]
+        if kind == b"\x00\x03":  # DATA: count what the sender sent
+            self.data_sent[direction] += 1
+            self.blocks_seen[direction].add(int.from_bytes(datagram[2:4], "big"))
+        elif kind == b"\x00\x04":
+            self.acks_sent[direction] += 1
+            self.acks_seen[direction].add(int.from_bytes(datagram[2:4], "big"))
+        draw = self.random.random
+        copies = 2 if draw() < self.duplicate else 1
+        self.duplicated += copies - 1
+        for _ in range(copies):
+            if draw() < self.loss:
+                self.dropped += 1
+                continue
+            delay = self.delay
+            if draw() < self.reorder:
+                delay += self.random.uniform(*self.reorder_delay)
+            call = self.reactor.callLater(delay, self._deliver, leg, datagram, target)
+            self.pending.add(call)
+
+    def _deliver(self, leg: _RelayLeg, datagram: bytes, target: Address) -> None:
+        self.pending = {call for call in self.pending if call.active()}
+        if leg.transport is not None:
+            leg.transport.write(datagram, target)
+
+    def retransmitted(self, direction: str) -> int:
+        """DATA datagrams sent more than once toward C{direction}.
+
+        Blocks are counted by number, so a transfer of more than 65536
+        blocks counts a wrapped number as a repeat.
+        """
+        return self.data_sent[direction] - len(self.blocks_seen[direction])
+
+    def reacked(self, direction: str) -> int:
+        """ACK datagrams sent more than once toward C{direction} (by block number)."""
+        return self.acks_sent[direction] - len(self.acks_seen[direction])
 
 
 # -- blocking work -----------------------------------------------------------------

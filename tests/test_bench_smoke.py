@@ -46,6 +46,10 @@ class BenchSmokeTests(unittest.TestCase):
         """bench/tftp.py --smoke: all five TFTP pairings download intact; results are printed."""
         self.check("tftp.py", 3)
 
+    def test_lossy(self) -> None:
+        """bench/lossy.py --smoke: curl, tftp-hpa and atftp through the lossy relay; a result."""
+        self.check("lossy.py", 1)
+
     def test_resume(self) -> None:
         """bench/resume.py --smoke: a 5-byte upload alone and during a resume; a result line."""
         self.check("resume.py", 1)

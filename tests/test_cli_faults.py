@@ -629,6 +629,17 @@ class FreshTesterTests(Base):
         result = run_filexfer("send", "--tls", local, "tftp://127.0.0.1:9/")
         self.assertOneLine(result, 2, "TFTP has no TLS")
 
+    def test_mode_with_tcp(self) -> None:
+        """--mode with a TCP destination is refused in one line: the push sends bytes as is."""
+        local = write_file(os.path.join(self.base, "f.txt"), b"f")
+        result = run_filexfer("send", "--mode", "netascii", local, "127.0.0.1:9")
+        self.assertOneLine(result, 2, "--mode", "TFTP")
+
+    def test_mode_contradicting_the_url(self) -> None:
+        """--mode octet with ;mode=netascii in the URL is one usage line, nothing sent."""
+        result = run_filexfer("get", "--mode", "octet", "tftp://127.0.0.1:9/f;mode=netascii")
+        self.assertOneLine(result, 2, "--mode octet", ";mode=netascii")
+
     def test_plain_with_a_remote_directory(self) -> None:
         """--plain to HOST:PORT/dir/ is refused: the classic form has no directories."""
         local = write_file(os.path.join(self.base, "x.txt"), b"x")

@@ -4,7 +4,8 @@ L{IStorage} is what the TCP receiver and the TFTP server store through;
 L{DirectoryStorage} keeps files under one root directory.  One store per
 module, beside each other:
 
- - C{_interfaces}: L{IStorage}, L{IUpload}, L{Receipt};
+ - C{_interfaces}: L{IStorage}, L{IUpload}, L{Receipt}, L{policy_for} (the
+   conflict policy of an upload that must keep its name);
  - C{directory}: L{DirectoryStorage} (temporary file, fsync, atomic link,
    resume, conflict policy);
  - C{_upload}: one upload and its background writer;
@@ -20,6 +21,7 @@ from filexfer.storage._interfaces import (
     IStorage,
     IUpload,
     Receipt,
+    policy_for,
 )
 from filexfer.storage.directory import DirectoryStorage
 
@@ -32,4 +34,5 @@ __all__ = [
     "IUpload",
     "Receipt",
     "numbered_name",
+    "policy_for",
 ]

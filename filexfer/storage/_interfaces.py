@@ -20,6 +20,18 @@ from filexfer._receipt import Receipt  # re-exported: storage users import it fr
 ConflictPolicy = Literal["rename", "overwrite", "refuse"]
 CONFLICT_POLICIES: tuple[ConflictPolicy, ...] = ("rename", "overwrite", "refuse")
 
+
+def policy_for(on_conflict: ConflictPolicy, exact_name: bool) -> ConflictPolicy:
+    """The conflict policy an upload gets: C{rename} is C{refuse} for an exact name.
+
+    A sender that cannot learn another name (TFTP: its WRQ is answered with
+    ACKs, never with a name) must not have its file stored as C{name (1).ext}
+    while it reports C{name.ext}: its upload replaces the file atomically
+    (C{overwrite}) or is refused (409, TFTP ERROR 6).
+    """
+    return "refuse" if exact_name and on_conflict == "rename" else on_conflict
+
+
 _T = TypeVar("_T")
 BlockingRunner = Callable[[Callable[[], _T]], "Deferred[_T]"]
 """Runs blocking work somewhere (a thread pool, or inline) and fires with its result."""
@@ -103,9 +115,13 @@ class IStorage(Interface):
             (C{finish(sha256)}): resume by Size and Mtime and the stored-file
             check become safe (docs/protocol.md, I1 and I2).
         @param fresh: ignore any held bytes and stored candidates; start at 0.
-        @param exact_name: the sender cannot learn another name (TFTP): an
-            existing entry there that is not a regular file (a directory, a
-            symlink) is refused with 409 now, instead of a renamed copy later.
+        @param exact_name: the sender cannot learn another name (TFTP): the
+            file is stored under C{path} or not at all.  The C{rename}
+            policy acts as C{refuse} (L{policy_for}): an existing C{path} is
+            refused with 409 now, and one that appears meanwhile with 409 at
+            C{finish}; under C{overwrite} an existing entry that is not a
+            regular file (a directory, a symlink) is refused with 409 now.
+            No copy under another name (C{name (1).ext}) ever answers for it.
         @param digest: the receipt digest (one of C{digests}) the upload
             computes over the whole file, over a held prefix
             (C{prefix_sha256}), over stored candidates, and checks against the

@@ -52,9 +52,14 @@ class UploadSite(Protocol):
         size: int,
         digest: str,
         mtime_ns: int | None,
+        exact_name: bool = False,
         algorithm: DigestName = DEFAULT_DIGEST,
     ) -> str:
-        """Give the finished temporary file its final name; return the relative path."""
+        """Give the finished temporary file its final name; return the relative path.
+
+        With C{exact_name} that name is C{path} or none (L{policy_for}); the
+        digest is by C{algorithm}.
+        """
 
     def discard(self, temp_name: str) -> None:
         """Remove a temporary or partial file."""
@@ -75,6 +80,8 @@ class Upload:
         handle: BinaryIO,
         resumable: bool,
         run_writes: BlockingRunner[Any] | None = None,
+        *,
+        exact_name: bool = False,
         digest: DigestName = DEFAULT_DIGEST,
     ) -> None:
         self.path = path
@@ -87,6 +94,8 @@ class Upload:
         self._handle = handle
         self.resumable = resumable
         """Whether an aborted upload's bytes are kept (C{abort(keep_partial=True)})."""
+        self.exact_name = exact_name
+        """Stored under C{path} or not at all (L{IStorage.begin}'s C{exact_name})."""
         handle.seek(0, os.SEEK_END)
         self.offset = handle.tell()
         if size is not None and self.offset > size:
@@ -253,7 +262,13 @@ class Upload:
                 os.utime(self._handle.fileno(), ns=(time.time_ns(), self._mtime_ns))
             os.fsync(self._handle.fileno())
             stored_path = self._storage.place(
-                self._temp_name, self.path, self.received, digest, self._mtime_ns, self.digest
+                self._temp_name,
+                self.path,
+                self.received,
+                digest,
+                self._mtime_ns,
+                self.exact_name,
+                self.digest,
             )
         except TransferError:
             self._discard_here()

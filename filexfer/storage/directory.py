@@ -45,6 +45,7 @@ from filexfer.storage._interfaces import (
     IStorage,
     IUpload,
     Receipt,
+    policy_for,
 )
 from filexfer.storage._upload import AlreadyStored, StoredCandidate, Upload
 
@@ -177,13 +178,16 @@ class DirectoryStorage:
         self._check_name_lengths(path)
         state = self._state_dir_for(parents)  # on the target's file system
         existing = self._lookup_entry(parents, name)
+        policy = policy_for(self.on_conflict, exact_name)
         if (
             existing is not None
-            and (self.on_conflict == "overwrite" or exact_name)
+            and (policy == "overwrite" or exact_name)
             and not stat.S_ISREG(existing.st_mode)
         ):
             raise TransferError(409, f"{path} exists and is {_kind(existing)}; it is not replaced")
         copies = self._copies(path, size) if size is not None else {}
+        if exact_name:  # no copy under another name answers for this one
+            copies = {stored: info for stored, info in copies.items() if stored == path}
         if sha256 is None:
             proved_later = trailer and not fresh and mtime_ns is not None
             copies = {
@@ -217,10 +221,10 @@ class DirectoryStorage:
                         return AlreadyStored(Receipt(copies[stored].st_size, sha256, stored))
             elif digests and size is not None:
                 return StoredCandidate(path, size, digests, algorithm)
-            if existing is not None and self.on_conflict == "refuse":
+            if existing is not None and policy == "refuse":
                 raise TransferError(409, f"{path} already exists")
             return self._open_upload(
-                path, size, sha256, mtime_ns, temp_name, resumable, fresh, algorithm
+                path, size, sha256, mtime_ns, temp_name, resumable, fresh, exact_name, algorithm
             )
 
         if None in cached.values() or (resumable and not fresh and _held(temp_name) > 0):
@@ -236,6 +240,7 @@ class DirectoryStorage:
         temp_name: str,
         resumable: bool,
         fresh: bool,
+        exact_name: bool = False,
         digest: DigestName = DEFAULT_DIGEST,
     ) -> Upload:
         handle = self._open_temp(temp_name)
@@ -256,7 +261,8 @@ class DirectoryStorage:
                 handle,
                 resumable,
                 self.run_writes,
-                digest,
+                exact_name=exact_name,
+                digest=digest,
             )
         except TransferError:
             if os.fstat(handle.fileno()).st_size == 0:
@@ -365,6 +371,7 @@ class DirectoryStorage:
         size: int | None = None,
         digest: str | None = None,
         mtime_ns: int | None = None,
+        exact_name: bool = False,
         algorithm: DigestName = DEFAULT_DIGEST,
     ) -> str:
         """Link the finished temporary file into place by the conflict policy.
@@ -373,18 +380,20 @@ class DirectoryStorage:
         stored for C{path} (the path itself or, under C{rename}, one of its
         numbered copies), nothing new is made: that file's path is returned
         (docs/protocol.md, "Copies by content").  The digest (by C{algorithm})
-        of the placed file is cached, with the announced C{mtime_ns}.
+        of the placed file is cached, with the announced C{mtime_ns}.  With
+        C{exact_name} the policy is L{policy_for}'s and only C{path} itself counts.
 
         @return: the relative path it was stored under.
         """
         *parents, name = path.split("/")
+        policy = policy_for(self.on_conflict, exact_name)
         if digest is not None and size is not None:
-            identical = self._identical_copy(path, size, digest, algorithm)
+            identical = self._identical_copy(path, size, digest, policy, algorithm)
             if identical is not None:
                 self.discard(temp_name)
                 return identical
         with self._directory(parents, create=True) as parent_fd, self._state_fd() as state_fd:
-            stored_name = self._link_by_policy(state_fd, temp_name, parent_fd, name)
+            stored_name = self._link_by_policy(state_fd, temp_name, parent_fd, name, policy)
             try:
                 os.unlink(temp_name, dir_fd=state_fd)
             except FileNotFoundError:
@@ -397,18 +406,20 @@ class DirectoryStorage:
         return stored_path
 
     def _identical_copy(
-        self, path: str, size: int, digest: str, algorithm: DigestName
+        self, path: str, size: int, digest: str, policy: ConflictPolicy, algorithm: DigestName
     ) -> str | None:
         copies = self._copies(path, size)
-        if self.on_conflict != "rename":
+        if policy != "rename":
             copies = {p: info for p, info in copies.items() if p == path}
         for stored_path, info in copies.items():
             if hmac.compare_digest(self._stored_digest(stored_path, info, algorithm), digest):
                 return stored_path
         return None
 
-    def _link_by_policy(self, state_fd: int, temp_name: str, parent_fd: int, name: str) -> str:
-        if self.on_conflict == "overwrite":
+    def _link_by_policy(
+        self, state_fd: int, temp_name: str, parent_fd: int, name: str, policy: ConflictPolicy
+    ) -> str:
+        if policy == "overwrite":
             try:
                 info = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
             except FileNotFoundError:
@@ -430,7 +441,7 @@ class DirectoryStorage:
                     follow_symlinks=False,
                 )
             except FileExistsError:
-                if self.on_conflict == "refuse":
+                if policy == "refuse":
                     raise TransferError(409, f"{name} already exists") from None
                 continue
             return candidate

@@ -67,6 +67,7 @@ from zope.interface import directlyProvides, implementer, providedBy
 from filexfer._errors import TransferError
 from filexfer._guard import ipv4_form, parse_networks, within
 from filexfer._log import describe_peer, log_transfer
+from filexfer._records import TransferRecord, transfer_ended
 from filexfer.tcp import _wire
 from filexfer.tcp.receiver import LINGER, close_after_last_words
 
@@ -289,7 +290,7 @@ class ProxiedConnection(ProtocolWrapper):
         self._disarm()
         self._phase = _Phase.REFUSED
         self._buffer = b""
-        self._log(f"refused: {error.code} {error.reason}")
+        self._log(f"refused: {error.code} {error.reason}", code=error.code)
         self.transport.write(_wire.encode_error(error))  # type: ignore[union-attr]
         if close_after_last_words(self.transport, self._peer_finished):  # type: ignore[arg-type]
             self._timer = self.factory.clock.callLater(LINGER, self._linger_over)
@@ -308,15 +309,28 @@ class ProxiedConnection(ProtocolWrapper):
             self._timer.cancel()
         self._timer = None
 
-    def _log(self, outcome: str) -> None:
-        log_transfer(
+    def _log(self, outcome: str, *, code: int | None = None) -> None:
+        """A connection that never reached the receiver: one record, as the receiver's.
+
+        Its C{protocol} is C{proxy}: the handshake's form is still unknown.
+        """
+        now = self.factory.clock.seconds()
+        record = TransferRecord(
             protocol="proxy",
+            direction="upload",
             peer=describe_peer(self.transport.getPeer()),  # type: ignore[union-attr]
             path="",
-            nbytes=0,
-            seconds=self.factory.clock.seconds() - self._started,
-            outcome=outcome,
+            outcome="aborted" if code is None else "refused",
+            detail=outcome,
+            seconds=now - self._started,
+            time=now,
+            error_code=code,
         )
+        observer = getattr(self.factory.wrappedFactory, "observer", None)
+        if observer is None:
+            log_transfer(record)
+        else:
+            transfer_ended(observer, record)
 
 
 class TrustedProxyFactory(WrappingFactory["ProxiedConnection"]):

@@ -1,10 +1,23 @@
 """TFTP over UDP: a server storing through L{filexfer.storage}, and a client.
 
 RFC 1350 with option negotiation (RFC 2347), C{blksize} (RFC 2348),
-C{timeout} and C{tsize} (RFC 2349) and C{windowsize} (RFC 7440).
+C{timeout} and C{tsize} (RFC 2349) and C{windowsize} (RFC 7440); tftp://
+URLs (RFC 3617) are read and written by L{parse_tftp_url} and
+L{format_tftp_url}.
 """
 
+from filexfer.tftp._url import TFTPURL, BadURL, format_tftp_url, parse_tftp_url
 from filexfer.tftp.client import TFTPError, TFTPTimeout, download, upload
 from filexfer.tftp.server import TFTPServerProtocol
 
-__all__ = ["TFTPError", "TFTPServerProtocol", "TFTPTimeout", "download", "upload"]
+__all__ = [
+    "TFTPURL",
+    "BadURL",
+    "TFTPError",
+    "TFTPServerProtocol",
+    "TFTPTimeout",
+    "download",
+    "format_tftp_url",
+    "parse_tftp_url",
+    "upload",
+]

@@ -1,11 +1,15 @@
 """The window: how TFTP data moves and is retransmitted (RFC 1350, RFC 7440).
 
 L{WindowSender} sends DATA blocks a window at a time and slides on ACKs;
-L{WindowReceiver} takes DATA blocks in order and ACKs every window.  Both
-retransmit on timeout only (never on a duplicate packet: no Sorcerer's
-Apprentice), through a L{Retransmitter}.  They know nothing about sockets:
-they are given a C{send(datagram)} callable (see L{filexfer.tftp._udp}) and
-a clock.  L{FileBlocks} cuts a file into the blocks a sender sends.
+L{WindowReceiver} takes DATA blocks in order and ACKs every window.  The
+sender retransmits on timeout only (never on a duplicate ACK: no Sorcerer's
+Apprentice, RFC 1123 4.2.3.1); the receiver also answers a repeat of the
+block it has just acknowledged with that ACK at once, as tftpd-hpa does.
+Both time out through a L{Retransmitter}, whose timeout follows the
+transfer's own round trips (L{RoundTrip}, RFC 6298).  They know nothing
+about sockets: they are given a C{send(datagram)} callable (see
+L{filexfer.tftp._udp}) and a clock.  L{FileBlocks} cuts a file into the
+blocks a sender sends.
 """
 
 from __future__ import annotations
@@ -25,43 +29,153 @@ _DATA_HEADER = struct.Struct("!HH").pack
 _READ_AHEAD = 1024 * 1024
 
 
-class Retransmitter:
-    """A retransmission timer with a bounded number of retries.
+RTO_FLOOR = 0.1
+"""The smallest retransmission timeout, in seconds, unless a smaller C{timeout}
+is configured.  RFC 6298 2.4 asks TCP for 1 s because of delayed ACKs (up to
+500 ms, RFC 1122 4.2.3.2); TFTP peers answer at once, and Linux's TCP already
+uses 200 ms.  100 ms covers a peer's scheduling hiccup or block write on a
+busy host while keeping a loss at LAN cost (a spurious retransmission costs
+one window, and backs the timer off)."""
 
-    L{progress} (re)arms it with a fresh retry budget; when it fires it
-    calls C{resend} and re-arms, up to C{retries} times, then C{give_up}.
+RECEIVER_RESENDS = 2
+"""How many times a receiver sends its last ACK again on its own timer before
+it waits silently for the sender.  Some senders resend DATA on a repeated ACK
+(curl): one or two repeats make them recover at once.  Others ignore it and
+restart their own timer on every packet they receive (the tftp-hpa client's
+5 s C{alarm}): an ACK repeated forever would keep them from ever resending."""
+
+RTO_GRANULARITY = 0.001
+"""The clock granularity G of RFC 6298 2.3, in seconds."""
+
+
+class RoundTrip:
+    """The round-trip estimate and retransmission timeout of one transfer (RFC 6298).
+
+    Pure: it is told samples (L{sample}) and timeouts (L{back_off}), and
+    says what the timeout is now (L{rto}, seconds).  RFC 6298 2.2-2.3:
+    the first sample R sets C{SRTT = R}, C{RTTVAR = R/2}; later ones
+    C{RTTVAR = 3/4 RTTVAR + 1/4 |SRTT - R|}, C{SRTT = 7/8 SRTT + 1/8 R};
+    C{RTO = SRTT + max(G, 4 RTTVAR)}, kept between C{floor} and
+    C{ceiling}.  Each timeout doubles it, up to C{ceiling} (5.5), until a
+    new sample recomputes it.  Before any sample it is C{initial} (2.1).
+
+    @param initial: the timeout before any sample, seconds.
+    @param floor: the smallest timeout, seconds.
+    @param ceiling: the largest timeout, seconds (the end of the backoff).
+    @raise ValueError: unless C{0 < floor <= initial <= ceiling}.
+    """
+
+    def __init__(self, initial: float, floor: float, ceiling: float) -> None:
+        if not 0 < floor <= initial <= ceiling:
+            raise ValueError("need 0 < floor <= initial <= ceiling")
+        self.floor = floor
+        self.ceiling = ceiling
+        self.rto = initial
+        self.srtt: float | None = None
+        self.rttvar = 0.0
+        self.samples = 0
+
+    def sample(self, rtt: float) -> None:
+        """A measured round trip of C{rtt} seconds, of a packet sent once (Karn)."""
+        rtt = max(0.0, rtt)
+        srtt = self.srtt
+        if srtt is None:
+            srtt = rtt
+            self.rttvar = rtt / 2
+        else:
+            self.rttvar = 0.75 * self.rttvar + 0.25 * abs(srtt - rtt)
+            srtt = 0.875 * srtt + 0.125 * rtt
+        self.srtt = srtt
+        self.samples += 1
+        rto = srtt + max(RTO_GRANULARITY, 4 * self.rttvar)
+        self.rto = min(max(rto, self.floor), self.ceiling)
+
+    def back_off(self) -> None:
+        """The timer expired: double the timeout, up to the ceiling (RFC 6298 5.5)."""
+        self.rto = min(self.rto * 2, self.ceiling)
+
+
+class Retransmitter:
+    """A retransmission timer: measured round trips, backoff, a budget in time.
+
+    L{progress} notes that the peer answered: the deadline moves to now
+    plus the current timeout (L{RoundTrip.rto}) and the budget restarts.
+    When the deadline passes with no progress, the timer calls C{resend}
+    (which returns how many datagrams it sent again), backs the timeout
+    off and re-arms; once C{budget} seconds have passed since the last
+    progress it calls C{give_up} instead.
+
+    Round trips are timed one at a time (RFC 6298 3, as BSD TCP does):
+    L{progress} with C{sent} starts timing the packet marked C{sent} (a
+    block number, unwrapped) unless one is being timed; a later
+    L{progress} whose C{answered} mark reaches it gives a sample.  A
+    retransmission (L{resent}, or a timeout) ends the timing without a
+    sample: Karn's rule, since an answer to a packet sent twice cannot be
+    told apart.
 
     L{progress} runs for every packet, so it only notes the time: one
     C{DelayedCall} stays armed and, when it fires early (there was progress
-    since it was set), moves itself to the real deadline, the time of the
-    last progress plus the timeout.  Resetting a C{DelayedCall} per packet
-    cost more than the rest of the per-packet work.
+    since it was set), moves itself to the real deadline.  Resetting a
+    C{DelayedCall} per packet cost more than the rest of the per-packet work.
+
+    With C{resends}, at most that many timeouts per stall resend; after
+    them the timer only waits for progress, until the budget runs out.
+
+    @ivar retransmissions: datagrams sent again, by timeouts and by L{resent}.
     """
 
     def __init__(
         self,
         clock: IReactorTime,
-        timeout: float,
-        retries: int,
-        resend: Callable[[], None],
+        rtt: RoundTrip,
+        budget: float,
+        resend: Callable[[], int],
         give_up: Callable[[], None],
+        resends: int | None = None,
     ) -> None:
-        self.timeout = timeout
+        self.rtt = rtt
+        self.budget = budget
+        self._resends = resends
+        self._left = resends
+        self.retransmissions = 0
         self._clock = clock
         self._seconds = clock.seconds
-        self._retries = retries
-        self._left = retries
         self._resend = resend
         self._give_up = give_up
-        self._last = 0.0
+        self._last = 0.0  # the deadline counts from here (progress or a resend)
+        self._quiet_since = 0.0  # the budget counts from here (progress)
+        self._timed = -1  # the mark being timed, or -1
+        self._timed_at = 0.0
+        self._due = 0.0
         self._call: IDelayedCall | None = None
 
-    def progress(self) -> None:
-        """Something moved forward: reset the retry budget and the deadline."""
-        self._left = self._retries
-        self._last = self._seconds()
+    def progress(self, answered: int = -1, sent: int = -1) -> float:
+        """The peer answered up to mark C{answered}; we sent mark C{sent} for the first time.
+
+        Either may be -1 (nothing answered, nothing new sent).  Returns the
+        time now (the clock's seconds), for a caller that wants it too.
+        """
+        now = self._seconds()
+        self._last = self._quiet_since = now
+        self._left = self._resends
+        timed = self._timed
+        if 0 <= timed <= answered:
+            self.rtt.sample(now - self._timed_at)
+            timed = self._timed = -1
+            if self._call is not None and now + self.rtt.rto < self._due:
+                self._call.cancel()  # the timeout shrank: do not wait for the old one
+                self._call = None
+        if sent >= 0 and timed < 0:
+            self._timed = sent
+            self._timed_at = now
         if self._call is None:
-            self._call = self._clock.callLater(self.timeout, self._fire)
+            self._arm(now, self.rtt.rto)
+        return now
+
+    def resent(self, count: int) -> None:
+        """C{count} datagrams were sent again (not on a timeout): count them; Karn's rule."""
+        self.retransmissions += count
+        self._timed = -1
 
     def stop(self) -> None:
         """Disarm."""
@@ -69,20 +183,32 @@ class Retransmitter:
             self._call.cancel()
         self._call = None
 
+    def _arm(self, now: float, wait: float) -> None:
+        self._due = now + wait
+        self._call = self._clock.callLater(wait, self._fire)
+
     def _fire(self) -> None:
         self._call = None
         now = self._seconds()
-        wait = self._last + self.timeout - now
+        rto = self.rtt.rto
+        left = self._quiet_since + self.budget - now
+        wait = min(self._last + rto, self._quiet_since + self.budget) - now
         if wait > 1e-6:  # progress since this call was set: not due yet
-            self._call = self._clock.callLater(wait, self._fire)
+            self._arm(now, wait)
             return
-        if self._left <= 0:
+        if left <= 1e-6:
             self._give_up()
             return
-        self._left -= 1
+        if self._left is not None:
+            if self._left <= 0:  # wait silently for the peer, until the budget runs out
+                self._arm(now, left)
+                return
+            self._left -= 1
+        self._timed = -1
+        self.rtt.back_off()
         self._last = now
-        self._call = self._clock.callLater(self.timeout, self._fire)
-        self._resend()
+        self._arm(now, min(self.rtt.rto, left))
+        self.retransmissions += self._resend()
 
 
 class FileBlocks:
@@ -121,9 +247,11 @@ class WindowSender:
     An ACK of any block inside the window slides the window past it; if
     blocks after it were already sent (the receiver saw a gap), the window
     is sent again from there.  A duplicate ACK is ignored.  On timeout the
-    whole unacknowledged window is sent again.
+    whole unacknowledged window is sent again.  The newest block of a
+    window (or the OACK) is timed for the round trip.
 
     @ivar acked_bytes: payload bytes the receiver has acknowledged.
+    @ivar timer: the L{Retransmitter} (its C{retransmissions} counts resent DATA).
     """
 
     def __init__(
@@ -134,8 +262,8 @@ class WindowSender:
         next_block: Callable[[], bytes | memoryview],
         blksize: int,
         windowsize: int,
-        timeout: float,
-        retries: int,
+        rtt: RoundTrip,
+        budget: float,
         on_done: Callable[[], None],
         on_timeout: Callable[[], None],
         on_progress: Callable[[int], None] | None = None,
@@ -148,7 +276,7 @@ class WindowSender:
         self._windowsize = windowsize
         self._on_done = on_done
         self._on_progress = on_progress
-        self.timer = Retransmitter(clock, timeout, retries, self._resend_window, on_timeout)
+        self.timer = Retransmitter(clock, rtt, budget, self._resend_window, on_timeout)
         self._window: deque[bytes] = deque()
         self._base = 1  # the (unwrapped) block number of _window[0]
         self._next = 1  # the (unwrapped) block number of the next block to read
@@ -169,7 +297,7 @@ class WindowSender:
             self._send(handshake)
         else:
             self._fill_and_send()
-        self.timer.progress()
+        self.timer.progress(sent=self._base + len(self._window) - 1)
         self._read_ahead()
 
     def ack_received(self, block: int) -> None:
@@ -184,7 +312,8 @@ class WindowSender:
             acked = 0
             for _ in range(index + 1):
                 acked += len(window.popleft()) - 4
-        self._base += index + 1
+        answered = self._base + index
+        self._base = answered + 1
         if self._handshake:
             self._handshake = False
             acked = 0
@@ -192,6 +321,7 @@ class WindowSender:
             # Blocks still in the window were sent after the one acked: the
             # receiver saw a gap (RFC 7440), so go back and send them again.
             self._send_many(list(window))
+            self.timer.resent(len(window))
         elif self._last_read:
             self.acked_bytes += acked
             self.finished = True
@@ -200,9 +330,9 @@ class WindowSender:
                 self._on_progress(self.acked_bytes)
             self._on_done()
             return
-        self._fill_and_send()
+        sent = self._fill_and_send()
         # The bookkeeping comes after sending: the peer is working meanwhile.
-        self.timer.progress()
+        self.timer.progress(answered, self._base + len(window) - 1 if sent else -1)
         if acked:
             self.acked_bytes += acked
             if self._on_progress is not None:
@@ -233,11 +363,12 @@ class WindowSender:
         while len(ahead) < self._ahead_max and not self._read_all:
             ahead.append(self._read_one())
 
-    def _fill_and_send(self) -> None:
+    def _fill_and_send(self) -> int:
+        """Send new blocks until the window is full; return how many."""
         window = self._window
         room = self._windowsize - len(window)
         if room <= 0 or self._last_read:
-            return
+            return 0
         ahead = self._ahead
         limit = self._blksize + 4
         if room == 1:  # lock-step: no list, no batch
@@ -246,7 +377,7 @@ class WindowSender:
             if len(datagram) < limit:
                 self._last_read = True
             self._send(datagram)
-            return
+            return 1
         batch = []
         try:
             for _ in range(room):
@@ -259,9 +390,11 @@ class WindowSender:
         finally:
             if batch:
                 self._send_many(batch)
+        return len(batch)
 
-    def _resend_window(self) -> None:
+    def _resend_window(self) -> int:
         self._send_many(list(self._window))
+        return len(self._window)
 
     def stop(self) -> None:
         """Stop retransmitting."""
@@ -272,12 +405,21 @@ class WindowReceiver:
     """Receive DATA blocks in order, ACKing every C{windowsize} blocks.
 
     A block ahead of the expected one (a gap) makes it ACK the last block it
-    has in order, once per gap (RFC 7440); a duplicate is ignored.  On
-    timeout it sends its last ACK (or the handshake) again.  After the final
-    (short) block the owner calls L{ack_final}; from then on a repeated final
-    block is answered with the final ACK again (the RFC 1350 dally).
+    has in order, once per gap (RFC 7440).  A repeat of the block just
+    acknowledged (nothing newer arrived since) means the sender did not get
+    that ACK: it is sent again at once, as tftpd-hpa does, unless it went
+    out less than L{duplicate_guard} seconds ago (a copy the network made,
+    or an echo of a sender that resends on every duplicate ACK, is not
+    answered twice).  Older duplicates are ignored.  On timeout it sends
+    its last ACK (or the handshake) again.  After the final (short) block
+    the owner calls L{ack_final}; from then on a repeated final block is
+    answered with the final ACK again (the RFC 1350 dally).  Each ACK the
+    sender must answer is timed for the round trip.  Its timer resends the
+    last ACK at most L{RECEIVER_RESENDS} times per stall, then waits.
 
     @ivar received_bytes: payload bytes taken in order.
+    @ivar timer: the L{Retransmitter} (its C{retransmissions} counts resent ACKs).
+    @ivar duplicate_guard: seconds (half the timer's floor).
     """
 
     def __init__(
@@ -288,8 +430,8 @@ class WindowReceiver:
         deliver: Callable[[bytes], object],
         blksize: int,
         windowsize: int,
-        timeout: float,
-        retries: int,
+        rtt: RoundTrip,
+        budget: float,
         on_last: Callable[[], None],
         on_timeout: Callable[[], None],
     ) -> None:
@@ -298,7 +440,13 @@ class WindowReceiver:
         self._blksize = blksize
         self._windowsize = windowsize
         self._on_last = on_last
-        self.timer = Retransmitter(clock, timeout, retries, self._resend_ack, on_timeout)
+        self._seconds = clock.seconds
+        self.timer = Retransmitter(
+            clock, rtt, budget, self._resend_ack, on_timeout, RECEIVER_RESENDS
+        )
+        self.duplicate_guard = rtt.floor / 2
+        self._acked = 0  # unwrapped number of the block last ACKed (0: the handshake)
+        self._acked_at = -1.0  # when that ACK last went out (-1: withheld, or none)
         self._expected = 1  # unwrapped number of the next block wanted
         self._since_ack = 0
         self._gap_acked = False
@@ -314,7 +462,9 @@ class WindowReceiver:
         if handshake is not None:
             self._handshake = handshake
             self._send(handshake)
-        self.timer.progress()
+            self._acked_at = self.timer.progress(sent=0)
+        else:
+            self.timer.progress()
 
     def data_received(self, block: int, payload: bytes) -> bool:
         """Handle DATA with (wire) block number C{block}.
@@ -334,28 +484,58 @@ class WindowReceiver:
                 self.timer.stop()
                 self._on_last()
                 return True
-            self.timer.progress()
             self._since_ack += 1
             if self._since_ack >= self._windowsize:
                 self._since_ack = 0
+                self._acked = expected
                 if self._held:
                     self._ack_withheld = True
+                    self._acked_at = -1.0
+                    self.timer.progress(expected - 1)
                 else:
                     self._send(encode_ack(expected))
+                    self._acked_at = self.timer.progress(expected - 1, expected)
                 return True
+            self.timer.progress(expected - 1)
             return False
         if self.complete:
             if self._final_ack is not None and block == (expected - 1) & 0xFFFF:
                 self._send(self._final_ack)  # our final ACK was lost: dally
+                self.timer.resent(1)
             return True
         if (block - expected) & 0xFFFF < 0x8000:
             if not self._gap_acked:
                 self._gap_acked = True
                 self._since_ack = 0
+                self._acked = expected - 1
                 self._send(encode_ack(expected - 1))
+                self._acked_at = self._seconds()
                 return True
-        # else: a duplicate of a block we have; the timer re-ACKs if needed
+        elif block == (expected - 1) & 0xFFFF and self._acked == expected - 1 > 0:
+            # A repeat of the block just acknowledged: the sender missed the ACK.
+            at = self._acked_at
+            if at >= 0:
+                now = self._seconds()
+                if now - at >= self.duplicate_guard:
+                    self._acked_at = now
+                    self._send(encode_ack(expected - 1))
+                    self.timer.resent(1)
+                return True
+        # else: an older duplicate; the timer re-ACKs if needed
         return False
+
+    def handshake_repeated(self) -> None:
+        """The sender repeated what our handshake answers (its OACK): send it again at once.
+
+        Only before any DATA, and not twice within L{duplicate_guard}.
+        """
+        at = self._acked_at
+        if self._expected == 1 and at >= 0:
+            now = self._seconds()
+            if now - at >= self.duplicate_guard:
+                self._acked_at = now
+                self._send(self._handshake)
+                self.timer.resent(1)
 
     def hold(self) -> None:
         """Back-pressure: withhold window ACKs (the timer still re-ACKs, slowly)."""
@@ -367,19 +547,23 @@ class WindowReceiver:
         if self._ack_withheld and not self.complete:
             self._ack_withheld = False
             self._send(encode_ack(self._expected - 1))
+            self._acked_at = self._seconds()
 
     def ack_final(self) -> None:
         """Acknowledge the final block (after the data is safely stored)."""
         self._final_ack = encode_ack(self._expected - 1)
         self._send(self._final_ack)
 
-    def _resend_ack(self) -> None:
+    def _resend_ack(self) -> int:
         self._since_ack = 0
         self._ack_withheld = False
+        self._acked = self._expected - 1
+        self._acked_at = self._seconds()
         if self._expected == 1:
             self._send(self._handshake)
         else:
             self._send(encode_ack(self._expected - 1))
+        return 1
 
     def stop(self) -> None:
         """Stop retransmitting."""

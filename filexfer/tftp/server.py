@@ -23,6 +23,7 @@ from zope.interface import implementer
 from filexfer._errors import TransferError
 from filexfer._guard import AccessPolicy
 from filexfer._log import describe_peer, log
+from filexfer._names import from_tftp_root
 from filexfer._records import ITransferObserver, Observers, TransferRecord, transfer_ended
 from filexfer._types import ITFTPReactor
 from filexfer.storage import IStorage, IUpload, Receipt
@@ -58,6 +59,13 @@ from filexfer.tftp.transfer import Receiver, Sender, Transfer
 
 _WRITE_BUFFER = 256 * 1024
 
+PEER_TIMER = 5.0
+"""The retransmission timer stock TFTP clients run with when they do not
+negotiate C{timeout} (tftp-hpa's and atftp's 5 s).  A server transfer waits at
+least (retries + 1) times this long for a silent peer, so that a client that
+only resends on its own timer gets several chances (tftp-hpa re-arms its timer
+on every packet it receives, so no repeated ACK makes it resend sooner)."""
+
 
 class _ServerTransfer(Transfer):
     """A server's transfer: started by a request, ended with a log line."""
@@ -74,8 +82,10 @@ class _ServerTransfer(Transfer):
         timeout: float,
         retries: int,
     ) -> None:
-        timeout = float(settings.timeout) if settings.timeout is not None else timeout
-        super().__init__(server.reactor, peer, timeout, retries)
+        # RFC 2349 timeout: echoed in the OACK, and the end of our backoff
+        ceiling = float(settings.timeout) if settings.timeout is not None else timeout
+        budget = max(ceiling, PEER_TIMER) * (retries + 1)
+        super().__init__(server.reactor, peer, timeout, retries, ceiling, budget)
         self.server = server
         self.path = path
         self.settings = settings
@@ -183,7 +193,7 @@ class _ServerTransfer(Transfer):
             blksize=settings.blksize,
             windowsize=settings.windowsize,
             # counted by the transfer base where it retransmits (0 where it does not count)
-            retransmissions=int(getattr(self, "retransmissions", 0)),
+            retransmissions=self.retransmissions,
         )
         transfer_ended(self.server.observer, record)
 
@@ -268,7 +278,7 @@ class _WriteTransfer(Receiver, _ServerTransfer):
         self.upload = upload
         self.decoder = NetasciiDecoder() if netascii else None
         self.buffer = bytearray()
-        self.dally_for = self.timeout * max(1, retries)
+        self.dally_for = self.rtt.ceiling * max(1, retries)
         self.receipt: Receipt | None = None
         self.finishing = False
 
@@ -387,9 +397,13 @@ class TFTPServerProtocol(DatagramProtocol):
     @param allow_write: serve WRQ (uploads).
     @param max_blksize: the largest C{blksize} accepted (8-65464).
     @param max_windowsize: the largest C{windowsize} accepted (1-65535).
-    @param timeout: the retransmission timeout in seconds, unless the
-        client negotiates C{timeout}.
-    @param retries: retransmissions before a transfer is abandoned.
+    @param timeout: the retransmission timeout in seconds before a transfer
+        has measured its round trip; after that the timeout follows the
+        round trip (RFC 6298, never below 0.1 s or C{timeout}), backing off
+        up to C{timeout}, or up to the RFC 2349 C{timeout} a client
+        negotiated (see L{filexfer.tftp.transfer.Transfer}).
+    @param retries: a transfer is abandoned after (retries + 1) times that
+        upper bound (at least 5 s, L{PEER_TIMER}) without progress.
     @param interface: the address transfer ports are bound on.
     @param access: which peer addresses may make requests (everyone by default).
     @param observer: told when a transfer starts and given every request's
@@ -453,14 +467,15 @@ class TFTPServerProtocol(DatagramProtocol):
             return
         try:
             request = decode(datagram)
-        except MalformedPacket:
+        except MalformedPacket as exc:  # no file name, no mode...: tftpd-hpa answers too
+            self._error(peer, ILLEGAL_OPERATION, str(exc))
             return
         assert isinstance(request, ReadRequest | WriteRequest)
         if request.mode not in MODES:
             self._error(peer, ILLEGAL_OPERATION, f"unsupported mode {request.mode!r}")
             return
         try:
-            path = request.filename.decode("utf-8")
+            path = from_tftp_root(request.filename.decode("utf-8"))
         except UnicodeDecodeError:
             self._error(peer, ACCESS_VIOLATION, "the file name is not valid UTF-8")
             return
@@ -582,6 +597,17 @@ class TFTPServerProtocol(DatagramProtocol):
     def stopProtocol(self) -> None:
         """The listening port closed: abandon every transfer."""
         self.stop_transfers()
+
+    def pause_requests(self) -> None:
+        """Read no more requests (a drain): they wait in the socket's queue; transfers go on."""
+        stop_reading = getattr(self.transport, "stopReading", None)
+        if stop_reading is not None:
+            stop_reading()
+
+    def in_progress(self) -> int:
+        """Transfers running, and requests the storage is still starting."""
+        starting = sum(1 for transfer in self._requests.values() if transfer is None)
+        return len(self.transfers) + starting
 
     def stop_transfers(self) -> Deferred[Any]:
         """End every running transfer; fires when their ports are closed."""

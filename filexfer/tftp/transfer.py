@@ -44,7 +44,14 @@ from filexfer.tftp._udp import (
     read_burst,
     write_to,
 )
-from filexfer.tftp._window import FileBlocks, WindowReceiver, WindowSender
+from filexfer.tftp._window import (
+    RTO_FLOOR,
+    FileBlocks,
+    Retransmitter,
+    RoundTrip,
+    WindowReceiver,
+    WindowSender,
+)
 
 _UNKNOWN_TID = encode_error(UNKNOWN_TID, "unknown transfer ID")
 
@@ -59,6 +66,18 @@ class Transfer(DatagramProtocol):
     Subclasses say what the packets mean (L{fast_packet}, L{first_reply},
     L{packet_received}) and how the transfer ends (L{peer_error},
     L{timed_out}, L{local_error}, L{crashed}, L{cleanup}).
+
+    The retransmission timeout follows the transfer's round trips (see
+    L{filexfer.tftp._window.RoundTrip}): C{timeout} seconds before the
+    first sample, never less than C{min(RTO_FLOOR, timeout)}, and backed
+    off on each timeout up to C{ceiling} (by default C{timeout}; a server
+    passes the RFC 2349 C{timeout} its client negotiated).  The transfer
+    gives up after C{budget} seconds without progress (by default
+    C{ceiling * (retries + 1)}).
+
+    @ivar rtt: the transfer's L{RoundTrip}, shared by all its timers.
+    @ivar budget: seconds without progress before the transfer gives up.
+    @ivar timers: the L{Retransmitter}s the transfer has run.
     """
 
     noisy = False
@@ -73,17 +92,39 @@ class Transfer(DatagramProtocol):
     """Receive coalesced runs of datagrams (UDP GRO) when the port allows."""
 
     def __init__(
-        self, clock: IReactorTime, peer: Address | None, timeout: float, retries: int
+        self,
+        clock: IReactorTime,
+        peer: Address | None,
+        timeout: float,
+        retries: int,
+        ceiling: float | None = None,
+        budget: float | None = None,
     ) -> None:
         self.clock = clock
         self.peer = peer
         self.timeout = timeout
         self.retries = retries
+        ceiling = timeout if ceiling is None else ceiling
+        initial = min(timeout, ceiling)
+        self.rtt = RoundTrip(initial, min(RTO_FLOOR, initial), ceiling)
+        self.budget = ceiling * (retries + 1) if budget is None else budget
+        self.timers: list[Retransmitter] = []
         self.port: Any = None
         self.gro = False
         self.done = False
         self.send: Send = _discard
         self.send_many: SendMany | None = None
+
+    @property
+    def retransmissions(self) -> int:
+        """Datagrams this end has sent again so far (DATA, ACK, OACK or request)."""
+        return sum(timer.retransmissions for timer in self.timers)
+
+    def new_timer(self, resend: Callable[[], int], give_up: Callable[[], None]) -> Retransmitter:
+        """A new L{Retransmitter} on the transfer's round-trip estimate and budget."""
+        timer = Retransmitter(self.clock, self.rtt, self.budget, resend, give_up)
+        self.timers.append(timer)
+        return timer
 
     def pin(self, peer: Address) -> None:
         """Talk to C{peer} from now on (and only to it)."""
@@ -247,13 +288,14 @@ class Sender(Transfer):
             next_block=blocks.next_block,
             blksize=settings.blksize,
             windowsize=settings.windowsize,
-            timeout=self.timeout,
-            retries=self.retries,
+            rtt=self.rtt,
+            budget=self.budget,
             on_done=on_done,
             on_timeout=self.timed_out,
             on_progress=on_progress,
             send_many=self.send_many,
         )
+        self.timers.append(self.sender.timer)
         self.sender.start(handshake)
 
     def readable(self, sock: Any, bufsize: int) -> None:
@@ -333,11 +375,12 @@ class Receiver(Transfer):
             deliver=deliver,
             blksize=settings.blksize,
             windowsize=settings.windowsize,
-            timeout=self.timeout,
-            retries=self.retries,
+            rtt=self.rtt,
+            budget=self.budget,
             on_last=on_last,
             on_timeout=self.timed_out,
         )
+        self.timers.append(self.receiver.timer)
         self.receiver.start(handshake)
 
     def netascii_tail(self) -> bytes:
