@@ -576,11 +576,17 @@ class Series:
     def mbps(self) -> float:
         return self.nbytes / 1e6 / self.median
 
+    def cpu_per_gib(self, role: str) -> float:
+        """Median CPU seconds (user + system) of C{role} per GiB moved."""
+        return statistics.median(self.cpu[role]) / (self.nbytes / GiB)
+
     def describe(self) -> str:
         runs = " ".join(f"{self.nbytes / 1e6 / s:.0f}" for s in self.seconds)
         rss = " ".join(f"{role}_rss={value / MiB:.1f}MiB" for role, value in self.rss.items())
         cpu = "".join(
-            f" {role}_cpu={statistics.median(spent):.2f}s" for role, spent in self.cpu.items()
+            f" {role}_cpu={statistics.median(spent):.2f}s"
+            f" ({self.cpu_per_gib(role):.2f} s/GiB, runs {' '.join(f'{x:.2f}' for x in spent)})"
+            for role, spent in self.cpu.items()
         )
         return (
             f"{self.label}: median {self.mbps:.1f} MB/s ({self.median:.3f} s) runs=[{runs}] "
@@ -729,6 +735,7 @@ def series_json(series: Series) -> dict[str, Any]:
         "mbps": series.mbps,
         "rss_bytes": series.rss,
         "cpu_seconds": {role: statistics.median(spent) for role, spent in series.cpu.items()},
+        "cpu_seconds_per_gib": {role: series.cpu_per_gib(role) for role in series.cpu},
     }
 
 

@@ -70,7 +70,13 @@ def socat_once(
 
 
 def filexfer_once(
-    server: c.Server, root: Path, source: Path, digest: str, timeout: float, verify: bool
+    server: c.Server,
+    root: Path,
+    source: Path,
+    digest: str,
+    timeout: float,
+    verify: bool,
+    client_options: list[str] | None = None,
 ) -> tuple[float, dict[str, int], dict[str, float]]:
     """One FX/1 upload with the filexfer command; the client verifies the receipt."""
     c.drop_received(root)
@@ -78,7 +84,13 @@ def filexfer_once(
     server_cpu = c.cpu_seconds(server.pid)
     client = c.check(
         c.run(
-            c.filexfer_argv("send", "--no-progress", str(source), f"127.0.0.1:{server.port}"),
+            c.filexfer_argv(
+                "send",
+                "--no-progress",
+                *(client_options or []),
+                str(source),
+                f"127.0.0.1:{server.port}",
+            ),
             timeout=timeout,
             env=c.fx_env(),
         )
@@ -106,6 +118,12 @@ def main() -> int:
         action="append",
         default=[],
         help="extra option for 'twistd filexfer' (repeatable), e.g. --server-option=--workers=2",
+    )
+    parser.add_argument(
+        "--client-option",
+        action="append",
+        default=[],
+        help="extra option for 'filexfer send' (repeatable), e.g. --client-option=--digest=sha256",
     )
     args = parser.parse_args()
     sizes = [4 * c.MiB] if args.smoke else [c.parse_size(s) for s in args.sizes.split(",")]
@@ -144,7 +162,7 @@ def main() -> int:
                         if measured:
                             reference.add(seconds, cpu, **rss)
                         seconds, rss, cpu = filexfer_once(
-                            server, root, source, digest, timeout, verify=args.smoke
+                            server, root, source, digest, timeout, args.smoke, args.client_option
                         )
                         if measured:
                             ours.add(seconds, cpu, **rss)

@@ -85,6 +85,28 @@ class IUpload(Interface):
         """Stop: discard the bytes, or keep them for a later resume."""
 
 
+class IDirectUpload(IUpload):
+    """An upload a thread can write into directly: the plain-TCP fast path (optional).
+
+    A store that does not provide it is fed through L{IUpload.write} on the
+    reactor thread, as before.
+    """
+
+    def direct() -> Callable[[memoryview], None]:
+        """Hand the writing of the next bytes to one thread; return its sink.
+
+        Called on the reactor thread while nothing waits to be written.  The
+        sink checks the limits for, writes and hashes the chunk it is given,
+        in the calling thread (blocking), and raises L{TransferError} (413,
+        422, 500, 507) to stop; it keeps no reference to the chunk, so the
+        caller may reuse its buffer.  Until L{direct_done}, C{finish} waits
+        and C{abort} defers closing the file (the sink refuses once aborted).
+        """
+
+    def direct_done() -> None:
+        """The thread will not call the sink again (called on the reactor thread)."""
+
+
 class IStorage(Interface):
     """A place that stores uploads and serves downloads by relative path."""
 

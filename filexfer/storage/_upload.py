@@ -24,7 +24,7 @@ from filexfer._errors import TransferError
 from filexfer._hashing import DEFAULT_DIGEST, DigestName, hash_prefix
 from filexfer._log import log
 from filexfer.storage._disk import os_error, write_error
-from filexfer.storage._interfaces import BlockingRunner, IUpload, Receipt
+from filexfer.storage._interfaces import BlockingRunner, IDirectUpload, IUpload, Receipt
 
 _QUEUE_HIGH = 4 << 20
 """Queued bytes of one upload above which its producer (the socket) is paused."""
@@ -32,6 +32,9 @@ _QUEUE_LOW = 1 << 20
 """Queued bytes below which a paused producer is resumed."""
 _PARALLEL_BATCH = 1 << 20
 """Batches this large are written and hashed in two threads at once."""
+_SPACE_WINDOW = 16 << 20
+"""A direct writer checks the free space once per this many bytes, for the
+bytes up to the window's end (statvfs per chunk cost more than the write)."""
 
 
 class UploadSite(Protocol):
@@ -65,7 +68,7 @@ class UploadSite(Protocol):
         """Remove a temporary or partial file."""
 
 
-@implementer(IUpload, IConsumer)
+@implementer(IDirectUpload, IConsumer)
 class Upload:
     """A file being received into the state directory of a L{DirectoryStorage}."""
 
@@ -122,6 +125,8 @@ class Upload:
         self._idle_waiters: list[Deferred[None]] = []
         self._producer: IPushProducer | None = None
         self._paused = False
+        self._space_checked = 0
+        """A direct writer has checked the free space for bytes up to here."""
 
     def check(self, additional: int) -> None:
         total = self.received + additional
@@ -164,6 +169,41 @@ class Upload:
         elif self._queued >= _QUEUE_HIGH and self._producer is not None and not self._paused:
             self._paused = True
             self._producer.pauseProducing()
+
+    # -- IDirectUpload: one thread writes ---------------------------------------
+
+    def direct(self) -> Any:
+        assert self._in_flight is None and not self._queue, "bytes still wait to be written"
+        self._in_flight = Deferred()  # finish() and abort() wait for direct_done()
+        self._space_checked = self.received
+        return self._take
+
+    def _take(self, data: memoryview) -> None:
+        """The direct sink: check, write and hash C{data} in the calling thread."""
+        if self._aborted or self._closed:
+            raise TransferError(500, "the upload was stopped")
+        size = len(data)
+        total = self.received + size
+        if self.expected_size is not None and total > self.expected_size:
+            raise TransferError(422, f"more bytes than the announced Size {self.expected_size}")
+        self._storage.check_size(total)
+        if total > self._space_checked:
+            window = max(size, _SPACE_WINDOW)
+            if self.expected_size is not None:
+                window = max(size, min(window, self.expected_size - self.received))
+            self._storage.check_space(window, os.path.dirname(self._temp_name))
+            self._space_checked = self.received + window
+        try:
+            written = 0
+            while written < size:  # a raw file may write less than asked
+                written += self._handle.write(data[written:]) or 0
+        except OSError as exc:
+            raise os_error(exc, "write") from exc
+        self._digest.update(data)
+        self.received = total
+
+    def direct_done(self) -> None:
+        self._batch_done(None)
 
     def _start_batch(self) -> None:
         batch, self._queue, self._queued = self._queue, [], 0
@@ -220,7 +260,7 @@ class Upload:
 
     def finish(self, sha256: str | None = None) -> Deferred[Receipt]:
         self.unregisterProducer()
-        if self._run_writes is None:
+        if self._in_flight is None:
             return self._finish_written(sha256)
         return self._idle().addCallback(lambda _: self._finish_written(sha256))
 
