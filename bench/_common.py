@@ -308,6 +308,69 @@ def reset_peak_rss(pid: int) -> bool:
     return True
 
 
+def children(pid: int) -> list[int]:
+    """The live children of C{pid} (Linux C{/proc/PID/task/*/children})."""
+    found: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/children") as h:
+                found.extend(int(child) for child in h.read().split())
+    return found
+
+
+def descendants(pid: int) -> list[int]:
+    """C{pid}'s children, theirs, and so on (bounded: a process tree, not a loop)."""
+    found, todo = [], [pid]
+    while todo and len(found) < 10_000:
+        todo = [child for parent in todo for child in children(parent)]
+        found.extend(todo)
+    return found
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of a live process and of its children it has reaped (cutime, cstime)."""
+    with open(f"/proc/{pid}/stat") as handle:
+        fields = handle.read().rpartition(")")[2].split()
+    return sum(int(value) for value in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+class TreePeak:
+    """Polls the peak RSS (VmHWM) of every descendant of C{pid}, in a thread, until stopped.
+
+    For servers that fork a process per connection (rsync's daemon): their
+    children's peaks, which no C{wait4} of ours sees.
+    """
+
+    def __init__(self, pid: int) -> None:
+        import threading
+
+        self.pid = pid
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+
+    def _poll(self) -> None:
+        while not self._stop.wait(0.01):
+            for child in descendants(self.pid):
+                with contextlib.suppress(OSError, BenchError):
+                    self.peak = max(self.peak, peak_rss(child))
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join(5)
+        return self.peak
+
+
+def wait_childless(pid: int, timeout: float = 30.0) -> None:
+    """Poll until C{pid} has no children left (a forking server's connection ended)."""
+    deadline = time.monotonic() + timeout
+    while children(pid):
+        if time.monotonic() > deadline:
+            raise BenchError(f"process {pid} still has children after {timeout:g} s")
+        time.sleep(0.005)
+
+
 class Server:
     """A long-running child (twistd, tftpd): started, polled for its port, stopped by PID."""
 
@@ -469,6 +532,47 @@ def locate(name: str, package: str, candidates: Sequence[str] = ()) -> str:
 
 def socat() -> str:
     return locate("socat", "socat")
+
+
+def rsync() -> str:
+    return locate("rsync", "rsync")
+
+
+WORMHOLE_PACKAGES = (
+    "magic-wormhole",
+    "magic-wormhole-mailbox-server",
+    "magic-wormhole-transit-relay",
+)
+
+
+def wormhole_venv() -> Path:
+    """A virtualenv of its own (under L{TOOLS_CACHE}) with magic-wormhole, its mailbox
+    server and its transit relay, made with pip on first use.
+
+    A separate venv keeps the dozen packages they pull in out of the
+    development environment and the C{test} extra.
+    """
+    venv = TOOLS_CACHE / "wormhole-venv"
+    bin_dir = venv / "bin"
+    if all((bin_dir / tool).exists() for tool in ("wormhole", "twist")):
+        return bin_dir
+    try:
+        subprocess.run(
+            [sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True, timeout=300
+        )
+        subprocess.run(
+            [str(bin_dir / "pip"), "install", "-q", *WORMHOLE_PACKAGES],
+            check=True,
+            capture_output=True,
+            timeout=600,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        detail = getattr(exc, "stderr", b"") or b""
+        raise MissingTool(
+            f"cannot install {', '.join(WORMHOLE_PACKAGES)} into {venv}: {exc} "
+            f"{detail.decode(errors='replace')[-500:]}"
+        ) from exc
+    return bin_dir
 
 
 def tftpd_hpa() -> str:

@@ -31,9 +31,10 @@ RSS_LIMIT = 48 * c.MiB
 
 
 def socat_once(
-    socat: str, source: Path, dest: Path, timeout: float
+    socat: str, source: Path, dest: Path, timeout: float, keep: bool = False
 ) -> tuple[float, dict[str, int], dict[str, float]]:
-    """One socat transfer: listener writes C{dest}, client reads C{source}."""
+    """One socat transfer: listener writes C{dest} (left there with C{keep}), client reads
+    C{source}."""
     c.remove(dest)
     port = c.free_port()
     listener = c.start(
@@ -64,7 +65,8 @@ def socat_once(
     size = dest.stat().st_size
     if size != source.stat().st_size:
         raise c.BenchError(f"socat wrote {size} bytes of {source.stat().st_size}")
-    c.remove(dest)
+    if not keep:
+        c.remove(dest)
     cpu = {"server": server_cpu, "client": client.cpu}
     return seconds, {"server": server_rss, "client": client.peak_rss}, cpu
 
@@ -95,7 +97,7 @@ def filexfer_once(
             env=c.fx_env(),
         )
     )
-    if "stored and verified" not in client.output:
+    if "stored and verified" not in client.output and "--plain" not in (client_options or []):
         raise c.BenchError(f"filexfer send did not verify: {client.output}")
     stored = root / source.name
     if stored.stat().st_size != source.stat().st_size:
