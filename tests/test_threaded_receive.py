@@ -62,6 +62,21 @@ class SinkTests(unittest.TestCase):
         with open(os.path.join(self.root, receipt.path), "rb") as handle:
             self.assertEqual(handle.read(), DATA)
 
+    def test_writeback_started_a_window_at_a_time(self) -> None:
+        """Every 16 MiB written, the disk is asked to start on them (not all at the fsync)."""
+        from filexfer.storage import _upload
+
+        started: list[tuple[int, int]] = []
+        self.patch(_upload, "start_writeback", lambda fd, offset, n: started.append((offset, n)))
+        window = _upload.WRITEBACK_WINDOW
+        self.storage.max_size = None
+        upload = self.begin(size=3 * window + 5)
+        sink = upload.direct()
+        chunk = memoryview(bytes(1 << 20))
+        for _ in range(3 * window // len(chunk)):
+            sink(chunk)
+        self.assertEqual(started, [(0, window), (window, window), (2 * window, window)])
+
     def test_more_than_size(self) -> None:
         """A chunk past the announced Size is refused with 422 and not written."""
         upload = self.begin(size=10)

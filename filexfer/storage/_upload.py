@@ -23,7 +23,7 @@ from zope.interface import implementer
 from filexfer._errors import TransferError
 from filexfer._hashing import DEFAULT_DIGEST, DigestName, hash_prefix
 from filexfer._log import log
-from filexfer.storage._disk import os_error, write_error
+from filexfer.storage._disk import WRITEBACK_WINDOW, os_error, start_writeback, write_error
 from filexfer.storage._interfaces import BlockingRunner, IDirectUpload, IUpload, Receipt
 
 _QUEUE_HIGH = 4 << 20
@@ -127,6 +127,8 @@ class Upload:
         self._paused = False
         self._space_checked = 0
         """A direct writer has checked the free space for bytes up to here."""
+        self._writeback_from = self.offset
+        """Bytes before this offset have had their writeback started (L{start_writeback})."""
 
     def check(self, additional: int) -> None:
         total = self.received + additional
@@ -201,6 +203,15 @@ class Upload:
             raise os_error(exc, "write") from exc
         self._digest.update(data)
         self.received = total
+        self._start_writeback(total)
+
+    def _start_writeback(self, written: int) -> None:
+        """Start the disk on the last window once a window's worth is written (writer thread)."""
+        if written - self._writeback_from >= WRITEBACK_WINDOW:
+            start_writeback(
+                self._handle.fileno(), self._writeback_from, written - self._writeback_from
+            )
+            self._writeback_from = written
 
     def direct_done(self) -> None:
         self._batch_done(None)
@@ -222,6 +233,7 @@ class Upload:
     def _write_all(self, batch: list[bytes]) -> None:
         for chunk in batch:
             self._handle.write(chunk)
+        self._start_writeback(self._handle.tell())
 
     def _hash_all(self, batch: list[bytes]) -> None:
         for chunk in batch:
