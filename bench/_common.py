@@ -335,10 +335,13 @@ def tree_cpu_seconds(pid: int) -> float:
 
 
 class TreePeak:
-    """Polls the peak RSS (VmHWM) of every descendant of C{pid}, in a thread, until stopped.
+    """Polls the peak RSS (VmHWM) and CPU seconds of every descendant of C{pid}, in a
+    thread, until stopped.
 
-    For servers that fork a process per connection (rsync's daemon): their
-    children's peaks, which no C{wait4} of ours sees.
+    For servers that fork a process per connection (rsync's daemon,
+    tftpd-hpa): their children's peaks, which no C{wait4} of ours sees, and
+    their CPU, which a parent that ignores SIGCHLD (tftpd-hpa) never adds to
+    its own (the last poll interval of each child, 10 ms at most, is missed).
     """
 
     def __init__(self, pid: int) -> None:
@@ -346,6 +349,8 @@ class TreePeak:
 
         self.pid = pid
         self.peak = 0
+        self.cpu: dict[int, float] = {}
+        """CPU seconds last seen per descendant."""
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
         self._thread.start()
@@ -355,6 +360,7 @@ class TreePeak:
             for child in descendants(self.pid):
                 with contextlib.suppress(OSError, BenchError):
                     self.peak = max(self.peak, peak_rss(child))
+                    self.cpu[child] = cpu_seconds(child)
 
     def stop(self) -> int:
         self._stop.set()
