@@ -573,12 +573,14 @@ def wormhole_venv() -> Path:
             timeout=600,
         )
     except (OSError, subprocess.SubprocessError) as exc:
-        detail = getattr(exc, "stderr", b"") or b""
-        raise MissingTool(
-            f"cannot install {', '.join(WORMHOLE_PACKAGES)} into {venv}: {exc} "
-            f"{detail.decode(errors='replace')[-500:]}"
-        ) from exc
+        raise _not_provided(f"install {', '.join(WORMHOLE_PACKAGES)} into {venv}", exc) from exc
     return bin_dir
+
+
+def _not_provided(what: str, exc: Exception) -> MissingTool:
+    """The L{MissingTool} for a failed C{what}, with the end of the command's stderr."""
+    detail = getattr(exc, "stderr", b"") or b""
+    return MissingTool(f"cannot {what}: {exc} {detail.decode(errors='replace')[-500:]}")
 
 
 def tftpd_hpa() -> str:
@@ -618,11 +620,8 @@ def atftpd() -> str:
             ["dpkg", "-x", str(debs[-1]), str(target)], check=True, capture_output=True, timeout=300
         )
     except (OSError, subprocess.SubprocessError) as exc:
-        detail = getattr(exc, "stderr", b"") or b""
-        raise MissingTool(
-            f"cannot unpack atftpd with apt-get download + dpkg -x into {target}: {exc} "
-            f"{detail.decode(errors='replace')[-500:]}"
-        ) from exc
+        what = f"unpack atftpd with apt-get download + dpkg -x into {target}"
+        raise _not_provided(what, exc) from exc
     if not binary.exists():
         raise MissingTool(f"the atftpd package held no {binary}")
     return str(binary)
@@ -770,6 +769,16 @@ def base_parser(description: str) -> argparse.ArgumentParser:
         help="also write the results to FILE as JSON (what docs/_data/ holds and the docs chart)",
     )
     return parser
+
+
+def add_client_option(parser: argparse.ArgumentParser) -> None:
+    """C{--client-option OPTION} (repeatable): extra options for C{filexfer send}."""
+    parser.add_argument(
+        "--client-option",
+        action="append",
+        default=[],
+        help="extra option for 'filexfer send' (repeatable), e.g. --client-option=--digest=sha256",
+    )
 
 
 @dataclass

@@ -308,12 +308,7 @@ def main() -> int:
         "--parallel", type=int, default=4, help="transfers at once in the second part (default 4)"
     )
     parser.add_argument("--no-wormhole", action="store_true", help="leave magic-wormhole out")
-    parser.add_argument(
-        "--client-option",
-        action="append",
-        default=[],
-        help="extra option for 'filexfer send' (repeatable), e.g. --client-option=--digest=sha256",
-    )
+    c.add_client_option(parser)
     args = parser.parse_args()
     size = 4 * c.MiB if args.smoke else c.parse_size(args.size)
     runs, warmup = (1, 0) if args.smoke else (args.runs, args.warmup)

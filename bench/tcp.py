@@ -121,12 +121,7 @@ def main() -> int:
         default=[],
         help="extra option for 'twistd filexfer' (repeatable), e.g. --server-option=--workers=2",
     )
-    parser.add_argument(
-        "--client-option",
-        action="append",
-        default=[],
-        help="extra option for 'filexfer send' (repeatable), e.g. --client-option=--digest=sha256",
-    )
+    c.add_client_option(parser)
     args = parser.parse_args()
     sizes = [4 * c.MiB] if args.smoke else [c.parse_size(s) for s in args.sizes.split(",")]
     runs, warmup = (1, 0) if args.smoke else (args.runs, args.warmup)
