@@ -351,7 +351,7 @@ class ReceiverProtocol(Protocol):
         announced Size bytes (or stops early); the trailer, an early end or
         a reset are then read on the reactor thread as usual.
         """
-        reactor = self.factory.threads
+        reactor = self.factory._threads
         if upload.expected_size is None or reactor is None:
             return
         remaining = upload.expected_size - upload.received
@@ -776,11 +776,11 @@ class ReceiverFactory(Factory):
         self.access = access if access is not None else AccessPolicy()
         self.live: set[ReceiverProtocol] = set()
         """The connections open now."""
-        self.threads: IReactorFromThreads | None = (
+        # The reactor, when it runs threads: large plain-TCP uploads are then
+        # received in threads of their own (ThreadedReceive); None on a bare clock.
+        self._threads: IReactorFromThreads | None = (
             cast(IReactorFromThreads, clock) if IReactorThreads.providedBy(clock) else None
         )
-        """The reactor, when it runs threads: large plain-TCP uploads are then
-        received in threads of their own (L{ThreadedReceive}); None on a bare clock."""
         self._receive_threads = 0
 
     def take_receive_thread(self) -> bool:
