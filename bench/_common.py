@@ -344,10 +344,12 @@ class TreePeak:
     its own (the last poll interval of each child, 10 ms at most, is missed).
     """
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, *, itself: bool = False) -> None:
         import threading
 
         self.pid = pid
+        self.itself = itself
+        """Poll C{pid}'s own peak too (a child that may exit before it is reaped)."""
         self.peak = 0
         self.cpu: dict[int, float] = {}
         """CPU seconds last seen per descendant."""
@@ -357,7 +359,7 @@ class TreePeak:
 
     def _poll(self) -> None:
         while not self._stop.wait(0.01):
-            for child in descendants(self.pid):
+            for child in [self.pid] * self.itself + descendants(self.pid):
                 with contextlib.suppress(OSError, BenchError):
                     self.peak = max(self.peak, peak_rss(child))
                     self.cpu[child] = cpu_seconds(child)

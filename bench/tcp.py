@@ -47,6 +47,7 @@ def socat_once(
             f"OPEN:{dest},creat,trunc",
         ]
     )
+    watcher = c.TreePeak(listener.pid, itself=True)  # it may exit before we reap it
     try:
         c.wait_listening(port, process=listener)
         began = time.perf_counter()
@@ -57,8 +58,10 @@ def socat_once(
             )
         )
         status, server_rss, server_cpu = c.reap_with_cpu(listener, timeout)
+        server_rss = max(server_rss, watcher.stop())
         seconds = time.perf_counter() - began
     finally:
+        watcher.stop()
         c.stop(listener)
     if status != 0:
         raise c.BenchError(f"socat listener exited {status}")
