@@ -75,6 +75,7 @@ def hook_environment(record: TransferRecord, root: str) -> dict[str, str]:
         "FILEXFER_ROOT": root,
         "FILEXFER_SIZE": str(record.size),
         "FILEXFER_SHA256": record.sha256 or "",
+        "FILEXFER_BLAKE3": record.blake3 or "",
         "FILEXFER_PEER": record.peer,
         "FILEXFER_PROTOCOL": record.protocol,
         "FILEXFER_RESUMED_OFFSET": str(record.resumed_offset),

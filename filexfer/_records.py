@@ -63,7 +63,10 @@ class TransferRecord:
     @ivar stored_path: where the file is, relative to the root (stored and
         already stored uploads), else None.
     @ivar size: the stored file's size in bytes, else None.
-    @ivar sha256: the stored file's SHA-256 (hex), else None.
+    @ivar sha256: the stored file's SHA-256 (hex) when that was its receipt's
+        digest, else None.
+    @ivar blake3: the stored file's BLAKE3 (hex) when the client asked for
+        that receipt digest (FX/1 C{Digest: BLAKE3}), else None.
     @ivar resumed_offset: bytes of an earlier upload an FX/1 upload resumed after.
     @ivar error_code: the code the server answered with (HTTP-like: 403,
         408, 413, 422, 503, ...; TFTP errors are mapped from these), or None.
@@ -85,6 +88,7 @@ class TransferRecord:
     stored_path: str | None = None
     size: int | None = None
     sha256: str | None = None
+    blake3: str | None = None
     resumed_offset: int = 0
     error_code: int | None = None
     accepted: bool = False
@@ -109,6 +113,7 @@ class TransferRecord:
             "outcome": self.outcome,
             "error_code": self.error_code,
             "sha256": self.sha256,
+            "blake3": self.blake3,
             "detail": self.detail,
         }
         if self.protocol == "tftp":

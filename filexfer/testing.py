@@ -165,7 +165,8 @@ class MemoryStorage:
     Size and Mtime (the sender sends the whole file and the copy is found
     by content), no free-space reserve (507) and no check of the Mtime
     against a file system's range.  The announced Mtime of each stored file
-    is kept in L{mtimes}.
+    is kept in L{mtimes}.  Its receipt digest is SHA-256 only (L{digests}):
+    a receiver declines a client's C{Digest: BLAKE3} and answers with SHA-256.
 
     @param on_conflict: C{"rename"}, C{"overwrite"} or C{"refuse"}.
     @param max_size: the largest accepted file in bytes, or None.
@@ -191,6 +192,9 @@ class MemoryStorage:
         self.files: dict[str, bytes] = {}
         self.mtimes: dict[str, int] = {}
 
+    digests = ("sha256",)
+    """The receipt digests L{begin} accepts (see L{IStorage.digests})."""
+
     # -- receiving ---------------------------------------------------------
 
     def begin(
@@ -203,12 +207,15 @@ class MemoryStorage:
         trailer: bool = False,
         fresh: bool = False,
         exact_name: bool = False,
+        digest: str = "sha256",
     ) -> Deferred[IUpload]:
         """Start receiving C{path} (see L{IStorage.begin}).
 
         C{trailer} and C{fresh} change nothing here: nothing is ever held
-        from an earlier upload.
+        from an earlier upload.  C{digest} must be C{"sha256"} (L{digests}).
         """
+        if digest not in self.digests:
+            raise ValueError(f"MemoryStorage computes no {digest!r} digest")
         try:
             path = validate_path(path)
             if size is not None:
@@ -351,6 +358,7 @@ class MemoryUpload:
 
     prefix_sha256: str | None = _EMPTY_SHA256
     offset = 0
+    digest = "sha256"
 
     def __init__(
         self,

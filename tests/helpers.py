@@ -54,6 +54,13 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def blake3_bytes(data: bytes) -> str:
+    """The hex BLAKE3 of C{data} (the reference implementation, not ours)."""
+    import blake3
+
+    return blake3.blake3(data).hexdigest()
+
+
 def sha256_file(path: str) -> str:
     """The hex SHA-256 of the file at C{path}."""
     with open(path, "rb") as handle:

@@ -51,6 +51,37 @@ class BenchSmokeTests(unittest.TestCase):
         """bench/lossy.py --smoke: curl, tftp-hpa and atftp through the lossy relay; a result."""
         self.check("lossy.py", 1)
 
+    def test_peers(self) -> None:
+        """bench/peers.py --smoke: filexfer, an rsync daemon, socat + sync and magic-wormhole
+        (its own mailbox and relay on loopback) move one file, then 4 at once; every ratio
+        the speed issue names is printed, and --json keeps them."""
+        path = os.path.abspath(self.mktemp())
+        result = run_bench("peers.py", "--json", path)
+        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+        names = [
+            line.partition(":")[0]
+            for line in result.stdout.splitlines()
+            if line.startswith("RESULT ")
+        ]
+        self.assertEqual(
+            names,
+            [
+                "RESULT peers 4MiB vs rsync",
+                "RESULT peers 4MiB vs socat+sync",
+                "RESULT peers 4MiB vs wormhole",
+                "RESULT peers 4MiB client cpu",
+                "RESULT peers 4MiB rss MiB",
+                "RESULT peers 4x4MiB vs 4 rsync",
+            ],
+        )
+        with open(path, encoding="utf-8") as handle:
+            report = json.load(handle)
+        self.assertEqual(
+            [one["reference"]["label"] for one in report["comparisons"]],
+            ["rsync", "socat+sync", "wormhole", "4x rsync"],
+        )
+        self.assertIn("cpu_seconds_per_gib", report["comparisons"][0]["ours"])
+
     def test_resume(self) -> None:
         """bench/resume.py --smoke: a 5-byte upload alone and during a resume; a result line."""
         self.check("resume.py", 1)

@@ -17,6 +17,7 @@ from twisted.trial import unittest
 from .helpers import (
     LOOPBACK,
     ServerProcess,
+    blake3_bytes,
     free_port,
     payload,
     run_filexfer,
@@ -45,11 +46,12 @@ def _value(text: str, name: str, **labels: str) -> float:
     raise AssertionError(f"no sample {name} {labels} in:\n{text}")
 
 
-def _send(testcase: unittest.TestCase, port: int, name: str, data: bytes) -> None:
+def _send(testcase: unittest.TestCase, port: int, name: str, data: bytes, *options: str) -> None:
     """Upload C{data} as C{name} (C{filexfer send} puts the local file's name in DEST's folder)."""
     folder, _, base = name.rpartition("/")
     local = write_file(os.path.join(testcase.mktemp(), base), data)
-    sent = run_filexfer("send", local, f"{LOOPBACK}:{port}" + (f"/{folder}" if folder else ""))
+    dest = f"{LOOPBACK}:{port}" + (f"/{folder}" if folder else "")
+    sent = run_filexfer("send", *options, local, dest)
     assert sent.returncode == 0, sent.stderr
 
 
@@ -138,7 +140,7 @@ class EventLogProcessTests(unittest.TestCase):
         root = os.path.abspath(self.mktemp())
         server = start_twistd(self, root, "--event-log", events)
         data = payload(1234)
-        _send(self, server.port, "one.bin", data)
+        _send(self, server.port, "one.bin", data, "--digest", "sha256")
         wait_until(lambda: os.path.exists(events) and os.path.getsize(events) > 0, 10, "a line")
         os.rename(events, events + ".1")
         server.signal(signal.SIGHUP)
@@ -159,6 +161,8 @@ class EventLogProcessTests(unittest.TestCase):
             ),
             ("one.bin", "one.bin", 1234, sha256_bytes(data), "stored"),
         )
+        self.assertIsNone(first["blake3"])  # a client that asked for none gets SHA-256
+        self.assertEqual((second["sha256"], second["blake3"]), (None, blake3_bytes(payload(10))))
         self.assertEqual(
             (first["protocol"], first["direction"], first["error_code"]), ("fx/1", "upload", None)
         )
@@ -200,7 +204,7 @@ class HookProcessTests(unittest.TestCase):
         root = os.path.abspath(self.mktemp())
         server = start_twistd(self, root, "--on-stored", f"{script} 'two words' $HOME")
         data = payload(777)
-        _send(self, server.port, "dir/a;rm -rf x $(id).bin", data)
+        _send(self, server.port, "dir/a;rm -rf x $(id).bin", data, "--digest", "sha256")
         wait_until(
             lambda: os.path.exists(out) and os.path.getsize(out) > 0, 15, "the hook's output"
         )
@@ -210,7 +214,8 @@ class HookProcessTests(unittest.TestCase):
         self.assertEqual(facts["FILEXFER_PATH"], stored)
         self.assertEqual(facts["FILEXFER_NAME"], "dir/a;rm -rf x $(id).bin")
         self.assertEqual(
-            (facts["FILEXFER_SIZE"], facts["FILEXFER_SHA256"]), ("777", sha256_bytes(data))
+            (facts["FILEXFER_SIZE"], facts["FILEXFER_SHA256"], facts["FILEXFER_BLAKE3"]),
+            ("777", sha256_bytes(data), ""),
         )
         self.assertEqual(facts["FILEXFER_PROTOCOL"], "fx/1")
         self.assertTrue(facts["FILEXFER_PEER"].startswith(f"{LOOPBACK}:"))

@@ -4,7 +4,7 @@ L{IStorage} is what the TCP receiver and the TFTP server store through;
 L{DirectoryStorage} keeps files under one root directory.  One store per
 module, beside each other:
 
- - C{_interfaces}: L{IStorage}, L{IUpload}, L{Receipt}, L{policy_for} (the
+ - C{_interfaces}: L{IStorage}, L{IUpload}, L{IDirectUpload}, L{Receipt}, L{policy_for} (the
    conflict policy of an upload that must keep its name);
  - C{_rules}: what every store promises (resume identity, names, I1, I2);
  - C{_sources}: L{FileSource}, a local file to read;
@@ -14,7 +14,7 @@ module, beside each other:
    resume, conflict policy);
  - C{_upload}: one upload and its background writer;
  - C{_conflicts}: C{name (1).ext} within the file system's limits;
- - C{_digests}: the cache of stored files' SHA-256.
+ - C{_digests}: the cache of stored files' digests, by algorithm.
 """
 
 from filexfer.storage._conflicts import numbered_name
@@ -22,6 +22,7 @@ from filexfer.storage._interfaces import (
     CONFLICT_POLICIES,
     BlockingRunner,
     ConflictPolicy,
+    IDirectUpload,
     IReadSource,
     IStorage,
     IUpload,
@@ -38,6 +39,7 @@ __all__ = [
     "ConflictPolicy",
     "DirectoryStorage",
     "FileSource",
+    "IDirectUpload",
     "IReadSource",
     "IStorage",
     "IUpload",

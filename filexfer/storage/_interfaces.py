@@ -14,6 +14,7 @@ from typing import Literal, TypeVar
 from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
 
+from filexfer._hashing import DigestName
 from filexfer._receipt import Receipt  # re-exported: storage users import it from here
 
 ConflictPolicy = Literal["rename", "overwrite", "refuse"]
@@ -48,9 +49,15 @@ class IUpload(Interface):
         " SHA256 the sender announced), else None."
     )
     prefix_sha256 = Attribute(
-        "The hex SHA-256 of the bytes [0, offset) held from an interrupted upload,"
-        " for the sender to check against its own file; None when the held bytes"
-        " are a stored file that the sender must prove with its digest instead."
+        "The hex digest (by C{digest}: SHA-256 unless begin() asked for another) of"
+        " the bytes [0, offset) held from an interrupted upload, for the sender to"
+        " check against its own file; None when the held bytes are a stored file"
+        " that the sender must prove with its digest instead."
+    )
+    digest = Attribute(
+        "The receipt digest this upload computes and checks: 'sha256' or 'blake3'"
+        " (what begin() was given).  A store written before BLAKE3 may leave it"
+        " out: readers take a missing one as 'sha256'."
     )
 
     def write(data: bytes) -> None:
@@ -69,8 +76,9 @@ class IUpload(Interface):
 
         Fails with L{TransferError} (422 short or mismatched, 409 exists).
 
-        @param sha256: the sender's SHA-256 of its whole file, sent after the
-            data (the FX/1 trailer); the stored bytes must hash to it.
+        @param sha256: the sender's digest of its whole file (by the upload's
+            C{digest}: SHA-256 unless begin() asked for another), sent after
+            the data (the FX/1 trailer); the stored bytes must hash to it.
         """
 
     def abort(keep_partial: bool) -> None:
@@ -98,8 +106,36 @@ class IReadSource(Interface):
         """Release the file; further reads are not allowed."""
 
 
+class IDirectUpload(IUpload):
+    """An upload a thread can write into directly: the plain-TCP fast path (optional).
+
+    A store that does not provide it is fed through L{IUpload.write} on the
+    reactor thread, as before.
+    """
+
+    def direct() -> Callable[[memoryview], None]:
+        """Hand the writing of the next bytes to one thread; return its sink.
+
+        Called on the reactor thread while nothing waits to be written.  The
+        sink checks the limits for, writes and hashes the chunk it is given,
+        in the calling thread (blocking), and raises L{TransferError} (413,
+        422, 500, 507) to stop; it keeps no reference to the chunk, so the
+        caller may reuse its buffer.  Until L{direct_done}, C{finish} waits
+        and C{abort} defers closing the file (the sink refuses once aborted).
+        """
+
+    def direct_done() -> None:
+        """The thread will not call the sink again (called on the reactor thread)."""
+
+
 class IStorage(Interface):
     """A place that stores uploads and serves downloads by relative path."""
+
+    digests = Attribute(
+        "The receipt digests begin() accepts, by name (a tuple: 'sha256' first,"
+        " 'blake3' when the store can compute it).  A store without this attribute"
+        " is taken to offer ('sha256',): receivers never ask it for another."
+    )
 
     def begin(
         path: str,
@@ -110,6 +146,7 @@ class IStorage(Interface):
         trailer: bool = False,
         fresh: bool = False,
         exact_name: bool = False,
+        digest: DigestName = "sha256",
     ) -> Deferred[IUpload]:
         """Start receiving C{path}; fire with the upload, or fail with L{TransferError}.
 
@@ -128,6 +165,13 @@ class IStorage(Interface):
             C{finish}; under C{overwrite} an existing entry that is not a
             regular file (a directory, a symlink) is refused with 409 now.
             No copy under another name (C{name (1).ext}) ever answers for it.
+        @param digest: the receipt digest (one of C{digests}) the upload
+            computes over the whole file, over a held prefix
+            (C{prefix_sha256}), over stored candidates, and checks against the
+            trailer given to C{finish}.  Anything but C{"sha256"} comes with
+            C{sha256=None} (an announced SHA-256 makes the receiver choose
+            SHA-256), so the receipt's C{algorithm} is C{digest}.  Receivers
+            pass it only when it is not C{"sha256"}.
         """
 
     def open_read(path: str) -> Deferred[IReadSource]:

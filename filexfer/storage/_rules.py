@@ -18,6 +18,7 @@ import hmac
 from collections.abc import Callable, Iterator
 
 from filexfer._errors import TransferError
+from filexfer._hashing import DEFAULT_DIGEST, DigestName
 from filexfer._names import MAX_COMPONENT_BYTES
 from filexfer.storage._conflicts import numbered_name
 from filexfer.storage._interfaces import IUpload, Receipt
@@ -76,9 +77,16 @@ def wanted_copies(
 
 
 def judge_stored(
-    path: str, size: int | None, sha256: str | None, digests: dict[str, str]
+    path: str,
+    size: int | None,
+    sha256: str | None,
+    digests: dict[str, str],
+    algorithm: DigestName = DEFAULT_DIGEST,
 ) -> IUpload | None:
-    """The upload that receives nothing, when a stored copy (path -> SHA-256) may be this file.
+    """The upload that receives nothing, when a stored copy may be this file.
+
+    @param digests: stored path -> its C{algorithm} digest (SHA-256 when
+        C{sha256} was announced).
 
     @return: L{AlreadyStored} when a copy has the announced SHA256; a
         L{StoredCandidate} (the sender proves its digest) when no SHA256 was
@@ -93,7 +101,7 @@ def judge_stored(
                 return AlreadyStored(Receipt(size, sha256, stored))
         return None
     if digests and size is not None:
-        return StoredCandidate(path, size, digests)
+        return StoredCandidate(path, size, digests, algorithm)
     return None
 
 
@@ -104,14 +112,15 @@ def check_finished(
     digest: str,
     announced: str | None,
     claimed: str | None,
+    algorithm: DigestName = DEFAULT_DIGEST,
 ) -> tuple[TransferError, bool] | None:
     """Why received bytes may not get a final name (I1), and whether to keep them for a resume.
 
     @param received: bytes held, a resumed prefix included.
     @param offset: bytes held from an earlier upload when this one began.
-    @param digest: the hex SHA-256 of the held bytes.
+    @param digest: the hex C{algorithm} digest of the held bytes.
     @param announced: the SHA256 the sender announced up front, or None.
-    @param claimed: the SHA-256 the sender presented after the data, or None.
+    @param claimed: the C{algorithm} digest the sender presented after the data, or None.
     @return: None when the bytes may be placed; else the refusal and
         whether the bytes stay for a resume (only a short upload keeps them).
     """
@@ -131,7 +140,7 @@ def check_finished(
                 " file; send it again from the start"
             )
         else:
-            reason = "the file changed while it was sent (its SHA-256 differs)"
+            reason = f"the file changed while it was sent (its {algorithm} differs)"
         return TransferError(422, reason), False
     return None
 

@@ -21,11 +21,11 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from filexfer._errors import TransferError
-from filexfer._hashing import sha256_prefix
+from filexfer._hashing import DEFAULT_DIGEST, DigestName, hash_prefix
 from filexfer._log import log
 from filexfer.storage._backlog import Backlog
-from filexfer.storage._disk import os_error, write_error
-from filexfer.storage._interfaces import BlockingRunner, IUpload, Receipt
+from filexfer.storage._disk import WRITEBACK_WINDOW, os_error, start_writeback, write_error
+from filexfer.storage._interfaces import BlockingRunner, IDirectUpload, IUpload, Receipt
 from filexfer.storage._rules import check_finished
 
 _QUEUE_HIGH = 4 << 20
@@ -34,6 +34,9 @@ _QUEUE_LOW = 1 << 20
 """Queued bytes below which a paused producer is resumed."""
 _PARALLEL_BATCH = 1 << 20
 """Batches this large are written and hashed in two threads at once."""
+_SPACE_WINDOW = 16 << 20
+"""A direct writer checks the free space once per this many bytes, for the
+bytes up to the window's end (statvfs per chunk cost more than the write)."""
 
 
 class UploadSite(Protocol):
@@ -55,17 +58,19 @@ class UploadSite(Protocol):
         digest: str,
         mtime_ns: int | None,
         exact_name: bool = False,
+        algorithm: DigestName = DEFAULT_DIGEST,
     ) -> str:
         """Give the finished temporary file its final name; return the relative path.
 
-        With C{exact_name} that name is C{path} or none (L{policy_for}).
+        With C{exact_name} that name is C{path} or none (L{policy_for}); the
+        digest is by C{algorithm}.
         """
 
     def discard(self, temp_name: str) -> None:
         """Remove a temporary or partial file."""
 
 
-@implementer(IUpload, IConsumer)
+@implementer(IDirectUpload, IConsumer)
 class Upload(Backlog):
     """A file being received into the state directory of a L{DirectoryStorage}."""
 
@@ -82,9 +87,11 @@ class Upload(Backlog):
         run_writes: BlockingRunner[Any] | None = None,
         *,
         exact_name: bool = False,
+        digest: DigestName = DEFAULT_DIGEST,
     ) -> None:
         super().__init__()
         self.path = path
+        self.digest = digest
         self.expected_size = size
         self._sha256 = sha256
         self._mtime_ns = mtime_ns
@@ -101,7 +108,9 @@ class Upload(Backlog):
             handle.truncate(0)
             self.offset = 0
         handle.seek(0)
-        self._digest = sha256_prefix(handle, self.offset)  # begin() runs this off the reactor
+        self._digest = hash_prefix(
+            handle, self.offset, name=digest
+        )  # begin() runs this off the reactor
         self.prefix_sha256: str | None = self._digest.hexdigest()
         self.received = self.offset
         self.stored: Receipt | None = None
@@ -115,6 +124,10 @@ class Upload(Backlog):
         self._in_flight_bytes = 0
         self._aborted = False
         self._error: TransferError | None = None
+        self._space_checked = 0
+        """A direct writer has checked the free space for bytes up to here."""
+        self._writeback_from = self.offset
+        """Bytes before this offset have had their writeback started (L{start_writeback})."""
 
     def check(self, additional: int) -> None:
         total = self.received + additional
@@ -146,6 +159,50 @@ class Upload(Backlog):
         elif self._queued >= _QUEUE_HIGH:
             self._pause()
 
+    # -- IDirectUpload: one thread writes ---------------------------------------
+
+    def direct(self) -> Any:
+        assert self._in_flight is None and not self._queue, "bytes still wait to be written"
+        self._in_flight = Deferred()  # finish() and abort() wait for direct_done()
+        self._space_checked = self.received
+        return self._take
+
+    def _take(self, data: memoryview) -> None:
+        """The direct sink: check, write and hash C{data} in the calling thread."""
+        if self._aborted or self._closed:
+            raise TransferError(500, "the upload was stopped")
+        size = len(data)
+        total = self.received + size
+        if self.expected_size is not None and total > self.expected_size:
+            raise TransferError(422, f"more bytes than the announced Size {self.expected_size}")
+        self._storage.check_size(total)
+        if total > self._space_checked:
+            window = max(size, _SPACE_WINDOW)
+            if self.expected_size is not None:
+                window = max(size, min(window, self.expected_size - self.received))
+            self._storage.check_space(window, os.path.dirname(self._temp_name))
+            self._space_checked = self.received + window
+        try:
+            written = 0
+            while written < size:  # a raw file may write less than asked
+                written += self._handle.write(data[written:]) or 0
+        except OSError as exc:
+            raise os_error(exc, "write") from exc
+        self._digest.update(data)
+        self.received = total
+        self._start_writeback(total)
+
+    def _start_writeback(self, written: int) -> None:
+        """Start the disk on the last window once a window's worth is written (writer thread)."""
+        if written - self._writeback_from >= WRITEBACK_WINDOW:
+            start_writeback(
+                self._handle.fileno(), self._writeback_from, written - self._writeback_from
+            )
+            self._writeback_from = written
+
+    def direct_done(self) -> None:
+        self._batch_done(None)
+
     def _start_batch(self) -> None:
         batch, self._queue, self._queued = self._queue, [], 0
         self._in_flight_bytes = sum(map(len, batch))
@@ -163,6 +220,7 @@ class Upload(Backlog):
     def _write_all(self, batch: list[bytes]) -> None:
         for chunk in batch:
             self._handle.write(chunk)
+        self._start_writeback(self._handle.tell())
 
     def _hash_all(self, batch: list[bytes]) -> None:
         for chunk in batch:
@@ -186,7 +244,7 @@ class Upload(Backlog):
 
     def finish(self, sha256: str | None = None) -> Deferred[Receipt]:
         self.unregisterProducer()
-        if self._run_writes is None:
+        if self._in_flight is None:
             return self._finish_written(sha256)
         return self._idle().addCallback(lambda _: self._finish_written(sha256))
 
@@ -198,7 +256,13 @@ class Upload(Backlog):
             return fail(self._error)
         digest = self._digest.hexdigest()
         refused = check_finished(
-            self.received, self.expected_size, self.offset, digest, self._sha256, claimed
+            self.received,
+            self.expected_size,
+            self.offset,
+            digest,
+            self._sha256,
+            claimed,
+            self.digest,
         )
         if refused is not None:
             error, keep = refused
@@ -213,7 +277,13 @@ class Upload(Backlog):
                 os.utime(self._handle.fileno(), ns=(time.time_ns(), self._mtime_ns))
             os.fsync(self._handle.fileno())
             stored_path = self._storage.place(
-                self._temp_name, self.path, self.received, digest, self._mtime_ns, self.exact_name
+                self._temp_name,
+                self.path,
+                self.received,
+                digest,
+                self._mtime_ns,
+                self.exact_name,
+                self.digest,
             )
         except TransferError:
             self._discard_here()
@@ -222,7 +292,7 @@ class Upload(Backlog):
             self._discard_here()
             raise os_error(exc, "store the file") from exc
         self._close()
-        return Receipt(self.received, digest, stored_path)
+        return Receipt(self.received, digest, stored_path, self.digest)
 
     def _discard_here(self) -> None:
         """Remove the file and close it in this thread (a worker of C{run_blocking})."""
@@ -271,6 +341,7 @@ class AlreadyStored:
     prefix_sha256 = None
 
     def __init__(self, receipt: Receipt) -> None:
+        self.digest = receipt.algorithm
         self.path = receipt.path
         self.expected_size = receipt.size
         self.offset = self.received = receipt.size
@@ -285,7 +356,7 @@ class AlreadyStored:
 
     def finish(self, sha256: str | None = None) -> Deferred[Receipt]:
         assert self.stored is not None
-        if sha256 is not None and sha256 != self.stored.sha256:
+        if sha256 is not None and sha256 != self.stored.digest:
             return fail(TransferError(422, "SHA256 mismatch with the announced SHA256"))
         return succeed(self.stored)
 
@@ -306,7 +377,11 @@ class StoredCandidate:
     prefix_sha256 = None
     stored = None
 
-    def __init__(self, path: str, size: int, digests: dict[str, str]) -> None:
+    def __init__(
+        self, path: str, size: int, digests: dict[str, str], digest: DigestName = DEFAULT_DIGEST
+    ) -> None:
+        self.digest = digest
+        """Which digest C{digests} (stored path -> hex) are, and the trailer is."""
         self.path = path
         self.expected_size = size
         self.offset = self.received = size
@@ -322,7 +397,7 @@ class StoredCandidate:
     def finish(self, sha256: str | None = None) -> Deferred[Receipt]:
         for stored_path, digest in self._digests.items():
             if sha256 is not None and hmac.compare_digest(digest, sha256):
-                return succeed(Receipt(self.expected_size, digest, stored_path))
+                return succeed(Receipt(self.expected_size, digest, stored_path, self.digest))
         return fail(
             TransferError(
                 422, "the stored file with this Size and Mtime differs from yours; send it again"

@@ -32,7 +32,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
 
 from filexfer._errors import TransferError
-from filexfer._hashing import sha256_prefix
+from filexfer._hashing import DEFAULT_DIGEST, DIGESTS, DigestName, hash_prefix
 from filexfer._mtime import check_mtime, probe_mtime_range
 from filexfer._names import STATE_DIR, validate_path
 from filexfer.storage._conflicts import name_limit
@@ -84,6 +84,9 @@ class DirectoryStorage:
     @param max_size: largest accepted file, or None.
     """
 
+    digests: tuple[DigestName, ...] = DIGESTS
+    """SHA-256 and BLAKE3: both are computed here (L{filexfer._hashing})."""
+
     def __init__(
         self,
         root: str | os.PathLike[str],
@@ -133,6 +136,7 @@ class DirectoryStorage:
         trailer: bool = False,
         fresh: bool = False,
         exact_name: bool = False,
+        digest: DigestName = DEFAULT_DIGEST,
     ) -> Deferred[IUpload]:
         """Start receiving C{path} (see L{IStorage.begin}).
 
@@ -142,6 +146,8 @@ class DirectoryStorage:
         C{run_blocking}, so that with a thread pool the reactor never waits
         on the disk.
         """
+        if digest not in self.digests or (sha256 is not None and digest != "sha256"):
+            raise ValueError(f"digest {digest!r} with sha256={sha256!r}: see IStorage.begin")
         try:
             path = validate_path(path)
             if size is not None:
@@ -151,7 +157,9 @@ class DirectoryStorage:
         except TransferError:
             return fail()
         looked_up = self.run_blocking(
-            lambda: self._begin_on_disk(path, size, sha256, mtime_ns, trailer, fresh, exact_name)
+            lambda: self._begin_on_disk(
+                path, size, sha256, mtime_ns, trailer, fresh, exact_name, digest
+            )
         )
         return looked_up.addCallback(
             lambda found: self.run_hashing(found.work) if isinstance(found, _Hashing) else found
@@ -166,6 +174,7 @@ class DirectoryStorage:
         trailer: bool,
         fresh: bool,
         exact_name: bool = False,
+        algorithm: DigestName = DEFAULT_DIGEST,
     ) -> IUpload | _Hashing:
         """The look-ups of L{begin} (quick: C{run_blocking}).
 
@@ -206,20 +215,22 @@ class DirectoryStorage:
         else:
             temp_name = os.path.join(state, "tmp", secrets.token_hex(16))
 
-        cached = {stored: self._digests.digest(stored, info) for stored, info in copies.items()}
+        cached = {
+            stored: self._digests.digest(stored, info, algorithm) for stored, info in copies.items()
+        }
 
         def start() -> IUpload:
             digests = {
-                stored: cached[stored] or self._stored_digest(stored, info)
+                stored: cached[stored] or self._stored_digest(stored, info, algorithm)
                 for stored, info in copies.items()
             }
-            judged = judge_stored(path, size, sha256, digests)
+            judged = judge_stored(path, size, sha256, digests, algorithm)
             if judged is not None:
                 return judged
             if existing is not None and policy == "refuse":
                 raise TransferError(409, f"{path} already exists")
             return self._open_upload(
-                path, size, sha256, mtime_ns, temp_name, resumable, fresh, exact_name
+                path, size, sha256, mtime_ns, temp_name, resumable, fresh, exact_name, algorithm
             )
 
         if None in cached.values() or (resumable and not fresh and _held(temp_name) > 0):
@@ -236,6 +247,7 @@ class DirectoryStorage:
         resumable: bool,
         fresh: bool,
         exact_name: bool = False,
+        digest: DigestName = DEFAULT_DIGEST,
     ) -> Upload:
         handle = self._open_temp(temp_name)
         try:
@@ -256,6 +268,7 @@ class DirectoryStorage:
                 resumable,
                 self.run_writes,
                 exact_name=exact_name,
+                digest=digest,
             )
         except TransferError:
             if os.fstat(handle.fileno()).st_size == 0:
@@ -331,17 +344,19 @@ class DirectoryStorage:
             return True
         return self._digests.announced_mtime(path, existing) == mtime_ns
 
-    def _stored_digest(self, path: str, existing: os.stat_result) -> str:
-        """The SHA-256 of a stored file: from the cache, or by reading it (blocking)."""
-        cached = self._digests.digest(path, existing)
+    def _stored_digest(
+        self, path: str, existing: os.stat_result, algorithm: DigestName = DEFAULT_DIGEST
+    ) -> str:
+        """The C{algorithm} digest of a stored file: from the cache, or by reading it (blocking)."""
+        cached = self._digests.digest(path, existing, algorithm)
         if cached is not None:
             return cached
         handle, _ = self.open_file(path)
         with handle:
             info = os.fstat(handle.fileno())
-            digest: str = sha256_prefix(handle).hexdigest()
+            digest: str = hash_prefix(handle, name=algorithm).hexdigest()
         if stat_key(info) == stat_key(existing):
-            self._digests.remember(path, existing, digest, None)
+            self._digests.remember(path, existing, digest, None, algorithm)
         return digest
 
     def discard(self, temp_name: str) -> None:
@@ -359,22 +374,23 @@ class DirectoryStorage:
         digest: str | None = None,
         mtime_ns: int | None = None,
         exact_name: bool = False,
+        algorithm: DigestName = DEFAULT_DIGEST,
     ) -> str:
         """Link the finished temporary file into place by the conflict policy.
 
         When C{digest} is given and a file with exactly these bytes is already
         stored for C{path} (the path itself or, under C{rename}, one of its
         numbered copies), nothing new is made: that file's path is returned
-        (docs/protocol.md, "Copies by content").  The digest of the placed file is cached, with
-        the announced C{mtime_ns}.  With C{exact_name} the policy is
-        L{policy_for}'s and only C{path} itself counts.
+        (docs/protocol.md, "Copies by content").  The digest (by C{algorithm})
+        of the placed file is cached, with the announced C{mtime_ns}.  With
+        C{exact_name} the policy is L{policy_for}'s and only C{path} itself counts.
 
         @return: the relative path it was stored under.
         """
         *parents, name = path.split("/")
         policy = policy_for(self.on_conflict, exact_name)
         if digest is not None and size is not None:
-            identical = self._identical_copy(path, size, digest, policy)
+            identical = self._identical_copy(path, size, digest, policy, algorithm)
             if identical is not None:
                 self.discard(temp_name)
                 return identical
@@ -388,17 +404,17 @@ class DirectoryStorage:
             placed = os.stat(stored_name, dir_fd=parent_fd, follow_symlinks=False)
         stored_path = "/".join([*parents, stored_name])
         if digest is not None:
-            self._digests.remember(stored_path, placed, digest, mtime_ns)
+            self._digests.remember(stored_path, placed, digest, mtime_ns, algorithm)
         return stored_path
 
     def _identical_copy(
-        self, path: str, size: int, digest: str, policy: ConflictPolicy
+        self, path: str, size: int, digest: str, policy: ConflictPolicy, algorithm: DigestName
     ) -> str | None:
         copies = self._copies(path, size)
         if policy != "rename":
             copies = {p: info for p, info in copies.items() if p == path}
         for stored_path, info in copies.items():
-            if hmac.compare_digest(self._stored_digest(stored_path, info), digest):
+            if hmac.compare_digest(self._stored_digest(stored_path, info, algorithm), digest):
                 return stored_path
         return None
 
