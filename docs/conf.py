@@ -44,3 +44,11 @@ autodoc_preserve_defaults = True
 html_theme = "furo"
 html_title = f"filexfer {release}"
 pygments_style = "friendly"
+
+# Pygments has no lexer for HAProxy's configuration (docs/deploy.md shows
+# one, and tests/test_integration_proxy.py runs that very block): its
+# "keyword value" lines and "#" comments read well as an INI-like file.
+from pygments.lexers.configs import IniLexer  # noqa: E402
+from sphinx.highlighting import lexers  # noqa: E402
+
+lexers["haproxy"] = IniLexer()

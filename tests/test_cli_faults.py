@@ -24,6 +24,7 @@ from twisted.logger import capturedLogs
 from twisted.trial import unittest
 
 from filexfer._log import log_transfer
+from filexfer._records import TransferRecord
 from filexfer._text import escape
 from filexfer.cli import files_to_send
 from filexfer.tcp import _wire
@@ -446,12 +447,14 @@ class PeerTextTests(Base):
         """The server's transfer line escapes what a client chose: path, outcome."""
         with capturedLogs() as events:
             log_transfer(
-                protocol="tftp-wrq",
-                peer="127.0.0.1:9",
-                path=f"p{NASTY}",
-                nbytes=0,
-                seconds=0.0,
-                outcome=f"peer error 0 {NASTY}",
+                TransferRecord(
+                    protocol="tftp",
+                    direction="upload",
+                    peer="127.0.0.1:9",
+                    path=f"p{NASTY}",
+                    outcome="aborted",
+                    detail=f"peer error 0 {NASTY}",
+                )
             )
         from twisted.logger import formatEvent
 

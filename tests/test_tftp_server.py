@@ -700,7 +700,7 @@ class WriteRequestTests(unittest.TestCase):
         self.assertEqual(h.stored("wrap"), data)
 
     def test_bounded_retries_abort_upload(self) -> None:
-        """A silent client: ACK 1 repeated twice, then ERROR after 15 s; no file left."""
+        """A silent client: ACK 1 repeated twice, then every 6 s; ERROR after 15 s; no file left."""
         h = Harness(self, timeout=1.0, retries=2)
         port = h.request(p.WriteRequest(b"lost", "octet"))
         assert port is not None
@@ -711,12 +711,35 @@ class WriteRequestTests(unittest.TestCase):
         self.assertFalse(port.closed)
         h.reactor.advance(1.0)  # (retries + 1) x max(timeout, 5 s)
         packets = h.take(port)
-        self.assertEqual(packets[:4], [p.Ack(0), p.Ack(1), p.Ack(1), p.Ack(1)])
-        self.assertIsInstance(packets[4], p.Error)
+        # ACK 1, two quick repeats (at 1 and 3 s), then one 6 s after the last: 9 s; ERROR at 15 s
+        self.assertEqual(packets[:6], [p.Ack(0)] + [p.Ack(1)] * 5)
+        self.assertIsInstance(packets[6], p.Error)
+        self.assertEqual(len(packets), 7)
         self.assertTrue(port.closed)
         self.assertIsNone(h.stored("lost"))
         self.assertEqual(h.temp_files(), [])
         self.assertEqual(h.reactor.getDelayedCalls(), [])
+
+    def test_sender_that_waits_for_a_repeated_ack(self) -> None:
+        """Fresh-eyes finding on issue 10 item 4: curl resends DATA only when it sees a
+        repeated ACK (its own timer never resends).  When ACK 1 and both quick
+        repeats are lost, a later repeat (every 6 s, past tftp-hpa's 5 s timer)
+        still comes, and the upload finishes instead of timing out."""
+        h = Harness(self)
+        port = h.request(p.WriteRequest(b"curl.bin", "octet"))
+        assert port is not None
+        self.assertEqual(h.take(port), [p.Ack(0)])
+        h.send(port, p.Data(1, b"c" * 512))
+        for _ in range(10):
+            h.reactor.advance(0.1)
+        self.assertEqual(h.take(port), [p.Ack(1)] * 3)  # the ACK and two quick repeats: all lost
+        h.reactor.advance(5.0)
+        self.assertEqual(h.take(port), [])  # quiet: tftp-hpa's own 5 s timer fires meanwhile
+        h.reactor.advance(1.5)
+        self.assertEqual(h.take(port), [p.Ack(1)])  # this one arrives: curl sends on
+        h.send(port, p.Data(2, b"end"))
+        self.assertEqual(h.take(port), [p.Ack(2)])
+        self.assertEqual(h.stored("curl.bin"), b"c" * 512 + b"end")
 
     def test_peer_error_aborts_upload(self) -> None:
         """An ERROR from the client discards the partial upload."""

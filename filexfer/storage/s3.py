@@ -59,6 +59,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from filexfer._errors import TransferError
+from filexfer._hashing import DEFAULT_DIGEST, DigestName
 from filexfer._log import log
 from filexfer._mtime import check_mtime
 from filexfer._names import STATE_DIR, validate_path
@@ -211,6 +212,10 @@ class S3Storage:
     """
 
     mtime_range = S3_MTIME_RANGE
+    digests: tuple[DigestName, ...] = ("sha256",)
+    """SHA-256 only: a multipart upload resumes on another node from a saved
+    hasher state (L{resumablesha256}); the C{blake3} binding cannot save its
+    state, so BLAKE3 is declined (receivers fall back to SHA-256)."""
 
     def __init__(
         self,
@@ -289,8 +294,14 @@ class S3Storage:
         trailer: bool = False,
         fresh: bool = False,
         exact_name: bool = False,
+        digest: DigestName = DEFAULT_DIGEST,
     ) -> Deferred[IUpload]:
-        """Start receiving C{path} (see L{IStorage.begin}); the look-ups run in C{run_blocking}."""
+        """Start receiving C{path} (see L{IStorage.begin}); the look-ups run in C{run_blocking}.
+
+        @raise ValueError: C{digest} is not one of L{digests}.
+        """
+        if digest not in self.digests:
+            raise ValueError(f"digest {digest!r}: see IStorage.begin")
         try:
             path = validate_path(path)
             if size is not None:
@@ -755,6 +766,7 @@ class S3Upload(Backlog):
         hasher: Any = None,
     ) -> None:
         super().__init__()
+        self.digest: DigestName = "sha256"
         self.path = path
         self.expected_size = size
         self._sha256 = sha256

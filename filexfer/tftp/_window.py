@@ -45,6 +45,13 @@ it waits silently for the sender.  Some senders resend DATA on a repeated ACK
 restart their own timer on every packet they receive (the tftp-hpa client's
 5 s C{alarm}): an ACK repeated forever would keep them from ever resending."""
 
+RECEIVER_QUIET_REPEAT = 6.0
+"""Seconds between a receiver's further repeats of its last ACK, once the
+L{RECEIVER_RESENDS} quick ones are spent.  A sender that resends DATA only
+when it sees a repeated ACK (curl: its own timer never resends) would
+otherwise hang on a stall whose repeats were all lost; the gap stays above
+the tftp-hpa client's 5 s timer, so that timer still fires in between."""
+
 RTO_GRANULARITY = 0.001
 """The clock granularity G of RFC 6298 2.3, in seconds."""
 
@@ -120,7 +127,8 @@ class Retransmitter:
     C{DelayedCall} per packet cost more than the rest of the per-packet work.
 
     With C{resends}, at most that many timeouts per stall resend; after
-    them the timer only waits for progress, until the budget runs out.
+    them the timer only waits for progress, until the budget runs out,
+    resending once every C{quiet_repeat} seconds if that is given.
 
     @ivar retransmissions: datagrams sent again, by timeouts and by L{resent}.
     """
@@ -133,8 +141,11 @@ class Retransmitter:
         resend: Callable[[], int],
         give_up: Callable[[], None],
         resends: int | None = None,
+        quiet_repeat: float | None = None,
     ) -> None:
         self.rtt = rtt
+        self._quiet_repeat = quiet_repeat
+        self._quiet = False  # the quick resends are spent: waiting quietly
         self.budget = budget
         self._resends = resends
         self._left = resends
@@ -159,6 +170,7 @@ class Retransmitter:
         now = self._seconds()
         self._last = self._quiet_since = now
         self._left = self._resends
+        self._quiet = False
         timed = self._timed
         if 0 <= timed <= answered:
             self.rtt.sample(now - self._timed_at)
@@ -205,8 +217,19 @@ class Retransmitter:
             self._give_up()
             return
         if self._left is not None:
-            if self._left <= 0:  # wait silently for the peer, until the budget runs out
-                self._arm(now, left)
+            if self._left <= 0:  # wait quietly for the peer, until the budget runs out
+                repeat = self._quiet_repeat
+                if repeat is None:
+                    self._arm(now, left)
+                    return
+                if not self._quiet:  # counted from the last quick resend
+                    self._quiet = True
+                    self._arm(now, max(min(self._last + repeat - now, left), 1e-3))
+                    return
+                self._timed = -1
+                self._last = now
+                self._arm(now, min(repeat, left))
+                self.retransmissions += self._resend()
                 return
             self._left -= 1
         self._timed = -1
@@ -517,7 +540,8 @@ class WindowReceiver:
     the owner calls L{ack_final}; from then on a repeated final block is
     answered with the final ACK again (the RFC 1350 dally).  Each ACK the
     sender must answer is timed for the round trip.  Its timer resends the
-    last ACK at most L{RECEIVER_RESENDS} times per stall, then waits.
+    last ACK L{RECEIVER_RESENDS} times per stall, then once every
+    L{RECEIVER_QUIET_REPEAT} seconds.
 
     @ivar received_bytes: payload bytes taken in order.
     @ivar timer: the L{Retransmitter} (its C{retransmissions} counts resent ACKs).
@@ -544,7 +568,13 @@ class WindowReceiver:
         self._on_last = on_last
         self._seconds = clock.seconds
         self.timer = Retransmitter(
-            clock, rtt, budget, self._resend_ack, on_timeout, RECEIVER_RESENDS
+            clock,
+            rtt,
+            budget,
+            self._resend_ack,
+            on_timeout,
+            RECEIVER_RESENDS,
+            RECEIVER_QUIET_REPEAT,
         )
         self.duplicate_guard = rtt.floor / 2
         self._acked = 0  # unwrapped number of the block last ACKed (0: the handshake)
