@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import errno
 import hashlib
+import json
 import os
 import platform
 import shutil
@@ -307,6 +308,77 @@ def reset_peak_rss(pid: int) -> bool:
     return True
 
 
+def children(pid: int) -> list[int]:
+    """The live children of C{pid} (Linux C{/proc/PID/task/*/children})."""
+    found: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/children") as h:
+                found.extend(int(child) for child in h.read().split())
+    return found
+
+
+def descendants(pid: int) -> list[int]:
+    """C{pid}'s children, theirs, and so on (bounded: a process tree, not a loop)."""
+    found, todo = [], [pid]
+    while todo and len(found) < 10_000:
+        todo = [child for parent in todo for child in children(parent)]
+        found.extend(todo)
+    return found
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of a live process and of its children it has reaped (cutime, cstime)."""
+    with open(f"/proc/{pid}/stat") as handle:
+        fields = handle.read().rpartition(")")[2].split()
+    return sum(int(value) for value in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+class TreePeak:
+    """Polls the peak RSS (VmHWM) and CPU seconds of every descendant of C{pid}, in a
+    thread, until stopped.
+
+    For servers that fork a process per connection (rsync's daemon,
+    tftpd-hpa): their children's peaks, which no C{wait4} of ours sees, and
+    their CPU, which a parent that ignores SIGCHLD (tftpd-hpa) never adds to
+    its own (the last poll interval of each child, 10 ms at most, is missed).
+    """
+
+    def __init__(self, pid: int, *, itself: bool = False) -> None:
+        import threading
+
+        self.pid = pid
+        self.itself = itself
+        """Poll C{pid}'s own peak too (a child that may exit before it is reaped)."""
+        self.peak = 0
+        self.cpu: dict[int, float] = {}
+        """CPU seconds last seen per descendant."""
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+
+    def _poll(self) -> None:
+        while not self._stop.wait(0.01):
+            for child in [self.pid] * self.itself + descendants(self.pid):
+                with contextlib.suppress(OSError, BenchError):
+                    self.peak = max(self.peak, peak_rss(child))
+                    self.cpu[child] = cpu_seconds(child)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join(5)
+        return self.peak
+
+
+def wait_childless(pid: int, timeout: float = 30.0) -> None:
+    """Poll until C{pid} has no children left (a forking server's connection ended)."""
+    deadline = time.monotonic() + timeout
+    while children(pid):
+        if time.monotonic() > deadline:
+            raise BenchError(f"process {pid} still has children after {timeout:g} s")
+        time.sleep(0.005)
+
+
 class Server:
     """A long-running child (twistd, tftpd): started, polled for its port, stopped by PID."""
 
@@ -470,6 +542,49 @@ def socat() -> str:
     return locate("socat", "socat")
 
 
+def rsync() -> str:
+    return locate("rsync", "rsync")
+
+
+WORMHOLE_PACKAGES = (
+    "magic-wormhole",
+    "magic-wormhole-mailbox-server",
+    "magic-wormhole-transit-relay",
+)
+
+
+def wormhole_venv() -> Path:
+    """A virtualenv of its own (under L{TOOLS_CACHE}) with magic-wormhole, its mailbox
+    server and its transit relay, made with pip on first use.
+
+    A separate venv keeps the dozen packages they pull in out of the
+    development environment and the C{test} extra.
+    """
+    venv = TOOLS_CACHE / "wormhole-venv"
+    bin_dir = venv / "bin"
+    if all((bin_dir / tool).exists() for tool in ("wormhole", "twist")):
+        return bin_dir
+    try:
+        subprocess.run(
+            [sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True, timeout=300
+        )
+        subprocess.run(
+            [str(bin_dir / "pip"), "install", "-q", *WORMHOLE_PACKAGES],
+            check=True,
+            capture_output=True,
+            timeout=600,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise _not_provided(f"install {', '.join(WORMHOLE_PACKAGES)} into {venv}", exc) from exc
+    return bin_dir
+
+
+def _not_provided(what: str, exc: Exception) -> MissingTool:
+    """The L{MissingTool} for a failed C{what}, with the end of the command's stderr."""
+    detail = getattr(exc, "stderr", b"") or b""
+    return MissingTool(f"cannot {what}: {exc} {detail.decode(errors='replace')[-500:]}")
+
+
 def tftpd_hpa() -> str:
     return locate("in.tftpd", "tftpd-hpa", ["/usr/sbin/in.tftpd"])
 
@@ -507,11 +622,8 @@ def atftpd() -> str:
             ["dpkg", "-x", str(debs[-1]), str(target)], check=True, capture_output=True, timeout=300
         )
     except (OSError, subprocess.SubprocessError) as exc:
-        detail = getattr(exc, "stderr", b"") or b""
-        raise MissingTool(
-            f"cannot unpack atftpd with apt-get download + dpkg -x into {target}: {exc} "
-            f"{detail.decode(errors='replace')[-500:]}"
-        ) from exc
+        what = f"unpack atftpd with apt-get download + dpkg -x into {target}"
+        raise _not_provided(what, exc) from exc
     if not binary.exists():
         raise MissingTool(f"the atftpd package held no {binary}")
     return str(binary)
@@ -575,11 +687,17 @@ class Series:
     def mbps(self) -> float:
         return self.nbytes / 1e6 / self.median
 
+    def cpu_per_gib(self, role: str) -> float:
+        """Median CPU seconds (user + system) of C{role} per GiB moved."""
+        return statistics.median(self.cpu[role]) / (self.nbytes / GiB)
+
     def describe(self) -> str:
         runs = " ".join(f"{self.nbytes / 1e6 / s:.0f}" for s in self.seconds)
         rss = " ".join(f"{role}_rss={value / MiB:.1f}MiB" for role, value in self.rss.items())
         cpu = "".join(
-            f" {role}_cpu={statistics.median(spent):.2f}s" for role, spent in self.cpu.items()
+            f" {role}_cpu={statistics.median(spent):.2f}s"
+            f" ({self.cpu_per_gib(role):.2f} s/GiB, runs {' '.join(f'{x:.2f}' for x in spent)})"
+            for role, spent in self.cpu.items()
         )
         return (
             f"{self.label}: median {self.mbps:.1f} MB/s ({self.median:.3f} s) runs=[{runs}] "
@@ -646,7 +764,100 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     )
     parser.add_argument("--runs", type=int, default=3, help="measured runs (default 3)")
     parser.add_argument("--warmup", type=int, default=1, help="unmeasured runs first (default 1)")
+    parser.add_argument(
+        "--json",
+        metavar="FILE",
+        type=Path,
+        help="also write the results to FILE as JSON (what docs/_data/ holds and the docs chart)",
+    )
     return parser
+
+
+def add_client_option(parser: argparse.ArgumentParser) -> None:
+    """C{--client-option OPTION} (repeatable): extra options for C{filexfer send}."""
+    parser.add_argument(
+        "--client-option",
+        action="append",
+        default=[],
+        help="extra option for 'filexfer send' (repeatable), e.g. --client-option=--digest=sha256",
+    )
+
+
+@dataclass
+class Report:
+    """What one benchmark run measured, for C{--json FILE}.
+
+    The shape (format 1)::
+
+        {"format": 1, "benchmark": "tcp", "date": ISO 8601 UTC, "machine": str,
+         "smoke": bool, "references": [tool version, ...], "note": str,
+         "comparisons": [{"name", "target", "ratio", "verdict",
+                          "ours": SERIES, "reference": SERIES}],
+         "results": [{"name", ...figures of a result that is no comparison}]}
+
+    where SERIES is C{{"label", "bytes", "seconds": [per run], "median_seconds",
+    "mbps" (MB/s, 10**6 bytes), "rss_bytes": {role: peak}, "cpu_seconds":
+    {role: median}}}.
+    """
+
+    benchmark: str
+    smoke: bool
+    references: list[str] = field(default_factory=list)
+    comparisons: list[dict[str, Any]] = field(default_factory=list)
+    results: list[dict[str, Any]] = field(default_factory=list)
+    note: str = os.environ.get("FX_BENCH_NOTE", "")
+
+    def compare(self, name: str, ours: Series, reference: Series, target: float | None) -> str:
+        """Record one comparison and return its C{RESULT} line (L{result_line})."""
+        ratio = ours.mbps / reference.mbps
+        self.comparisons.append(
+            {
+                "name": name,
+                "target": target,
+                "ratio": ratio,
+                "verdict": None if target is None else ("PASS" if ratio >= target else "MISS"),
+                "ours": series_json(ours),
+                "reference": series_json(reference),
+            }
+        )
+        return result_line(name, ours, reference, target)
+
+    def add(self, name: str, **figures: Any) -> None:
+        """Record a result that is not a comparison of two series (counts, milliseconds)."""
+        self.results.append({"name": name, **figures})
+
+    def write(self, path: Path | None) -> None:
+        """Write the report as JSON to C{path} (nothing when C{None}), atomically."""
+        if path is None:
+            return
+        document = {
+            "format": 1,
+            "benchmark": self.benchmark,
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "machine": machine(),
+            "smoke": self.smoke,
+            "references": self.references,
+            "note": self.note,
+            "comparisons": self.comparisons,
+            "results": self.results,
+        }
+        temporary = path.with_name(path.name + ".tmp")
+        temporary.write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
+        os.replace(temporary, path)
+
+
+def series_json(series: Series) -> dict[str, Any]:
+    """One L{Series} as the JSON object L{Report} describes."""
+    return {
+        "label": series.label,
+        "bytes": series.nbytes,
+        "seconds": series.seconds,
+        "median_seconds": series.median,
+        "mbps": series.mbps,
+        "rss_bytes": series.rss,
+        "cpu_seconds": {role: statistics.median(spent) for role, spent in series.cpu.items()},
+        "cpu_seconds_per_gib": {role: series.cpu_per_gib(role) for role in series.cpu},
+    }
 
 
 def is_enospc(exc: OSError) -> bool:

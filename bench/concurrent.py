@@ -121,7 +121,7 @@ def filexfer_parallel(
     return seconds, rss
 
 
-def big(args, socat: str, work: Path) -> None:
+def big(report: c.Report, args, socat: str, work: Path) -> None:
     size = 4 * c.MiB if args.smoke else c.parse_size(args.big)
     runs, warmup = (1, 0) if args.smoke else (args.runs, args.warmup)
     root = work / "received"
@@ -153,7 +153,7 @@ def big(args, socat: str, work: Path) -> None:
         print(" ", reference.describe())
         print(" ", ours.describe())
         print(
-            c.result_line(
+            report.compare(
                 f"concurrent {PARALLEL}x{c.size_text(size)} aggregate", ours, reference, BIG_TARGET
             )
         )
@@ -162,7 +162,7 @@ def big(args, socat: str, work: Path) -> None:
         c.drop_received(root)
 
 
-def small(args, work: Path) -> None:
+def small(summary: c.Report, args, work: Path) -> None:
     count = 50 if args.smoke else args.small_count
     size = 64 * 1024
     sources = work / "small"
@@ -205,6 +205,18 @@ def small(args, work: Path) -> None:
         f"wall {report['seconds']:.2f} s ({count / report['seconds']:.0f} uploads/s), "
         f"server_rss_MiB={server_rss / c.MiB:.1f} (limit {SMALL_RSS_LIMIT // c.MiB}) "
         f"client_rss_MiB={client.peak_rss / c.MiB:.1f} {verdict}"
+    )
+    summary.add(
+        f"concurrent {count}x64KiB",
+        uploads=count,
+        intact=intact,
+        verified=report["ok"],
+        failed=report["failed"],
+        seconds=report["seconds"],
+        uploads_per_second=count / report["seconds"],
+        server_rss_bytes=server_rss,
+        client_rss_bytes=client.peak_rss,
+        verdict=verdict,
     )
     if report["errors"]:
         print("  first errors:", "; ".join(report["errors"][:5]))
@@ -261,12 +273,14 @@ def main() -> int:
     c.raise_nofile()
     socat = c.socat()
     print(f"machine: {c.machine()}")
-    print(f"reference: {c.tool_version([socat, '-V'], 'socat')}")
+    report = c.Report("concurrent", args.smoke, [c.tool_version([socat, "-V"], "socat")])
+    print(f"reference: {report.references[0]}")
     with c.workdir() as work:
         if args.only in (None, "big"):
-            big(args, socat, work)
+            big(report, args, socat, work)
         if args.only in (None, "small"):
-            small(args, work)
+            small(report, args, work)
+    report.write(args.json)
     return 0
 
 

@@ -167,6 +167,17 @@ def main() -> int:
         f"{statistics.median(resume_ok) * 1e3:.0f} ms; small upload done first in "
         f"{first}/{len(during)} runs {verdict}"
     )
+    report = c.Report("resume", args.smoke)
+    report.add(
+        f"resume {label}",
+        small_alone_ms=[s * 1e3 for s in alone],
+        small_during_resume_ms=[s * 1e3 for s in during],
+        resume_ok_ms=[s * 1e3 for s in resume_ok],
+        small_done_first=first,
+        runs=len(during),
+        verdict=verdict,
+    )
+    report.write(args.json)
     return 0
 
 

@@ -31,9 +31,10 @@ RSS_LIMIT = 48 * c.MiB
 
 
 def socat_once(
-    socat: str, source: Path, dest: Path, timeout: float
+    socat: str, source: Path, dest: Path, timeout: float, keep: bool = False
 ) -> tuple[float, dict[str, int], dict[str, float]]:
-    """One socat transfer: listener writes C{dest}, client reads C{source}."""
+    """One socat transfer: listener writes C{dest} (left there with C{keep}), client reads
+    C{source}."""
     c.remove(dest)
     port = c.free_port()
     listener = c.start(
@@ -46,6 +47,7 @@ def socat_once(
             f"OPEN:{dest},creat,trunc",
         ]
     )
+    watcher = c.TreePeak(listener.pid, itself=True)  # it may exit before we reap it
     try:
         c.wait_listening(port, process=listener)
         began = time.perf_counter()
@@ -56,21 +58,30 @@ def socat_once(
             )
         )
         status, server_rss, server_cpu = c.reap_with_cpu(listener, timeout)
+        server_rss = max(server_rss, watcher.stop())
         seconds = time.perf_counter() - began
     finally:
+        watcher.stop()
         c.stop(listener)
     if status != 0:
         raise c.BenchError(f"socat listener exited {status}")
     size = dest.stat().st_size
     if size != source.stat().st_size:
         raise c.BenchError(f"socat wrote {size} bytes of {source.stat().st_size}")
-    c.remove(dest)
+    if not keep:
+        c.remove(dest)
     cpu = {"server": server_cpu, "client": client.cpu}
     return seconds, {"server": server_rss, "client": client.peak_rss}, cpu
 
 
 def filexfer_once(
-    server: c.Server, root: Path, source: Path, digest: str, timeout: float, verify: bool
+    server: c.Server,
+    root: Path,
+    source: Path,
+    digest: str,
+    timeout: float,
+    verify: bool,
+    client_options: list[str] | None = None,
 ) -> tuple[float, dict[str, int], dict[str, float]]:
     """One FX/1 upload with the filexfer command; the client verifies the receipt."""
     c.drop_received(root)
@@ -78,12 +89,18 @@ def filexfer_once(
     server_cpu = c.cpu_seconds(server.pid)
     client = c.check(
         c.run(
-            c.filexfer_argv("send", "--no-progress", str(source), f"127.0.0.1:{server.port}"),
+            c.filexfer_argv(
+                "send",
+                "--no-progress",
+                *(client_options or []),
+                str(source),
+                f"127.0.0.1:{server.port}",
+            ),
             timeout=timeout,
             env=c.fx_env(),
         )
     )
-    if "stored and verified" not in client.output:
+    if "stored and verified" not in client.output and "--plain" not in (client_options or []):
         raise c.BenchError(f"filexfer send did not verify: {client.output}")
     stored = root / source.name
     if stored.stat().st_size != source.stat().st_size:
@@ -107,12 +124,14 @@ def main() -> int:
         default=[],
         help="extra option for 'twistd filexfer' (repeatable), e.g. --server-option=--workers=2",
     )
+    c.add_client_option(parser)
     args = parser.parse_args()
     sizes = [4 * c.MiB] if args.smoke else [c.parse_size(s) for s in args.sizes.split(",")]
     runs, warmup = (1, 0) if args.smoke else (args.runs, args.warmup)
     socat = c.socat()
     print(f"machine: {c.machine()}")
-    print(f"reference: {c.tool_version([socat, '-V'], 'socat')}")
+    report = c.Report("tcp", args.smoke, [c.tool_version([socat, "-V"], "socat")])
+    print(f"reference: {report.references[0]}")
     failures = 0
     with c.workdir() as work:
         root = work / "received"
@@ -143,7 +162,7 @@ def main() -> int:
                         if measured:
                             reference.add(seconds, cpu, **rss)
                         seconds, rss, cpu = filexfer_once(
-                            server, root, source, digest, timeout, verify=args.smoke
+                            server, root, source, digest, timeout, args.smoke, args.client_option
                         )
                         if measured:
                             ours.add(seconds, cpu, **rss)
@@ -154,7 +173,7 @@ def main() -> int:
                     c.remove(source, work / "socat.out")
                 print(" ", reference.describe())
                 print(" ", ours.describe())
-                print(c.result_line(f"tcp {c.size_text(size)}", ours, reference, TCP_TARGET))
+                print(report.compare(f"tcp {c.size_text(size)}", ours, reference, TCP_TARGET))
                 over = [role for role, value in ours.rss.items() if value > RSS_LIMIT]
                 print(
                     f"RESULT tcp {c.size_text(size)} rss: filexfer server "
@@ -166,6 +185,7 @@ def main() -> int:
                     failures += 1
     if failures and not args.smoke:
         print(f"{failures} target(s) missed")
+    report.write(args.json)
     return 0
 
 

@@ -87,20 +87,57 @@ def measure(
     """One download: the client's wall time from start to exit, checked byte for byte."""
 
     def once() -> tuple[float, dict[str, int]]:
-        c.remove(out)
-        server.reset_peak()
-        began = time.perf_counter()
-        finished = c.check(c.run(client(out), timeout=600, env=env))
-        seconds = time.perf_counter() - began
-        if not server.alive():
-            raise c.BenchError(f"the {label} server died")
-        if not filecmp.cmp(source, out, shallow=False):
-            raise c.BenchError(f"{label}: the download differs from the source")
-        rss = {"server": server.peak(), "client": finished.peak_rss}
-        c.remove(out)
+        seconds, rss, _ = measured()
         return seconds, rss
 
+    def measured() -> tuple[float, dict[str, int], dict[str, float]]:
+        c.remove(out)
+        server.reset_peak()
+        server_cpu = c.cpu_seconds(server.pid)
+        children = c.TreePeak(server.pid)  # tftpd-hpa forks per transfer (and ignores SIGCHLD)
+        began = time.perf_counter()
+        try:
+            finished = c.check(c.run(client(out), timeout=600, env=env))
+            seconds = time.perf_counter() - began
+            if not server.alive():
+                raise c.BenchError(f"the {label} server died")
+            c.wait_childless(server.pid)
+        finally:
+            children.stop()
+        if not filecmp.cmp(source, out, shallow=False):
+            raise c.BenchError(f"{label}: the download differs from the source")
+        rss = {"server": max(server.peak(), children.peak), "client": finished.peak_rss}
+        spent = c.cpu_seconds(server.pid) - server_cpu + sum(children.cpu.values())
+        cpu = {"server": spent, "client": finished.cpu}
+        c.remove(out)
+        return seconds, rss, cpu
+
+    once.measured = measured  # type: ignore[attr-defined]
     return once
+
+
+def alternate(
+    pairs: dict[str, Callable[[], tuple[float, dict[str, int], dict[str, float]]]],
+    size: int,
+    runs: int,
+    warmup: int,
+) -> dict[str, c.Series]:
+    """Runs of each pair in turn (A B A B ...), so that a busy moment of the shared
+    machine falls on both; CPU seconds per side recorded with the times."""
+    series = {key: c.Series(key, size) for key in pairs}
+    for index in range(warmup + runs):
+        for key, measured in pairs.items():
+            seconds, rss, cpu = measured()
+            if index >= warmup:
+                series[key].add(seconds, cpu, **rss)
+                print(f"  {key}: {size / 1e6 / seconds:.1f} MB/s", flush=True)
+    return series
+
+
+def per_block(series: c.Series, role: str, blksize: int = 512) -> float:
+    """Median CPU microseconds of C{role} per block of C{blksize} bytes."""
+    blocks = -(-series.nbytes // blksize)
+    return series.cpu_per_gib(role) * (series.nbytes / c.GiB) / blocks * 1e6
 
 
 def main() -> int:
@@ -111,17 +148,14 @@ def main() -> int:
     runs, warmup = (1, 0) if args.smoke else (args.runs, args.warmup)
     curl, atftp, tftpd, atftpd = c.curl(), c.atftp(), c.tftpd_hpa(), c.atftpd()
     print(f"machine: {c.machine()}")
-    print(
-        "references: "
-        + ", ".join(
-            [
-                c.tool_version([tftpd, "-V"], "tftpd-hpa"),
-                c.tool_version([atftpd, "--version"], "atftpd"),
-                c.tool_version([curl, "--version"], "curl"),
-                c.tool_version([atftp, "--version"], "atftp"),
-            ]
-        )
-    )
+    references = [
+        c.tool_version([tftpd, "-V"], "tftpd-hpa"),
+        c.tool_version([atftpd, "--version"], "atftpd"),
+        c.tool_version([curl, "--version"], "curl"),
+        c.tool_version([atftp, "--version"], "atftp"),
+    ]
+    report = c.Report("tftp", args.smoke, references)
+    print("references: " + ", ".join(references))
     print(f"{c.size_text(size)} downloads: {warmup} warm-up + {runs} runs each")
     fx_env = c.fx_env()
     with c.workdir() as work:
@@ -138,15 +172,36 @@ def main() -> int:
             once = measure(key, server, client, source, out, env)
             series[key] = c.repeat(key, size, once, runs=runs, warmup=warmup)
 
-        port = c.free_port(c.socket.SOCK_DGRAM)
-        with tftpd_hpa_server(tftpd, root, port) as server:
-            bench("curl512+tftpd-hpa", server, lambda o: curl_get(curl, port, o))
+        hpa_port = c.free_port(c.socket.SOCK_DGRAM)
+        fx_port = c.free_port(c.socket.SOCK_DGRAM)
+        with (
+            tftpd_hpa_server(tftpd, root, hpa_port) as hpa,
+            filexfer_server(root, fx_port, work) as fx,
+        ):
+            lock_step = {
+                "curl512+tftpd-hpa": measure(
+                    "curl512+tftpd-hpa",
+                    hpa,
+                    lambda o: curl_get(curl, hpa_port, o),
+                    source,
+                    out,
+                    None,
+                ).measured,  # type: ignore[attr-defined]
+                "curl512+filexfer": measure(
+                    "curl512+filexfer", fx, lambda o: curl_get(curl, fx_port, o), source, out, None
+                ).measured,  # type: ignore[attr-defined]
+            }
+            series.update(alternate(lock_step, size, runs, warmup))
+        for key in lock_step:
+            print(
+                f"  {key}: server {per_block(series[key], 'server'):.1f} µs CPU per block, "
+                f"curl {per_block(series[key], 'client'):.1f} µs"
+            )
         port = c.free_port(c.socket.SOCK_DGRAM)
         with atftpd_server(atftpd, root, port, work / "atftpd.log") as server:
             bench("atftp-w16+atftpd", server, lambda o: atftp_get(atftp, port, o))
         port = c.free_port(c.socket.SOCK_DGRAM)
         with filexfer_server(root, port, work) as server:
-            bench("curl512+filexfer", server, lambda o: curl_get(curl, port, o))
             bench("atftp-w16+filexfer", server, lambda o: atftp_get(atftp, port, o))
             bench("filexfer+filexfer", server, lambda o: filexfer_get(port, o), env=fx_env)
         for item in series.values():
@@ -157,7 +212,8 @@ def main() -> int:
             ("tftp defaults", "filexfer+filexfer", "atftp-w16+atftpd", DEFAULTS_TARGET),
         ]
         for name, ours, reference, target in comparisons:
-            print(c.result_line(name, series[ours], series[reference], target))
+            print(report.compare(name, series[ours], series[reference], target))
+    report.write(args.json)
     return 0
 
 

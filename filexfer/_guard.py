@@ -37,21 +37,39 @@ def ipv4_form(host: str) -> str:
     return str(mapped) if mapped is not None else host
 
 
+def parse_networks(texts: Iterable[str]) -> list[Network]:
+    """C{["10.0.0.0/8", "::1"]} -> networks (host bits allowed: C{10.1.2.3/8} is C{10.0.0.0/8}).
+
+    @raise ValueError: a text is not an IPv4 or IPv6 network or address.
+    """
+    return [ipaddress.ip_network(text, strict=False) for text in texts]
+
+
+def within(networks: Iterable[Network], host: str) -> bool:
+    """True when the address C{host} (text) is in one of C{networks}.
+
+    An IPv6 scope id (C{%eth0}) is ignored, an IPv4-mapped address is
+    matched as IPv4 (L{ipv4_form}), and a host that is not an IP address is
+    in no network.
+    """
+    try:
+        address = ipaddress.ip_address(ipv4_form(host.split("%", 1)[0]))
+    except ValueError:
+        return False
+    return any(address in network for network in networks)
+
+
 class AccessPolicy:
     """Allow only peers inside the given networks (everyone when none are given)."""
 
     def __init__(self, networks: Iterable[str] = ()) -> None:
-        self.networks: list[Network] = [ipaddress.ip_network(n, strict=False) for n in networks]
+        self.networks: list[Network] = parse_networks(networks)
 
     def allows(self, host: str | None) -> bool:
         """True when C{host} (an IP address text, or None for UNIX sockets) may connect."""
         if not self.networks or host is None:
             return True
-        try:
-            address = ipaddress.ip_address(ipv4_form(host.split("%", 1)[0]))
-        except ValueError:
-            return False
-        return any(address in network for network in self.networks)
+        return within(self.networks, host)
 
 
 class ConnectionLimits:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
 
 from filexfer._guard import ipv4_form
 from filexfer._text import escape
+
+if TYPE_CHECKING:
+    from filexfer._records import TransferRecord
 
 log = Logger(namespace="filexfer")
 
@@ -41,37 +44,53 @@ def describe_peer(address: Any) -> str:
     return format_address(host, port)
 
 
-def log_transfer(
-    *,
-    protocol: str,
-    peer: str,
-    path: str,
-    nbytes: int,
-    seconds: float,
-    outcome: str,
-    stats: str = "",
-) -> None:
+def log_transfer(record: TransferRecord) -> None:
     """Log a finished (or failed) transfer: peer, path, bytes, seconds, rate, outcome.
 
-    C{stats} (a TFTP transfer's negotiated block and window sizes and the
-    options it refused, say) follows the outcome in brackets, and is the
-    event's C{stats} key.
+    A TFTP transfer that negotiated its options adds their outcome after the
+    outcome, in brackets (its block and window sizes and the options it
+    refused: C{[blksize 512, windowsize 2, refused blksize]}), which is also
+    the event's C{stats} key.
 
     Whatever a peer chose is shown escaped, never raw: the path in Python's
     quoted form (C{repr}, which escapes every control character), the peer and
     the outcome (which may carry a stored name or a TFTP client's ERROR
-    message) through L{escape}.
+    message) through L{escape}.  A TFTP transfer is named by its request
+    (C{tftp-rrq}, C{tftp-wrq}) and adds how many datagrams it sent again.
     """
-    rate = nbytes / seconds / 1e6 if seconds > 0 else 0.0
+    protocol = record.protocol
+    if protocol == "tftp":
+        protocol = "tftp-rrq" if record.direction == "download" else "tftp-wrq"
+    seconds = record.seconds
+    rate = record.nbytes / seconds / 1e6 if seconds > 0 else 0.0
+    retransmissions = record.retransmissions
+    resent = "" if retransmissions is None else f", {retransmissions} retransmitted"
+    stats = _tftp_stats(record)
     log.info(
-        "{protocol} {peer} {path!r} {nbytes} bytes in {seconds:.3f}s ({rate:.1f} MB/s): {outcome}"
-        + (" [{stats}]" if stats else ""),
+        "{protocol} {peer} {path!r} {nbytes} bytes in {seconds:.3f}s ({rate:.1f} MB/s{resent})"
+        ": {outcome}" + (" [{stats}]" if stats else ""),
         stats=stats,
         protocol=protocol,
-        peer=escape(peer),
-        path=path,
-        nbytes=nbytes,
+        peer=escape(record.peer),
+        path=record.path,
+        nbytes=record.nbytes,
         seconds=seconds,
         rate=rate,
-        outcome=escape(outcome),
+        resent=resent,
+        retransmissions=retransmissions,
+        outcome=escape(record.detail),
     )
+
+
+def _tftp_stats(record: TransferRecord) -> str:
+    """A TFTP record's negotiated parameters (C{blksize 1468, windowsize 4, refused tsize}).
+
+    Empty for a record without them (TCP, or a TFTP request refused before
+    its options were negotiated).
+    """
+    if record.blksize is None or record.windowsize is None:
+        return ""
+    parts = [f"blksize {record.blksize}", f"windowsize {record.windowsize}"]
+    if record.options_refused:
+        parts.append(f"refused {','.join(record.options_refused)}")
+    return ", ".join(parts)

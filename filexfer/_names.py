@@ -71,3 +71,16 @@ def validate_path(raw: bytes | str) -> str:
     if STATE_DIR in components:  # the root's, or one at the top of a mount inside it
         raise TransferError(403, "that directory is reserved for the server")
     return path
+
+
+def from_tftp_root(name: str) -> str:
+    """A TFTP file name as a path relative to the root: leading C{/}s dropped.
+
+    Devices, PXE ROMs and phones name files from the TFTP root
+    (C{/pxelinux.cfg/default}); tftpd-hpa with C{-s} serves and stores them
+    there, and so do we (docs/tftp.md, "File names").  The rest of the name
+    is left to L{validate_path}: C{..}, C{.}, empty components and the other
+    rules still apply.  C{"/"} alone gives C{""}, which L{validate_path}
+    refuses.
+    """
+    return name.lstrip("/")

@@ -121,6 +121,8 @@ class ListeningPort(Service):
         self.reuse_port = reuse_port
         self.label = "TCP" if kind == socket.SOCK_STREAM else "UDP"
         self.dual_stack = False
+        self.origin = ""
+        """Said after the address in the log (C{, passed by systemd})."""
         self._socket: socket.socket | None = None
         self._listening: IListeningPort | None = None
 
@@ -166,11 +168,12 @@ class ListeningPort(Service):
         shared = f", shared (SO_REUSEPORT) by process {os.getpid()}" if self.reuse_port else ""
         what = "TFTP on UDP" if self.kind == socket.SOCK_DGRAM else "TCP"
         log.info(
-            "listening for {what} on {where}{families}{shared}",
+            "listening for {what} on {where}{families}{shared}{origin}",
             what=what,
             where=where,
             families=families,
             shared=shared,
+            origin=self.origin,
         )
         super().startService()
 

@@ -15,8 +15,12 @@ PLAIN_ENDPOINTS = ("tcp", "tcp6", "unix")
 
 
 def needs_tls(endpoint_descriptions: Iterable[str]) -> bool:
-    """True when any server endpoint description is not a plain TCP or UNIX one."""
-    return any(d.split(":", 1)[0] not in PLAIN_ENDPOINTS for d in endpoint_descriptions)
+    """True when any server endpoint description is not a plain TCP or UNIX one.
+
+    C{haproxy:} wraps another endpoint (C{haproxy:tcp:8000}): that one decides.
+    """
+    kinds = (d.removeprefix("haproxy:").split(":", 1)[0] for d in endpoint_descriptions)
+    return any(kind not in PLAIN_ENDPOINTS for kind in kinds)
 
 
 def keep_tls_libraries_out() -> None:

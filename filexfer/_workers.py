@@ -5,11 +5,21 @@ C{SO_REUSEPORT} (dual-stack, like C{--port} alone: see L{filexfer._ports}),
 so the kernel spreads new connections and requests across them.  The first
 process starts the others (C{python -m filexfer serve
 ... --worker-of PID}), forwards their log lines, and stops them when it
-stops; a worker whose parent disappears stops by itself.
+stops: its drain (L{filexfer._drain}) tells them to drain too (SIGUSR1),
+waits for them, and tells them to cut (SIGUSR2) when its grace ends.  A
+worker whose parent disappears stops by itself.
+
+When the service observes transfers (C{--metrics}, C{--event-log},
+C{--on-stored}), each worker sends its transfer records to the first
+process over a socket on its file descriptor L{RECORDS_FD}
+(L{RecordsToParent}), and the first process hands them to its own
+observers (L{_RecordLines}): one process counts, writes and runs hooks for
+all of them.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -17,15 +27,19 @@ import socket
 import sys
 from typing import Any
 
+import attrs
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IReactorSocket
-from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.protocol import ProcessProtocol, Protocol, ServerFactory, connectionDone
 from twisted.internet.task import LoopingCall
+from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from filexfer._log import log
 from filexfer._ports import ListeningPort
+from filexfer._records import ITransferObserver, TransferRecord
 from filexfer._types import IServiceReactor
 
 _TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\S+ ")
@@ -33,6 +47,9 @@ _TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\S+ ")
 
 STOP_GRACE = 10.0
 """Seconds a worker has to stop after SIGTERM before it is killed."""
+
+RECORDS_FD = 3
+"""A worker's file descriptor to the first process, for its transfer records."""
 
 
 class SharedStreamPort(ListeningPort):
@@ -90,10 +107,18 @@ class _WorkerOutput(ProcessProtocol):
 class WorkerProcesses(Service):
     """Starts C{count} more copies of this server and stops them with it."""
 
-    def __init__(self, reactor: IServiceReactor, count: int, serve_argv: list[str]) -> None:
+    def __init__(
+        self,
+        reactor: IServiceReactor,
+        count: int,
+        serve_argv: list[str],
+        observer: ITransferObserver | None = None,
+    ) -> None:
         self.reactor = reactor
         self.count = count
         self.serve_argv = serve_argv
+        self.observer = observer
+        """Given the workers' transfer records, when the service observes transfers."""
         self._workers: list[tuple[Any, _WorkerOutput]] = []
 
     def startService(self) -> None:
@@ -102,11 +127,41 @@ class WorkerProcesses(Service):
             output = _WorkerOutput(number)
             argv = [sys.executable, "-m", "filexfer", "serve", *self.serve_argv]
             argv += ["--worker-of", str(os.getpid())]
+            child_fds: dict[int, int | str] = {0: "w", 1: "r", 2: "r"}
+            env = {key: value for key, value in os.environ.items() if key != "NOTIFY_SOCKET"}
+            ours = theirs = None
+            if self.observer is not None:
+                ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+                child_fds[RECORDS_FD] = theirs.fileno()
             process = self.reactor.spawnProcess(
-                output, sys.executable, argv, env=os.environ, childFDs={0: "w", 1: "r", 2: "r"}
+                output, sys.executable, argv, env=env, childFDs=child_fds
             )
+            observer = self.observer
+            if ours is not None and theirs is not None and observer is not None:
+                theirs.close()
+                records = _Giving(_RecordLines(observer))
+                self.reactor.adoptStreamConnection(ours.fileno(), socket.AF_UNIX, records)
+                ours.close()  # the reactor reads its own copy
             log.info("worker {n} started as process {pid}", n=number, pid=process.pid)
             self._workers.append((process, output))
+
+    # -- as the drain sees it (filexfer._drain.Intake) ---------------------------------
+
+    def stop_accepting(self) -> None:
+        """Tell each worker to drain (SIGUSR1: a drain that a second one does not escalate)."""
+        for process, output in self._workers:
+            if not output.ended.called:
+                _signal(process, signal.SIGUSR1)
+
+    def in_progress(self) -> int:
+        """Workers still running."""
+        return sum(1 for _, output in self._workers if not output.ended.called)
+
+    def cut(self) -> None:
+        """Tell each worker to cut its transfers now (SIGUSR2)."""
+        for process, output in self._workers:
+            if not output.ended.called:
+                _signal(process, signal.SIGUSR2)
 
     def stopService(self) -> Deferred[Any]:
         super().stopService()
@@ -156,3 +211,86 @@ class ParentWatch(Service):
         if os.getppid() != self.parent_pid:
             log.warn("the parent process {pid} is gone: stopping", pid=self.parent_pid)
             self.reactor.stop()
+
+
+class _Giving(ServerFactory):
+    """The factory of an adopted socket: it gives the one protocol made for it."""
+
+    def __init__(self, protocol: Protocol) -> None:
+        self.given = protocol
+
+    def buildProtocol(self, addr: Any) -> Protocol:
+        return self.given
+
+
+class _Forwarding(Protocol):
+    """A worker's end of the records socket; C{lost} fires when it is closed."""
+
+    def __init__(self) -> None:
+        self.lost: Deferred[None] = Deferred()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if not self.lost.called:
+            self.lost.callback(None)
+
+
+class _RecordLines(LineReceiver):
+    """In the first process: a worker's records, one JSON line each, handed to the observer."""
+
+    delimiter = b"\n"
+    MAX_LENGTH = 1 << 20
+
+    def __init__(self, observer: ITransferObserver) -> None:
+        self.observer = observer
+
+    def lineReceived(self, line: bytes) -> None:
+        try:
+            message = json.loads(line)
+            if "started" in message:
+                protocol, direction = message["started"]
+                self.observer.transfer_started(protocol, direction)
+            else:
+                self.observer.transfer_ended(TransferRecord(**message["ended"]))
+        except Exception:
+            log.failure("a worker sent a transfer record that cannot be read")
+
+
+@implementer(ITransferObserver)
+class RecordsToParent(Service):
+    """In a worker: send every transfer record to the first process (on L{RECORDS_FD}).
+
+    The socket is adopted by the reactor, so a busy first process never
+    blocks the worker: lines wait in the transport's buffer.
+    """
+
+    def __init__(self, reactor: IReactorSocket, fd: int = RECORDS_FD) -> None:
+        self.reactor = reactor
+        self.fd = fd
+        self._protocol: _Forwarding | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        connected = _Forwarding()
+        self.reactor.adoptStreamConnection(self.fd, socket.AF_UNIX, _Giving(connected))
+        os.close(self.fd)  # the reactor has its own copy
+        self._protocol = connected
+
+    def stopService(self) -> Deferred[None]:
+        """Stopped last (it is the service's first child): send what is buffered, then close."""
+        super().stopService()
+        protocol, self._protocol = self._protocol, None
+        if protocol is None or protocol.transport is None or protocol.lost.called:
+            return succeed(None)
+        protocol.transport.loseConnection()  # after the buffered lines are written
+        return protocol.lost
+
+    def _send(self, message: dict[str, Any]) -> None:
+        protocol = self._protocol
+        if protocol is not None and protocol.transport is not None:
+            protocol.transport.write(json.dumps(message).encode() + b"\n")
+
+    def transfer_started(self, protocol: str, direction: str) -> None:
+        self._send({"started": [protocol, direction]})
+
+    def transfer_ended(self, record: TransferRecord) -> None:
+        self._send({"ended": attrs.asdict(record)})

@@ -33,7 +33,7 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 
 from filexfer import __version__
-from filexfer._log import format_address
+from filexfer._hashing import DIGESTS
 from filexfer._ports import StartupError
 from filexfer._progress import Progress
 from filexfer._start import interrupted_while_starting
@@ -54,6 +54,8 @@ from filexfer.tcp.sender import (
     describe_mode,
     send_file,
 )
+from filexfer.tftp._packets import MODES
+from filexfer.tftp._url import BadURL, format_tftp_url, parse_tftp_url
 from filexfer.tftp.client import (
     DEFAULT_CLIENT_BLKSIZE,
     DEFAULT_CLIENT_RETRIES,
@@ -84,19 +86,27 @@ class Destination:
     host: str
     port: int
     path: str  # remote path ("" for none); a trailing "/" means a directory
+    mode: str | None = None  # a tftp:// URL's ;mode= (RFC 3617)
 
 
 def parse_destination(text: str) -> Destination:
-    """Parse C{HOST:PORT}, C{HOST:PORT/remote/dir}, C{[::1]:PORT} or C{tftp://...}."""
+    """Parse C{HOST:PORT}, C{HOST:PORT/remote/dir}, C{[::1]:PORT} or C{tftp://...}.
+
+    A tftp:// URL is read by L{filexfer.tftp.parse_tftp_url} (RFC 3617: its
+    name percent-decoded, its C{;mode=} kept in L{Destination.mode}).
+    """
     scheme = "tcp"
     rest = text
     if "://" in text:
         scheme, _, rest = text.partition("://")
-        if scheme not in ("tftp", "tcp"):
+        if scheme.lower() == "tftp":
+            try:
+                url = parse_tftp_url(text)
+            except BadURL as error:
+                raise UserError(str(error), 2) from None
+            return Destination("tftp", url.host, url.port, url.name, url.mode)
+        if scheme != "tcp":
             raise UserError(f"unknown scheme {scheme!r} in {text!r} (use HOST:PORT or tftp://)", 2)
-        if scheme == "tftp" and re.match(r"^(\[[^\]]+\]|[^:/\[\]]+)(/|$)", rest):
-            host, slash, path = rest.partition("/")
-            rest = f"{host}:69{slash}{path}"
     match = _HOST_PORT.match(rest)
     if match is None:
         raise UserError(f"bad destination {text!r}: expected HOST:PORT, [IPv6]:PORT or tftp://", 2)
@@ -353,7 +363,12 @@ def _build_parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(
         prog=PROG,
         description="Send and receive files over TCP (classic push or verified FX/1) and TFTP.",
-        epilog="Run 'filexfer COMMAND --help' for a command's options.",
+        epilog="Run 'filexfer COMMAND --help' for a command's options.\n"
+        "\nexamples:\n"
+        "  filexfer serve --port 8000 --root /srv/incoming\n"
+        "  filexfer send build.tar.gz backup.example.org:8000\n"
+        "  filexfer get tftp://192.0.2.7:69/boot/pxelinux.0\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     commands = parser.add_subparsers(
@@ -367,11 +382,11 @@ def _build_parser() -> argparse.ArgumentParser:
         "paths; symlinks to files are sent as files, other entries that are not regular "
         "files are skipped with one line each. Exit 0 only when every file was stored and "
         "verified by the server.",
-        epilog="examples:\n"
+        epilog=EXIT_CODES_HELP.lstrip("\n") + "\nexamples:\n"
         "  filexfer send build.tar.gz backup.example.org:8000\n"
         "  filexfer send logs/ 10.0.0.5:8000/hosts/web1\n"
         "  filexfer send --plain image.bin '[::1]:9000'\n"
-        "  filexfer send firmware.bin tftp://192.0.2.7:69/boot/\n" + EXIT_CODES_HELP,
+        "  filexfer send firmware.bin tftp://192.0.2.7:69/boot/\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     send.add_argument("files", nargs="+", metavar="FILE", help="files or directories")
@@ -401,6 +416,14 @@ def _build_parser() -> argparse.ArgumentParser:
         "--token",
         default=os.environ.get("FILEXFER_TOKEN"),
         help="shared secret the server requires (default: $FILEXFER_TOKEN)",
+    )
+    send.add_argument(
+        "--digest",
+        choices=DIGESTS,
+        default="blake3",
+        help="receipt digest to ask the server for (default blake3, about 4x faster than "
+        "sha256; a server that does not offer it answers with sha256, and the success line "
+        "names the one verified); sha256 asks nothing, as clients before BLAKE3; FX/1 only",
     )
     send.add_argument(
         "--retry-for",
@@ -442,10 +465,11 @@ def _build_parser() -> argparse.ArgumentParser:
         help="download a file from a TFTP server",
         description="Download NAME from a TFTP server into LOCAL (default: the name's last "
         "component in the current directory). The file appears only once complete.",
-        epilog="example:\n  filexfer get tftp://127.0.0.1:8000/boot/pxelinux.0\n"
-        + EXIT_CODES_HELP.replace(
+        epilog=EXIT_CODES_HELP.lstrip("\n").replace(
             "  3  everything else was sent; some entries were skipped (one line each)\n", ""
-        ),
+        )
+        + "\nexamples:\n  filexfer get tftp://127.0.0.1:8000/boot/pxelinux.0\n"
+        "  filexfer get --blksize 8192 tftp://[::1]:8000/images/disk.img disk.img\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     get.add_argument("url", metavar="tftp://HOST:PORT/NAME")
@@ -546,15 +570,30 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         f"{DEFAULT_CLIENT_TIMEOUT:g}; the transfer gives up after {DEFAULT_CLIENT_RETRIES} "
         "retransmissions without an answer)",
     )
+    tftp.add_argument(
+        "--mode",
+        choices=MODES,
+        default=None,
+        help="TFTP transfer mode: octet (bytes as they are, the default) or netascii "
+        "(text: line ends converted); a URL's ;mode=netascii says the same",
+    )
 
 
-def _tftp_options(args: argparse.Namespace) -> dict[str, Any]:
+def _tftp_options(args: argparse.Namespace, dest: Destination) -> dict[str, Any]:
     options = {
         "blksize": args.blksize,
         "windowsize": args.windowsize,
         "timeout": args.timeout,
+        "mode": _tftp_mode(args, dest),
     }
     return {key: value for key, value in options.items() if value is not None}
+
+
+def _tftp_mode(args: argparse.Namespace, dest: Destination) -> str:
+    """--mode, else the URL's ;mode=, else octet; a usage error when the two differ."""
+    if args.mode is not None and dest.mode is not None and args.mode != dest.mode:
+        raise UserError(f"--mode {args.mode} contradicts ;mode={dest.mode} in the URL", 2)
+    return args.mode or dest.mode or "octet"
 
 
 async def _send(
@@ -566,6 +605,8 @@ async def _send(
 ) -> int:
     dest = parse_destination(args.dest)
     _check_remote_dir(dest)
+    if dest.scheme != "tftp" and args.mode is not None:
+        raise UserError("--mode is a TFTP option: the TCP push sends bytes as they are", 2)
     skipped: list[str] = []
     if dest.scheme == "tftp":
         plan = _tftp_plan(args, dest, skipped)
@@ -604,6 +645,7 @@ class Sent:
 
     where: str  # the remote name or URL the file went to
     size: int  # bytes
+    verified_with: str = ""  # the receipt digest both ends checked ("BLAKE3"), if any
 
 
 @attrs.frozen
@@ -660,6 +702,8 @@ async def send_all(
                 break
             continue
         outcome = f" {transport.outcome}" if transport.outcome else ""
+        if sent.verified_with:
+            outcome += f" with {sent.verified_with}"
         say(out, f"{local} -> {sent.where}: {sent.size} bytes{outcome}")
     return STATUS_FAILED if failures else 0
 
@@ -703,8 +747,11 @@ def _tcp_transport(
             connect_timeout=args.connect_timeout,
             reply_timeout=args.reply_timeout,
             idle_timeout=args.idle_timeout,
+            digest=args.digest,
         )
-        return Sent(receipt.path, receipt.size)
+        if args.plain:
+            return Sent(receipt.path, receipt.size)
+        return Sent(receipt.path, receipt.size, receipt.algorithm.upper().replace("SHA", "SHA-"))
 
     if args.plain:
         return Transport(send_one, "sent (classic form, not verified)")
@@ -781,7 +828,7 @@ def _tftp_transport(
     """TFTP uploads (WRQ) to C{dest}, with the TFTP options given."""
     from filexfer import tftp
 
-    options = _tftp_options(args)
+    options = _tftp_options(args, dest)
 
     async def send_one(local: str, remote: str, progress: Progress) -> Sent:
         size = await tftp.upload(
@@ -793,7 +840,7 @@ def _tftp_transport(
             progress=progress,
             **options,
         )
-        return Sent(f"tftp://{format_address(dest.host, dest.port)}/{remote}", size)
+        return Sent(format_tftp_url(dest.host, dest.port, remote, options["mode"]), size)
 
     return Transport(send_one, "")
 
@@ -819,7 +866,8 @@ async def _get(
     if os.path.lexists(local) and not args.overwrite:
         raise UserError(f"{local} exists; use --overwrite to replace it")
     _check_can_save(local)
-    url = f"tftp://{format_address(dest.host, dest.port)}/{dest.path}"
+    options = _tftp_options(args, dest)
+    url = format_tftp_url(dest.host, dest.port, dest.path, options["mode"])
     bars = ProgressBars(not args.no_progress, err)
     try:
         with bars.for_file(escape(dest.path), None) as progress:
@@ -830,7 +878,7 @@ async def _get(
                 dest.path,
                 local,
                 progress=progress,
-                **_tftp_options(args),
+                **options,
             )
             size = await interrupt.guard(downloading)
     except Exception:
@@ -845,7 +893,7 @@ async def _get(
         if isinstance(failure.value, OSError):
             say(err, f"{PROG}: cannot save {local}: {failure.value.strerror}")
         else:
-            say(err, f"{PROG}: {args.url}: {describe_failure(failure)}")
+            say(err, f"{PROG}: {url}: {describe_failure(failure)}")
         return STATUS_FAILED
     _give_normal_mode(local)
     say(out, f"{url} -> {local}: {size} bytes")
@@ -878,7 +926,9 @@ def _serve(reactor: IServiceReactor, options: Options, err: TextIO) -> Deferred[
     from twisted.internet.error import CannotListenError
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)], redirectStandardIO=False)
+    # --event-log - takes standard output for its JSON lines: the log goes to stderr then
+    logs = sys.stderr if options["event-log"] == "-" else sys.stdout
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(logs)], redirectStandardIO=False)
     try:
         service = make_service(options, reactor)
     except ValueError as error:  # e.g. a --listen description serverFromString cannot parse
@@ -894,6 +944,7 @@ def _serve(reactor: IServiceReactor, options: Options, err: TextIO) -> Deferred[
     except OSError as error:
         raise UserError(f"cannot start: {error}") from None
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    service.take_over_process()  # SIGTERM drains and exits 0; systemd hears READY=1
     return Deferred()  # runs until interrupted
 
 

@@ -15,19 +15,30 @@ from typing import Any
 
 from twisted.application import internet
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorFromThreads, IReactorThreads
 from twisted.internet.threads import deferToThreadPool
 from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 
-from filexfer._guard import AccessPolicy, ConnectionLimits
+from filexfer._drain import DEFAULT_GRACE, GracefulService, TCPIntake, TFTPIntake
+from filexfer._eventlog import EventLog, EventLogService
+from filexfer._guard import AccessPolicy, ConnectionLimits, parse_networks
+from filexfer._hooks import OnStored, parse_command
 from filexfer._log import describe_peer, log
 from filexfer._ports import ListeningPort, StartupError
+from filexfer._records import Observers
+from filexfer._systemd import InheritedPort, parse_inherited
 from filexfer._tls import keep_tls_libraries_out, needs_tls
 from filexfer._types import IServiceReactor
-from filexfer._workers import ParentWatch, SharedDatagramPort, SharedStreamPort, WorkerProcesses
-from filexfer.storage import CONFLICT_POLICIES, DirectoryStorage
+from filexfer._workers import (
+    ParentWatch,
+    RecordsToParent,
+    SharedDatagramPort,
+    SharedStreamPort,
+    WorkerProcesses,
+)
+from filexfer.storage import CONFLICT_POLICIES, DirectoryStorage, S3Storage
 from filexfer.tcp.receiver import ReceiverFactory
 
 DEFAULT_PORT = 8000
@@ -112,6 +123,8 @@ class Options(usage.Options):
         "  twistd -n --pidfile= filexfer --port 8000 --token-file /etc/filexfer.token\n"
         "  twistd -n --pidfile= filexfer --no-tftp \\\n"
         "      --listen ssl:8443:privateKey=key.pem:certKey=cert.pem\n"
+        "  twistd -n --pidfile= filexfer --no-tftp \\\n"
+        "      --listen haproxy:tcp:8000 --trusted-proxy 10.0.0.5/32   (behind HAProxy)\n"
         "  filexfer serve --port 8000 --workers 4 --root /srv/incoming\n"
     )
     """Shown after the options by --help, its lines kept as they are."""
@@ -126,6 +139,31 @@ class Options(usage.Options):
             _positive(int, 65535),
         ],
         ["root", "r", DEFAULT_ROOT, "directory to store into (created if missing)"],
+        [
+            "storage",
+            None,
+            None,
+            "s3://BUCKET[/PREFIX]: store in an S3-API object store instead of --root "
+            "(pip install 'filexfer[s3]'; credentials from the AWS chain: environment, "
+            "~/.aws/credentials)",
+        ],
+        ["s3-endpoint", None, None, "URL of the S3 API (SeaweedFS, MinIO, Ceph RGW); default AWS"],
+        ["s3-region", None, None, "region of the bucket (default: the AWS chain's)"],
+        [
+            "s3-lease",
+            None,
+            30.0,
+            "seconds an upload's lease holds unrenewed (a node killed mid-upload "
+            "blocks a resume of that file on another node this long)",
+            _positive(float),
+        ],
+        [
+            "s3-threads",
+            None,
+            16,
+            "threads that talk to the object store (bounded pool)",
+            _positive(int, 256),
+        ],
         [
             "on-conflict",
             None,
@@ -240,10 +278,61 @@ class Options(usage.Options):
             _positive(int),
         ],
         [
+            "grace",
+            None,
+            DEFAULT_GRACE,
+            "on SIGTERM, seconds transfers in progress have to finish before they are cut "
+            "(new ones are refused at once; a second SIGTERM cuts at once)",
+            _positive(float),
+        ],
+        [
+            "tftp-listen",
+            None,
+            None,
+            "serve TFTP on a UDP socket passed by systemd: systemd:index=N or "
+            "systemd:name=NAME (its FileDescriptorName=)",
+        ],
+        [
             "worker-of",
             None,
             None,
             "(internal) run as a worker of this parent process",
+            _positive(int),
+        ],
+        # -- observing transfers: metrics, event log, hook (docs/deploy.md)
+        [
+            "metrics",
+            None,
+            None,
+            "serve Prometheus metrics at /metrics on this Twisted endpoint, "
+            "e.g. tcp:9100:interface=127.0.0.1",
+        ],
+        [
+            "event-log",
+            None,
+            None,
+            "append one JSON object per line per transfer to this file "
+            "('-': standard output); reopened on SIGHUP",
+        ],
+        [
+            "on-stored",
+            None,
+            None,
+            "run this command (split like a shell's words, no shell) after each "
+            "stored upload, with FILEXFER_PATH, FILEXFER_SIZE, FILEXFER_SHA256, ... set",
+        ],
+        [
+            "on-stored-timeout",
+            None,
+            60.0,
+            "seconds an --on-stored command may run before it is stopped",
+            _positive(float),
+        ],
+        [
+            "on-stored-concurrency",
+            None,
+            4,
+            "--on-stored commands running at once (more wait their turn)",
             _positive(int),
         ],
     ]
@@ -274,6 +363,7 @@ class Options(usage.Options):
         self.argv: list[str] = []
         self["listen"] = []
         self["allow"] = []
+        self["trusted-proxy"] = []
         self["tftp-quirks"] = []
         self["tftp-source"] = []
 
@@ -289,11 +379,20 @@ class Options(usage.Options):
 
     def opt_allow(self, network: str) -> None:
         """Accept only peers in this network (repeatable): 10.0.0.0/8, ::1/128"""
+        self._add_network("allow", network)
+
+    def opt_trusted_proxy(self, network: str) -> None:
+        """Network of the proxies (HAProxy) whose PROXY header a --listen
+        haproxy:tcp:PORT believes; no other peer may connect to it (repeatable):
+        10.0.0.5/32"""
+        self._add_network("trusted-proxy", network)
+
+    def _add_network(self, option: str, network: str) -> None:
         try:
-            AccessPolicy([network])
+            parse_networks([network])
         except ValueError as error:
-            raise usage.UsageError(f"--allow: {error}") from None
-        self["allow"].append(network)
+            raise usage.UsageError(f"--{option}: {error}") from None
+        self[option].append(network)
 
     def opt_tftp_quirks(self, rule: str) -> None:
         """NETWORK KEY=VALUE... (repeatable): refuse=OPT[,OPT] blksize=N mtu=N windowsize=N"""
@@ -314,6 +413,19 @@ class Options(usage.Options):
                 f"--on-conflict: must be one of {', '.join(CONFLICT_POLICIES)}, "
                 f"not {_shown(self['on-conflict'])}"
             )
+        if self["storage"] is not None:
+            from filexfer.storage.s3 import parse_s3_url
+
+            try:
+                self["s3"] = parse_s3_url(self["storage"])
+            except ValueError as error:
+                raise usage.UsageError(f"--storage: {error}") from None
+            try:
+                import boto3  # noqa: F401
+            except ImportError:
+                raise usage.UsageError(
+                    "--storage s3://... needs boto3: pip install 'filexfer[s3]'"
+                ) from None
         if not self["listen"] and self["port"] is None:
             self["port"] = DEFAULT_PORT
         if self["token-file"] is not None:
@@ -334,15 +446,77 @@ class Options(usage.Options):
             raise usage.UsageError(
                 "--workers shares --port and the TFTP port; it cannot share --listen endpoints"
             )
+        if self["tftp-listen"] is not None:
+            self._check_tftp_listen()
         if not needs_tls(self.endpoints()):
             keep_tls_libraries_out()  # before the reactor loads: saves ~13 MiB per process
         from twisted.internet.endpoints import serverFromString
 
+        self._check_proxies()
         for description in self["listen"]:
             try:
                 serverFromString(None, description)
             except Exception as exc:  # any parser's complaint is a usage mistake here
                 raise usage.UsageError(f"--listen {description!r}: {exc}") from None
+        self._check_observing()
+
+    def _check_observing(self) -> None:
+        """--metrics must be an endpoint; --on-stored a program on $PATH."""
+        from twisted.internet.endpoints import serverFromString
+
+        if self["metrics"] is not None:
+            try:
+                serverFromString(None, self["metrics"])
+            except Exception as exc:
+                raise usage.UsageError(f"--metrics {self['metrics']!r}: {exc}") from None
+        self["on-stored-argv"] = None
+        if self["on-stored"] is not None:
+            try:
+                self["on-stored-argv"] = parse_command(self["on-stored"])
+            except StartupError as error:
+                raise usage.UsageError(str(error)) from None
+
+    @property
+    def observes(self) -> bool:
+        """Does anything watch the transfers (--metrics, --event-log, --on-stored)?"""
+        return any(self[name] is not None for name in ("metrics", "event-log", "on-stored"))
+
+    def _check_proxies(self) -> None:
+        """A haproxy: endpoint needs --trusted-proxy (but over a UNIX socket); nothing else does."""
+        proxied = [d for d in self["listen"] if behind_proxy(d) is not None]
+        for description in proxied:
+            if behind_proxy(description) not in PROXIED_TYPES:
+                raise usage.UsageError(
+                    f"--listen {description!r}: HAProxy sends its PROXY header before any "
+                    f"TLS, so haproxy: works over {', '.join(PROXIED_TYPES)} only "
+                    "(terminate TLS at HAProxy)"
+                )
+        if not self["trusted-proxy"] and any(behind_proxy(d) != "unix" for d in proxied):
+            raise usage.UsageError(
+                "--listen haproxy:...: give --trusted-proxy with your proxies' addresses "
+                "(a PROXY header is believed only from them)"
+            )
+        if self["trusted-proxy"] and not proxied:
+            raise usage.UsageError(
+                "--trusted-proxy: only a --listen haproxy:... endpoint reads PROXY headers"
+            )
+
+    def _check_tftp_listen(self) -> None:
+        try:
+            parse_inherited(self["tftp-listen"])
+        except ValueError as error:
+            raise usage.UsageError(f"--tftp-listen: {error}") from None
+        clash = [
+            option
+            for option, given in (
+                ("--tftp-port", self["tftp-port"] is not None),
+                ("--no-tftp", self["no-tftp"]),
+                ("--workers", self.shares_ports),
+            )
+            if given
+        ]
+        if clash:
+            raise usage.UsageError(f"--tftp-listen cannot be given with {clash[0]}")
 
     @property
     def shares_ports(self) -> bool:
@@ -359,13 +533,24 @@ class Options(usage.Options):
 
     def tftp_port(self) -> int | None:
         """The UDP port for TFTP, or None when TFTP is off or has no port."""
-        if self["no-tftp"]:
+        if self["no-tftp"] or self["tftp-listen"] is not None:
             return None
         port: int | None = self["tftp-port"] if self["tftp-port"] is not None else self["port"]
         return port
 
 
 _BACKLOG_TYPES = ("tcp", "tcp6", "ssl", "unix")
+PROXY_PREFIX = "haproxy:"
+PROXIED_TYPES = ("tcp", "tcp6", "unix")
+"""The endpoint types a C{haproxy:} endpoint may wrap: the header comes before TLS."""
+"""An endpoint description starting so reads a PROXY header first (Twisted's syntax)."""
+
+
+def behind_proxy(description: str) -> str | None:
+    """The endpoint type behind C{haproxy:} (C{"tcp"} for C{haproxy:tcp:8000}), or None."""
+    if not description.lower().startswith(PROXY_PREFIX):
+        return None
+    return description[len(PROXY_PREFIX) :].split(":", 1)[0].lower()
 
 
 def _with_backlog(description: str) -> str:
@@ -389,7 +574,7 @@ def raise_open_files_limit() -> int:
     return soft
 
 
-def remove_stale_in(storage: DirectoryStorage, max_age: float) -> Deferred[Any]:
+def remove_stale_in(storage: DirectoryStorage | S3Storage, max_age: float) -> Deferred[Any]:
     """Run L{DirectoryStorage.remove_stale} through the storage's C{run_blocking}.
 
     It scans the state directories and unlinks (possibly large) files: with
@@ -404,10 +589,14 @@ def remove_stale_in(storage: DirectoryStorage, max_age: float) -> Deferred[Any]:
 class _EndpointListener(internet.StreamServerEndpointService):
     """A --listen endpoint: failing to listen is a L{StartupError} naming it; the port is logged."""
 
+    option = "--listen"
+    """The option that named the endpoint, for the error message."""
+
     def __init__(self, endpoint: Any, factory: Any, description: str) -> None:
         super().__init__(endpoint, factory)
         self.description = description
         self._raiseSynchronously = True  # fail at start-up when the port is taken
+        self._stopping = False
 
     def bind(self) -> None:
         """Listen now (idempotent), for the twistd plugin to report failures before daemonising."""
@@ -419,13 +608,24 @@ class _EndpointListener(internet.StreamServerEndpointService):
                 reason = getattr(error, "socketError", None) or error
                 reason = getattr(reason, "strerror", None) or reason
                 raise StartupError(
-                    f"--listen {self.description}: cannot listen: {reason}"
+                    f"{self.option} {self.description}: cannot listen: {reason}"
                 ) from None
             waiting: Deferred[Any] = self._waitingForPort  # type: ignore[assignment]
             waiting.addCallback(self._listening)
 
     def _listening(self, port: Any) -> Any:
-        log.info("listening for TCP on {where}", where=describe_peer(port.getHost()))
+        where = describe_peer(port.getHost())
+        trusted_networks = getattr(self.factory, "trusted", None)  # a TrustedProxyFactory
+        if trusted_networks is not None:
+            trusted = ", ".join(map(str, trusted_networks)) or "UNIX socket peers"
+            log.info(
+                "listening for TCP on {where} with a PROXY header first, believed only from "
+                "{trusted}",
+                where=where,
+                trusted=trusted,
+            )
+        else:
+            log.info("listening for TCP on {where}", where=where)
         return port
 
     def privilegedStartService(self) -> None:
@@ -434,6 +634,52 @@ class _EndpointListener(internet.StreamServerEndpointService):
     def startService(self) -> None:
         self.bind()
         Service.startService(self)
+
+    def stopService(self) -> Deferred[Any]:
+        """Stop listening, once: the drain stops the port first, the service's stop again."""
+        if self._stopping:
+            return succeed(None)
+        self._stopping = True
+        stopping: Deferred[Any] = super().stopService()
+        return stopping
+
+
+class _MetricsListener(_EndpointListener):
+    """The --metrics web server's port."""
+
+    option = "--metrics"
+
+    def _listening(self, port: Any) -> Any:
+        log.info("serving metrics on http://{where}/metrics", where=describe_peer(port.getHost()))
+        return port
+
+
+def _observe(
+    options: Options, reactor: IServiceReactor, root: str, observers: Observers, top: MultiService
+) -> None:
+    """Add what --metrics, --event-log and --on-stored ask for to C{observers} and C{top}."""
+    if options["metrics"] is not None:
+        from twisted.internet.endpoints import serverFromString
+
+        from filexfer._metrics import Metrics, metrics_site
+
+        metrics = Metrics()
+        observers.add(metrics)
+        endpoint = serverFromString(reactor, options["metrics"])
+        _MetricsListener(endpoint, metrics_site(metrics), options["metrics"]).setServiceParent(top)
+    if options["event-log"] is not None:
+        event_log = EventLog(options["event-log"])
+        observers.add(event_log)
+        EventLogService(event_log, reactor).setServiceParent(top)
+    if options["on-stored-argv"] is not None:
+        hooks = OnStored(
+            reactor,
+            options["on-stored-argv"],
+            root,
+            concurrency=options["on-stored-concurrency"],
+            timeout=options["on-stored-timeout"],
+        )
+        observers.add(hooks)
 
 
 def bind_ports(top: MultiService) -> None:
@@ -463,18 +709,15 @@ HASHING_THREADS = 2
 """Threads that hash bytes on disk to start uploads (resumes, stored-file checks)."""
 
 
-class HashingPool(Service):
-    """A thread pool of L{HASHING_THREADS} threads for long hashing jobs.
+class BlockingPool(Service):
+    """A bounded thread pool of its own, started with its first job, stopped with the service.
 
-    Hashing bytes already on disk to start an upload (a large partial, a
-    stored file without a cached digest) can take minutes: a small pool of
-    its own keeps the reactor's pool free for every other upload.  It starts
-    with its first job and stops with the service.
+    @param threads: at most this many jobs run at once; the others wait.
     """
 
-    def __init__(self, reactor: IReactorFromThreads) -> None:
+    def __init__(self, reactor: IReactorFromThreads, threads: int, name: str) -> None:
         self.reactor = reactor
-        self.pool = ThreadPool(minthreads=0, maxthreads=HASHING_THREADS, name="filexfer-hashing")
+        self.pool = ThreadPool(minthreads=0, maxthreads=threads, name=name)
 
     def run(self, work: Any) -> Any:
         """Run C{work} in the pool; a Deferred of its result."""
@@ -489,15 +732,16 @@ class HashingPool(Service):
             self.pool.stop()
 
 
-class CutOnShutdown(Service):
-    """When the service stops, uploads still streaming are cut, each with its log line."""
+class HashingPool(BlockingPool):
+    """A pool of L{HASHING_THREADS} threads for long hashing jobs.
 
-    def __init__(self, factory: ReceiverFactory) -> None:
-        self.factory = factory
+    Hashing bytes already on disk to start an upload (a large partial, a
+    stored file without a cached digest) can take minutes: a small pool of
+    its own keeps the reactor's pool free for every other upload.
+    """
 
-    def stopService(self) -> Any:
-        super().stopService()
-        self.factory.shut_down()
+    def __init__(self, reactor: IReactorFromThreads) -> None:
+        super().__init__(reactor, HASHING_THREADS, "filexfer-hashing")
 
 
 def _open_storage(
@@ -532,7 +776,36 @@ def _open_storage(
     return storage
 
 
-def make_service(options: Options, reactor: IServiceReactor) -> MultiService:
+def _open_s3(options: Options, pool: BlockingPool, reactor: IServiceReactor) -> S3Storage:
+    """The S3 storage of --storage; the bucket is checked in the background.
+
+    A store that does not answer now may answer later: the node serves, and
+    each upload meanwhile gets a 503 saying why (logged here once too).
+    The boto3 client is made on first use, in each --workers process.
+    """
+    from filexfer.storage.s3 import default_client_factory
+
+    bucket, prefix = options["s3"]
+    storage = S3Storage(
+        bucket,
+        prefix,
+        options["on-conflict"],
+        client_factory=default_client_factory(options["s3-endpoint"], options["s3-region"]),
+        run_blocking=pool.run,
+        max_size=options["max-size"],
+        lease_seconds=options["s3-lease"],
+        clock=reactor,
+    )
+    checking = storage.check_bucket()
+    checking.addErrback(
+        lambda failure: log.warn(
+            "{root}: {reason}", root=storage.root, reason=failure.getErrorMessage()
+        )
+    )
+    return storage
+
+
+def make_service(options: Options, reactor: IServiceReactor) -> GracefulService:
     """Build the service tree for C{options}, on C{reactor}.
 
     The ports are bound when the service starts, or earlier by L{bind_ports}.
@@ -540,12 +813,24 @@ def make_service(options: Options, reactor: IServiceReactor) -> MultiService:
     @raise StartupError: the --root cannot be used.
     """
     raise_open_files_limit()
-    hashing = HashingPool(reactor)
-    storage = _open_storage(options, reactor, hashing)
+    pool: BlockingPool
+    storage: DirectoryStorage | S3Storage
+    if options["storage"] is not None:
+        pool = BlockingPool(reactor, options["s3-threads"], "filexfer-s3")
+        storage = _open_s3(options, pool, reactor)
+    else:
+        pool = HashingPool(reactor)
+        storage = _open_storage(options, reactor, pool)
     log.info("storing into {root}", root=storage.root)
     access = AccessPolicy(options["allow"])
-    top = MultiService()
-    hashing.setServiceParent(top)
+    top = GracefulService(reactor, options["grace"], relayed=options["worker-of"] is not None)
+    observers = Observers()
+    if options["worker-of"] is not None and options.observes:
+        # the first child, so stopped last: it forwards the records of cut uploads too
+        forward = RecordsToParent(reactor)
+        observers.add(forward)
+        forward.setServiceParent(top)
+    pool.setServiceParent(top)
     factory = ReceiverFactory(
         storage,
         clock=reactor,
@@ -554,10 +839,9 @@ def make_service(options: Options, reactor: IServiceReactor) -> MultiService:
         idle_timeout=options["idle-timeout"],
         limits=ConnectionLimits(options["max-connections"], options["max-per-ip"]),
         access=access,
+        observer=observers,
     )
     factory.noisy = False  # no "Starting factory <...ReceiverFactory object at 0x...>"
-    # Stopped after the ports (a MultiService stops its children last first).
-    CutOnShutdown(factory).setServiceParent(top)
     port = options["port"]
     if options.shares_ports:
         SharedStreamPort(reactor, port, factory, LISTEN_BACKLOG).setServiceParent(top)
@@ -581,23 +865,43 @@ def make_service(options: Options, reactor: IServiceReactor) -> MultiService:
                     port=port,
                 )
                 continue
-            endpoint = serverFromString(reactor, _with_backlog(description))
-            _EndpointListener(endpoint, factory, description).setServiceParent(top)
+            listening: Any = factory
+            inner = description
+            if behind_proxy(description) is not None:
+                # imported here: Twisted's haproxy package loads the TLS libraries
+                from filexfer.tcp._proxy import TrustedProxyFactory
+
+                listening = TrustedProxyFactory(
+                    factory,
+                    options["trusted-proxy"],
+                    clock=reactor,
+                    timeout=options["handshake-timeout"],
+                )
+                inner = description[len(PROXY_PREFIX) :]
+            endpoint = serverFromString(reactor, _with_backlog(inner))
+            _EndpointListener(endpoint, listening, description).setServiceParent(top)
+    before_ports = {pool, *(observers.observers)}  # the records' forwarder
+    tcp_ports = [child for child in top if child not in before_ports]
+    intakes: list[Any] = [TCPIntake(factory, tcp_ports)]
     tftp_port = options.tftp_port()
-    if tftp_port is None and not options["no-tftp"]:
-        log.warn("TFTP is off: with only --listen, give --tftp-port to serve TFTP")
-    if tftp_port is not None:
+    inherited = options["tftp-listen"]
+    if tftp_port is None and inherited is None and not options["no-tftp"]:
+        log.warn(
+            "TFTP is off: with only --listen, give --tftp-port (or --tftp-listen) to serve TFTP"
+        )
+    if tftp_port is not None or inherited is not None:
         from filexfer.tftp._setup import fleet_settings
         from filexfer.tftp.server import TFTPServerProtocol
 
         allow_write = not options["tftp-read-only"]
+        udp_port = f"UDP port {tftp_port}" if tftp_port is not None else f"the socket {inherited}"
         if options["token"] is not None and allow_write:
             if options["tftp-allow-write-without-token"]:
                 log.warn(
                     "--token is set but TFTP cannot carry it: with "
-                    "--tftp-allow-write-without-token anyone who reaches UDP port {port} "
+                    "--tftp-allow-write-without-token anyone who reaches {port} "
                     "may upload",
-                    port=tftp_port,
+                    port=udp_port,
                 )
             else:
                 allow_write = False
@@ -607,9 +911,9 @@ def make_service(options: Options, reactor: IServiceReactor) -> MultiService:
                 )
         if options["token"] is not None and not options["tftp-no-read"]:
             log.warn(
-                "--token is set but TFTP downloads need none: anyone who reaches UDP port "
-                "{port} may read the files under --root (--tftp-no-read or --no-tftp to stop it)",
-                port=tftp_port,
+                "--token is set but TFTP downloads need none: anyone who reaches {port} "
+                "may read the files under --root (--tftp-no-read or --no-tftp to stop it)",
+                port=udp_port,
             )
         tftp = TFTPServerProtocol(
             storage=storage,
@@ -619,14 +923,26 @@ def make_service(options: Options, reactor: IServiceReactor) -> MultiService:
             max_blksize=options["tftp-max-blksize"],
             max_windowsize=options["tftp-max-windowsize"],
             access=access,
+            observer=observers,
             **fleet_settings(options, reactor, storage),
         )
         tftp.noisy = False
-        option = f"--tftp-port {tftp_port}" if options["tftp-port"] else f"--port {tftp_port}"
+        intakes.append(TFTPIntake(tftp))
         udp: Service
-        if options.shares_ports:
+        if inherited is not None:
+            udp = InheritedPort(
+                reactor,
+                socket.SOCK_DGRAM,
+                parse_inherited(inherited),
+                tftp,
+                option=f"--tftp-listen {inherited}",
+            )
+        elif options.shares_ports:
+            assert tftp_port is not None
             udp = SharedDatagramPort(reactor, tftp_port, tftp, options["tftp-interface"])
         else:
+            assert tftp_port is not None
+            option = f"--tftp-port {tftp_port}" if options["tftp-port"] else f"--port {tftp_port}"
             udp = ListeningPort(
                 reactor,
                 socket.SOCK_DGRAM,
@@ -636,11 +952,16 @@ def make_service(options: Options, reactor: IServiceReactor) -> MultiService:
                 interface=options["tftp-interface"],
             )
         udp.setServiceParent(top)
+    top.drain_with(intakes)
     if options["worker-of"] is not None:
         ParentWatch(reactor, options["worker-of"]).setServiceParent(top)
         return top  # the first process does the housekeeping
+    _observe(options, reactor, storage.root, observers, top)
     if options["workers"] > 1:
-        WorkerProcesses(reactor, options["workers"] - 1, options.argv).setServiceParent(top)
+        workers_observer = observers if options.observes else None
+        workers = WorkerProcesses(reactor, options["workers"] - 1, options.argv, workers_observer)
+        workers.setServiceParent(top)
+        top.drain_with(intakes, helpers=[workers])
     cleanup = internet.TimerService(3600, remove_stale_in, storage, options["partial-max-age"])
     cleanup.clock = reactor
     cleanup.setServiceParent(top)

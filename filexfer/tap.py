@@ -42,6 +42,7 @@ def makeService(options: service.Options) -> IService:
         service.bind_ports(top)
     except StartupError as error:
         _fail(str(error), 1)
+    top.take_over_process()  # SIGTERM drains and exits 0; systemd hears READY=1
     return top
 
 

@@ -14,6 +14,9 @@
    (seeded); its L{FakeUDPPort}s hand datagrams to a TFTP transfer through
    the transfer's own burst reads and fast path, as real sockets do, and
    record what is written to them;
+ - L{LossyRelay}: a UDP relay on real loopback sockets between one TFTP
+   client and a server (any implementation), dropping, duplicating,
+   delaying and reordering datagrams (seeded), and counting what it saw;
  - L{start_receiver}, L{start_tftp_server}: a receiver or a TFTP server on a
    free loopback port of the real reactor, storing under a root directory,
    for tests that want real sockets (L{RunningReceiver.stop} and
@@ -68,7 +71,7 @@ import os
 import random
 from collections import deque
 from collections.abc import Callable
-from typing import Any, BinaryIO
+from typing import Any
 
 import attrs
 from twisted.internet.address import IPv4Address, IPv6Address
@@ -100,12 +103,15 @@ from filexfer.storage import (
     BlockingRunner,
     ConflictPolicy,
     DirectoryStorage,
+    IReadSource,
     IStorage,
     IUpload,
     Receipt,
     numbered_name,
+    policy_for,
 )
 from filexfer.storage._disk import run_here
+from filexfer.storage._sources import FileSource
 from filexfer.tcp.receiver import ReceiverFactory, ReceiverProtocol
 from filexfer.tcp.sender import send_file
 from filexfer.tftp._udp import reads_itself
@@ -117,6 +123,7 @@ __all__ = [
     "HalfCloseFakeTransport",
     "InMemoryEndpoint",
     "InMemoryReceiver",
+    "LossyRelay",
     "ManualRunner",
     "MemoryStorage",
     "MemoryUpload",
@@ -158,7 +165,8 @@ class MemoryStorage:
     Size and Mtime (the sender sends the whole file and the copy is found
     by content), no free-space reserve (507) and no check of the Mtime
     against a file system's range.  The announced Mtime of each stored file
-    is kept in L{mtimes}.
+    is kept in L{mtimes}.  Its receipt digest is SHA-256 only (L{digests}):
+    a receiver declines a client's C{Digest: BLAKE3} and answers with SHA-256.
 
     @param on_conflict: C{"rename"}, C{"overwrite"} or C{"refuse"}.
     @param max_size: the largest accepted file in bytes, or None.
@@ -184,6 +192,9 @@ class MemoryStorage:
         self.files: dict[str, bytes] = {}
         self.mtimes: dict[str, int] = {}
 
+    digests = ("sha256",)
+    """The receipt digests L{begin} accepts (see L{IStorage.digests})."""
+
     # -- receiving ---------------------------------------------------------
 
     def begin(
@@ -196,12 +207,15 @@ class MemoryStorage:
         trailer: bool = False,
         fresh: bool = False,
         exact_name: bool = False,
+        digest: str = "sha256",
     ) -> Deferred[IUpload]:
         """Start receiving C{path} (see L{IStorage.begin}).
 
         C{trailer} and C{fresh} change nothing here: nothing is ever held
-        from an earlier upload.
+        from an earlier upload.  C{digest} must be C{"sha256"} (L{digests}).
         """
+        if digest not in self.digests:
+            raise ValueError(f"MemoryStorage computes no {digest!r} digest")
         try:
             path = validate_path(path)
             if size is not None:
@@ -219,15 +233,16 @@ class MemoryStorage:
         exact_name: bool = False,
     ) -> IUpload:
         self._check_parents(path)
-        if self._is_directory(path) and (self.on_conflict == "overwrite" or exact_name):
+        policy = policy_for(self.on_conflict, exact_name)
+        if self._is_directory(path) and (policy == "overwrite" or exact_name):
             raise TransferError(409, f"{path} exists and is a directory")
         if sha256 is not None and size is not None:
-            stored = self._identical_copy(path, size, sha256)
+            stored = self._identical_copy(path, size, sha256, policy)
             if stored is not None:
                 return MemoryUpload(self, path, size, sha256, mtime_ns, stored=stored)
-        if self._taken(path) and self.on_conflict == "refuse":
+        if self._taken(path) and policy == "refuse":
             raise TransferError(409, f"{path} already exists")
-        return MemoryUpload(self, path, size, sha256, mtime_ns)
+        return MemoryUpload(self, path, size, sha256, mtime_ns, exact_name=exact_name)
 
     def check_size(self, size: int) -> None:
         """Refuse with 413 a file of C{size} bytes above C{max_size}."""
@@ -236,19 +251,30 @@ class MemoryStorage:
                 413, f"file is larger than the server allows ({self.max_size} bytes)"
             )
 
-    def place(self, path: str, data: bytes, digest: str, mtime_ns: int | None) -> Receipt:
-        """Store verified bytes under C{path} by the conflict policy; their receipt."""
+    def place(
+        self,
+        path: str,
+        data: bytes,
+        digest: str,
+        mtime_ns: int | None,
+        exact_name: bool = False,
+    ) -> Receipt:
+        """Store verified bytes under C{path} by the conflict policy; their receipt.
+
+        With C{exact_name}, under C{path} or not at all (L{policy_for}).
+        """
         self._check_parents(path)
-        identical = self._identical_copy(path, len(data), digest)
+        policy = policy_for(self.on_conflict, exact_name)
+        identical = self._identical_copy(path, len(data), digest, policy)
         if identical is not None:
             return identical
-        if self.on_conflict == "overwrite":
+        if policy == "overwrite":
             if self._is_directory(path):
                 raise TransferError(409, f"{path} exists and is a directory")
             stored_path = path
         elif not self._taken(path):
             stored_path = path
-        elif self.on_conflict == "refuse":
+        elif policy == "refuse":
             raise TransferError(409, f"{path} already exists")
         else:
             stored_path = self._free_name(path)
@@ -285,10 +311,10 @@ class MemoryStorage:
                 return candidate
         raise TransferError(409, f"no free name for {path}: {_MAX_RENAME_TRIES} are taken")
 
-    def _copies(self, path: str) -> list[str]:
+    def _copies(self, path: str, policy: ConflictPolicy) -> list[str]:
         """C{path} and, under C{rename}, its numbered copies up to the first free number."""
         found = [path] if path in self.files else []
-        if self.on_conflict != "rename":
+        if policy != "rename":
             return found
         for number in range(1, _MAX_RENAME_TRIES):
             candidate = self._numbered(path, number)
@@ -297,8 +323,10 @@ class MemoryStorage:
             found.append(candidate)
         return found
 
-    def _identical_copy(self, path: str, size: int, digest: str) -> Receipt | None:
-        for stored_path in self._copies(path):
+    def _identical_copy(
+        self, path: str, size: int, digest: str, policy: ConflictPolicy
+    ) -> Receipt | None:
+        for stored_path in self._copies(path, policy):
             data = self.files[stored_path]
             if len(data) == size and hmac.compare_digest(hashlib.sha256(data).hexdigest(), digest):
                 return Receipt(size, digest, stored_path)
@@ -306,15 +334,18 @@ class MemoryStorage:
 
     # -- reading -----------------------------------------------------------
 
-    def open_read(self, path: str) -> tuple[BinaryIO, int]:
-        """A stored file as (a C{BytesIO}, its size); 404 when absent, 403 for a directory."""
-        path = validate_path(path)
-        if path in self.files:
-            data = self.files[path]
-            return io.BytesIO(data), len(data)
-        if self._is_directory(path):
-            raise TransferError(403, f"{path} is not a regular file")
-        raise TransferError(404, f"{path} not found")
+    def open_read(self, path: str) -> Deferred[IReadSource]:
+        """A stored file as a source that answers at once; 404 when absent, 403 for a directory."""
+        try:
+            path = validate_path(path)
+            if path in self.files:
+                data = self.files[path]
+                return succeed(FileSource(io.BytesIO(data), len(data)))
+            if self._is_directory(path):
+                raise TransferError(403, f"{path} is not a regular file")
+            raise TransferError(404, f"{path} not found")
+        except TransferError:
+            return fail()
 
 
 @implementer(IUpload)
@@ -327,6 +358,7 @@ class MemoryUpload:
 
     prefix_sha256: str | None = _EMPTY_SHA256
     offset = 0
+    digest = "sha256"
 
     def __init__(
         self,
@@ -337,10 +369,12 @@ class MemoryUpload:
         mtime_ns: int | None,
         *,
         stored: Receipt | None = None,
+        exact_name: bool = False,
     ) -> None:
         self.path = path
         self.expected_size = size
         self.stored = stored
+        self.exact_name = exact_name
         self._storage = storage
         self._sha256 = sha256
         self._mtime_ns = mtime_ns
@@ -401,7 +435,7 @@ class MemoryUpload:
             )
         self.abort(keep_partial=False)  # the bytes are in `data` now
         return self._storage.run_blocking(
-            lambda: self._storage.place(self.path, data, digest, self._mtime_ns)
+            lambda: self._storage.place(self.path, data, digest, self._mtime_ns, self.exact_name)
         )
 
     def abort(self, keep_partial: bool) -> None:
@@ -455,7 +489,7 @@ def connect_in_memory(
 class InMemoryEndpoint:
     """A client endpoint that connects to a fresh protocol of C{server_factory} via iosim.
 
-    Nothing moves until a pump in L{pumps} (one per connection) is pumped.
+    Nothing moves until a pump in C{pumps} (one per connection) is pumped.
     """
 
     def __init__(self, server_factory: Factory, clock: Clock) -> None:
@@ -856,6 +890,149 @@ class FakeUDPNetwork(Clock):
             self.rightNow = max(self.rightNow, when)
             self.advance(0)
         return bool(fired)
+
+
+# -- a lossy relay on real sockets -------------------------------------------------
+
+
+class _RelayLeg(DatagramProtocol):
+    """One relay socket: hands what it receives to the relay."""
+
+    def __init__(self, relay: LossyRelay) -> None:
+        self.relay = relay
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        self.relay.received(self, datagram, (addr[0], addr[1]))
+
+
+class LossyRelay:
+    """A UDP relay between one TFTP client and a server, impairing every datagram.
+
+    The client talks to the address L{start} returns; the relay talks to
+    the server from a port of its own.  For each transfer port (TID) the
+    server opens, the relay opens a mirror port, so the client sees a TID
+    of its own to lock onto.  Every datagram, either way, is copied twice
+    with probability C{duplicate}; each copy is lost with probability
+    C{loss}, else delivered after C{delay} seconds, plus a draw from
+    C{reorder_delay} with probability C{reorder} (so later datagrams
+    overtake it).  The draws come from C{random.Random(seed)}.
+
+    @param reactor: a reactor with C{listenUDP} and C{callLater}.
+    @param server: the server's (host, port).
+    @param host: the loopback address the relay listens on.
+    @ivar data_sent: DATA datagrams the relay was given, per direction
+        (C{"to-server"}, C{"to-client"}), before any impairment.
+    @ivar acks_sent: ACK datagrams likewise.
+    @ivar dropped: copies lost, both ways.
+    @ivar duplicated: datagrams copied twice, both ways.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        server: Address,
+        *,
+        seed: int,
+        loss: float = 0.05,
+        duplicate: float = 0.05,
+        delay: float = 0.001,
+        reorder: float = 0.05,
+        reorder_delay: tuple[float, float] = (0.001, 0.004),
+        host: str = LOOPBACK,
+    ) -> None:
+        self.reactor = reactor
+        self.server = server
+        self.host = host
+        self.random = random.Random(seed)
+        self.loss = loss
+        self.duplicate = duplicate
+        self.delay = delay
+        self.reorder = reorder
+        self.reorder_delay = reorder_delay
+        self.client: Address | None = None
+        self.front = _RelayLeg(self)
+        self.back = _RelayLeg(self)
+        self.mirrors: dict[Address, _RelayLeg] = {}  # server TID -> our port facing the client
+        self.ports: list[Any] = []
+        self.pending: set[IDelayedCall] = set()
+        self.data_sent: dict[str, int] = {"to-server": 0, "to-client": 0}
+        self.acks_sent: dict[str, int] = {"to-server": 0, "to-client": 0}
+        self.blocks_seen: dict[str, set[int]] = {"to-server": set(), "to-client": set()}
+        self.acks_seen: dict[str, set[int]] = {"to-server": set(), "to-client": set()}
+        self.dropped = 0
+        self.duplicated = 0
+
+    def start(self) -> Address:
+        """Listen; return the address the client should use as the server."""
+        self.ports.append(self.reactor.listenUDP(0, self.back, interface=self.host))
+        front = self.reactor.listenUDP(0, self.front, interface=self.host)
+        self.ports.append(front)
+        return (self.host, front.getHost().port)
+
+    def stop(self) -> Deferred[Any]:
+        """Cancel pending deliveries and close every port."""
+        for call in list(self.pending):
+            if call.active():
+                call.cancel()
+        return gatherResults([maybeDeferred(port.stopListening) for port in self.ports])
+
+    def received(self, leg: _RelayLeg, datagram: bytes, source: Address) -> None:
+        """A datagram reached one of the relay's ports from C{source}."""
+        if leg is self.back:
+            self._from_server(datagram, source)
+            return
+        self.client = source
+        target = self.server
+        for tid, mirror in self.mirrors.items():
+            if mirror is leg:
+                target = tid
+        self._impair(self.back, datagram, target, "to-server")
+
+    def _from_server(self, datagram: bytes, tid: Address) -> None:
+        mirror = self.mirrors.get(tid)
+        if mirror is None:
+            mirror = self.mirrors[tid] = _RelayLeg(self)
+            self.ports.append(self.reactor.listenUDP(0, mirror, interface=self.host))
+        if self.client is not None:
+            self._impair(mirror, datagram, self.client, "to-client")
+
+    def _impair(self, leg: _RelayLeg, datagram: bytes, target: Address, direction: str) -> None:
+        kind = datagram[:2]
+        if kind == b"\x00\x03":  # DATA: count what the sender sent
+            self.data_sent[direction] += 1
+            self.blocks_seen[direction].add(int.from_bytes(datagram[2:4], "big"))
+        elif kind == b"\x00\x04":
+            self.acks_sent[direction] += 1
+            self.acks_seen[direction].add(int.from_bytes(datagram[2:4], "big"))
+        draw = self.random.random
+        copies = 2 if draw() < self.duplicate else 1
+        self.duplicated += copies - 1
+        for _ in range(copies):
+            if draw() < self.loss:
+                self.dropped += 1
+                continue
+            delay = self.delay
+            if draw() < self.reorder:
+                delay += self.random.uniform(*self.reorder_delay)
+            call = self.reactor.callLater(delay, self._deliver, leg, datagram, target)
+            self.pending.add(call)
+
+    def _deliver(self, leg: _RelayLeg, datagram: bytes, target: Address) -> None:
+        self.pending = {call for call in self.pending if call.active()}
+        if leg.transport is not None:
+            leg.transport.write(datagram, target)
+
+    def retransmitted(self, direction: str) -> int:
+        """DATA datagrams sent more than once toward C{direction}.
+
+        Blocks are counted by number, so a transfer of more than 65536
+        blocks counts a wrapped number as a repeat.
+        """
+        return self.data_sent[direction] - len(self.blocks_seen[direction])
+
+    def reacked(self, direction: str) -> int:
+        """ACK datagrams sent more than once toward C{direction} (by block number)."""
+        return self.acks_sent[direction] - len(self.acks_seen[direction])
 
 
 # -- blocking work -----------------------------------------------------------------

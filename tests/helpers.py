@@ -54,6 +54,13 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def blake3_bytes(data: bytes) -> str:
+    """The hex BLAKE3 of C{data} (the reference implementation, not ours)."""
+    import blake3
+
+    return blake3.blake3(data).hexdigest()
+
+
 def sha256_file(path: str) -> str:
     """The hex SHA-256 of the file at C{path}."""
     with open(path, "rb") as handle:
@@ -131,6 +138,27 @@ def mount_tmpfs(testcase: Any, folder: str, options: str) -> str | None:
         return mounted.stderr.strip() or f"mount exited {mounted.returncode}"
     testcase.addCleanup(subprocess.run, ["umount", "-l", folder], timeout=30)
     return None
+
+
+def upload_holding(root: str, port: int, request: Any, held: int) -> socket.socket:
+    """An FX/1 upload of C{request} (a C{_wire.PutRequest}) to a server storing into C{root}
+    whose first C{held} bytes (As) are on the server's disk; the caller sends the rest."""
+    from filexfer.tcp import _wire
+
+    sock = socket.create_connection((LOOPBACK, port), timeout=30)
+    sock.sendall(_wire.encode_put(request))
+    line = read_line(sock)
+    if not line.startswith(b"ok 0"):
+        raise AssertionError(f"the server answered {line!r}")
+    sock.sendall(b"A" * held)
+
+    def partial_holds_them() -> bool:
+        names = state_files(root, "partial")
+        partial = os.path.join(root, ".filexfer", "partial", names[0]) if names else ""
+        return bool(names) and os.path.getsize(partial) == held
+
+    wait_until(partial_holds_them, 30, f"{held} bytes in the partial")
+    return sock
 
 
 def reset_socket(sock: socket.socket) -> None:
@@ -249,14 +277,14 @@ class LineLog:
 class ServerProcess:
     """A server child process whose output is one merged log."""
 
-    def __init__(self, command: Sequence[str], cwd: str) -> None:
+    def __init__(self, command: Sequence[str], cwd: str, env: dict[str, str] | None = None) -> None:
         self.process = subprocess.Popen(
             list(command),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             text=True,
-            env=child_env(),
+            env={**child_env(), **(env or {})},
             cwd=cwd,
         )
         self.log = LineLog(self.process.stdout)
@@ -280,14 +308,15 @@ class ServerProcess:
         return status
 
     def stop(self) -> None:
-        """SIGTERM, wait a bounded time, then SIGKILL; always reap."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
+        """SIGTERM (a drain), a second SIGTERM (cut) if it lasts, then SIGKILL; always reap."""
+        for signum in (signal.SIGTERM, signal.SIGTERM, signal.SIGKILL):
+            if self.process.poll() is not None:
+                break
+            self.process.send_signal(signum)
             try:
                 self.process.wait(10)
             except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+                continue
         self.log.join(5)
         if self.process.stdout is not None:
             self.process.stdout.close()

@@ -22,6 +22,7 @@ from filexfer.cli import (
     UserError,
     _build_parser,
     _needs_tls,
+    _tftp_options,
     describe_failure,
     files_to_send,
     parse_command_line,
@@ -68,6 +69,42 @@ class ParseDestinationTests(unittest.TestCase):
             parse_destination("tftp://host/name"), Destination("tftp", "host", 69, "name")
         )
         self.assertEqual(parse_destination("tftp://[::1]/n"), Destination("tftp", "::1", 69, "n"))
+
+    def test_tftp_url_decoded(self) -> None:
+        """A tftp:// name is percent-decoded and ;mode= is the mode (RFC 3617), as curl reads it."""
+        self.assertEqual(
+            parse_destination("tftp://h:6969/my%20file.txt"),
+            Destination("tftp", "h", 6969, "my file.txt"),
+        )
+        self.assertEqual(
+            parse_destination("tftp://h:6969/mode.txt;mode=netascii"),
+            Destination("tftp", "h", 6969, "mode.txt", "netascii"),
+        )
+        self.assertEqual(parse_destination("tftp://h//boot.cfg").path, "/boot.cfg")
+
+    def test_tftp_url_refused_is_usage(self) -> None:
+        """A tftp:// URL the parser refuses is a usage error (status 2) with its reason."""
+        for text, reason in (("tftp://h/x;mode=mail", "mode=mail"), ("tftp://h/a%00", "NUL")):
+            error = self.assertRaises(UserError, parse_destination, text)
+            self.assertEqual(error.status, 2, text)
+            self.assertIn(reason, str(error))
+
+    def test_mode(self) -> None:
+        """--mode, else the URL's ;mode=, else octet; the two disagreeing is a usage error."""
+        for argv, url, mode in (
+            ([], "tftp://h/f", "octet"),
+            ([], "tftp://h/f;mode=netascii", "netascii"),
+            (["--mode", "netascii"], "tftp://h/f", "netascii"),
+            (["--mode", "netascii"], "tftp://h/f;mode=netascii", "netascii"),
+        ):
+            for command in (["get", url], ["send", "f", url]):
+                args = parse_command_line([*command, *argv])
+                self.assertEqual(_tftp_options(args, parse_destination(url))["mode"], mode)
+        args = parse_command_line(["get", "tftp://h/f;mode=octet", "--mode", "netascii"])
+        error = self.assertRaises(
+            UserError, _tftp_options, args, parse_destination("tftp://h/f;mode=octet")
+        )
+        self.assertEqual(error.status, 2)
 
     def test_url_host(self) -> None:
         """Printed tftp:// URLs bracket an IPv6 host (RFC 3986), as the user typed it."""

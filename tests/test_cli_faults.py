@@ -24,6 +24,7 @@ from twisted.logger import capturedLogs
 from twisted.trial import unittest
 
 from filexfer._log import log_transfer
+from filexfer._records import TransferRecord
 from filexfer._text import escape
 from filexfer.cli import files_to_send
 from filexfer.tcp import _wire
@@ -446,12 +447,14 @@ class PeerTextTests(Base):
         """The server's transfer line escapes what a client chose: path, outcome."""
         with capturedLogs() as events:
             log_transfer(
-                protocol="tftp-wrq",
-                peer="127.0.0.1:9",
-                path=f"p{NASTY}",
-                nbytes=0,
-                seconds=0.0,
-                outcome=f"peer error 0 {NASTY}",
+                TransferRecord(
+                    protocol="tftp",
+                    direction="upload",
+                    peer="127.0.0.1:9",
+                    path=f"p{NASTY}",
+                    outcome="aborted",
+                    detail=f"peer error 0 {NASTY}",
+                )
             )
         from twisted.logger import formatEvent
 
@@ -628,6 +631,17 @@ class FreshTesterTests(Base):
         local = write_file(os.path.join(self.base, "f.txt"), b"f")
         result = run_filexfer("send", "--tls", local, "tftp://127.0.0.1:9/")
         self.assertOneLine(result, 2, "TFTP has no TLS")
+
+    def test_mode_with_tcp(self) -> None:
+        """--mode with a TCP destination is refused in one line: the push sends bytes as is."""
+        local = write_file(os.path.join(self.base, "f.txt"), b"f")
+        result = run_filexfer("send", "--mode", "netascii", local, "127.0.0.1:9")
+        self.assertOneLine(result, 2, "--mode", "TFTP")
+
+    def test_mode_contradicting_the_url(self) -> None:
+        """--mode octet with ;mode=netascii in the URL is one usage line, nothing sent."""
+        result = run_filexfer("get", "--mode", "octet", "tftp://127.0.0.1:9/f;mode=netascii")
+        self.assertOneLine(result, 2, "--mode octet", ";mode=netascii")
 
     def test_plain_with_a_remote_directory(self) -> None:
         """--plain to HOST:PORT/dir/ is refused: the classic form has no directories."""

@@ -32,6 +32,7 @@ from tests.helpers import (
     start_twistd,
     start_twistd_tftp,
     state_files,
+    upload_holding,
     visible_files,
     wait_until,
     write_file,
@@ -77,18 +78,7 @@ class ProcessTestCase(unittest.TestCase):
 
     def upload_holding(self, port: int, request: _wire.PutRequest, held: int) -> socket.socket:
         """An FX/1 upload of C{request} whose first C{held} bytes (As) are on the server's disk."""
-        sock = socket.create_connection((LOOPBACK, port), timeout=30)
-        sock.sendall(_wire.encode_put(request))
-        self.assertTrue(read_line(sock).startswith(b"ok 0"))
-        sock.sendall(b"A" * held)
-
-        def partial_holds_them() -> bool:
-            names = state_files(self.root, "partial")
-            partial = os.path.join(self.root, ".filexfer", "partial", names[0]) if names else ""
-            return bool(names) and os.path.getsize(partial) == held
-
-        wait_until(partial_holds_them, 30, f"{held} bytes in the partial")
-        return sock
+        return upload_holding(self.root, port, request, held)
 
 
 # -- 0. the server's log tells how an upload ended ---------------------------------------
@@ -97,14 +87,14 @@ class ProcessTestCase(unittest.TestCase):
 @pytest.mark.integration
 class ShutdownLogTests(ProcessTestCase):
     def test_upload_cut_by_sigterm_is_logged(self) -> None:
-        """SIGTERM to twistd while an FX/1 upload streams: one line saying the
-        shutdown cut it and that its bytes are kept; the partial is there."""
-        server = start_twistd(self, self.root)
+        """SIGTERM to twistd while an FX/1 upload streams and stalls past --grace: one
+        line saying the shutdown cut it and that its bytes are kept; the partial is there."""
+        server = start_twistd(self, self.root, "--grace", "0.5")
         request = _wire.PutRequest("cut.bin", 100_000, None, 1_650_000_000 * 10**9, trailer=True)
         sock = self.upload_holding(server.port, request, 40_000)
         self.addCleanup(sock.close)
         server.signal(signal.SIGTERM)
-        server.wait(30)  # twistd ends by its SIGTERM once it has shut down
+        self.assertEqual(server.wait(30), 0)  # once the grace has passed
         lines = [line for line in server.log.lines if "'cut.bin'" in line]
         self.assertEqual(len(lines), 1, server.log.text())
         self.assertTrue(

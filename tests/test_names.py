@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from twisted.trial import unittest
 
 from filexfer._errors import TransferError
-from filexfer._names import STATE_DIR, validate_name, validate_path
+from filexfer._names import STATE_DIR, from_tftp_root, validate_name, validate_path
 
 
 class ValidatePathTests(unittest.TestCase):
@@ -115,6 +115,25 @@ class ValidatePathTests(unittest.TestCase):
             self.assertIn(error.code, (400, 403))
         else:
             self.assertEqual(result.encode("utf-8"), raw)
+
+
+class FromTFTPRootTests(unittest.TestCase):
+    def test_leading_slashes_dropped(self) -> None:
+        """Leading slashes go, the rest stays for validate_path (tftpd-hpa -s serves them)."""
+        cases = {
+            "/pxelinux.cfg/default": "pxelinux.cfg/default",
+            "//boot.cfg": "boot.cfg",
+            "boot.cfg": "boot.cfg",
+            "/../x": "../x",
+            "/a//b/": "a//b/",
+            "/": "",
+        }
+        self.assertEqual({name: from_tftp_root(name) for name in cases}, cases)
+
+    def test_component_rules_still_apply(self) -> None:
+        """What is left after the slashes is still refused when it breaks a rule."""
+        for name in ["/../x", "/", "/./a", "/a//b", "/.filexfer/tmp"]:
+            self.assertRaises(TransferError, validate_path, from_tftp_root(name))
 
 
 class ValidateNameTests(unittest.TestCase):

@@ -209,7 +209,7 @@ class MountPointTests(PlacesTestCase):
             protocol, transport = self.connect()
             protocol.dataReceived(put(path, size=1))
             self.assertTrue(transport.value().startswith(b"error 403 "), transport.value())
-        error = self.assertRaises(TransferError, self.storage.open_read, "archive/.filexfer/mounts")
+        error = self.assertRaises(TransferError, self.storage.open_file, "archive/.filexfer/mounts")
         self.assertEqual(error.code, 403)
 
     def test_free_space_of_the_target(self) -> None:

@@ -8,15 +8,19 @@ import filexfer
 
 DOCUMENTED = {
     "DirectoryStorage",
+    "IReadSource",
     "IStorage",
+    "ITransferObserver",
     "IUpload",
     "Receipt",
     "ReceiverFactory",
     "ReceiverProtocol",
+    "S3Storage",
     "SendError",
     "SenderProtocol",
     "ServerRefused",
     "TransferError",
+    "TransferRecord",
     "__version__",
     "send_file",
 }

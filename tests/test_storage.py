@@ -243,6 +243,65 @@ class ConflictTests(StorageTestCase):
         self.assertEqual(visible_files(self.root), ["x (1).txt", "x.txt"])
 
 
+class ExactNameTests(StorageTestCase):
+    """begin(exact_name=True): stored under the path asked for, or not at all (TFTP)."""
+
+    def store_exact(self, path: str, data: bytes, storage: DirectoryStorage | None = None) -> Any:
+        upload = self.begin_on(storage or self.storage, path, None, None, None, exact_name=True)
+        upload.write(data)
+        return upload.finish()
+
+    def test_rename_acts_as_refuse(self) -> None:
+        """Under rename an existing path is 409 at begin; the file stays, no copy is made."""
+        self.store("up.cfg", b"old")
+        self.assertRefused(409, lambda: self.storage.begin("up.cfg", 3, exact_name=True))
+        self.assertEqual((self.read("up.cfg"), visible_files(self.root)), (b"old", ["up.cfg"]))
+
+    def test_refuse(self) -> None:
+        """Under refuse an existing path is 409 at begin, as without exact_name."""
+        storage = self.make_storage(on_conflict="refuse")
+        self.store("up.cfg", b"old", storage=storage)
+        self.assertRefused(409, lambda: storage.begin("up.cfg", None, exact_name=True))
+
+    def test_appears_meanwhile(self) -> None:
+        """A file that appears during the upload makes finish 409, never 'name (1)'."""
+        upload = self.begin("late.cfg", None, None, None, exact_name=True)
+        upload.write(b"mine")
+        with open(os.path.join(self.root, "late.cfg"), "wb") as handle:
+            handle.write(b"theirs")
+        self.assertRefused(409, lambda: upload.finish())
+        self.assertEqual(visible_files(self.root), ["late.cfg"])
+        self.assertEqual(self.read("late.cfg"), b"theirs")
+
+    def test_numbered_copy_never_answers(self) -> None:
+        """Bytes equal to a numbered copy are stored under the path asked for all the same."""
+        self.store("fw.bin", b"one")
+        self.store("fw.bin", b"two")  # fw (1).bin
+        os.unlink(os.path.join(self.root, "fw.bin"))
+        receipt = self.successResultOf(self.store_exact("fw.bin", b"two"))
+        self.assertEqual(receipt.path, "fw.bin")
+        self.assertEqual(self.read("fw.bin"), b"two")
+
+    def test_overwrite_replaces(self) -> None:
+        """Under overwrite the existing file is replaced atomically (a new inode)."""
+        storage = self.make_storage(on_conflict="overwrite")
+        self.store("fw.bin", b"old", storage=storage)
+        before = os.stat(os.path.join(self.root, "fw.bin")).st_ino
+        receipt = self.successResultOf(self.store_exact("fw.bin", b"new", storage))
+        self.assertEqual((receipt.path, self.read("fw.bin")), ("fw.bin", b"new"))
+        self.assertNotEqual(os.stat(os.path.join(self.root, "fw.bin")).st_ino, before)
+
+    def test_overwrite_same_bytes_unchanged(self) -> None:
+        """Under overwrite, the same bytes again succeed and leave the file as it was."""
+        storage = self.make_storage(on_conflict="overwrite")
+        self.store("fw.bin", b"same", storage=storage)
+        before = os.stat(os.path.join(self.root, "fw.bin"))
+        receipt = self.successResultOf(self.store_exact("fw.bin", b"same", storage))
+        after = os.stat(os.path.join(self.root, "fw.bin"))
+        self.assertEqual(receipt.path, "fw.bin")
+        self.assertEqual((after.st_ino, after.st_mtime_ns), (before.st_ino, before.st_mtime_ns))
+
+
 class ResumeTests(StorageTestCase):
     data = payload(10_000, seed=1)
 
@@ -457,13 +516,13 @@ class IdempotenceTests(StorageTestCase):
         """The quick check uses the cached digest instead of re-reading the file."""
         self.store("f", self.data, mtime_ns=MTIME_NS)
         reads: list[str] = []
-        original = self.storage.open_read
+        original = self.storage.open_file
 
         def counting_open_read(path: str) -> object:
             reads.append(path)
             return original(path)
 
-        self.patch(self.storage, "open_read", counting_open_read)
+        self.patch(self.storage, "open_file", counting_open_read)
         upload = self.begin("f", len(self.data), None, MTIME_NS, trailer=True)
         self.assertEqual(self.successResultOf(upload.finish(sha256_bytes(self.data))).path, "f")
         self.assertEqual(reads, [])
@@ -521,8 +580,8 @@ class SymlinkTests(StorageTestCase):
         """open_read refuses (403) a file symlink and a path through a directory symlink."""
         os.symlink(self.target, os.path.join(self.root, "evil"))
         os.symlink(self.outside, os.path.join(self.root, "link"))
-        self.assertRefused(403, self.storage.open_read, "evil")
-        self.assertRefused(403, self.storage.open_read, "link/target.txt")
+        self.assertRefused(403, self.storage.open_file, "evil")
+        self.assertRefused(403, self.storage.open_file, "link/target.txt")
 
     def test_quick_check_ignores_symlink(self) -> None:
         """A symlink to an identical file is not taken as already stored."""
@@ -536,24 +595,24 @@ class ReadTests(StorageTestCase):
     def test_open_read(self) -> None:
         """open_read returns the file and its size."""
         write_file(os.path.join(self.root, "d", "f"), b"abc")
-        handle, size = self.storage.open_read("d/f")
+        handle, size = self.storage.open_file("d/f")
         with handle:
             self.assertEqual((handle.read(), size), (b"abc", 3))
 
     def test_missing(self) -> None:
         """A missing file (or missing directory) is 404."""
-        self.assertRefused(404, self.storage.open_read, "nope")
-        self.assertRefused(404, self.storage.open_read, "no/such/dir")
+        self.assertRefused(404, self.storage.open_file, "nope")
+        self.assertRefused(404, self.storage.open_file, "no/such/dir")
 
     def test_directory(self) -> None:
         """A directory is 403."""
         os.makedirs(os.path.join(self.root, "d"))
-        self.assertRefused(403, self.storage.open_read, "d")
+        self.assertRefused(403, self.storage.open_file, "d")
 
     def test_bad_paths(self) -> None:
         """Bad paths are refused before touching the disk."""
-        self.assertRefused(400, self.storage.open_read, "../x")
-        self.assertRefused(403, self.storage.open_read, ".filexfer/digests")
+        self.assertRefused(400, self.storage.open_file, "../x")
+        self.assertRefused(403, self.storage.open_file, ".filexfer/digests")
 
 
 class QuotaTests(StorageTestCase):

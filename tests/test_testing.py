@@ -105,12 +105,11 @@ class MemoryStorageTests(unittest.TestCase):
         self.assertEqual(receipt, Receipt(5, _digest(b"hello"), "a/b.txt"))
         self.assertEqual(storage.files, {"a/b.txt": b"hello"})
         self.assertEqual(storage.mtimes, {"a/b.txt": 7})
-        handle, size = storage.open_read("a/b.txt")
-        self.assertEqual((handle.read(), size), (b"hello", 5))
+        source = self.successResultOf(storage.open_read("a/b.txt"))
+        self.assertEqual((self.successResultOf(source.read(100)), source.size), (b"hello", 5))
         for path, code in (("missing", 404), ("a", 403), ("../x", 400)):
-            with self.assertRaises(TransferError) as caught:
-                storage.open_read(path)
-            self.assertEqual(caught.exception.code, code, path)
+            failure = self.failureResultOf(storage.open_read(path), TransferError)
+            self.assertEqual(failure.value.code, code, path)
 
     def test_path_validation(self) -> None:
         """Bad paths are refused at begin: 400, 403 for the state directory or under a file."""
@@ -120,6 +119,32 @@ class MemoryStorageTests(unittest.TestCase):
             failure = self.failureResultOf(storage.begin(path, 1, None, None), TransferError)
             self.assertEqual(failure.value.code, code, path)
         self.assertEqual(storage.files, {"file": b"x"})
+
+    def test_exact_name(self) -> None:
+        """exact_name: rename acts as refuse (409 at begin, or at finish if it appeared)."""
+        storage = MemoryStorage()
+        self.successResultOf(self.store(storage, "fw.bin", b"one"))
+        failure = self.failureResultOf(storage.begin("fw.bin", 3, exact_name=True))
+        self.assertEqual(failure.value.code, 409)
+        upload = self.successResultOf(storage.begin("late", 2, exact_name=True))
+        upload.write(b"me")
+        storage.files["late"] = b"them"
+        self.assertEqual(self.failureResultOf(upload.finish()).value.code, 409)
+        self.assertEqual(storage.files, {"fw.bin": b"one", "late": b"them"})
+
+    def test_exact_name_numbered_copy_never_answers(self) -> None:
+        """exact_name: bytes equal to a numbered copy are stored under the name asked for."""
+        storage = MemoryStorage()
+        storage.files["fw (1).bin"] = b"new"
+        receipt = self.successResultOf(self.store(storage, "fw.bin", b"new", exact_name=True))
+        self.assertEqual((receipt.path, storage.files.get("fw.bin")), ("fw.bin", b"new"))
+
+    def test_exact_name_overwrite(self) -> None:
+        """exact_name under overwrite replaces the file under its name."""
+        storage = MemoryStorage("overwrite")
+        storage.files["fw.bin"] = b"old"
+        receipt = self.successResultOf(self.store(storage, "fw.bin", b"new", exact_name=True))
+        self.assertEqual((receipt.path, storage.files), ("fw.bin", {"fw.bin": b"new"}))
 
     def test_conflict_rename(self) -> None:
         """rename keeps both, as name (1).ext; the same bytes again name the existing copy."""

@@ -292,12 +292,13 @@ class ClientAgainstFakesTests(unittest.TestCase):
         return number
 
     def test_exports(self) -> None:
-        """The package exports the server, the client calls, the errors and the read sources."""
+        """The package exports the server, the client calls, the errors, tftp:// URLs
+        and the read sources."""
         self.assertEqual(
             set(filexfer.tftp.__all__),
             {"TFTPServerProtocol", "upload", "download", "TFTPError", "TFTPTimeout"}
-            | {"ITFTPSource", "Readable", "NOT_MINE", "RootSource", "ClientRootSource"}
-            | {"TemplateSource"},
+            | {"TFTPURL", "BadURL", "parse_tftp_url", "format_tftp_url"}
+            | {"ITFTPSource", "NOT_MINE", "RootSource", "ClientRootSource", "TemplateSource"},
         )
 
     @defer.inlineCallbacks
@@ -544,7 +545,11 @@ class FakeNetworkDownloadTests(unittest.TestCase):
             return handle.read()
 
     def test_lost_data_resent_after_timeout(self) -> None:
-        """A lost DATA block is sent again when the clock reaches the timeout, not before."""
+        """A lost DATA block is sent again when the measured timeout expires, not before.
+
+        The network has no latency: the round trips measure 0 and the timeout
+        is its floor, 0.1 s, rather than the 1 s asked for.
+        """
         lost: list[bytes] = []
 
         def drop(source: Any, target: Any, datagram: bytes) -> bool:
@@ -559,9 +564,9 @@ class FakeNetworkDownloadTests(unittest.TestCase):
         self.net.flush()
         self.assertEqual(len(lost), 1)
         self.assertNoResult(result)
-        self.net.advance(0.75)
+        self.net.advance(0.05)
         self.assertNoResult(result)
-        self.net.advance(0.25)
+        self.net.advance(0.05)
         self.assertEqual(self.successResultOf(result), len(self.data))
         self.assertEqual(self.stored(), self.data)
         transfer_port = self.net.ports[2]  # the listening port, the client's, the server's

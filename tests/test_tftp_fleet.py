@@ -13,13 +13,14 @@ from twisted.trial import unittest
 from zope.interface import implementer
 
 from filexfer._errors import TransferError
+from filexfer.storage import FileSource, IReadSource
 from filexfer.testing import FakeUDPPort
 from filexfer.tftp import _packets as p
 from filexfer.tftp._neighbours import NeighbourTable
 from filexfer.tftp._portrange import PortRange
 from filexfer.tftp._quirks import QuirksPolicy
 from filexfer.tftp._remap import parse_rules
-from filexfer.tftp.sources import ClientRootSource, ITFTPSource, Readable, RootSource
+from filexfer.tftp.sources import ClientRootSource, ITFTPSource, RootSource
 from tests.test_tftp_server import CLIENT, OTHER, Harness
 
 
@@ -81,6 +82,36 @@ class RemapTests(unittest.TestCase):
         self.assertIsNone(h.request(p.ReadRequest(b"etc/passwd", "octet")))
         self.assertIsNone(h.request(p.WriteRequest(b"x", "octet"), client=OTHER))
         self.assertEqual([e.code for e in h.take(h.main)], [p.ACCESS_VIOLATION])
+        self.assertEqual([e.code for e in h.take(h.main, OTHER)], [p.ACCESS_VIOLATION])  # type: ignore[union-attr]
+        self.assertEqual(os.listdir(os.path.dirname(h.root)), [os.path.basename(h.root)])
+
+    def test_remapped_from_the_root(self) -> None:
+        """The rules see the leading / a client sent; a result with one is read from the root."""
+        rules = r"r ^/tftpboot/ /" + "\n" + r"rg \\ /" + "\n"
+        h = Harness(self, remap=parse_rules(rules))
+        events = _events(self)
+        os.makedirs(os.path.join(h.root, "boot"))
+        h.put_file("boot/pxelinux.0", b"pxe")
+        for name, client in (
+            (b"/tftpboot/boot/pxelinux.0", CLIENT),
+            (b"\\boot\\pxelinux.0", OTHER),
+        ):
+            port = h.request(p.ReadRequest(name, "octet"), client=client)
+            assert port is not None, name
+            self.assertEqual(_read_all(h, port, client), b"pxe")
+        paths = [e["path"] for e in events if e.get("protocol") == "tftp-rrq"]
+        self.assertEqual(paths, ["boot/pxelinux.0", "boot/pxelinux.0"])
+        port = h.request(p.WriteRequest(b"\\boot\\up.txt", "octet"), client=("127.0.0.1", 50002))
+        assert port is not None
+        h.send(port, p.Data(1, b"up"), ("127.0.0.1", 50002))
+        self.assertEqual(h.stored("boot/up.txt"), b"up")
+
+    def test_remapped_from_the_root_outside_it(self) -> None:
+        """A result like /../x is still outside the root: ERROR 2, nothing read or written."""
+        h = Harness(self, remap=parse_rules(r"r ^ /../" + "\n"))
+        self.assertIsNone(h.request(p.ReadRequest(b"etc/passwd", "octet")))
+        self.assertIsNone(h.request(p.WriteRequest(b"x", "octet"), client=OTHER))
+        self.assertEqual([e.code for e in h.take(h.main)], [p.ACCESS_VIOLATION])  # type: ignore[union-attr]
         self.assertEqual([e.code for e in h.take(h.main, OTHER)], [p.ACCESS_VIOLATION])  # type: ignore[union-attr]
         self.assertEqual(os.listdir(os.path.dirname(h.root)), [os.path.basename(h.root)])
 
@@ -189,6 +220,19 @@ class SinglePortTests(unittest.TestCase):
         h.request(p.ReadRequest(b"r", "octet"))  # same client port, while the WRQ lingers
         self.assertEqual(_read_all(h, h.main), b"read")
 
+    def test_drain_keeps_transfers_drops_requests(self) -> None:
+        """Draining: the listening port still carries running transfers; new requests wait
+        for the next server (dropped here: the client sends them again)."""
+        h = Harness(self, single_port=True)
+        h.put_file("a", b"A" * 700)
+        self.assertIsNone(h.request(p.ReadRequest(b"a", "octet")))
+        h.server.pause_requests()
+        self.assertEqual(h.server.in_progress(), 1)
+        self.assertIsNone(h.request(p.ReadRequest(b"a", "octet"), client=OTHER))
+        self.assertEqual(h.take(h.main, OTHER), [])
+        self.assertEqual(_read_all(h, h.main), b"A" * 700)
+        self.assertEqual(h.server.in_progress(), 0)
+
     def test_stranger_is_a_request(self) -> None:
         """A DATA from an address without a transfer is not routed anywhere (ERROR 4)."""
         h = Harness(self, single_port=True)
@@ -201,19 +245,19 @@ class SinglePortTests(unittest.TestCase):
 class ScriptSource:
     """An iPXE script made for the client asking (the docs' example)."""
 
-    def open(self, path: str, client: Any, server: Any) -> Deferred[Readable | None]:
+    def open(self, path: str, client: Any, server: Any) -> Deferred[IReadSource | None]:
         if path != "boot.ipxe":
             return succeed(None)
         script = f"#!ipxe\necho hello {client[0]} via {server[1]}\n".encode()
-        return succeed(Readable(io.BytesIO(script), len(script)))
+        return succeed(FileSource(io.BytesIO(script), len(script)))
 
 
 @implementer(ITFTPSource)
 class BrokenSource:
-    def __init__(self, result: Deferred[Readable | None]) -> None:
+    def __init__(self, result: Deferred[IReadSource | None]) -> None:
         self.result = result
 
-    def open(self, path: str, client: Any, server: Any) -> Deferred[Readable | None]:
+    def open(self, path: str, client: Any, server: Any) -> Deferred[IReadSource | None]:
         return self.result
 
 
@@ -265,7 +309,7 @@ class SourceTests(unittest.TestCase):
         """A source that never answers: ERROR 0 after source_timeout; others are served."""
         h = Harness(self, source_timeout=5.0)
         h.put_file("f", b"x")
-        never: Deferred[Readable | None] = Deferred()
+        never: Deferred[IReadSource | None] = Deferred()
         slow = BrokenSource(never)
         h.server.sources = [slow, RootSource(h.storage)]
         h.request(p.ReadRequest(b"slow", "octet"))
@@ -325,7 +369,7 @@ class TemplateSourceTests(unittest.TestCase):
         )
         assert readable is not None
         self.assertEqual(
-            readable.handle.read(),
+            self.successResultOf(readable.read(1000)),
             b"#!ipxe\nchain http://10.0.0.1/hosts/10.0.0.7.ipxe  # {braces}\n",
         )
         self.assertIsNone(

@@ -12,8 +12,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from filexfer._errors import TransferError
+from filexfer.storage import IReadSource
 from filexfer.tftp.http import CACHE_DIRECTORY, HTTPSource
-from filexfer.tftp.sources import Readable
 
 CLIENT = ("192.0.2.7", 1234)
 SERVER = ("192.0.2.1", 69)
@@ -60,12 +60,12 @@ class HTTPSourceTests(unittest.TestCase):
         )
         return source, web, stub
 
-    def read(self, source: HTTPSource, stub: StubTreq, path: str) -> Readable | None:
+    def read(self, source: HTTPSource, stub: StubTreq, path: str) -> IReadSource | None:
         opening = source.open(path, CLIENT, SERVER)
         stub.flush()
         result = self.successResultOf(opening)
         if result is not None:
-            self.addCleanup(result.handle.close)
+            self.addCleanup(result.close)
         return result
 
     def test_fetch_then_cache(self) -> None:
@@ -73,10 +73,10 @@ class HTTPSourceTests(unittest.TestCase):
         source, web, stub = self.make({"/images/pxe/kernel": b"K" * 300})
         first = self.read(source, stub, "pxe/kernel")
         assert first is not None
-        self.assertEqual((first.handle.read(), first.size), (b"K" * 300, 300))
+        self.assertEqual((self.successResultOf(first.read(1000)), first.size), (b"K" * 300, 300))
         second = self.read(source, stub, "pxe/kernel")
         assert second is not None
-        self.assertEqual(second.handle.read(), b"K" * 300)
+        self.assertEqual(self.successResultOf(second.read(1000)), b"K" * 300)
         self.assertEqual(web.asked, ["/images/pxe/kernel"])
 
     def test_quoted(self) -> None:
@@ -106,8 +106,8 @@ class HTTPSourceTests(unittest.TestCase):
         for opening in (first, second):
             readable = self.successResultOf(opening)
             assert readable is not None
-            self.addCleanup(readable.handle.close)
-            self.assertEqual(readable.handle.read(), b"data")
+            self.addCleanup(readable.close)
+            self.assertEqual(self.successResultOf(readable.read(100)), b"data")
         self.assertEqual(web.asked, ["/images/f"])
 
     def test_too_large_for_the_cache(self) -> None:
@@ -152,10 +152,14 @@ class RealHTTPTests(unittest.TestCase):
         source = HTTPSource(reactor, url, storage_root=root, max_bytes=1000)
         opening = source.open("a.cfg", CLIENT, SERVER)
 
-        def check(readable: Readable | None) -> None:
+        def check(readable: IReadSource | None) -> None:
             assert readable is not None
-            with readable.handle:
-                self.assertEqual((readable.handle.read(), readable.size), (b"config", 6))
+            try:
+                self.assertEqual(
+                    (self.successResultOf(readable.read(100)), readable.size), (b"config", 6)
+                )
+            finally:
+                readable.close()
             self.assertEqual(web.asked, ["/boot/a.cfg"])
 
         return opening.addCallback(check)

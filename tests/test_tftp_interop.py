@@ -94,6 +94,30 @@ class _Tools(unittest.TestCase):
         self.assertEqual(code, expect, f"{' '.join(argv)}\nstdout: {out!r}\nstderr: {err!r}")
         return out + err
 
+    def start_tftpd_hpa(self, root: str) -> int:
+        """Start in.tftpd (-s: chrooted to C{root}, -c: may create) on a free port; the port.
+
+        It is stopped (TERM, then KILL) at cleanup; the caller waits until it answers.
+        """
+        tftpd = self.tool("in.tftpd")
+        if os.geteuid() != 0:
+            self.fail("in.tftpd -s -u root (chroot) needs root to run")
+        os.chmod(root, 0o777)
+        number = free_udp_port()
+        argv = [tftpd, "-L", "-c", "-s", "-u", "root", "-a", f"127.0.0.1:{number}", root]
+        process, collect = self.spawn(argv)
+        self.addCleanup(self._stop_tftpd_hpa, process, collect)
+        return number
+
+    @defer.inlineCallbacks
+    def _stop_tftpd_hpa(self, process: Any, collect: _Collect) -> Generator[Any, Any, None]:
+        if not collect.ended.called:
+            process.signalProcess("TERM")
+            killer = reactor.callLater(PROCESS_TIMEOUT, _kill, process)
+            yield collect.ended
+            if killer.active():
+                killer.cancel()
+
 
 def _kill(transport: Any) -> None:
     try:
@@ -226,31 +250,15 @@ class OurClientAgainstTftpdHpaTests(_Tools):
 
     @defer.inlineCallbacks
     def _start(self) -> Generator[Any, Any, None]:
-        tftpd = self.tool("in.tftpd")
-        if os.geteuid() != 0:
-            self.fail("in.tftpd -s -u root (chroot) needs root to run")
         self.root = os.path.abspath(self.mktemp())
         os.makedirs(self.root)
-        os.chmod(self.root, 0o777)
         self.work = os.path.abspath(self.mktemp())
         os.makedirs(self.work)
         _write(os.path.join(self.root, "ready"), b"ok")
-        self.number = free_udp_port()
-        argv = [tftpd, "-L", "-c", "-s", "-u", "root", "-a", f"127.0.0.1:{self.number}", self.root]
-        self.tftpd, self.collect = self.spawn(argv)
-        self.addCleanup(self._stop)
+        self.number = self.start_tftpd_hpa(self.root)
         # Wait until it answers: a bounded number of quick retries, no sleep.
         probe = os.path.join(self.work, "ready")
         yield download(reactor, "127.0.0.1", self.number, "ready", probe, timeout=0.1, retries=50)
-
-    @defer.inlineCallbacks
-    def _stop(self) -> Generator[Any, Any, None]:
-        if not self.collect.ended.called:
-            self.tftpd.signalProcess("TERM")
-            killer = reactor.callLater(PROCESS_TIMEOUT, _kill, self.tftpd)
-            yield self.collect.ended
-            if killer.active():
-                killer.cancel()
 
     @defer.inlineCallbacks
     def check(self, size: int, **options: Any) -> Generator[Any, Any, None]:
@@ -285,3 +293,116 @@ class OurClientAgainstTftpdHpaTests(_Tools):
         )
         self.assertEqual(failure.code, p.FILE_NOT_FOUND)
         self.assertEqual(sorted(os.listdir(self.work)), ["ready"])
+
+
+class _Ask(protocol.DatagramProtocol):
+    """Sends one datagram and fires with the first answer (or None after a while)."""
+
+    def __init__(self, datagram: bytes, to: tuple[str, int], wait: float = 1.0) -> None:
+        self.datagram = datagram
+        self.to = to
+        self.wait = wait
+        self.answer: defer.Deferred[bytes | None] = defer.Deferred()
+        self.timer: Any = None
+
+    def startProtocol(self) -> None:
+        self.transport.write(self.datagram, self.to)
+        self.timer = reactor.callLater(self.wait, self._done, None)
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        if datagram[:2] == b"\x00\x03":  # a transfer started: end it, so no one retries
+            self.transport.write(p.encode_error(p.NOT_DEFINED, "seen enough"), addr)
+        if self.timer.active():
+            self.timer.cancel()
+            self._done(datagram)
+
+    def _done(self, answer: bytes | None) -> None:
+        if not self.answer.called:
+            self.answer.callback(answer)
+
+
+def _shape(answer: bytes | None) -> tuple[Any, ...]:
+    """What a client sees of an answer: DATA and its payload, ACK, OACK, or the ERROR code."""
+    if answer is None:
+        return ("silence",)
+    decoded = p.decode(answer)
+    if isinstance(decoded, p.Error):
+        return ("ERROR", decoded.code)
+    if isinstance(decoded, p.Data):
+        return ("DATA", decoded.block, decoded.payload)
+    return (type(decoded).__name__,)
+
+
+class RequestShapesLikeTftpdHpaTests(_Tools):
+    """Odd requests get the answer tftpd-hpa gives (issues 1 and 6), side by side."""
+
+    files = {"boot.cfg": b"boot\n", "pxelinux.cfg/default": b"DEFAULT linux\n"}
+
+    def setUp(self) -> defer.Deferred[None]:  # type: ignore[override]
+        return self._start()
+
+    @defer.inlineCallbacks
+    def _start(self) -> Generator[Any, Any, None]:
+        roots = []
+        for _ in ("tftpd-hpa", "ours"):
+            root = os.path.abspath(self.mktemp())
+            for name, data in self.files.items():
+                os.makedirs(os.path.dirname(os.path.join(root, name)), exist_ok=True)
+                _write(os.path.join(root, name), data)
+            roots.append(root)
+        self.hpa = self.start_tftpd_hpa(roots[0])
+        self.server = TFTPServerProtocol(
+            storage=DirectoryStorage(roots[1], "overwrite"), reactor=reactor
+        )
+        self.port = reactor.listenUDP(0, self.server, interface="127.0.0.1")
+        self.addCleanup(self._stop)
+        # Wait until it answers (bounded quick retries, no sleep), with the
+        # shortest request of the test: see test_same_answers.
+        for _ in range(50):
+            answer = yield self.ask(b"\x00\x01boot.cfg\x00octet", self.hpa, wait=0.1)
+            if answer != ("silence",):
+                break
+
+    @defer.inlineCallbacks
+    def _stop(self) -> Generator[Any, Any, None]:
+        yield self.server.stop_transfers()
+        yield self.port.stopListening()
+
+    @defer.inlineCallbacks
+    def ask(
+        self, datagram: bytes, port: int, wait: float = 1.0
+    ) -> Generator[Any, Any, tuple[Any, ...]]:
+        asker = _Ask(datagram, ("127.0.0.1", port), wait)
+        listening = reactor.listenUDP(0, asker, interface="127.0.0.1")
+        try:
+            answer = yield asker.answer
+        finally:
+            yield listening.stopListening()
+        return _shape(answer)
+
+    @defer.inlineCallbacks
+    def test_same_answers(self) -> Generator[Any, Any, None]:
+        """Leading slashes, a mode without NUL, no name, no NUL, no mode: as tftpd-hpa."""
+        # tftpd-hpa (-L) reads past a request's end into its buffer: the requests
+        # without a final NUL go first, shortest first, while the buffer is zeros.
+        requests = [
+            b"\x00\x01boot.cfg\x00octet",
+            b"\x00\x01boot.cfg\x00netascii",
+            b"\x00\x01/boot.cfg\x00octet\x00",
+            b"\x00\x01//boot.cfg\x00octet\x00",
+            b"\x00\x01/pxelinux.cfg/default\x00octet\x00",
+            b"\x00\x01/missing.cfg\x00octet\x00",
+            b"\x00\x01\x00octet\x00",
+            b"\x00\x02\x00octet\x00",
+            b"\x00\x01boot.cfg",
+            b"\x00\x01",
+            b"\x00\x01boot.cfg\x00",
+            b"\x00\x01boot.cfg\x00\x00",
+            b"\x00\x01boot.cfg\x00mail\x00",
+            b"\x00\x01boot.cfg\x00OCTET\x00",
+        ]
+        ours = self.port.getHost().port
+        for request in requests:
+            theirs = yield self.ask(request, self.hpa)
+            mine = yield self.ask(request, ours)
+            self.assertEqual(mine, theirs, request)

@@ -109,9 +109,32 @@ class EncodeDecodeTests(unittest.TestCase):
         self.assertTrue(issubclass(p.MalformedPacket, ValueError))
 
     def test_request_needs_name_and_mode(self) -> None:
-        """A request without a terminated name and mode, or with an empty name, is malformed."""
-        for datagram in [b"\x00\x01name", b"\x00\x01name\0octet", b"\x00\x02\0octet\0"]:
-            self.assertRaises(p.MalformedPacket, p.decode, datagram)
+        """A request without a NUL after the name, with an empty name or no mode is malformed.
+
+        Each says why: the server answers with that message (ERROR 4).
+        """
+        cases = {
+            b"\x00\x01": "no NUL after the file name",
+            b"\x00\x01name": "no NUL after the file name",
+            b"\x00\x02\0octet\0": "empty file name",
+            b"\x00\x02\0": "empty file name",
+            b"\x00\x01name\0": "no mode",
+            b"\x00\x01name\0\0": "no mode",
+            b"\x00\x01name\0\0blksize\x00512\0": "no mode",
+            b"\x00\x01name\0oct\xe9t\0": "mode is not ASCII",
+        }
+        for datagram, reason in cases.items():
+            exc = self.assertRaises(p.MalformedPacket, p.decode, datagram)
+            self.assertIn(reason, str(exc), datagram)
+
+    def test_request_mode_without_nul(self) -> None:
+        """The mode's NUL may be missing at the end of the datagram, as tftpd-hpa reads it."""
+        self.assertEqual(p.decode(b"\x00\x01name\0octet"), p.ReadRequest(b"name", "octet"))
+        self.assertEqual(p.decode(b"\x00\x02name\0NetASCII"), p.WriteRequest(b"name", "netascii"))
+        self.assertEqual(
+            p.decode(b"\x00\x01name\0octet\0blksize\x001024"),
+            p.ReadRequest(b"name", "octet", (("blksize", "1024"),)),
+        )
 
     def test_request_wire_format(self) -> None:
         """An RRQ with options is laid out as RFC 2347 shows, names lower-cased on decode."""
@@ -256,6 +279,12 @@ class NegotiationTests(unittest.TestCase):
         """tsize on a WRQ is echoed and becomes the announced size."""
         result = p.negotiate({"TSIZE": "777"}, self.caps, kind="write")
         self.assertEqual((result.options, result.tsize), ((("tsize", "777"),), 777))
+
+    def test_tsize_write_zero_is_unknown(self) -> None:
+        """tsize 0 on a WRQ (curl -T -) is echoed, and means "size unknown" (tsize None)."""
+        for zero in ("0", "00", " 0"):
+            result = p.negotiate({"tsize": zero}, self.caps, kind="write")
+            self.assertEqual((result.options, result.tsize), ((("tsize", "0"),), None), zero)
 
     def test_timeout_disabled(self) -> None:
         """A server that does not honour timeout never acknowledges it."""

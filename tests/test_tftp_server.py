@@ -13,14 +13,14 @@ import os
 from collections.abc import Callable
 from typing import Any, cast
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import CannotListenError
 from twisted.internet.task import Clock
 from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
 from twisted.trial import unittest
 
 from filexfer._guard import AccessPolicy
-from filexfer.storage import DirectoryStorage
+from filexfer.storage import DirectoryStorage, FileSource
 from filexfer.testing import FakeUDPNetwork, FakeUDPPort
 from filexfer.tftp import TFTPServerProtocol
 from filexfer.tftp import _packets as p
@@ -84,6 +84,51 @@ def _blocks(data: bytes, size: int) -> list[bytes]:
     if not chunks or len(chunks[-1]) == size:
         chunks.append(b"")
     return chunks
+
+
+class NamesFromTheRootTests(unittest.TestCase):
+    """A leading / names a path from the root (tftpd-hpa -s), for RRQ and WRQ."""
+
+    def download(self, h: Harness, name: bytes) -> bytes:
+        port = h.request(p.ReadRequest(name, "octet"))
+        assert port is not None, h.take(h.main)
+        (packet,) = h.take(port)
+        assert isinstance(packet, p.Data)
+        h.send(port, p.Ack(packet.block))
+        return packet.payload
+
+    def test_rrq(self) -> None:
+        """RRQ /pxelinux.cfg/default and /boot.cfg are served from the root."""
+        h = Harness(self)
+        os.makedirs(os.path.join(h.root, "pxelinux.cfg"))
+        h.put_file("pxelinux.cfg/default", b"DEFAULT linux")
+        h.put_file("boot.cfg", b"boot")
+        self.assertEqual(self.download(h, b"/pxelinux.cfg/default"), b"DEFAULT linux")
+        self.assertEqual(self.download(h, b"/boot.cfg"), b"boot")
+
+    def test_repeated_slashes(self) -> None:
+        """Any number of leading slashes name the root, as POSIX and tftpd-hpa read them."""
+        h = Harness(self)
+        h.put_file("boot.cfg", b"boot")
+        self.assertEqual(self.download(h, b"//boot.cfg"), b"boot")
+        self.assertEqual(self.download(h, b"///boot.cfg"), b"boot")
+
+    def test_wrq(self) -> None:
+        """WRQ /up.cfg stores up.cfg in the root; /dir/x.cfg stores dir/x.cfg."""
+        h = Harness(self)
+        for name in (b"/up.cfg", b"/dir/x.cfg"):
+            port = h.request(p.WriteRequest(name, "octet"))
+            assert port is not None, h.take(h.main)
+            self.assertEqual(h.take(port), [p.Ack(0)])
+            h.send(port, p.Data(1, name))
+            self.assertEqual(h.take(port), [p.Ack(1)])
+        self.assertEqual((h.stored("up.cfg"), h.stored("dir/x.cfg")), (b"/up.cfg", b"/dir/x.cfg"))
+
+    def test_missing_from_root(self) -> None:
+        """RRQ /missing is ERROR 1 (file not found), not an access violation."""
+        h = Harness(self)
+        self.assertIsNone(h.request(p.ReadRequest(b"/missing", "octet")))
+        self.assertEqual([e.code for e in h.take(h.main)], [p.FILE_NOT_FOUND])  # type: ignore[union-attr]
 
 
 class ReadRequestTests(unittest.TestCase):
@@ -166,17 +211,23 @@ class ReadRequestTests(unittest.TestCase):
         h.send(port, p.Ack(0))
         self.assertEqual(h.take(port), [p.Data(1, b"x" * 1024), p.Data(2, b"x" * 1024)])
 
-    def test_negotiated_timeout_used(self) -> None:
-        """The retransmission timeout the client negotiated replaces the server's."""
+    def test_negotiated_timeout_bounds_the_backoff(self) -> None:
+        """RFC 2349 timeout is echoed and caps the backoff: 1 s first, doubling, at most 3 s."""
         h = Harness(self, timeout=1.0)
         h.put_file("f", b"data")
         port = h.request(p.ReadRequest(b"f", "octet", {"timeout": "3"}))
         assert port is not None
-        h.take(port)
-        h.reactor.advance(2.9)
-        self.assertEqual(h.take(port), [])
-        h.reactor.advance(0.1)
         self.assertEqual(h.take(port), [p.OptionAck({"timeout": "3"})])
+        resent = []
+        while h.reactor.getDelayedCalls():
+            when = min(call.getTime() for call in h.reactor.getDelayedCalls())
+            h.reactor.advance(when - h.reactor.seconds())
+            resent.append((h.reactor.seconds(), h.take(port)))
+        oack = [p.OptionAck({"timeout": "3"})]
+        # given up after max(timeout 3, 5 s) x (retries 5 + 1) = 30 s without progress
+        self.assertEqual([when for when, _ in resent], [1, 3, 6, 9, 12, 15, 18, 21, 24, 27, 30])
+        self.assertEqual([packets for _, packets in resent[:-1]], [oack] * 10)
+        self.assertIsInstance(resent[-1][1][0], p.Error)
 
     def test_windowsize(self) -> None:
         """A window of blocks goes out at once; an ACK of its end sends the next window."""
@@ -254,19 +305,18 @@ class ReadRequestTests(unittest.TestCase):
         self.assertEqual([pk.block for pk in h.take(port)], [9, 10, 11, 12])  # type: ignore[union-attr]
 
     def test_bounded_retries(self) -> None:
-        """After the retries run out the server sends an ERROR and closes the port."""
+        """After (retries + 1) x max(timeout, 5 s) of silence: an ERROR, the port closed."""
         h = Harness(self, timeout=1.0, retries=3)
         h.put_file("f", b"r" * 100)
         port = h.request(p.ReadRequest(b"f", "octet"))
         assert port is not None
-        h.reactor.advance(1.0)
-        h.reactor.advance(1.0)
-        h.reactor.advance(1.0)
+        for _ in range(19):
+            h.reactor.advance(1.0)
         self.assertFalse(port.closed)
         h.reactor.advance(1.0)
         packets = h.take(port)
-        self.assertEqual(packets[:4], [p.Data(1, b"r" * 100)] * 4)
-        self.assertIsInstance(packets[4], p.Error)
+        self.assertEqual(packets[:20], [p.Data(1, b"r" * 100)] * 20)  # every 1 s (the ceiling)
+        self.assertIsInstance(packets[20], p.Error)
         self.assertTrue(port.closed)
         self.assertEqual(h.reactor.getDelayedCalls(), [])
 
@@ -325,9 +375,23 @@ class ReadRequestTests(unittest.TestCase):
         self.assertEqual(error.code, p.FILE_NOT_FOUND)  # type: ignore[union-attr]
 
     def test_escaping_paths(self) -> None:
-        """../etc/passwd, /etc/passwd and non-UTF-8 names are ERROR 2."""
+        """../etc/passwd, /../etc/passwd, empty components and non-UTF-8 names are ERROR 2."""
         h = Harness(self)
-        for name in (b"../etc/passwd", b"/etc/passwd", b"a/../../x", b"\xff", b".filexfer/tmp"):
+        names = (
+            b"../etc/passwd",
+            b"/../etc/passwd",
+            b"//../x",
+            b"a/../../x",
+            b"/./a",
+            b"/a//b",
+            b"/",
+            b"//",
+            b"a/",
+            b"\xff",
+            b".filexfer/tmp",
+            b"/.filexfer/tmp",
+        )
+        for name in names:
             self.assertIsNone(h.request(p.ReadRequest(name, "octet")))
             self.assertIsNone(h.request(p.WriteRequest(name, "octet")))
             errors = h.take(h.main)
@@ -501,18 +565,111 @@ class WriteRequestTests(unittest.TestCase):
         self.assertEqual(h.take(port), [p.Ack(7)])
         self.assertEqual(h.stored("reord"), data)
 
-    def test_duplicate_data_not_reacked(self) -> None:
-        """A duplicate DATA is not ACKed at once; the timeout re-ACKs."""
+    def test_repeated_data_reacked_at_once(self) -> None:
+        """Issue 10 item 3: the first ACK is lost and the sender repeats DATA 1 every 0.2 s.
+
+        Each repeat is answered with ACK 1 at once (as tftpd-hpa does), not
+        when our own timer fires: a sender with a short retry budget would
+        give up first.
+        """
         h = Harness(self)
         port = h.request(p.WriteRequest(b"dup", "octet"))
         assert port is not None
-        h.take(port)
+        self.assertEqual(h.take(port), [p.Ack(0)])
         h.send(port, p.Data(1, b"d" * 512))
-        self.assertEqual(h.take(port), [p.Ack(1)])
-        h.send(port, p.Data(1, b"d" * 512))
+        self.assertEqual(h.take(port), [p.Ack(1)])  # lost on its way
+        for _ in range(3):
+            h.reactor.advance(0.2)
+            h.send(port, p.Data(1, b"d" * 512))
+            self.assertEqual(h.take(port), [p.Ack(1)])
+        h.send(port, p.Data(2, b"end"))
+        self.assertEqual(h.take(port), [p.Ack(2)])
+        self.assertEqual(h.stored("dup"), b"d" * 512 + b"end")
+
+    def test_repeated_request_answered_at_once(self) -> None:
+        """Issue 10 item 3, the request's kind: our first answer is lost and the
+        client repeats its request every 0.2 s; each repeat gets that answer
+        again at once (OACK or DATA 1 for an RRQ, OACK or ACK 0 for a WRQ),
+        from the transfer's port, and no second transfer starts."""
+        h = Harness(self)
+        h.put_file("boot.cfg", b"b" * 700)
+        cases = [
+            (p.ReadRequest(b"boot.cfg", "octet"), p.Data(1, b"b" * 512)),
+            (
+                p.ReadRequest(b"boot.cfg", "octet", {"blksize": "1024"}),
+                p.OptionAck({"blksize": "1024"}),
+            ),
+            (p.WriteRequest(b"up.cfg", "octet"), p.Ack(0)),
+            (
+                p.WriteRequest(b"up2.cfg", "octet", {"blksize": "1024"}),
+                p.OptionAck({"blksize": "1024"}),
+            ),
+        ]
+        for number, (request, first) in enumerate(cases):
+            client = (CLIENT[0], CLIENT[1] + 1 + number)
+            port = h.request(request, client)
+            assert port is not None
+            self.assertEqual(h.take(port, client), [first])  # lost on its way
+            ports = len(h.reactor.ports)
+            for _ in range(3):
+                h.reactor.advance(0.2)
+                self.assertIsNone(h.request(request, client))
+                self.assertEqual(h.take(port, client), [first])
+            h.reactor.advance(0.01)  # a copy the network made of the request: not answered twice
+            self.assertIsNone(h.request(request, client))
+            self.assertEqual(h.take(port, client), [])
+            self.assertEqual(len(h.reactor.ports), ports)
+
+    def test_repeated_request_after_answer_ignored(self) -> None:
+        """Once the client has answered (ACKed), a late copy of its request sends nothing."""
+        h = Harness(self)
+        h.put_file("late.bin", b"l" * 1000)
+        request = p.ReadRequest(b"late.bin", "octet")
+        port = h.request(request)
+        assert port is not None
+        self.assertEqual(h.take(port), [p.Data(1, b"l" * 512)])
+        h.send(port, p.Ack(1))
+        self.assertEqual(h.take(port), [p.Data(2, b"l" * 488)])
+        h.reactor.advance(0.06)  # past the guard, before the timer's floor (0.1 s)
+        self.assertIsNone(h.request(request))
         self.assertEqual(h.take(port), [])
-        h.reactor.advance(1.0)
+
+    def test_network_copy_of_data_answered_once(self) -> None:
+        """Two copies of a DATA arriving together get one ACK (the guard, half the floor)."""
+        h = Harness(self)
+        port = h.request(p.WriteRequest(b"twice", "octet"))
+        assert port is not None
+        h.take(port)
+        h.send(port, p.Data(1, b"t" * 512))
+        h.reactor.advance(0.01)
+        h.send(port, p.Data(1, b"t" * 512))
         self.assertEqual(h.take(port), [p.Ack(1)])
+
+    def test_older_duplicate_not_reacked(self) -> None:
+        """A repeat of a block older than the one last ACKed is not answered."""
+        h = Harness(self)
+        port = h.request(p.WriteRequest(b"old", "octet"))
+        assert port is not None
+        h.take(port)
+        h.send(port, p.Data(1, b"o" * 512))
+        h.send(port, p.Data(2, b"o" * 512))
+        h.take(port)
+        h.reactor.advance(0.06)  # past the guard, before the timer (0.1 s)
+        h.send(port, p.Data(1, b"o" * 512))
+        self.assertEqual(h.take(port), [])
+
+    def test_repeated_data_mid_window_not_reacked(self) -> None:
+        """In a window, a repeat of the block last ACKed after newer blocks came is ignored."""
+        h = Harness(self)
+        port = h.request(p.WriteRequest(b"win", "octet", {"windowsize": "2"}))
+        assert port is not None
+        h.take(port)
+        for number in (1, 2, 3):
+            h.send(port, p.Data(number, b"w" * 512))
+        self.assertEqual(h.take(port), [p.Ack(2)])
+        h.reactor.advance(0.06)
+        h.send(port, p.Data(2, b"w" * 512))  # ACK 2 is stale: block 3 came since
+        self.assertEqual(h.take(port), [])
 
     def test_final_ack_repeated_while_dallying(self) -> None:
         """A repeat of the final DATA (our ACK was lost) is answered with the final ACK."""
@@ -543,21 +700,46 @@ class WriteRequestTests(unittest.TestCase):
         self.assertEqual(h.stored("wrap"), data)
 
     def test_bounded_retries_abort_upload(self) -> None:
-        """A silent client: ERROR after the retries, port closed, no file, no temp file."""
+        """A silent client: ACK 1 repeated twice, then every 6 s; ERROR after 15 s; no file left."""
         h = Harness(self, timeout=1.0, retries=2)
         port = h.request(p.WriteRequest(b"lost", "octet"))
         assert port is not None
         h.send(port, p.Data(1, b"l" * 512))
         self.assertEqual(len(h.temp_files()), 1)
-        for _ in range(3):
+        for _ in range(14):
             h.reactor.advance(1.0)
+        self.assertFalse(port.closed)
+        h.reactor.advance(1.0)  # (retries + 1) x max(timeout, 5 s)
         packets = h.take(port)
-        self.assertEqual(packets[:3], [p.Ack(0), p.Ack(1), p.Ack(1)])
-        self.assertIsInstance(packets[-1], p.Error)
+        # ACK 1, two quick repeats (at 1 and 3 s), then one 6 s after the last: 9 s; ERROR at 15 s
+        self.assertEqual(packets[:6], [p.Ack(0)] + [p.Ack(1)] * 5)
+        self.assertIsInstance(packets[6], p.Error)
+        self.assertEqual(len(packets), 7)
         self.assertTrue(port.closed)
         self.assertIsNone(h.stored("lost"))
         self.assertEqual(h.temp_files(), [])
         self.assertEqual(h.reactor.getDelayedCalls(), [])
+
+    def test_sender_that_waits_for_a_repeated_ack(self) -> None:
+        """Fresh-eyes finding on issue 10 item 4: curl resends DATA only when it sees a
+        repeated ACK (its own timer never resends).  When ACK 1 and both quick
+        repeats are lost, a later repeat (every 6 s, past tftp-hpa's 5 s timer)
+        still comes, and the upload finishes instead of timing out."""
+        h = Harness(self)
+        port = h.request(p.WriteRequest(b"curl.bin", "octet"))
+        assert port is not None
+        self.assertEqual(h.take(port), [p.Ack(0)])
+        h.send(port, p.Data(1, b"c" * 512))
+        for _ in range(10):
+            h.reactor.advance(0.1)
+        self.assertEqual(h.take(port), [p.Ack(1)] * 3)  # the ACK and two quick repeats: all lost
+        h.reactor.advance(5.0)
+        self.assertEqual(h.take(port), [])  # quiet: tftp-hpa's own 5 s timer fires meanwhile
+        h.reactor.advance(1.5)
+        self.assertEqual(h.take(port), [p.Ack(1)])  # this one arrives: curl sends on
+        h.send(port, p.Data(2, b"end"))
+        self.assertEqual(h.take(port), [p.Ack(2)])
+        self.assertEqual(h.stored("curl.bin"), b"c" * 512 + b"end")
 
     def test_peer_error_aborts_upload(self) -> None:
         """An ERROR from the client discards the partial upload."""
@@ -589,14 +771,68 @@ class WriteRequestTests(unittest.TestCase):
         self.assertEqual(error.code, p.FILE_EXISTS)  # type: ignore[union-attr]
         self.assertEqual(h.stored("exists"), b"old")
 
-    def test_rename_policy_keeps_both(self) -> None:
-        """With the default policy an existing name is kept and the upload gets a new name."""
+    def test_rename_policy_refuses(self) -> None:
+        """Under the default (rename) policy an existing name is ERROR 6: never 'r (1).txt'."""
         h = Harness(self)
         h.put_file("r.txt", b"old")
-        port = h.request(p.WriteRequest(b"r.txt", "octet"))
+        self.assertIsNone(h.request(p.WriteRequest(b"r.txt", "octet")))
+        self.assertEqual(h.take(h.main), [p.Error(p.FILE_EXISTS, "r.txt already exists")])
+        self.assertEqual(
+            (sorted(os.listdir(h.root)), h.stored("r.txt")), ([".filexfer", "r.txt"], b"old")
+        )
+
+    def test_existing_directory_refused(self) -> None:
+        """A WRQ naming a directory is ERROR 6 under every policy; the directory stays."""
+        for policy in ("rename", "overwrite", "refuse"):
+            h = Harness(self, on_conflict=policy)
+            os.makedirs(os.path.join(h.root, "d"))
+            self.assertIsNone(h.request(p.WriteRequest(b"/d", "octet")))
+            self.assertEqual([e.code for e in h.take(h.main)], [p.FILE_EXISTS], policy)  # type: ignore[union-attr]
+            self.assertTrue(os.path.isdir(os.path.join(h.root, "d")))
+
+    def test_appears_during_upload(self) -> None:
+        """A file that appears under the name while the upload runs makes the end ERROR 6."""
+        h = Harness(self)
+        port = h.request(p.WriteRequest(b"late.cfg", "octet"))
         assert port is not None
-        h.send(port, p.Data(1, b"new"))
-        self.assertEqual((h.stored("r.txt"), h.stored("r (1).txt")), (b"old", b"new"))
+        h.put_file("late.cfg", b"theirs")
+        h.send(port, p.Data(1, b"mine"))
+        self.assertEqual([type(e) for e in h.take(port)], [p.Ack, p.Error])
+        self.assertEqual(sorted(os.listdir(h.root)), [".filexfer", "late.cfg"])
+        self.assertEqual((h.stored("late.cfg"), h.temp_files()), (b"theirs", []))
+
+    def test_numbered_copy_never_answers(self) -> None:
+        """An upload equal to 'fw (1).bin' is stored as fw.bin, the name asked for."""
+        h = Harness(self)
+        h.put_file("fw (1).bin", b"image")
+        port = h.request(p.WriteRequest(b"fw.bin", "octet", {"tsize": "5"}))
+        assert port is not None
+        h.send(port, p.Data(1, b"image"))
+        self.assertEqual(h.stored("fw.bin"), b"image")
+
+    def test_overwrite_policy_replaces_atomically(self) -> None:
+        """Under overwrite the old file is served until the last block, then replaced."""
+        h = Harness(self, on_conflict="overwrite")
+        h.put_file("fw.bin", b"old")
+        port = h.request(p.WriteRequest(b"/fw.bin", "octet"))
+        assert port is not None
+        h.send(port, p.Data(1, b"n" * 512))
+        self.assertEqual(h.stored("fw.bin"), b"old")
+        h.send(port, p.Data(2, b"ew"))
+        self.assertEqual(h.take(port), [p.Ack(0), p.Ack(1), p.Ack(2)])
+        self.assertEqual(h.stored("fw.bin"), b"n" * 512 + b"ew")
+
+    def test_overwrite_same_bytes_unchanged(self) -> None:
+        """Under overwrite an upload of the very same bytes succeeds and changes nothing."""
+        h = Harness(self, on_conflict="overwrite")
+        h.put_file("fw.bin", b"same")
+        before = os.stat(os.path.join(h.root, "fw.bin"))
+        port = h.request(p.WriteRequest(b"fw.bin", "octet"))
+        assert port is not None
+        h.send(port, p.Data(1, b"same"))
+        self.assertEqual(h.take(port), [p.Ack(0), p.Ack(1)])
+        after = os.stat(os.path.join(h.root, "fw.bin"))
+        self.assertEqual((after.st_ino, after.st_mtime_ns), (before.st_ino, before.st_mtime_ns))
 
     def test_too_large(self) -> None:
         """A tsize above the storage's limit is ERROR 3 before any data."""
@@ -614,6 +850,67 @@ class WriteRequestTests(unittest.TestCase):
         packets = h.take(port)
         self.assertIsInstance(packets[-1], p.Error)
         self.assertEqual((h.stored("liar"), h.temp_files(), port.closed), (None, [], True))
+
+    def test_tsize_zero_is_unknown_size(self) -> None:
+        """A WRQ with tsize 0 (cat f | curl -T -) is an upload of unknown size: stored."""
+        h = Harness(self)
+        data = os.urandom(1300)
+        port = h.request(p.WriteRequest(b"x.bin", "octet", {"tsize": "0"}))
+        assert port is not None
+        self.assertEqual(h.take(port), [p.OptionAck({"tsize": "0"})])
+        for block, chunk in enumerate(_blocks(data, 512), 1):
+            h.send(port, p.Data(block, chunk))
+        self.assertEqual(h.take(port), [p.Ack(1), p.Ack(2), p.Ack(3)])
+        self.assertEqual(h.stored("x.bin"), data)
+
+    def test_tsize_zero_max_size_still_applies(self) -> None:
+        """With tsize 0, the block that passes --max-size gets ERROR 3 instead of its ACK."""
+        h = Harness(self, max_size=1000)
+        port = h.request(p.WriteRequest(b"x.bin", "octet", {"tsize": "0"}))
+        assert port is not None
+        h.take(port)
+        h.send(port, p.Data(1, b"a" * 512))
+        self.assertEqual(h.take(port), [p.Ack(1)])
+        h.send(port, p.Data(2, b"b" * 512))
+        (error,) = h.take(port)
+        self.assertEqual(error.code, p.DISK_FULL)  # type: ignore[union-attr]
+        self.assertEqual((h.stored("x.bin"), h.temp_files(), port.closed), (None, [], True))
+
+    def test_refused_block_never_acked(self) -> None:
+        """The block that breaks a rule gets the ERROR, and no ACK covers it, in any window.
+
+        Windows of 1, 4 and 16 blocks; the size limit and the announced tsize;
+        the limit reached at a window's last block, inside a window and at the
+        short last block.
+        """
+        for windowsize in (1, 4, 16):
+            for rule, options, limit in (
+                ("max-size", {}, 512 * 4 - 1),
+                ("max-size", {}, 512 * 3 + 100),
+                ("max-size", {}, 512 * 5 + 10),
+                ("tsize", {"tsize": str(512 * 4 - 1)}, None),
+                ("tsize", {"tsize": str(512 * 5 + 10)}, None),
+            ):
+                label = f"window {windowsize}, {rule} {limit or options}"
+                h = Harness(self, max_size=limit)
+                asked = {**options, "windowsize": str(windowsize)}
+                port = h.request(p.WriteRequest(b"w.bin", "octet", asked))
+                assert port is not None, label
+                h.take(port)
+                data = b"z" * (512 * 5 + 20)
+                allowed = limit if limit is not None else int(options["tsize"])
+                acked: list[int] = []
+                for block, chunk in enumerate(_blocks(data, 512), 1):
+                    h.send(port, p.Data(block, chunk))
+                    packets = h.take(port)
+                    acked += [a.block for a in packets if isinstance(a, p.Ack)]
+                    if any(isinstance(e, p.Error) for e in packets):
+                        self.assertGreater(block * 512, allowed, label)
+                        break
+                else:
+                    self.fail(f"{label}: no ERROR")
+                self.assertTrue(all(a * 512 <= allowed for a in acked), (label, acked))
+                self.assertEqual((h.stored("w.bin"), h.temp_files()), (None, []), label)
 
     def test_less_than_tsize(self) -> None:
         """Fewer bytes than the announced tsize is an ERROR and nothing is kept."""
@@ -756,12 +1053,61 @@ class MainPortTests(unittest.TestCase):
             self.assertIsNone(h.request(p.ReadRequest(b"f", mode)))
         self.assertEqual([e.code for e in h.take(h.main)], [4, 4])  # type: ignore[union-attr]
 
-    def test_malformed_dropped(self) -> None:
-        """Truncated requests and runts are dropped silently, without an exception."""
+    def test_runts_dropped(self) -> None:
+        """Datagrams shorter than an opcode are dropped silently, without an exception."""
         h = Harness(self)
-        for datagram in (b"", b"\x00", b"\x00\x01", b"\x00\x01name", b"\x00\x02\0octet\0"):
+        for datagram in (b"", b"\x00"):
             h.main.receive(datagram, CLIENT)
         self.assertEqual((h.main.sent, len(h.reactor.ports)), ([], 1))
+
+    def test_malformed_requests_get_error_4(self) -> None:
+        """A request with no NUL, an empty name or no mode is ERROR 4 (tftpd-hpa answers too)."""
+        h = Harness(self)
+        h.put_file("name", b"x")
+        datagrams = (
+            b"\x00\x01",
+            b"\x00\x01name",
+            b"\x00\x02name",
+            b"\x00\x01\0octet\0",
+            b"\x00\x02\0octet\0",
+            b"\x00\x01\0",
+            b"\x00\x01\0\0",
+            b"\x00\x01name\0",
+            b"\x00\x02name\0\0",
+            b"\x00\x01name\0oct\xe9t\0",
+        )
+        for datagram in datagrams:
+            h.main.receive(datagram, CLIENT)
+            errors = h.take(h.main)
+            self.assertEqual(
+                [(type(e), e.code) for e in errors],  # type: ignore[union-attr]
+                [(p.Error, p.ILLEGAL_OPERATION)],
+                datagram,
+            )
+        self.assertEqual(len(h.reactor.ports), 1)
+
+    def test_mode_without_nul_is_served(self) -> None:
+        """An RRQ or WRQ whose mode lacks its NUL is served, as tftpd-hpa serves it."""
+        h = Harness(self)
+        h.put_file("name", b"hello")
+        h.main.receive(b"\x00\x01name\0octet", CLIENT)
+        port = h.reactor.ports[-1]
+        self.assertEqual(h.take(port), [p.Data(1, b"hello")])
+        h.main.receive(b"\x00\x02up\0octet", OTHER)
+        up = h.reactor.ports[-1]
+        self.assertEqual(h.take(up, OTHER), [p.Ack(0)])
+        h.send(up, p.Data(1, b"stored"), OTHER)
+        self.assertEqual(h.stored("up"), b"stored")
+
+    def test_error_for_long_name_fits(self) -> None:
+        """The ERROR for a missing, deeply nested 5,000-byte name fits 516 bytes, NUL-ended."""
+        h = Harness(self)
+        name = "/" + "/".join(["d\u00e9j\u00e0"] * 700) + "/missing.cfg"
+        self.assertIsNone(h.request(p.ReadRequest(name.encode(), "octet")))
+        ((datagram, _),) = h.main.sent
+        self.assertLessEqual(len(datagram), 516)
+        self.assertEqual((datagram[:4], datagram[-1:]), (b"\x00\x05\x00\x01", b"\0"))
+        datagram[4:-1].decode("utf-8")  # cut on a character boundary
 
     def test_non_request_opcodes(self) -> None:
         """DATA, ACK, OACK and unknown opcodes are ERROR 4; an ERROR is not answered."""
@@ -824,7 +1170,7 @@ class MainPortTests(unittest.TestCase):
             def read(self, size: int | None = -1) -> bytes:
                 raise OSError(errno.EIO, "I/O error")
 
-        h.storage.open_read = lambda path: (Broken(), 100)  # type: ignore[method-assign]
+        h.storage.open_read = lambda path: succeed(FileSource(Broken(), 100))  # type: ignore[method-assign]
         port = h.request(p.ReadRequest(b"f", "octet"))
         assert port is not None
         (error,) = h.take(port)

@@ -4,12 +4,17 @@ L{IStorage} is what the TCP receiver and the TFTP server store through;
 L{DirectoryStorage} keeps files under one root directory.  One store per
 module, beside each other:
 
- - C{_interfaces}: L{IStorage}, L{IUpload}, L{Receipt};
+ - C{_interfaces}: L{IStorage}, L{IUpload}, L{IDirectUpload}, L{Receipt}, L{policy_for} (the
+   conflict policy of an upload that must keep its name);
+ - C{_rules}: what every store promises (resume identity, names, I1, I2);
+ - C{_sources}: L{FileSource}, a local file to read;
+ - C{s3}: L{S3Storage} (multipart uploads, conditional writes, leases),
+   which needs the C{s3} extra (boto3) once it talks to a store;
  - C{directory}: L{DirectoryStorage} (temporary file, fsync, atomic link,
    resume, conflict policy);
  - C{_upload}: one upload and its background writer;
  - C{_conflicts}: C{name (1).ext} within the file system's limits;
- - C{_digests}: the cache of stored files' SHA-256.
+ - C{_digests}: the cache of stored files' digests, by algorithm.
 """
 
 from filexfer.storage._conflicts import numbered_name
@@ -17,19 +22,29 @@ from filexfer.storage._interfaces import (
     CONFLICT_POLICIES,
     BlockingRunner,
     ConflictPolicy,
+    IDirectUpload,
+    IReadSource,
     IStorage,
     IUpload,
     Receipt,
+    policy_for,
 )
+from filexfer.storage._sources import FileSource
 from filexfer.storage.directory import DirectoryStorage
+from filexfer.storage.s3 import S3Storage
 
 __all__ = [
     "CONFLICT_POLICIES",
     "BlockingRunner",
     "ConflictPolicy",
     "DirectoryStorage",
+    "FileSource",
+    "IDirectUpload",
+    "IReadSource",
     "IStorage",
     "IUpload",
     "Receipt",
+    "S3Storage",
     "numbered_name",
+    "policy_for",
 ]

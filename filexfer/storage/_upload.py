@@ -13,18 +13,20 @@ from __future__ import annotations
 import hmac
 import os
 import time
-from typing import Any, BinaryIO, Protocol, cast
+from typing import Any, BinaryIO, Protocol
 
 from twisted.internet.defer import Deferred, DeferredList, FirstError, fail, succeed
-from twisted.internet.interfaces import IConsumer, IProducer, IPushProducer
+from twisted.internet.interfaces import IConsumer
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from filexfer._errors import TransferError
-from filexfer._hashing import sha256_prefix
+from filexfer._hashing import DEFAULT_DIGEST, DigestName, hash_prefix
 from filexfer._log import log
-from filexfer.storage._disk import os_error, write_error
-from filexfer.storage._interfaces import BlockingRunner, IUpload, Receipt
+from filexfer.storage._backlog import Backlog
+from filexfer.storage._disk import WRITEBACK_WINDOW, os_error, start_writeback, write_error
+from filexfer.storage._interfaces import BlockingRunner, IDirectUpload, IUpload, Receipt
+from filexfer.storage._rules import check_finished
 
 _QUEUE_HIGH = 4 << 20
 """Queued bytes of one upload above which its producer (the socket) is paused."""
@@ -32,6 +34,9 @@ _QUEUE_LOW = 1 << 20
 """Queued bytes below which a paused producer is resumed."""
 _PARALLEL_BATCH = 1 << 20
 """Batches this large are written and hashed in two threads at once."""
+_SPACE_WINDOW = 16 << 20
+"""A direct writer checks the free space once per this many bytes, for the
+bytes up to the window's end (statvfs per chunk cost more than the write)."""
 
 
 class UploadSite(Protocol):
@@ -45,15 +50,28 @@ class UploadSite(Protocol):
     def check_space(self, incoming: int, where: str | None = None) -> None:
         """Refuse (507) C{incoming} more bytes on the file system of C{where}."""
 
-    def place(self, temp_name: str, path: str, size: int, digest: str, mtime_ns: int | None) -> str:
-        """Give the finished temporary file its final name; return the relative path."""
+    def place(
+        self,
+        temp_name: str,
+        path: str,
+        size: int,
+        digest: str,
+        mtime_ns: int | None,
+        exact_name: bool = False,
+        algorithm: DigestName = DEFAULT_DIGEST,
+    ) -> str:
+        """Give the finished temporary file its final name; return the relative path.
+
+        With C{exact_name} that name is C{path} or none (L{policy_for}); the
+        digest is by C{algorithm}.
+        """
 
     def discard(self, temp_name: str) -> None:
         """Remove a temporary or partial file."""
 
 
-@implementer(IUpload, IConsumer)
-class Upload:
+@implementer(IDirectUpload, IConsumer)
+class Upload(Backlog):
     """A file being received into the state directory of a L{DirectoryStorage}."""
 
     def __init__(
@@ -67,8 +85,13 @@ class Upload:
         handle: BinaryIO,
         resumable: bool,
         run_writes: BlockingRunner[Any] | None = None,
+        *,
+        exact_name: bool = False,
+        digest: DigestName = DEFAULT_DIGEST,
     ) -> None:
+        super().__init__()
         self.path = path
+        self.digest = digest
         self.expected_size = size
         self._sha256 = sha256
         self._mtime_ns = mtime_ns
@@ -77,13 +100,17 @@ class Upload:
         self._handle = handle
         self.resumable = resumable
         """Whether an aborted upload's bytes are kept (C{abort(keep_partial=True)})."""
+        self.exact_name = exact_name
+        """Stored under C{path} or not at all (L{IStorage.begin}'s C{exact_name})."""
         handle.seek(0, os.SEEK_END)
         self.offset = handle.tell()
         if size is not None and self.offset > size:
             handle.truncate(0)
             self.offset = 0
         handle.seek(0)
-        self._digest = sha256_prefix(handle, self.offset)  # begin() runs this off the reactor
+        self._digest = hash_prefix(
+            handle, self.offset, name=digest
+        )  # begin() runs this off the reactor
         self.prefix_sha256: str | None = self._digest.hexdigest()
         self.received = self.offset
         self.stored: Receipt | None = None
@@ -94,13 +121,13 @@ class Upload:
         self._run_writes = run_writes
         self._queue: list[bytes] = []
         self._queued = 0
-        self._in_flight: Deferred[Any] | None = None
         self._in_flight_bytes = 0
         self._aborted = False
         self._error: TransferError | None = None
-        self._idle_waiters: list[Deferred[None]] = []
-        self._producer: IPushProducer | None = None
-        self._paused = False
+        self._space_checked = 0
+        """A direct writer has checked the free space for bytes up to here."""
+        self._writeback_from = self.offset
+        """Bytes before this offset have had their writeback started (L{start_writeback})."""
 
     def check(self, additional: int) -> None:
         total = self.received + additional
@@ -111,17 +138,6 @@ class Upload:
         # count against the reserve too, or a fast sender outruns the check.
         unwritten = self._queued + self._in_flight_bytes
         self._storage.check_space(unwritten + additional, os.path.dirname(self._temp_name))
-
-    # -- IConsumer: the transport is our producer ------------------------------
-
-    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
-        """Pause C{producer} (a push producer) while too many bytes wait to be written."""
-        self._producer = cast(IPushProducer, producer)  # a transport: it pauses and resumes
-
-    def unregisterProducer(self) -> None:
-        """Leave the producer alone from now on."""
-        self._producer = None
-        self._paused = False
 
     def write(self, data: bytes) -> None:
         if self._error is not None:
@@ -140,9 +156,52 @@ class Upload:
         self._queued += len(data)
         if self._in_flight is None:
             self._start_batch()
-        elif self._queued >= _QUEUE_HIGH and self._producer is not None and not self._paused:
-            self._paused = True
-            self._producer.pauseProducing()
+        elif self._queued >= _QUEUE_HIGH:
+            self._pause()
+
+    # -- IDirectUpload: one thread writes ---------------------------------------
+
+    def direct(self) -> Any:
+        assert self._in_flight is None and not self._queue, "bytes still wait to be written"
+        self._in_flight = Deferred()  # finish() and abort() wait for direct_done()
+        self._space_checked = self.received
+        return self._take
+
+    def _take(self, data: memoryview) -> None:
+        """The direct sink: check, write and hash C{data} in the calling thread."""
+        if self._aborted or self._closed:
+            raise TransferError(500, "the upload was stopped")
+        size = len(data)
+        total = self.received + size
+        if self.expected_size is not None and total > self.expected_size:
+            raise TransferError(422, f"more bytes than the announced Size {self.expected_size}")
+        self._storage.check_size(total)
+        if total > self._space_checked:
+            window = max(size, _SPACE_WINDOW)
+            if self.expected_size is not None:
+                window = max(size, min(window, self.expected_size - self.received))
+            self._storage.check_space(window, os.path.dirname(self._temp_name))
+            self._space_checked = self.received + window
+        try:
+            written = 0
+            while written < size:  # a raw file may write less than asked
+                written += self._handle.write(data[written:]) or 0
+        except OSError as exc:
+            raise os_error(exc, "write") from exc
+        self._digest.update(data)
+        self.received = total
+        self._start_writeback(total)
+
+    def _start_writeback(self, written: int) -> None:
+        """Start the disk on the last window once a window's worth is written (writer thread)."""
+        if written - self._writeback_from >= WRITEBACK_WINDOW:
+            start_writeback(
+                self._handle.fileno(), self._writeback_from, written - self._writeback_from
+            )
+            self._writeback_from = written
+
+    def direct_done(self) -> None:
+        self._batch_done(None)
 
     def _start_batch(self) -> None:
         batch, self._queue, self._queued = self._queue, [], 0
@@ -161,6 +220,7 @@ class Upload:
     def _write_all(self, batch: list[bytes]) -> None:
         for chunk in batch:
             self._handle.write(chunk)
+        self._start_writeback(self._handle.tell())
 
     def _hash_all(self, batch: list[bytes]) -> None:
         for chunk in batch:
@@ -180,26 +240,11 @@ class Upload:
             self._queue, self._queued = [], 0
         elif self._queue and not self._closed:
             self._start_batch()
-        if self._paused and (self._error is not None or self._queued < _QUEUE_LOW):
-            self._paused = False
-            if self._producer is not None:
-                self._producer.resumeProducing()  # the next write() raises any error
-        if self._in_flight is None:
-            waiters, self._idle_waiters = self._idle_waiters, []
-            for waiter in waiters:
-                waiter.callback(None)
-
-    def _idle(self) -> Deferred[None]:
-        """Fires once every queued byte is written and hashed (or failed)."""
-        if self._in_flight is None:
-            return succeed(None)
-        waiter: Deferred[None] = Deferred()
-        self._idle_waiters.append(waiter)
-        return waiter
+        self._settled(self._error is not None or self._queued < _QUEUE_LOW)
 
     def finish(self, sha256: str | None = None) -> Deferred[Receipt]:
         self.unregisterProducer()
-        if self._run_writes is None:
+        if self._in_flight is None:
             return self._finish_written(sha256)
         return self._idle().addCallback(lambda _: self._finish_written(sha256))
 
@@ -209,29 +254,20 @@ class Upload:
         if self._error is not None:
             self.abort(keep_partial=False)
             return fail(self._error)
-        if self.expected_size is not None and self.received < self.expected_size:
-            self.abort(keep_partial=True)
-            return fail(
-                TransferError(
-                    422, f"short upload: {self.received} of {self.expected_size} bytes arrived"
-                )
-            )
         digest = self._digest.hexdigest()
-        if self._sha256 is not None and digest != self._sha256:
-            self.abort(keep_partial=False)
-            return fail(TransferError(422, f"SHA256 mismatch: received data hashes to {digest}"))
-        if claimed is not None and digest != claimed:
-            # I1: bytes that are not the sender's file as it is now never get a
-            # final name, and a stale prefix is not offered again.
-            self.abort(keep_partial=False)
-            if self.offset:
-                reason = (
-                    f"the {self.offset} bytes held from an earlier upload differ from your"
-                    " file; send it again from the start"
-                )
-            else:
-                reason = "the file changed while it was sent (its SHA-256 differs)"
-            return fail(TransferError(422, reason))
+        refused = check_finished(
+            self.received,
+            self.expected_size,
+            self.offset,
+            digest,
+            self._sha256,
+            claimed,
+            self.digest,
+        )
+        if refused is not None:
+            error, keep = refused
+            self.abort(keep_partial=keep)
+            return fail(error)
         return self._storage.run_blocking(lambda: self._make_durable(digest))
 
     def _make_durable(self, digest: str) -> Receipt:
@@ -241,7 +277,13 @@ class Upload:
                 os.utime(self._handle.fileno(), ns=(time.time_ns(), self._mtime_ns))
             os.fsync(self._handle.fileno())
             stored_path = self._storage.place(
-                self._temp_name, self.path, self.received, digest, self._mtime_ns
+                self._temp_name,
+                self.path,
+                self.received,
+                digest,
+                self._mtime_ns,
+                self.exact_name,
+                self.digest,
             )
         except TransferError:
             self._discard_here()
@@ -250,7 +292,7 @@ class Upload:
             self._discard_here()
             raise os_error(exc, "store the file") from exc
         self._close()
-        return Receipt(self.received, digest, stored_path)
+        return Receipt(self.received, digest, stored_path, self.digest)
 
     def _discard_here(self) -> None:
         """Remove the file and close it in this thread (a worker of C{run_blocking})."""
@@ -299,6 +341,7 @@ class AlreadyStored:
     prefix_sha256 = None
 
     def __init__(self, receipt: Receipt) -> None:
+        self.digest = receipt.algorithm
         self.path = receipt.path
         self.expected_size = receipt.size
         self.offset = self.received = receipt.size
@@ -313,7 +356,7 @@ class AlreadyStored:
 
     def finish(self, sha256: str | None = None) -> Deferred[Receipt]:
         assert self.stored is not None
-        if sha256 is not None and sha256 != self.stored.sha256:
+        if sha256 is not None and sha256 != self.stored.digest:
             return fail(TransferError(422, "SHA256 mismatch with the announced SHA256"))
         return succeed(self.stored)
 
@@ -334,7 +377,11 @@ class StoredCandidate:
     prefix_sha256 = None
     stored = None
 
-    def __init__(self, path: str, size: int, digests: dict[str, str]) -> None:
+    def __init__(
+        self, path: str, size: int, digests: dict[str, str], digest: DigestName = DEFAULT_DIGEST
+    ) -> None:
+        self.digest = digest
+        """Which digest C{digests} (stored path -> hex) are, and the trailer is."""
         self.path = path
         self.expected_size = size
         self.offset = self.received = size
@@ -350,7 +397,7 @@ class StoredCandidate:
     def finish(self, sha256: str | None = None) -> Deferred[Receipt]:
         for stored_path, digest in self._digests.items():
             if sha256 is not None and hmac.compare_digest(digest, sha256):
-                return succeed(Receipt(self.expected_size, digest, stored_path))
+                return succeed(Receipt(self.expected_size, digest, stored_path, self.digest))
         return fail(
             TransferError(
                 422, "the stored file with this Size and Mtime differs from yours; send it again"

@@ -28,27 +28,36 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, BinaryIO
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
 
 from filexfer._errors import TransferError
-from filexfer._hashing import sha256_prefix
+from filexfer._hashing import DEFAULT_DIGEST, DIGESTS, DigestName, hash_prefix
 from filexfer._mtime import check_mtime, probe_mtime_range
 from filexfer._names import STATE_DIR, validate_path
-from filexfer.storage._conflicts import name_limit, numbered_name
+from filexfer.storage._conflicts import name_limit
 from filexfer.storage._digests import DigestCache, stat_key
 from filexfer.storage._disk import os_error, run_here
 from filexfer.storage._interfaces import (
     CONFLICT_POLICIES,
     BlockingRunner,
     ConflictPolicy,
+    IReadSource,
     IStorage,
     IUpload,
-    Receipt,
+    policy_for,
 )
-from filexfer.storage._upload import AlreadyStored, StoredCandidate, Upload
+from filexfer.storage._rules import (
+    MAX_RENAME_TRIES,
+    candidate_names,
+    check_max_size,
+    judge_stored,
+    resume_identity,
+    wanted_copies,
+)
+from filexfer.storage._sources import FileSource
+from filexfer.storage._upload import Upload
 
-_MAX_RENAME_TRIES = 10_000
 _DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -74,6 +83,9 @@ class DirectoryStorage:
         into it are refused with 507.
     @param max_size: largest accepted file, or None.
     """
+
+    digests: tuple[DigestName, ...] = DIGESTS
+    """SHA-256 and BLAKE3: both are computed here (L{filexfer._hashing})."""
 
     def __init__(
         self,
@@ -124,6 +136,7 @@ class DirectoryStorage:
         trailer: bool = False,
         fresh: bool = False,
         exact_name: bool = False,
+        digest: DigestName = DEFAULT_DIGEST,
     ) -> Deferred[IUpload]:
         """Start receiving C{path} (see L{IStorage.begin}).
 
@@ -133,6 +146,8 @@ class DirectoryStorage:
         C{run_blocking}, so that with a thread pool the reactor never waits
         on the disk.
         """
+        if digest not in self.digests or (sha256 is not None and digest != "sha256"):
+            raise ValueError(f"digest {digest!r} with sha256={sha256!r}: see IStorage.begin")
         try:
             path = validate_path(path)
             if size is not None:
@@ -142,7 +157,9 @@ class DirectoryStorage:
         except TransferError:
             return fail()
         looked_up = self.run_blocking(
-            lambda: self._begin_on_disk(path, size, sha256, mtime_ns, trailer, fresh, exact_name)
+            lambda: self._begin_on_disk(
+                path, size, sha256, mtime_ns, trailer, fresh, exact_name, digest
+            )
         )
         return looked_up.addCallback(
             lambda found: self.run_hashing(found.work) if isinstance(found, _Hashing) else found
@@ -157,6 +174,7 @@ class DirectoryStorage:
         trailer: bool,
         fresh: bool,
         exact_name: bool = False,
+        algorithm: DigestName = DEFAULT_DIGEST,
     ) -> IUpload | _Hashing:
         """The look-ups of L{begin} (quick: C{run_blocking}).
 
@@ -168,47 +186,52 @@ class DirectoryStorage:
         self._check_name_lengths(path)
         state = self._state_dir_for(parents)  # on the target's file system
         existing = self._lookup_entry(parents, name)
+        policy = policy_for(self.on_conflict, exact_name)
         if (
             existing is not None
-            and (self.on_conflict == "overwrite" or exact_name)
+            and (policy == "overwrite" or exact_name)
             and not stat.S_ISREG(existing.st_mode)
         ):
             raise TransferError(409, f"{path} exists and is {_kind(existing)}; it is not replaced")
-        copies = self._copies(path, size) if size is not None else {}
-        if sha256 is None:
-            proved_later = trailer and not fresh and mtime_ns is not None
-            copies = {
-                stored: info
-                for stored, info in copies.items()
-                if proved_later
-                and mtime_ns is not None
-                and self._same_mtime(stored, info, mtime_ns)
-            }
-        resumable = size is not None and (sha256 is not None or (trailer and mtime_ns is not None))
-        if resumable:
-            key = hashlib.sha256(
-                f"{path}\0{size}\0{sha256 or ''}\0{'' if sha256 else mtime_ns}".encode()
-            ).hexdigest()
-            temp_name = os.path.join(state, "partial", key)
+        found = self._copies(path, size) if size is not None else {}
+        if exact_name:  # no copy under another name answers for this one
+            found = {stored: info for stored, info in found.items() if stored == path}
+        wanted = wanted_copies(
+            {stored: info.st_size for stored, info in found.items()},
+            size,
+            sha256,
+            mtime_ns,
+            trailer,
+            fresh,
+            lambda stored: (
+                mtime_ns is not None and self._same_mtime(stored, found[stored], mtime_ns)
+            ),
+        )
+        copies = {stored: found[stored] for stored in wanted}
+        identity = resume_identity(path, size, sha256, mtime_ns, trailer)
+        resumable = identity is not None
+        if identity is not None:
+            temp_name = os.path.join(state, "partial", identity)
         else:
             temp_name = os.path.join(state, "tmp", secrets.token_hex(16))
 
-        cached = {stored: self._digests.digest(stored, info) for stored, info in copies.items()}
+        cached = {
+            stored: self._digests.digest(stored, info, algorithm) for stored, info in copies.items()
+        }
 
         def start() -> IUpload:
             digests = {
-                stored: cached[stored] or self._stored_digest(stored, info)
+                stored: cached[stored] or self._stored_digest(stored, info, algorithm)
                 for stored, info in copies.items()
             }
-            if sha256 is not None:
-                for stored, digest in digests.items():
-                    if hmac.compare_digest(digest, sha256):
-                        return AlreadyStored(Receipt(copies[stored].st_size, sha256, stored))
-            elif digests and size is not None:
-                return StoredCandidate(path, size, digests)
-            if existing is not None and self.on_conflict == "refuse":
+            judged = judge_stored(path, size, sha256, digests, algorithm)
+            if judged is not None:
+                return judged
+            if existing is not None and policy == "refuse":
                 raise TransferError(409, f"{path} already exists")
-            return self._open_upload(path, size, sha256, mtime_ns, temp_name, resumable, fresh)
+            return self._open_upload(
+                path, size, sha256, mtime_ns, temp_name, resumable, fresh, exact_name, algorithm
+            )
 
         if None in cached.values() or (resumable and not fresh and _held(temp_name) > 0):
             return _Hashing(start)
@@ -223,6 +246,8 @@ class DirectoryStorage:
         temp_name: str,
         resumable: bool,
         fresh: bool,
+        exact_name: bool = False,
+        digest: DigestName = DEFAULT_DIGEST,
     ) -> Upload:
         handle = self._open_temp(temp_name)
         try:
@@ -233,7 +258,17 @@ class DirectoryStorage:
                 held = os.fstat(handle.fileno()).st_size
                 self.check_space(size - (held if held <= size else 0), os.path.dirname(temp_name))
             return Upload(
-                self, path, size, sha256, mtime_ns, temp_name, handle, resumable, self.run_writes
+                self,
+                path,
+                size,
+                sha256,
+                mtime_ns,
+                temp_name,
+                handle,
+                resumable,
+                self.run_writes,
+                exact_name=exact_name,
+                digest=digest,
             )
         except TransferError:
             if os.fstat(handle.fileno()).st_size == 0:
@@ -259,10 +294,7 @@ class DirectoryStorage:
 
     def check_size(self, size: int) -> None:
         """Refuse with 413 a file of C{size} bytes (announced or arrived) above C{max_size}."""
-        if self.max_size is not None and size > self.max_size:
-            raise TransferError(
-                413, f"file is larger than the server allows ({self.max_size} bytes)"
-            )
+        check_max_size(self.max_size, size)
 
     def check_space(self, incoming: int, where: str | None = None) -> None:
         """Refuse with 507 when C{incoming} more bytes would eat the reserve.
@@ -286,8 +318,7 @@ class DirectoryStorage:
         try:
             with self._directory(parents, create=False) as parent_fd:
                 limit = self._name_limit(parent_fd)
-                for number in range(_MAX_RENAME_TRIES):
-                    candidate = name if number == 0 else numbered_name(name, number, limit)
+                for number, candidate in enumerate(candidate_names(name, limit)):
                     try:
                         info = os.stat(candidate, dir_fd=parent_fd, follow_symlinks=False)
                     except FileNotFoundError:
@@ -313,17 +344,19 @@ class DirectoryStorage:
             return True
         return self._digests.announced_mtime(path, existing) == mtime_ns
 
-    def _stored_digest(self, path: str, existing: os.stat_result) -> str:
-        """The SHA-256 of a stored file: from the cache, or by reading it (blocking)."""
-        cached = self._digests.digest(path, existing)
+    def _stored_digest(
+        self, path: str, existing: os.stat_result, algorithm: DigestName = DEFAULT_DIGEST
+    ) -> str:
+        """The C{algorithm} digest of a stored file: from the cache, or by reading it (blocking)."""
+        cached = self._digests.digest(path, existing, algorithm)
         if cached is not None:
             return cached
-        handle, _ = self.open_read(path)
+        handle, _ = self.open_file(path)
         with handle:
             info = os.fstat(handle.fileno())
-            digest: str = sha256_prefix(handle).hexdigest()
+            digest: str = hash_prefix(handle, name=algorithm).hexdigest()
         if stat_key(info) == stat_key(existing):
-            self._digests.remember(path, existing, digest, None)
+            self._digests.remember(path, existing, digest, None, algorithm)
         return digest
 
     def discard(self, temp_name: str) -> None:
@@ -340,25 +373,29 @@ class DirectoryStorage:
         size: int | None = None,
         digest: str | None = None,
         mtime_ns: int | None = None,
+        exact_name: bool = False,
+        algorithm: DigestName = DEFAULT_DIGEST,
     ) -> str:
         """Link the finished temporary file into place by the conflict policy.
 
         When C{digest} is given and a file with exactly these bytes is already
         stored for C{path} (the path itself or, under C{rename}, one of its
         numbered copies), nothing new is made: that file's path is returned
-        (docs/protocol.md, "Copies by content").  The digest of the placed file is cached, with
-        the announced C{mtime_ns}.
+        (docs/protocol.md, "Copies by content").  The digest (by C{algorithm})
+        of the placed file is cached, with the announced C{mtime_ns}.  With
+        C{exact_name} the policy is L{policy_for}'s and only C{path} itself counts.
 
         @return: the relative path it was stored under.
         """
         *parents, name = path.split("/")
+        policy = policy_for(self.on_conflict, exact_name)
         if digest is not None and size is not None:
-            identical = self._identical_copy(path, size, digest)
+            identical = self._identical_copy(path, size, digest, policy, algorithm)
             if identical is not None:
                 self.discard(temp_name)
                 return identical
         with self._directory(parents, create=True) as parent_fd, self._state_fd() as state_fd:
-            stored_name = self._link_by_policy(state_fd, temp_name, parent_fd, name)
+            stored_name = self._link_by_policy(state_fd, temp_name, parent_fd, name, policy)
             try:
                 os.unlink(temp_name, dir_fd=state_fd)
             except FileNotFoundError:
@@ -367,20 +404,24 @@ class DirectoryStorage:
             placed = os.stat(stored_name, dir_fd=parent_fd, follow_symlinks=False)
         stored_path = "/".join([*parents, stored_name])
         if digest is not None:
-            self._digests.remember(stored_path, placed, digest, mtime_ns)
+            self._digests.remember(stored_path, placed, digest, mtime_ns, algorithm)
         return stored_path
 
-    def _identical_copy(self, path: str, size: int, digest: str) -> str | None:
+    def _identical_copy(
+        self, path: str, size: int, digest: str, policy: ConflictPolicy, algorithm: DigestName
+    ) -> str | None:
         copies = self._copies(path, size)
-        if self.on_conflict != "rename":
+        if policy != "rename":
             copies = {p: info for p, info in copies.items() if p == path}
         for stored_path, info in copies.items():
-            if hmac.compare_digest(self._stored_digest(stored_path, info), digest):
+            if hmac.compare_digest(self._stored_digest(stored_path, info, algorithm), digest):
                 return stored_path
         return None
 
-    def _link_by_policy(self, state_fd: int, temp_name: str, parent_fd: int, name: str) -> str:
-        if self.on_conflict == "overwrite":
+    def _link_by_policy(
+        self, state_fd: int, temp_name: str, parent_fd: int, name: str, policy: ConflictPolicy
+    ) -> str:
+        if policy == "overwrite":
             try:
                 info = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
             except FileNotFoundError:
@@ -391,8 +432,7 @@ class DirectoryStorage:
             os.rename(temp_name, name, src_dir_fd=state_fd, dst_dir_fd=parent_fd)
             return name
         limit = self._name_limit(parent_fd)
-        for number in range(_MAX_RENAME_TRIES):
-            candidate = name if number == 0 else numbered_name(name, number, limit)
+        for candidate in candidate_names(name, limit):
             try:
                 os.link(
                     temp_name,
@@ -402,11 +442,11 @@ class DirectoryStorage:
                     follow_symlinks=False,
                 )
             except FileExistsError:
-                if self.on_conflict == "refuse":
+                if policy == "refuse":
                     raise TransferError(409, f"{name} already exists") from None
                 continue
             return candidate
-        raise TransferError(409, f"no free name for {name}: {_MAX_RENAME_TRIES} are taken")
+        raise TransferError(409, f"no free name for {name}: {MAX_RENAME_TRIES} are taken")
 
     # -- names and file systems ---------------------------------------------
 
@@ -508,7 +548,15 @@ class DirectoryStorage:
 
     # -- reading -----------------------------------------------------------
 
-    def open_read(self, path: str) -> tuple[BinaryIO, int]:
+    def open_read(self, path: str) -> Deferred[IReadSource]:
+        """Open a stored file (see L{IStorage.open_read}); a local open does not wait."""
+        try:
+            return succeed(FileSource(*self.open_file(path)))
+        except TransferError:
+            return fail()
+
+    def open_file(self, path: str) -> tuple[BinaryIO, int]:
+        """Open a stored file now: (file, size); L{TransferError} 400/403/404."""
         path = validate_path(path)
         *parents, name = path.split("/")
         try:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 from filexfer._errors import TransferError
-from filexfer._hashing import ShortFile, sha256_prefix
+from filexfer._hashing import DEFAULT_DIGEST, DigestName, Hasher, ShortFile
+from filexfer._hashing import hash_prefix as _hash_prefix
 from filexfer._names import validate_name, validate_path
 from filexfer._text import escape
 from filexfer.tcp._errors import SendError
@@ -64,13 +65,13 @@ def check_remote_name(remote: str, classic: bool) -> None:
         ) from None
 
 
-def hash_prefix(handle: BinaryIO, length: int) -> Any:
-    """The SHA-256 state after the first C{length} bytes of C{handle}.
+def hash_prefix(handle: BinaryIO, length: int, name: DigestName = DEFAULT_DIGEST) -> Hasher:
+    """The hash state (digest C{name}) after the first C{length} bytes of C{handle}.
 
     @raise SendError: the file is shorter than C{length}.
     """
     handle.seek(0)
     try:
-        return sha256_prefix(handle, length, exact=True)
+        return _hash_prefix(handle, length, exact=True, name=name)
     except ShortFile as short:
         raise SendError(str(short)) from None

@@ -1,12 +1,17 @@
-"""Sending over plain TCP off the reactor thread: sendfile in one thread, SHA-256 in another."""
+"""Plain TCP off the reactor thread: sending (sendfile in one thread, the digest in
+another) and receiving (recv_into one reused buffer, handed to the upload's sink)."""
 
 from __future__ import annotations
 
 import os
 import select
+import socket
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
+
+from twisted.internet.interfaces import IReactorFromThreads
 
 from filexfer._hashing import HASH_READ
 from filexfer._types import ISendingReactor
@@ -92,13 +97,16 @@ class ThreadedSend:
     def _hash(self, handle: int) -> None:
         position = self._hash_from  # from 0, a resumed prefix too, unless it is hashed already
         error: BaseException | None = None
+        buffer = bytearray(HASH_READ)  # one buffer, reused: no allocation per chunk
+        view = memoryview(buffer)
         try:
             while position < self._end and not self._stopped.is_set():
-                chunk = os.pread(handle, min(HASH_READ, self._end - position), position)
-                if not chunk:
+                want = min(HASH_READ, self._end - position)
+                got = os.preadv(handle, [view[:want]], position)
+                if not got:
                     break
-                self._digest.update(chunk)
-                position += len(chunk)
+                self._digest.update(view[:got])
+                position += got
         except BaseException as exc:  # reported on the reactor thread
             error = exc
         finally:
@@ -110,6 +118,93 @@ class ThreadedSend:
         self._error = self._error or error
         if len(self._results) == 2:
             self._finished(self._results["sent"], self._results["hashed"], self._error)
+
+
+RECEIVE_BUFFER = 1 << 20
+"""Bytes a receiving thread reads at a time, into one buffer it reuses."""
+_PROGRESS_BYTES = 4 << 20
+_PROGRESS_SECONDS = 1.0
+"""A receiving thread reports after this many bytes, or seconds with bytes."""
+
+
+class ThreadedReceive:
+    """Receives C{count} bytes of a plain TCP connection off the reactor thread.
+
+    The reactor stops reading the connection (the caller pauses it) while a
+    thread of its own reads with C{recv_into} into one reused buffer and
+    hands each chunk to C{sink} (blocking: the upload checks, writes and
+    hashes it there), so neither a Python object per chunk nor a hand-off
+    per chunk between the reactor and a thread pool remains.  It never
+    reads past C{count}: what follows (a trailer) stays in the socket for
+    the reactor.  The thread stops at C{count} bytes, at the end of the
+    stream (left for the reactor to find when it reads again), at a socket
+    error (reported: a reset is read only once), when C{sink} raises, or
+    within L{_POLL_MS} of L{stop}.
+
+    @param progress: called on the reactor thread with the bytes received
+        so far, every few MiB or second.
+    @param finished: called once on the reactor thread as
+        C{finished(received, error, lost)}; C{error} is what C{sink} raised,
+        C{lost} the socket error that ended the connection, else None.
+    """
+
+    def __init__(
+        self,
+        reactor: IReactorFromThreads,
+        sock_fd: int,
+        count: int,
+        sink: Callable[[memoryview], None],
+        progress: Callable[[int], None],
+        finished: Callable[[int, BaseException | None, OSError | None], None],
+    ) -> None:
+        self._reactor = reactor
+        self._count = count
+        self._sink = sink
+        self._progress = progress
+        self._finished = finished
+        self._stopped = threading.Event()
+        sock = socket.socket(fileno=os.dup(sock_fd))
+        self._thread = threading.Thread(
+            target=self._receive, args=(sock,), name="filexfer-receive", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Ask the thread to quit (it reports through C{finished} all the same)."""
+        self._stopped.set()
+
+    def _receive(self, sock: socket.socket) -> None:
+        received = 0
+        error: BaseException | None = None
+        lost: OSError | None = None
+        buffer = bytearray(min(RECEIVE_BUFFER, max(self._count, 1)))
+        view = memoryview(buffer)
+        reported, last_report = 0, time.monotonic()
+        try:
+            poller = select.poll()
+            poller.register(sock, select.POLLIN)
+            while received < self._count and not self._stopped.is_set():
+                try:
+                    got = sock.recv_into(view, min(len(buffer), self._count - received))
+                except BlockingIOError:
+                    poller.poll(_POLL_MS)
+                    continue
+                except OSError as exc:
+                    lost = exc  # a reset: the reactor would read only the end of the stream
+                    break
+                if not got:
+                    break  # the end of the stream: likewise
+                self._sink(view[:got])
+                received += got
+                now = time.monotonic()
+                if received - reported >= _PROGRESS_BYTES or now - last_report >= _PROGRESS_SECONDS:
+                    reported, last_report = received, now
+                    self._reactor.callFromThread(self._progress, received)
+        except BaseException as exc:  # the sink's refusal, reported on the reactor thread
+            error = exc
+        finally:
+            sock.close()  # the duplicate descriptor: the connection stays open
+        self._reactor.callFromThread(self._finished, received, error, lost)
 
 
 def socket_fd(transport: object) -> int | None:

@@ -11,6 +11,7 @@ from enum import Enum
 import attrs
 
 from filexfer._errors import TransferError
+from filexfer._hashing import DEFAULT_DIGEST, DigestName, digest_name
 from filexfer._mtime import NS_MAX, NS_MIN
 from filexfer._names import validate_name, validate_path
 from filexfer._receipt import Receipt
@@ -33,6 +34,8 @@ MAX_MTIME_FRACTION = 64
 # other scripts' digits, "_" and spaces), never more than int() converts
 # cheaply (past 4,300 digits it raises ValueError).
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+_HEX256 = _SHA256
+"""Every receipt digest is 256 bits: 64 lower-case hex digits."""
 _SIZE = re.compile(rf"[0-9]{{1,{MAX_SIZE_DIGITS}}}")
 _CODE = re.compile(r"[0-9]{3}")
 _MTIME = re.compile(r"(?P<sign>[+-]?)(?P<seconds>[0-9]+)(?:\.(?P<fraction>[0-9]+))?")
@@ -79,6 +82,9 @@ class PutRequest:
     """C{Trailer: SHA256}: the client sends its whole-file SHA-256 after the data."""
     fresh: bool = False
     """C{Resume: no}: the server ignores held bytes and stored candidates."""
+    digest: str | None = None
+    """C{Digest: <name>}: the receipt digest the client asks for (lower case;
+    the server may decline a name it does not know or use, and answers SHA-256)."""
 
 
 Request = ClassicRequest | PutRequest
@@ -156,6 +162,9 @@ def _parse_request(lines: list[bytes]) -> PutRequest:
     trailer = _parse_trailer_header(fields.get("trailer"))
     if trailer and size is None:
         raise TransferError(400, "Trailer needs Size (the trailer follows Size bytes)")
+    digest = _parse_digest_header(fields.get("digest"))
+    if digest is not None and not trailer:
+        raise TransferError(400, "Digest needs Trailer (the reply names the digest in its ok)")
     return PutRequest(
         path=path,
         size=size,
@@ -164,7 +173,17 @@ def _parse_request(lines: list[bytes]) -> PutRequest:
         token=fields.get("token"),
         trailer=trailer,
         fresh=_parse_resume(fields.get("resume")),
+        digest=digest,
     )
+
+
+def _parse_digest_header(value: str | None) -> str | None:
+    """C{Digest: <name>}: one token, in lower case even when unknown (the server declines it)."""
+    if value is None:
+        return None
+    if not re.fullmatch(r"[A-Za-z0-9-]{1,32}", value):
+        raise TransferError(400, "Digest must name one digest, e.g. BLAKE3")
+    return value.lower()
 
 
 def _parse_trailer_header(value: str | None) -> bool:
@@ -184,24 +203,26 @@ def _parse_resume(value: str | None) -> bool:
     raise TransferError(400, "Resume must be yes or no")
 
 
-def parse_trailer(line: bytes) -> str:
-    """Parse the trailer line C{SHA256: <64 hex>} (without its newline).
+def parse_trailer(line: bytes, digest: DigestName = DEFAULT_DIGEST) -> str:
+    """Parse the trailer line C{SHA256: <64 hex>} (C{BLAKE3: <64 hex>} when C{digest}
+    is BLAKE3) without its newline.
 
-    @return: the sender's SHA-256, lower-case hex.
-    @raise TransferError: 400 for anything else.
+    @return: the sender's digest of its whole file, lower-case hex.
+    @raise TransferError: 400 for anything else (another digest's line too).
     """
     if line.endswith(b"\r"):
         line = line[:-1]
     name, colon, value = _text(line).partition(":")
-    digest = _parse_sha256(value.strip()) if colon else None
-    if name.strip().upper() != TRAILER_FIELD or digest is None:
-        raise TransferError(400, "expected the trailer line 'SHA256: <64 hex digits>'")
-    return digest
+    hexdigest = _parse_hex256(value.strip()) if colon else None
+    field = digest.upper()
+    if name.strip().upper() != field or hexdigest is None:
+        raise TransferError(400, f"expected the trailer line '{field}: <64 hex digits>'")
+    return hexdigest
 
 
-def encode_trailer(sha256: str) -> bytes:
-    """The client's trailer: its whole-file SHA-256, after the data."""
-    return f"{TRAILER_FIELD}: {sha256}\n".encode()
+def encode_trailer(hexdigest: str, digest: DigestName = DEFAULT_DIGEST) -> bytes:
+    """The client's trailer: its whole-file digest after the data (C{SHA256: <hex>})."""
+    return f"{digest.upper()}: {hexdigest}\n".encode()
 
 
 def _parse_size(value: str | None) -> int | None:
@@ -219,6 +240,11 @@ def _parse_sha256(value: str | None) -> str | None:
     if not _SHA256.fullmatch(value):
         raise TransferError(400, "SHA256 must be 64 hex digits")
     return value
+
+
+def _parse_hex256(value: str) -> str | None:
+    value = value.lower()
+    return value if _HEX256.fullmatch(value) else None
 
 
 def _parse_mtime(value: str | None) -> int | None:
@@ -304,6 +330,8 @@ def _encode_put(request: PutRequest) -> bytes:
         lines.append(f"Trailer: {TRAILER_FIELD}")
     if request.fresh:
         lines.append("Resume: no")
+    if request.digest is not None:
+        lines.append(f"Digest: {request.digest.upper()}")
     return ("\n".join(lines) + "\n\n").encode("utf-8")
 
 
@@ -323,8 +351,12 @@ class Ok:
 
     offset: int
     prefix_sha256: str | None = None
+    """The prefix's digest (hex), by L{digest}: SHA-256 unless the reply names another."""
     trailer: bool = False
     """The server takes the trailer (it answered in the three-field form)."""
+    digest: DigestName | None = None
+    """The receipt digest the server chose, named in a fourth field when the
+    client asked (C{Digest:}); None from a server that did not name one (SHA-256)."""
 
 
 @attrs.frozen
@@ -339,16 +371,26 @@ Reply = Ok | Receipt | Refusal
 """C{done <size> <sha256> <path>} is read as the L{Receipt} it carries."""
 
 
-def encode_ok(offset: int, prefix_sha256: str | None = None, trailer: bool = False) -> bytes:
-    """The FX/1 go-ahead: C{ok <offset>}, or C{ok <offset> <prefix|->} with a trailer."""
+def encode_ok(
+    offset: int,
+    prefix_sha256: str | None = None,
+    trailer: bool = False,
+    digest: DigestName | None = None,
+) -> bytes:
+    """The FX/1 go-ahead: C{ok <offset>}, or C{ok <offset> <prefix|->} with a trailer,
+    and C{ok <offset> <prefix|-> <digest>} to a client that asked for a digest."""
     if not trailer:
         return b"ok %d\n" % offset
-    return f"ok {offset} {prefix_sha256 or '-'}\n".encode()
+    named = "" if digest is None else f" {digest}"
+    return f"ok {offset} {prefix_sha256 or '-'}{named}\n".encode()
 
 
-def encode_done(size: int, sha256: str, path: str) -> bytes:
-    """The FX/1 receipt."""
-    return f"done {size} {sha256} {path}\n".encode()
+def encode_done(size: int, digest: str, path: str, label: DigestName | None = None) -> bytes:
+    """The FX/1 receipt: C{done <size> <sha256> <path>}, or with the digest
+    labelled (C{done <size> blake3:<hex> <path>}, C{sha256:<hex>}) to a
+    client that asked for a digest (C{label})."""
+    shown = digest if label is None else f"{label}:{digest}"
+    return f"done {size} {shown} {path}\n".encode()
 
 
 def encode_error(error: TransferError) -> bytes:
@@ -368,15 +410,23 @@ def parse_reply(line: bytes) -> Reply:
     word, _, rest = text.partition(" ")
     if word == "ok":
         offset, _, prefix = rest.partition(" ")
+        prefix, _, named = prefix.partition(" ")
+        chosen = digest_name(named) if named else None
         if _SIZE.fullmatch(offset) and not prefix:
             return Ok(int(offset))
-        if _SIZE.fullmatch(offset) and (prefix == "-" or _SHA256.fullmatch(prefix)):
-            return Ok(int(offset), None if prefix == "-" else prefix, trailer=True)
+        if (
+            _SIZE.fullmatch(offset)
+            and (prefix == "-" or _HEX256.fullmatch(prefix))
+            and (not named or chosen is not None)
+        ):
+            return Ok(int(offset), None if prefix == "-" else prefix, trailer=True, digest=chosen)
     if word == "done":
         size, _, rest = rest.partition(" ")
         digest, _, path = rest.partition(" ")
-        if _SIZE.fullmatch(size) and _SHA256.fullmatch(digest) and path:
-            return Receipt(int(size), digest, path)
+        label, colon, hexdigest = digest.rpartition(":")
+        algorithm = digest_name(label) if colon else DEFAULT_DIGEST
+        if _SIZE.fullmatch(size) and algorithm and _HEX256.fullmatch(hexdigest) and path:
+            return Receipt(int(size), hexdigest, path, algorithm)
     if word == "error":
         code, _, reason = rest.partition(" ")
         if _CODE.fullmatch(code):

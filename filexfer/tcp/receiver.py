@@ -30,6 +30,8 @@ from twisted.internet.interfaces import (
     IConsumer,
     IDelayedCall,
     IHalfCloseableProtocol,
+    IReactorFromThreads,
+    IReactorThreads,
     IReactorTime,
 )
 from twisted.internet.protocol import Factory, Protocol, connectionDone
@@ -38,11 +40,14 @@ from zope.interface import implementer
 
 from filexfer._errors import TransferError
 from filexfer._guard import AccessPolicy, ConnectionLimits
-from filexfer._log import describe_peer, log, log_transfer
+from filexfer._hashing import DEFAULT_DIGEST, DigestName, digest_name
+from filexfer._log import describe_peer, log
 from filexfer._receipt import Receipt
+from filexfer._records import ITransferObserver, Observers, TransferRecord, transfer_ended
 from filexfer._types import IStreamTransport
-from filexfer.storage import IStorage, IUpload
+from filexfer.storage import IDirectUpload, IStorage, IUpload
 from filexfer.tcp import _wire
+from filexfer.tcp._threaded import ThreadedReceive, socket_fd
 
 PREFIX_WAIT = 0.5
 """Seconds to wait for more when the first chunk is a strict prefix of C{FX/}."""
@@ -52,6 +57,38 @@ LINGER = 5.0
 
 READ_SIZE = 256 * 1024
 """Bytes read from the socket at a time: large reads mean fewer Python calls."""
+
+THREADED_MINIMUM = 4 << 20
+"""Uploads with at least this many bytes still to come are received in a
+thread of their own (L{ThreadedReceive}) over plain TCP; smaller ones on the
+reactor thread, where a thread would cost more than it saves."""
+
+RECEIVE_THREADS = 8
+"""At most this many uploads of one factory are received in threads at once;
+the others are read on the reactor thread."""
+
+
+def close_after_last_words(transport: IStreamTransport, peer_finished: bool) -> bool:
+    """Close C{transport} without destroying the reply just written to it.
+
+    Closing with the peer's bytes unread would reset the connection, and a
+    reset can destroy the reply before the peer has read it: unless the
+    peer has finished sending (C{peer_finished}), only the writing side is
+    closed and reading goes on (the caller discards what arrives).
+
+    @return: True when the connection is half-closed: the caller closes it
+        when the peer does, or after L{LINGER} seconds.
+    """
+    if peer_finished:
+        transport.loseConnection()
+        return False
+    try:
+        transport.loseWriteConnection()
+    except (AttributeError, NotImplementedError):
+        transport.loseConnection()
+        return False
+    transport.resumeProducing()
+    return True
 
 
 @implementer(IHalfCloseableProtocol)
@@ -76,9 +113,17 @@ class ReceiverProtocol(Protocol):
         self._started = 0.0
         self._trailer = False
         self._trailer_line = b""
-        self._claimed_sha256: str | None = None
+        self._claimed_digest: str | None = None
+        self._digest: DigestName | None = None
+        """The receipt digest chosen for a client that asked for one (C{Digest:}),
+        named in C{ok} and labelled in C{done}; None for a client that did not ask."""
         self._client_outcome: str | None = None
         """Set when the client ended the upload early: the log says so, not "refused"."""
+        self._announced = False
+        """The factory's observer was told this upload started (it is told of its end too)."""
+        self._receiving: ThreadedReceive | None = None
+        """The thread receiving the bytes, while it runs (plain TCP, large uploads)."""
+        self._receiving_stopped = False
 
     @property
     def _transport(self) -> IStreamTransport:
@@ -110,6 +155,7 @@ class ReceiverProtocol(Protocol):
         pass
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._stop_receiving()
         self._disarm()
         self.factory.live.discard(self)
         self.factory.release(self)
@@ -248,6 +294,8 @@ class ReceiverProtocol(Protocol):
             starting = maybeDeferred(storage.begin, request.name, None, None, None)
         else:
             self._trailer = request.trailer
+            self._digest = choose_digest(request, storage)
+            chosen = {} if self._digest in (None, DEFAULT_DIGEST) else {"digest": self._digest}
             starting = maybeDeferred(
                 storage.begin,
                 request.path,
@@ -256,6 +304,7 @@ class ReceiverProtocol(Protocol):
                 request.mtime_ns,
                 trailer=request.trailer,
                 fresh=request.fresh,
+                **chosen,
             )
         starting.addCallbacks(self._storage_took, self._storage_refused)
 
@@ -276,6 +325,8 @@ class ReceiverProtocol(Protocol):
     def _send_ok(self, upload: IUpload) -> None:
         self.factory.handshake_done(self)
         self._upload = upload
+        self._announced = True
+        self.factory.observer.transfer_started(self._protocol, "upload")
         if IConsumer.providedBy(upload):
             # storage that writes in the background pauses us while it catches up
             IConsumer(upload).registerProducer(self._transport, True)
@@ -283,21 +334,83 @@ class ReceiverProtocol(Protocol):
             self._transport.write(_wire.CLASSIC_OK)
         else:
             prefix = upload.prefix_sha256 if upload.offset < (upload.expected_size or 0) else None
-            line = _wire.encode_ok(upload.offset, prefix, self._trailer)
+            line = _wire.encode_ok(upload.offset, prefix, self._trailer, self._digest)
             self._transport.write(line)
         self._arm(self.factory.idle_timeout)
         if upload.expected_size is not None and upload.received >= upload.expected_size:
             self._size_reached()
+        elif not self._peer_finished:
+            self._receive_in_thread(upload)
         if self._peer_finished:
             self.end_of_stream()  # it half-closed while the storage started
+
+    def _receive_in_thread(self, upload: IUpload) -> None:
+        """Hand the rest of a large plain-TCP upload to a L{ThreadedReceive}, when one fits.
+
+        The reactor stops reading the connection until the thread has the
+        announced Size bytes (or stops early); the trailer, an early end or
+        a reset are then read on the reactor thread as usual.
+        """
+        reactor = self.factory._threads
+        if upload.expected_size is None or reactor is None:
+            return
+        remaining = upload.expected_size - upload.received
+        fd = socket_fd(self.transport)
+        if remaining < THREADED_MINIMUM or fd is None or not IDirectUpload.providedBy(upload):
+            return
+        if not self.factory.take_receive_thread():
+            return
+        self._transport.pauseProducing()
+        sink = IDirectUpload(upload).direct()
+        self._receiving = ThreadedReceive(
+            reactor, fd, remaining, sink, self._received_in_thread, self._thread_finished
+        )
+
+    def _received_in_thread(self, received: int) -> None:
+        if self._receiving is not None:
+            self._rearm(self.factory.idle_timeout)
+
+    def _thread_finished(
+        self, received: int, error: BaseException | None, lost: OSError | None
+    ) -> None:
+        self._receiving = None
+        self.factory.give_receive_thread()
+        upload = self._accepted
+        IDirectUpload(upload).direct_done()
+        if self._receiving_stopped:
+            return  # the connection was dropped meanwhile: nothing more to do
+        if error is not None:
+            if not isinstance(error, TransferError):
+                log.failure("receiving in a thread", Failure(error))
+                error = TransferError(500, "internal server error")
+            self.refused(error)
+            return
+        if lost is not None:
+            self._transport.abortConnection()  # reset already: connectionLost follows
+            return
+        self._rearm(self.factory.idle_timeout)
+        self._transport.resumeProducing()  # the trailer, or an early end
+        if upload.expected_size is not None and upload.received >= upload.expected_size:
+            self._size_reached()
+
+    def _stop_receiving(self) -> None:
+        """Stop a receiving thread (it reports once more, then nothing follows)."""
+        if self._receiving is not None:
+            self._receiving_stopped = True
+            self._receiving.stop()
+
+    def _abort_upload(self, keep_partial: bool) -> None:
+        """Stop any receiving thread, then abort the upload (closed once the thread is out)."""
+        self._stop_receiving()
+        self._accepted.abort(keep_partial=keep_partial)
 
     @_machine.output()
     def _send_ok_and_done(self, upload: IUpload) -> None:
         assert upload.stored is not None
         self._upload = upload
-        line = _wire.encode_ok(upload.offset, None, self._trailer)
+        line = _wire.encode_ok(upload.offset, None, self._trailer, self._digest)
         self._transport.write(line)
-        self._reply_done(upload.stored, "already stored as")
+        self._reply_done(upload.stored, "already stored as", "already_stored")
 
     def _size_reached(self) -> None:
         if self._trailer:
@@ -338,7 +451,7 @@ class ReceiverProtocol(Protocol):
             self.refused(TransferError(422, "more bytes than Size and the trailer"))
             return
         try:
-            self._claimed_sha256 = _wire.parse_trailer(line)
+            self._claimed_digest = _wire.parse_trailer(line, self._digest or DEFAULT_DIGEST)
         except TransferError as error:
             self.refused(error)
             return
@@ -346,7 +459,7 @@ class ReceiverProtocol(Protocol):
 
     @_machine.output()
     def _refuse_short(self) -> None:
-        self._accepted.abort(keep_partial=True)
+        self._abort_upload(keep_partial=True)
         self._client_outcome = self._client_ended("client closed")
         self._drop_upload(TransferError(422, "the connection ended before the SHA256 trailer"))
 
@@ -359,7 +472,7 @@ class ReceiverProtocol(Protocol):
             # the client half-closed before Size bytes: the storage refuses
             # the short upload (422, the partial kept), which the client caused
             self._client_outcome = self._client_ended("client closed")
-        result: Deferred[Receipt] = upload.finish(self._claimed_sha256)
+        result: Deferred[Receipt] = upload.finish(self._claimed_digest)
         result.addCallbacks(self.stored, self._finish_failed)
 
     def _finish_failed(self, failure: Failure) -> None:
@@ -375,18 +488,19 @@ class ReceiverProtocol(Protocol):
         upload = self._accepted
         offset = upload.offset
         if upload.prefix_sha256 is None and offset == upload.expected_size:
-            outcome = "already stored as"  # proved by the trailer: nothing was sent
+            # proved by the trailer: nothing was sent
+            self._reply_done(receipt, "already stored as", "already_stored")
         elif offset:
-            outcome = f"resumed at byte {offset}, stored as"
+            self._reply_done(receipt, f"resumed at byte {offset}, stored as", "stored")
         else:
-            outcome = "stored as"
-        self._reply_done(receipt, outcome)
+            self._reply_done(receipt, "stored as", "stored")
 
-    def _reply_done(self, receipt: Receipt, outcome: str) -> None:
+    def _reply_done(self, receipt: Receipt, words: str, outcome: str) -> None:
         if not self._classic:
-            line = _wire.encode_done(receipt.size, receipt.sha256, receipt.path)
+            label = None if self._digest is None else receipt.algorithm
+            line = _wire.encode_done(receipt.size, receipt.digest, receipt.path, label)
             self._transport.write(line)
-        self._log(self._received(), f"{outcome} {receipt.path!r}")
+        self._log(self._received(), f"{words} {receipt.path!r}", outcome, receipt=receipt)
         self._transport.loseConnection()
 
     @_machine.output()
@@ -400,15 +514,18 @@ class ReceiverProtocol(Protocol):
     def _refuse_before_ok(self, error: TransferError) -> None:
         """Before C{ok}: say why, log, and close."""
         self._disarm()
-        self._log(0, f"refused: {error.code} {error.reason}")
+        self._log(0, f"refused: {error.code} {error.reason}", "refused", code=error.code)
         self._say_error(error)
 
     def _drop_upload(self, error: TransferError) -> None:
         """After C{ok}: drop the upload, say why (the classic form: reset), log, and close."""
         self._disarm()
-        self._accepted.abort(keep_partial=False)  # a no-op once finish() kept a short partial
-        outcome = self._client_outcome or f"refused: {error.code} {error.reason}"
-        self._log(self._received(), outcome)
+        self._abort_upload(keep_partial=False)  # a no-op once finish() kept a short partial
+        if self._client_outcome is not None:
+            self._log(self._received(), self._client_outcome, "aborted", code=error.code)
+        else:
+            words = f"refused: {error.code} {error.reason}"
+            self._log(self._received(), words, "refused", code=error.code)
         if self._classic:
             # The classic form has no words after "ok": a reset is the only
             # way to tell the client that its file was not stored.
@@ -426,17 +543,8 @@ class ReceiverProtocol(Protocol):
         Closing with the peer's bytes unread would reset the connection, and
         a reset can destroy the error line before the peer has read it.
         """
-        transport = self._transport
-        if self._peer_finished:
-            transport.loseConnection()
-            return
-        try:
-            transport.loseWriteConnection()
-        except (AttributeError, NotImplementedError):
-            transport.loseConnection()
-            return
-        transport.resumeProducing()
-        self._arm(LINGER)
+        if close_after_last_words(self._transport, self._peer_finished):
+            self._arm(LINGER)
 
     @_machine.output()
     def _close(self) -> None:
@@ -449,27 +557,27 @@ class ReceiverProtocol(Protocol):
 
     @_machine.output()
     def _refuse_stalled_upload(self) -> None:
-        self._accepted.abort(keep_partial=True)  # a stalled upload may be resumed
+        self._abort_upload(keep_partial=True)  # a stalled upload may be resumed
         self._drop_upload(TransferError(408, "transfer timed out"))
 
     @_machine.output()
     def _keep_partial(self, reason: Failure) -> None:
-        self._accepted.abort(keep_partial=True)
+        self._abort_upload(keep_partial=True)
         # A half-close is end_of_stream: a connection lost mid-stream was reset or dropped.
-        self._log(self._received(), self._client_ended("client aborted"))
+        self._log(self._received(), self._client_ended("client aborted"), "aborted")
 
     @_machine.output()
     def _cut(self) -> None:
         """The service stops: keep the bytes for a resume, say so, and drop the connection."""
         self._disarm()
-        self._accepted.abort(keep_partial=True)
-        self._log(self._received(), self._client_ended("cut by shutdown"))
+        self._abort_upload(keep_partial=True)
+        self._log(self._received(), self._client_ended("cut by shutdown"), "aborted")
         self._transport.abortConnection()
 
     @_machine.output()
     def _log_vanished(self, reason: Failure) -> None:
         if self._buffer:
-            self._log(0, "connection closed during the handshake")
+            self._log(0, "connection closed during the handshake", "aborted")
 
     @_machine.output()
     def _refuse_early_data(self, data: bytes) -> None:
@@ -478,7 +586,7 @@ class ReceiverProtocol(Protocol):
 
     @_machine.output()
     def _note_gone(self, reason: Failure) -> None:
-        self._log(0, "client aborted while the upload was starting")
+        self._log(0, "client aborted while the upload was starting", "aborted")
 
     @_machine.output()
     def _put_back(self, upload: IUpload) -> None:
@@ -591,15 +699,43 @@ class ReceiverProtocol(Protocol):
         """Bytes of the accepted upload that arrived on this connection."""
         return int(self._accepted.received - self._accepted.offset)
 
-    def _log(self, nbytes: int, outcome: str) -> None:
-        log_transfer(
-            protocol="classic" if self._classic else "fx/1",
+    @property
+    def _protocol(self) -> str:
+        return "classic" if self._classic else "fx/1"
+
+    def _log(
+        self,
+        nbytes: int,
+        detail: str,
+        outcome: str,
+        *,
+        code: int | None = None,
+        receipt: Receipt | None = None,
+    ) -> None:
+        """The transfer's one record: its log line, and the factory's observer hears it."""
+        now = self._clock.seconds()
+        upload = self._upload
+        record = TransferRecord(
+            protocol=self._protocol,
+            direction="upload",
             peer=self._peer,
             path=self._path,
-            nbytes=nbytes,
-            seconds=self._clock.seconds() - self._started,
             outcome=outcome,
+            detail=detail,
+            nbytes=nbytes,
+            seconds=now - self._started,
+            time=now,
+            stored_path=receipt.path if receipt is not None else None,
+            size=receipt.size if receipt is not None else None,
+            sha256=receipt.sha256 if receipt is not None else None,
+            blake3=receipt.digest
+            if receipt is not None and receipt.algorithm == "blake3"
+            else None,
+            resumed_offset=upload.offset if upload is not None and self._announced else 0,
+            error_code=code,
+            accepted=self._announced,
         )
+        transfer_ended(self.factory.observer, record)
 
 
 class ReceiverFactory(Factory):
@@ -612,6 +748,8 @@ class ReceiverFactory(Factory):
     @param limits: caps on connections in total, and per address on those
         still in their handshake.
     @param access: which peer addresses may connect.
+    @param observer: told when an upload starts and given every
+        connection's L{TransferRecord} (after its log line).
     """
 
     protocol = ReceiverProtocol
@@ -626,8 +764,10 @@ class ReceiverFactory(Factory):
         idle_timeout: float = 300.0,
         limits: ConnectionLimits | None = None,
         access: AccessPolicy | None = None,
+        observer: ITransferObserver | None = None,
     ) -> None:
         self.storage = storage
+        self.observer: ITransferObserver = observer if observer is not None else Observers()
         self.clock = clock
         self.token = token
         self.handshake_timeout = handshake_timeout
@@ -636,6 +776,23 @@ class ReceiverFactory(Factory):
         self.access = access if access is not None else AccessPolicy()
         self.live: set[ReceiverProtocol] = set()
         """The connections open now."""
+        # The reactor, when it runs threads: large plain-TCP uploads are then
+        # received in threads of their own (ThreadedReceive); None on a bare clock.
+        self._threads: IReactorFromThreads | None = (
+            cast(IReactorFromThreads, clock) if IReactorThreads.providedBy(clock) else None
+        )
+        self._receive_threads = 0
+
+    def take_receive_thread(self) -> bool:
+        """Count a receiving thread in, unless L{RECEIVE_THREADS} run already."""
+        if self._receive_threads >= RECEIVE_THREADS:
+            return False
+        self._receive_threads += 1
+        return True
+
+    def give_receive_thread(self) -> None:
+        """Count a receiving thread out."""
+        self._receive_threads -= 1
 
     def buildProtocol(self, addr: IAddress | None) -> ReceiverProtocol:
         return ReceiverProtocol(self)
@@ -676,6 +833,23 @@ class ReceiverFactory(Factory):
             raise TransferError(401, "this server requires a token: use the FX/1 form")
         if request.token is None or not _constant_time_equal(request.token, self.token):
             raise TransferError(401, "bad or missing token")
+
+
+def choose_digest(request: _wire.PutRequest, storage: IStorage) -> DigestName | None:
+    """The receipt digest for C{request}: None when the client did not ask (C{Digest:}).
+
+    The asked-for digest when the storage computes it (C{IStorage.digests})
+    and the client announced no SHA256 up front (that digest is SHA-256);
+    otherwise the server declines and answers with SHA-256, which every
+    client can check (docs/protocol.md, "Receipt digests").
+    """
+    if request.digest is None:
+        return None
+    asked = digest_name(request.digest)
+    offered = getattr(storage, "digests", (DEFAULT_DIGEST,))
+    if asked is None or asked not in offered or request.sha256 is not None:
+        return DEFAULT_DIGEST
+    return asked
 
 
 def _constant_time_equal(given: str, expected: str) -> bool:

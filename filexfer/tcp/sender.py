@@ -7,7 +7,6 @@ fires with the server's receipt, checked against the client's own hash.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
 from collections.abc import Callable
@@ -30,6 +29,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from filexfer._hashing import DEFAULT_DIGEST, DigestName, new_hasher
 from filexfer._mtime import NS_MAX, NS_MIN
 from filexfer._progress import Progress as Progress
 from filexfer._receipt import Receipt
@@ -130,7 +130,9 @@ class SenderProtocol(Protocol):
         self._request = request
         self._classic = isinstance(request, _wire.ClassicRequest)
         self._progress = progress
-        self._digest = hashlib.sha256()
+        self._algorithm: DigestName = DEFAULT_DIGEST
+        """The receipt digest: SHA-256 unless the server's ok names the one we asked for."""
+        self._digest = new_hasher(DEFAULT_DIGEST)
         self._hashed_upto = 0
         """Bytes of the file that C{_digest} covers before sending starts."""
         self._sent = 0
@@ -288,12 +290,27 @@ class SenderProtocol(Protocol):
             self.receipt_received(reply)
         elif self._classic:
             self.failed(SendError(f"unexpected reply from server: {line[:80]!r}"))
+        elif reply.digest not in (None, DEFAULT_DIGEST, self._asked_digest):
+            self.failed(SendError(f"the server chose the digest {reply.digest}, not asked for"))
         elif reply.offset > self._size:
             self.failed(SendError(f"server offered offset {reply.offset} beyond the file"))
-        elif reply.trailer and reply.offset:
-            self.prefix_offered(reply.offset, reply.prefix_sha256)
         else:
-            self._offer(reply.offset, reply.trailer)
+            self._algorithm = reply.digest or DEFAULT_DIGEST
+            self._digest = new_hasher(self._algorithm)
+            if reply.trailer and reply.offset:
+                self.prefix_offered(reply.offset, reply.prefix_sha256)
+            else:
+                self._offer(reply.offset, reply.trailer)
+
+    @property
+    def _asked_digest(self) -> str | None:
+        """The digest our request asked for (C{Digest:}), or None."""
+        return self._request.digest if isinstance(self._request, _wire.PutRequest) else None
+
+    @property
+    def algorithm(self) -> DigestName:
+        """The receipt digest this send verifies with (known once the server said C{ok})."""
+        return self._algorithm
 
     def _offer(self, offset: int, trailer: bool) -> None:
         if self._can_use_threads():
@@ -344,9 +361,10 @@ class SenderProtocol(Protocol):
                 hash_prefix,
                 self._handle,
                 offset,
+                self._algorithm,
             )
         else:
-            hashing = maybeDeferred(hash_prefix, self._handle, offset)
+            hashing = maybeDeferred(hash_prefix, self._handle, offset, self._algorithm)
 
         def hashed(digest: Any) -> None:
             if self.result.called:
@@ -390,7 +408,7 @@ class SenderProtocol(Protocol):
     def _start_pull(self, offset: int, trailer: bool) -> None:
         self._begin_at(offset, trailer)
         if offset and self._hashed_upto != offset:
-            self._digest = hash_prefix(self._handle, offset)
+            self._digest = hash_prefix(self._handle, offset, self._algorithm)
         self._handle.seek(offset)
         if offset == self._size:
             self._sent_everything()
@@ -454,7 +472,7 @@ class SenderProtocol(Protocol):
         if self._classic:
             self._transport.loseConnection()
         elif self._trailer:
-            trailer = _wire.encode_trailer(self._digest.hexdigest())
+            trailer = _wire.encode_trailer(self._digest.hexdigest(), self._algorithm)
             self._transport.write(trailer)
 
     def _stop_sending(self) -> None:
@@ -483,11 +501,19 @@ class SenderProtocol(Protocol):
 
     def _verify(self, receipt: Receipt) -> None:
         ours = self._digest.hexdigest()
-        if receipt.size != self._size or receipt.sha256 != ours:
+        if receipt.algorithm != self._algorithm:
             self._fail(
                 SendError(
-                    f"server stored {receipt.size} bytes hashing to {receipt.sha256}, "
-                    f"but the file has {self._size} bytes hashing to {ours}"
+                    f"the server's receipt carries {receipt.algorithm}, "
+                    f"but its ok chose {self._algorithm}"
+                )
+            )
+            return
+        if receipt.size != self._size or receipt.digest != ours:
+            self._fail(
+                SendError(
+                    f"server stored {receipt.size} bytes hashing to {receipt.digest} "
+                    f"({receipt.algorithm}), but the file has {self._size} bytes hashing to {ours}"
                 )
             )
             return
@@ -722,6 +748,7 @@ def send_file(
     on_retry: Callable[[ServerRefused, float], None] | None = None,
     connect_timeout: float | None = CONNECT_TIMEOUT,
     reply_timeout: float | None = REPLY_TIMEOUT,
+    digest: DigestName = DEFAULT_DIGEST,
 ) -> Deferred[Receipt]:
     """Send the file at C{path} to the receiver at C{endpoint}.
 
@@ -748,8 +775,12 @@ def send_file(
         else is retried: a refused connection means no server is listening.
     @param jitter: random numbers in [0, 1) that spread the waits apart.
     @param on_retry: called as C{on_retry(refusal, seconds)} before each wait.
+    @param digest: the receipt digest to ask for (FX/1 C{Digest:}):
+        C{"blake3"} asks, and the server may decline (then SHA-256 is used);
+        C{"sha256"} (the default) asks nothing, as clients before BLAKE3 did.
+        The receipt's C{algorithm} says which one was verified.
     @return: a Deferred firing with the server's L{Receipt}, verified
-        against the client's own SHA-256, or failing with L{SendError}
+        against the client's own digest of the file, or failing with L{SendError}
         (L{ServerRefused} for an C{error} reply, the last one when the
         server stayed busy) or a connection error.  A name the server's
         rules refuse, or a path that is not a regular file (a FIFO is never
@@ -758,7 +789,9 @@ def send_file(
         the server keeps the bytes it has for a resume (FX/1).
     """
     timeouts = _Timeouts(idle_timeout, connect_timeout, reply_timeout)
-    once = partial(_send_once, reactor, endpoint, path, name, plain, token, progress, timeouts)
+    once = partial(
+        _send_once, reactor, endpoint, path, name, plain, token, progress, timeouts, digest
+    )
 
     def attempt() -> Deferred[Receipt]:
         def again_from_zero(failure: Failure) -> Deferred[Receipt]:
@@ -804,6 +837,7 @@ def _send_once(
     token: str | None,
     progress: Progress | None,
     timeouts: _Timeouts,
+    digest: DigestName,
     *,
     fresh: bool,
 ) -> Deferred[Receipt]:
@@ -823,7 +857,14 @@ def _send_once(
         # ext4 can hold) is left out rather than have the upload refused.
         mtime_ns = info.st_mtime_ns if NS_MIN <= info.st_mtime_ns <= NS_MAX else None
         request = _wire.PutRequest(
-            remote, info.st_size, None, mtime_ns, token, trailer=True, fresh=fresh
+            remote,
+            info.st_size,
+            None,
+            mtime_ns,
+            token,
+            trailer=True,
+            fresh=fresh,
+            digest=None if digest == DEFAULT_DIGEST else digest,
         )
         try:
             _wire.encode_put(request)  # what connectionMade sends: checked before connecting

@@ -1,13 +1,11 @@
 """Netascii (RFC 764, as RFC 1350 uses it): the one place it is converted.
 
-Sending: L{NetasciiBlocks} reads a local file as netascii blocks (through
-L{NetasciiEncoder}).  Receiving: L{NetasciiDecoder} turns the DATA payloads
+Sending: L{NetasciiEncoder} converts the chunks a sender reads
+(L{filexfer.tftp._window.SourceBlocks}).  Receiving: L{NetasciiDecoder} turns the DATA payloads
 back into local bytes.  Pure: no sockets, no reactor.
 """
 
 from __future__ import annotations
-
-from typing import BinaryIO
 
 
 class NetasciiEncoder:
@@ -45,24 +43,3 @@ class NetasciiDecoder:
         """The end of the stream: release a held-back CR."""
         pending, self._pending = self._pending, b""
         return pending
-
-
-class NetasciiBlocks:
-    """Reads a file as netascii blocks of C{blksize} bytes."""
-
-    def __init__(self, handle: BinaryIO, blksize: int) -> None:
-        self._handle = handle
-        self._blksize = blksize
-        self._encoder = NetasciiEncoder()
-        self._buffer = b""
-        self._eof = False
-
-    def next_block(self) -> bytes:
-        """The next block; shorter than C{blksize} (maybe empty) at the end."""
-        while len(self._buffer) < self._blksize and not self._eof:
-            chunk = self._handle.read(64 * 1024)
-            if not chunk:
-                self._eof = True
-            self._buffer += self._encoder.encode(chunk)
-        block, self._buffer = self._buffer[: self._blksize], self._buffer[self._blksize :]
-        return block

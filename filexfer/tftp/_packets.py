@@ -244,11 +244,37 @@ def _strings(body: bytes) -> list[bytes]:
     return fields
 
 
+def _request_fields(body: bytes) -> tuple[bytes, str, Options]:
+    """The file name, mode (lower case) and options of an RRQ or WRQ body.
+
+    As tftpd-hpa does: the file name must end with a NUL and must not be
+    empty, and the mode must be there, but the mode's own NUL (and the last
+    option value's) may be missing, at the end of the datagram.
+
+    @raise MalformedPacket: with a message fit for the ERROR 4 a server
+        answers with.
+    """
+    if b"\0" not in body:
+        raise MalformedPacket("the request has no NUL after the file name")
+    filename, rest = body.split(b"\0", 1)
+    if not filename:
+        raise MalformedPacket("the request has an empty file name")
+    mode, _, rest = rest.partition(b"\0")
+    if not mode:
+        raise MalformedPacket("the request has no mode")
+    try:
+        mode_text = mode.decode("ascii").lower()
+    except UnicodeDecodeError:
+        raise MalformedPacket("the request's mode is not ASCII") from None
+    return filename, mode_text, _decode_options(_strings(rest))
+
+
 def decode(datagram: bytes) -> Packet:
     """Parse one datagram.
 
     @raise MalformedPacket: when the datagram is truncated, garbled or has
-        an unknown opcode.
+        an unknown opcode; for an RRQ or WRQ its message says what is wrong
+        (see L{_request_fields}).
     """
     if len(datagram) < 2:
         raise MalformedPacket("datagram shorter than an opcode")
@@ -269,17 +295,7 @@ def decode(datagram: bytes) -> Packet:
     if opcode == OP_OACK:
         return OptionAck(_decode_options(_strings(bytes(datagram[2:]))))
     if opcode in (OP_RRQ, OP_WRQ):
-        body = bytes(datagram[2:])
-        if body.count(b"\0") < 2:
-            raise MalformedPacket("request without a NUL-terminated file name and mode")
-        filename, mode, rest = body.split(b"\0", 2)
-        if not filename:
-            raise MalformedPacket("request with an empty file name")
-        try:
-            mode_text = mode.decode("ascii").lower()
-        except UnicodeDecodeError:
-            raise MalformedPacket("request mode is not ASCII") from None
-        options = _decode_options(_strings(rest))
+        filename, mode_text, options = _request_fields(bytes(datagram[2:]))
         if opcode == OP_RRQ:
             return ReadRequest(filename, mode_text, options)
         return WriteRequest(filename, mode_text, options)
@@ -307,8 +323,8 @@ class Negotiated:
 
     @ivar options: the accepted options, as they go in the OACK (empty: no
         OACK; the transfer proceeds as plain RFC 1350).
-    @ivar tsize: the transfer size the peer announced (WRQ) or the size we
-        report (RRQ), or None.
+    @ivar tsize: the transfer size the peer announced (WRQ; None for
+        C{tsize 0}, "unknown") or the size we report (RRQ), or None.
     @ivar timeout: the negotiated retransmission timeout in seconds, or None.
     """
 
@@ -353,7 +369,9 @@ def negotiate(
     C{blksize} and C{windowsize} above the server's caps are lowered to the
     caps; C{timeout} is accepted exactly or not at all; C{tsize} on a read is
     answered with C{file_size} (ignored when that is None, e.g. in netascii
-    mode), on a write it is echoed.  The first occurrence of a repeated
+    mode), on a write it is echoed; a write's C{tsize 0} means the size is
+    unknown (curl sends it for C{-T -}; tftpd-hpa stores such uploads), so
+    L{Negotiated.tsize} is None then.  The first occurrence of a repeated
     option counts.  Options named in C{caps.refused} are never acknowledged
     (the transfer goes on with their RFC 1350 defaults) and are listed in
     the result's C{refused}.
@@ -384,12 +402,12 @@ def negotiate(
             accepted[name] = str(value)
         elif name == "tsize" and caps.allow_tsize:
             if kind == "write":
-                tsize = value
+                # 0 is "size unknown" (curl -T - sends it); echoed, as tftpd-hpa does.
+                tsize = value or None
+                accepted[name] = str(value)
             elif file_size is not None:
                 tsize = file_size
-            else:
-                continue
-            accepted[name] = str(tsize)
+                accepted[name] = str(file_size)
     return Negotiated(tuple(accepted.items()), blksize, windowsize, timeout, tsize, tuple(refused))
 
 

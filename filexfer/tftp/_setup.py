@@ -16,6 +16,8 @@ from twisted.python import usage
 from zope.interface.exceptions import Invalid
 from zope.interface.verify import verifyObject
 
+from filexfer._errors import TransferError
+from filexfer._names import from_tftp_root, validate_path
 from filexfer.storage import IStorage
 from filexfer.tftp._neighbours import MODES, NeighbourTable
 from filexfer.tftp._portrange import PortRange
@@ -94,7 +96,12 @@ def check_fleet_options(options: Any) -> None:
 
 
 def remap_test(rules: RemapRules, name: str, client: str) -> tuple[str, int]:
-    """What C{--tftp-remap-test NAME} prints, and its exit status (0 mapped, 1 refused)."""
+    """What C{--tftp-remap-test NAME} prints, and its exit status (0 mapped, 1 refused).
+
+    The answer is the path the server reads: the rules' result read from the
+    TFTP root (leading C{/}s dropped) after the name rules, which refuse a
+    result outside the root as the server does.
+    """
     try:
         result = rules.apply(name, kind="read", client=client)
     except ValueError:
@@ -103,8 +110,12 @@ def remap_test(rules: RemapRules, name: str, client: str) -> tuple[str, int]:
         return f"{name!r} from {client}: refused by line {exc.line}: {exc.message}", 1
     except RemapGaveUp as exc:
         return f"{name!r} from {client}: refused: {exc}", 1
+    try:
+        path = validate_path(from_tftp_root(result.name))
+    except TransferError as exc:
+        return f"{name!r} from {client} -> {result.name!r}: refused: {exc.reason}", 1
     lines = ", ".join(str(line) for line in result.lines) or "none"
-    return f"{name!r} from {client} -> {result.name!r} (rewritten by lines: {lines})", 0
+    return f"{name!r} from {client} -> {path!r} (rewritten by lines: {lines})", 0
 
 
 def fleet_settings(options: Any, reactor: Any, storage: IStorage) -> dict[str, Any]:

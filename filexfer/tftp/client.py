@@ -23,6 +23,7 @@ from twisted.python.failure import Failure
 
 from filexfer._progress import Progress as Progress
 from filexfer._types import ITFTPReactor
+from filexfer.storage._sources import FileSource
 from filexfer.tftp._netascii import NetasciiDecoder
 from filexfer.tftp._packets import (
     DEFAULT_BLKSIZE,
@@ -50,7 +51,6 @@ from filexfer.tftp._packets import (
 )
 from filexfer.tftp._packets import Error as ErrorPacket
 from filexfer.tftp._udp import Address, open_port, write_to
-from filexfer.tftp._window import Retransmitter
 from filexfer.tftp.transfer import Receiver, Sender, Transfer
 
 DEFAULT_CLIENT_BLKSIZE = 1428
@@ -143,23 +143,23 @@ class _ClientTransfer(Transfer):
         self.options = options
         self.progress = progress
         self.result: Deferred[int] = Deferred(lambda _: self.fail(TFTPError(0, "cancelled")))
-        self.request_timer = Retransmitter(
-            reactor, timeout, retries, self._send_request, self._no_answer
-        )
+        self.request_timer = self.new_timer(self._send_request, self._no_answer)
         self._reported = 0
 
-    def _send_request(self) -> None:
+    def _send_request(self) -> int:
         write_to(self.transport, self.request, self.server)
+        return 1
 
     def startProtocol(self) -> None:
         self._send_request()
-        self.request_timer.progress()
+        self.request_timer.progress(sent=0)  # the first reply times the round trip
 
     def may_reply(self, addr: Address) -> bool:
         return _same_host(addr[0], self.server[0])
 
     def pin(self, peer: Address) -> None:
         super().pin(peer)
+        self.request_timer.progress(answered=0)
         self.request_timer.stop()
 
     def peer_error(self, packet: ErrorPacket) -> None:
@@ -180,8 +180,13 @@ class _ClientTransfer(Transfer):
             return None
 
     def packet_received(self, packet: object) -> None:
-        if not isinstance(packet, OptionAck):  # a repeated OACK is harmless
+        if isinstance(packet, OptionAck):
+            self.oack_repeated()
+        else:
             self.abort(ILLEGAL_OPERATION, f"unexpected {type(packet).__name__}")
+
+    def oack_repeated(self) -> None:
+        """The server sent its OACK again: harmless (never answered with DATA)."""
 
     def abort(self, code: int, message: str) -> None:
         """Tell the server we give up, and fail."""
@@ -197,12 +202,12 @@ class _ClientTransfer(Transfer):
 
     def _no_answer(self) -> None:
         host, port = self.server
-        self.fail(TFTPTimeout(f"no answer from {host} port {port} after {self.retries} retries"))
+        self.fail(TFTPTimeout(f"no answer from {host} port {port} in {self.budget:g} s"))
 
     def timed_out(self) -> None:
         """The data phase gave up."""
         self.send(encode_error(NOT_DEFINED, "timed out"))
-        self.fail(TFTPTimeout(f"the server stopped answering after {self.retries} retries"))
+        self.fail(TFTPTimeout(f"the server stopped answering for {self.budget:g} s"))
 
     def succeed(self, nbytes: int) -> None:
         """The transfer completed."""
@@ -251,7 +256,7 @@ class _Uploader(Sender, _ClientTransfer):
             self.abort(ILLEGAL_OPERATION, f"unexpected {type(packet).__name__} after WRQ")
             return
         self.send_file(
-            self.handle,
+            FileSource(self.handle, self.size),
             self.netascii,
             settings,
             handshake=None,
@@ -306,6 +311,10 @@ class _Downloader(Receiver, _ClientTransfer):
         if isinstance(packet, Data):
             assert self.receiver is not None
             self.receiver.data_received(packet.block, packet.payload)
+
+    def oack_repeated(self) -> None:
+        """Our ACK 0 was lost: send it again at once (the repeat of a block just acked)."""
+        self.request_repeated()
 
     def _write_counted(self, data: bytes) -> None:
         """Netascii: count the converted bytes (octet counts what was received)."""

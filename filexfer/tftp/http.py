@@ -31,7 +31,8 @@ from zope.interface import implementer
 
 from filexfer._errors import TransferError
 from filexfer._log import log
-from filexfer.tftp.sources import NOT_MINE, Address, ITFTPSource, Readable
+from filexfer.storage import FileSource, IReadSource
+from filexfer.tftp.sources import NOT_MINE, Address, ITFTPSource
 
 CACHE_DIRECTORY = os.path.join(".filexfer", "http-cache")
 """Where the cache lives under the root (the state directory: no TFTP name reaches it)."""
@@ -69,7 +70,7 @@ class HTTPSource:
         self.base_url = base_url if base_url.endswith("/") else base_url + "/"
         self.cache = os.path.join(storage_root, CACHE_DIRECTORY)
         self.max_bytes = max_bytes
-        self._fetching: dict[str, list[Deferred[Readable | None]]] = {}
+        self._fetching: dict[str, list[Deferred[IReadSource | None]]] = {}
         os.makedirs(self.cache, exist_ok=True)
 
     def __repr__(self) -> str:
@@ -82,13 +83,13 @@ class HTTPSource:
     def _cached(self, path: str) -> str:
         return os.path.join(self.cache, hashlib.sha256(path.encode()).hexdigest())
 
-    def open(self, path: str, client: Address, server: Address) -> Deferred[Readable | None]:
+    def open(self, path: str, client: Address, server: Address) -> Deferred[IReadSource | None]:
         """The cached copy of C{path}, or a fetch of it; L{NOT_MINE} for 404/410."""
         cached = self._cached(path)
         readable = _open(cached)
         if readable is not None:
             return succeed(readable)
-        waiting: Deferred[Readable | None] = Deferred()
+        waiting: Deferred[IReadSource | None] = Deferred()
         if path in self._fetching:
             self._fetching[path].append(waiting)
             return waiting
@@ -191,7 +192,7 @@ class _Treq:
         return self._client.get(url)
 
 
-def _open(cached: str) -> Readable | None:
+def _open(cached: str) -> IReadSource | None:
     """The cached file, opened, and marked as just served (for the eviction order)."""
     try:
         handle = open(cached, "rb")
@@ -202,7 +203,7 @@ def _open(cached: str) -> Readable | None:
         os.utime(cached)
     except OSError:
         pass
-    return Readable(handle, size)
+    return FileSource(handle, size)
 
 
 def _remove(path: str) -> None:

@@ -13,7 +13,7 @@ stores.  Storage refusals become ERROR packets through L{error_code_for}.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, BinaryIO
+from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList, TimeoutError, maybeDeferred, succeed
 from twisted.internet.interfaces import IConsumer, IPushProducer
@@ -23,10 +23,11 @@ from zope.interface import implementer
 
 from filexfer._errors import TransferError
 from filexfer._guard import AccessPolicy
-from filexfer._log import describe_peer, log, log_transfer
-from filexfer._names import validate_path
+from filexfer._log import describe_peer, log
+from filexfer._names import from_tftp_root, validate_path
+from filexfer._records import ITransferObserver, Observers, TransferRecord, transfer_ended
 from filexfer._types import ITFTPReactor
-from filexfer.storage import IStorage, IUpload, Receipt
+from filexfer.storage import IReadSource, IStorage, IUpload, Receipt
 from filexfer.tftp._netascii import NetasciiDecoder
 from filexfer.tftp._packets import (
     ACCESS_VIOLATION,
@@ -58,16 +59,23 @@ from filexfer.tftp._quirks import QuirksPolicy
 from filexfer.tftp._remap import RemapGaveUp, RemapRefused, RemapRules
 from filexfer.tftp._udp import MAX_DATAGRAM as MAX_DATAGRAM  # the old home of the name
 from filexfer.tftp._udp import Address, open_port, write_to
-from filexfer.tftp.sources import ITFTPSource, Readable, RootSource
+from filexfer.tftp.sources import NOT_MINE, ITFTPSource, RootSource
 from filexfer.tftp.transfer import Receiver, Sender, Transfer
 
 _WRITE_BUFFER = 256 * 1024
+
+PEER_TIMER = 5.0
+"""The retransmission timer stock TFTP clients run with when they do not
+negotiate C{timeout} (tftp-hpa's and atftp's 5 s).  A server transfer waits at
+least (retries + 1) times this long for a silent peer, so that a client that
+only resends on its own timer gets several chances (tftp-hpa re-arms its timer
+on every packet it receives, so no repeated ACK makes it resend sooner)."""
 
 
 class _ServerTransfer(Transfer):
     """A server's transfer: started by a request, ended with a log line."""
 
-    kind = "tftp"
+    direction = "upload"
     peer: Address
 
     def __init__(
@@ -79,14 +87,18 @@ class _ServerTransfer(Transfer):
         timeout: float,
         retries: int,
     ) -> None:
-        timeout = float(settings.timeout) if settings.timeout is not None else timeout
-        super().__init__(server.reactor, peer, timeout, retries)
+        # RFC 2349 timeout: echoed in the OACK, and the end of our backoff
+        ceiling = float(settings.timeout) if settings.timeout is not None else timeout
+        budget = max(ceiling, PEER_TIMER) * (retries + 1)
+        super().__init__(server.reactor, peer, timeout, retries, ceiling, budget)
         self.server = server
         self.path = path
         self.settings = settings
         self.started = server.reactor.seconds()
         self.key: tuple[Address, bytes] = (peer, b"")
         self.outcome = ""
+        self.announced = False
+        """The server's observer was told this transfer started."""
         self.port_number: int | None = None
         """The number the port range gave this transfer (returned when it closes)."""
 
@@ -107,7 +119,9 @@ class _ServerTransfer(Transfer):
         """Anything but the fast path's packet (ACK or DATA): ERROR 4 and end."""
         name = type(packet).__name__
         self.finish(
-            f"illegal {name} from peer", send_error=(ILLEGAL_OPERATION, f"unexpected {name}")
+            f"illegal {name} from peer",
+            send_error=(ILLEGAL_OPERATION, f"unexpected {name}"),
+            refused=400,
         )
 
     def peer_error(self, packet: Error) -> None:
@@ -115,22 +129,32 @@ class _ServerTransfer(Transfer):
 
     def timed_out(self) -> None:
         """The peer stopped answering: ERROR 0 and end."""
-        self.finish("timed out", send_error=(NOT_DEFINED, "timed out"))
+        self.finish("timed out", send_error=(NOT_DEFINED, "timed out"), refused=408)
 
     def local_error(self, exc: OSError) -> None:
         self.crashed(exc)
 
     def crashed(self, exc: Exception) -> None:
         log.failure("unexpected error in a TFTP transfer with {peer}", peer=self.peer)
-        self.finish("internal error", send_error=(NOT_DEFINED, "internal server error"))
+        self.finish(
+            "internal error", send_error=(NOT_DEFINED, "internal server error"), refused=500
+        )
 
     def finish(
         self,
         outcome: str,
         send_error: tuple[int, str] | None = None,
         linger: float = 0.0,
+        *,
+        refused: int | None = None,
+        receipt: Receipt | None = None,
     ) -> None:
-        """End the transfer: maybe send an ERROR, log, and close the port."""
+        """End the transfer: maybe send an ERROR, report its record, and close the port.
+
+        @param outcome: the words the log line ends with.
+        @param refused: the server's refusal code (HTTP-like) when it said no.
+        @param receipt: what was stored, for a stored upload.
+        """
         if self.done:
             return
         self.done = True
@@ -139,31 +163,51 @@ class _ServerTransfer(Transfer):
         if send_error is not None:
             self.send(encode_error(*send_error))
         self.cleanup()
-        log_transfer(
-            protocol=self.kind,
-            peer=describe_peer(self.peer),
-            path=self.path,
-            nbytes=self.nbytes(),
-            seconds=self.server.reactor.seconds() - self.started,
-            outcome=outcome,
-            stats=self.stats(),
-        )
+        if refused is not None:
+            self.report(outcome, "refused", refused)
+        elif receipt is not None:
+            self.report(outcome, "stored", receipt=receipt)
+        elif outcome == "ok":
+            self.report(outcome, "sent")
+        else:
+            self.report(outcome, "aborted")
         if linger > 0:
             self._linger = self.server.reactor.callLater(linger, self.close)
         else:
             self.close()
 
+    def report(
+        self, detail: str, outcome: str, code: int | None = None, receipt: Receipt | None = None
+    ) -> None:
+        """The transfer's one record: its log line, and the server's observer hears it."""
+        now = self.server.reactor.seconds()
+        settings = self.settings
+        record = TransferRecord(
+            protocol="tftp",
+            direction=self.direction,
+            peer=describe_peer(self.peer),
+            path=self.path,
+            outcome=outcome,
+            detail=detail,
+            nbytes=self.nbytes(),
+            seconds=now - self.started,
+            time=now,
+            stored_path=receipt.path if receipt is not None else None,
+            size=receipt.size if receipt is not None else None,
+            sha256=receipt.sha256 if receipt is not None else None,
+            error_code=code,
+            accepted=self.announced,
+            blksize=settings.blksize,
+            windowsize=settings.windowsize,
+            # counted by the transfer base where it retransmits (0 where it does not count)
+            retransmissions=self.retransmissions,
+            options_refused=settings.refused,
+        )
+        transfer_ended(self.server.observer, record)
+
     def nbytes(self) -> int:
         """Bytes transferred so far."""
         return 0
-
-    def stats(self) -> str:
-        """The negotiated parameters for the log line (C{blksize 1468, windowsize 4})."""
-        settings = self.settings
-        parts = [f"blksize {settings.blksize}", f"windowsize {settings.windowsize}"]
-        if settings.refused:
-            parts.append(f"refused {','.join(settings.refused)}")
-        return ", ".join(parts)
 
     def close(self) -> Deferred[None]:
         """Stop listening on the transfer's port and forget the transfer."""
@@ -175,14 +219,14 @@ class _ServerTransfer(Transfer):
 
     def abandon(self) -> Deferred[None]:
         """The server is stopping: end at once."""
-        self.finish("server stopped", send_error=(NOT_DEFINED, "server shutting down"))
+        self.finish("server stopped", send_error=(NOT_DEFINED, "server shutting down"))  # aborted
         return self.close()
 
 
 class _ReadTransfer(Sender, _ServerTransfer):
     """Serve one RRQ: send a file from storage, a window of blocks at a time."""
 
-    kind = "tftp-rrq"
+    direction = "download"
 
     def __init__(
         self,
@@ -192,23 +236,25 @@ class _ReadTransfer(Sender, _ServerTransfer):
         settings: Negotiated,
         timeout: float,
         retries: int,
-        handle: BinaryIO,
+        source: IReadSource,
         netascii: bool,
     ) -> None:
         super().__init__(server, peer, path, settings, timeout, retries)
-        self.handle = handle
+        self.source: IReadSource = source  # closed by cleanup, even before it is sent
         self.netascii = netascii
 
     def begin(self) -> None:
         settings = self.settings
         oack = encode(OptionAck(settings.options)) if settings.options else None
         try:
-            self.send_file(self.handle, self.netascii, settings, handshake=oack, on_done=self._sent)
+            self.send_file(self.source, self.netascii, settings, handshake=oack, on_done=self._sent)
         except OSError as exc:
             self.local_error(exc)
 
     def local_error(self, exc: OSError) -> None:
-        self.finish(f"read error: {exc}", send_error=(NOT_DEFINED, "cannot read the file"))
+        self.finish(
+            f"read error: {exc}", send_error=(NOT_DEFINED, "cannot read the file"), refused=500
+        )
 
     def _sent(self) -> None:
         self.finish("ok")
@@ -223,7 +269,7 @@ class _WriteTransfer(Receiver, _ServerTransfer):
     withheld, which slows the client down.
     """
 
-    kind = "tftp-wrq"
+    direction = "upload"
 
     def __init__(
         self,
@@ -240,7 +286,7 @@ class _WriteTransfer(Receiver, _ServerTransfer):
         self.upload = upload
         self.decoder = NetasciiDecoder() if netascii else None
         self.buffer = bytearray()
-        self.dally_for = self.timeout * max(1, retries)
+        self.dally_for = self.rtt.ceiling * max(1, retries)
         self.receipt: Receipt | None = None
         self.finishing = False
 
@@ -315,7 +361,7 @@ class _WriteTransfer(Receiver, _ServerTransfer):
         self.receipt = receipt
         assert self.receiver is not None
         self.receiver.ack_final()
-        self.finish(f"ok stored as {receipt.path!r}", linger=self.dally_for)
+        self.finish(f"ok stored as {receipt.path!r}", linger=self.dally_for, receipt=receipt)
 
     def _not_stored(self, failure: Failure) -> None:
         self.finishing = False
@@ -326,12 +372,16 @@ class _WriteTransfer(Receiver, _ServerTransfer):
         else:
             log.failure("storing a TFTP upload failed", failure)
             self.finish(
-                f"failed: {exc}", send_error=(NOT_DEFINED, "the server could not store the file")
+                f"failed: {exc}",
+                send_error=(NOT_DEFINED, "the server could not store the file"),
+                refused=500,
             )
 
     def _refused(self, exc: TransferError) -> None:
         self.finish(
-            f"error {exc.code} {exc.reason}", send_error=(error_code_for(exc.code), exc.reason)
+            f"error {exc.code} {exc.reason}",
+            send_error=(error_code_for(exc.code), exc.reason),
+            refused=exc.code,
         )
 
     def cleanup(self) -> None:
@@ -386,9 +436,13 @@ class TFTPServerProtocol(DatagramProtocol):
     @param allow_write: serve WRQ (uploads).
     @param max_blksize: the largest C{blksize} accepted (8-65464).
     @param max_windowsize: the largest C{windowsize} accepted (1-65535).
-    @param timeout: the retransmission timeout in seconds, unless the
-        client negotiates C{timeout}.
-    @param retries: retransmissions before a transfer is abandoned.
+    @param timeout: the retransmission timeout in seconds before a transfer
+        has measured its round trip; after that the timeout follows the
+        round trip (RFC 6298, never below 0.1 s or C{timeout}), backing off
+        up to C{timeout}, or up to the RFC 2349 C{timeout} a client
+        negotiated (see L{filexfer.tftp.transfer.Transfer}).
+    @param retries: a transfer is abandoned after (retries + 1) times that
+        upper bound (at least 5 s, L{PEER_TIMER}) without progress.
     @param interface: the address transfer ports are bound on.
     @param access: which peer addresses may make requests (everyone by default).
     @param sources: where reads come from, asked in turn (see
@@ -399,6 +453,8 @@ class TFTPServerProtocol(DatagramProtocol):
     @param ports: the range transfer ports are taken from (else any free port).
     @param single_port: answer every transfer from the listening port,
         routing datagrams by the client's address and port (for NAT).
+    @param observer: told when a transfer starts and given every request's
+        L{TransferRecord} (after its log line).
     """
 
     def __init__(
@@ -420,6 +476,7 @@ class TFTPServerProtocol(DatagramProtocol):
         quirks: QuirksPolicy | None = None,
         ports: PortRange | None = None,
         single_port: bool = False,
+        observer: ITransferObserver | None = None,
     ) -> None:
         if not 8 <= max_blksize <= MAX_BLKSIZE:
             raise ValueError(f"max_blksize must be 8-{MAX_BLKSIZE}")
@@ -442,6 +499,9 @@ class TFTPServerProtocol(DatagramProtocol):
         self.single_port = single_port
         self.routes: dict[Address, _ServerTransfer] = {}
         """Single-port mode: the transfer each client address and port talks to."""
+        self.requests_paused = False
+        """Single-port mode, draining: requests are dropped, transfers go on."""
+        self.observer: ITransferObserver = observer if observer is not None else Observers()
         self.transfers: set[_ServerTransfer] = set()
         self._requests: dict[tuple[Address, bytes], _ServerTransfer | None] = {}
         """Requests being served; None while the storage starts one."""
@@ -453,6 +513,8 @@ class TFTPServerProtocol(DatagramProtocol):
         if routed is not None and not self._is_request(datagram):
             routed.datagramReceived(datagram, peer)
             return
+        if self.requests_paused:
+            return
         if routed is not None and datagram != routed.key[1]:
             routed.finish("ended: a new request from the same port")
             routed.close()
@@ -463,7 +525,12 @@ class TFTPServerProtocol(DatagramProtocol):
 
     def _request(self, datagram: bytes, peer: Address) -> None:
         if (peer, datagram) in self._requests:
-            return  # the client repeated its request; the transfer answers it
+            # The client repeated its request: our first answer was lost (or
+            # is late); a running transfer sends it again at once.
+            transfer = self._requests[(peer, datagram)]
+            if transfer is not None:
+                transfer.request_repeated()
+            return
         if len(datagram) < 2:
             return
         if not self.access.allows(peer[0]):
@@ -477,14 +544,15 @@ class TFTPServerProtocol(DatagramProtocol):
             return
         try:
             request = decode(datagram)
-        except MalformedPacket:
+        except MalformedPacket as exc:  # no file name, no mode...: tftpd-hpa answers too
+            self._error(peer, ILLEGAL_OPERATION, str(exc))
             return
         assert isinstance(request, ReadRequest | WriteRequest)
         if request.mode not in MODES:
             self._error(peer, ILLEGAL_OPERATION, f"unsupported mode {request.mode!r}")
             return
         try:
-            path = request.filename.decode("utf-8")
+            name = request.filename.decode("utf-8")  # remapped, then read from the root
         except UnicodeDecodeError:
             self._error(peer, ACCESS_VIOLATION, "the file name is not valid UTF-8")
             return
@@ -492,12 +560,12 @@ class TFTPServerProtocol(DatagramProtocol):
         self._requests[key] = None  # starting: a repeat of the request is ignored
         starting: Deferred[_ServerTransfer]
         if isinstance(request, ReadRequest):
-            starting = maybeDeferred(self._start_read, request, path, peer)
+            starting = maybeDeferred(self._start_read, request, name, peer)
         else:
-            starting = maybeDeferred(self._start_write, request, path, peer)
+            starting = maybeDeferred(self._start_write, request, name, peer)
         starting.addCallbacks(
             lambda transfer: self._started(key, transfer),
-            lambda failure: self._not_started(key, failure, request, path),
+            lambda failure: self._not_started(key, failure, request, from_tftp_root(name)),
         )
 
     @staticmethod
@@ -538,63 +606,82 @@ class TFTPServerProtocol(DatagramProtocol):
             exc = TransferError(500, "internal server error")
         peer = key[0]
         self._error(peer, error_code_for(exc.code), exc.reason)
-        log_transfer(
-            protocol="tftp-rrq" if isinstance(request, ReadRequest) else "tftp-wrq",
+        now = self.reactor.seconds()
+        record = TransferRecord(
+            protocol="tftp",
+            direction="download" if isinstance(request, ReadRequest) else "upload",
             peer=describe_peer(peer),
             path=path,
-            nbytes=0,
-            seconds=0.0,
-            outcome=f"refused: error {exc.code} {exc.reason}",
+            outcome="refused",
+            detail=f"refused: error {exc.code} {exc.reason}",
+            time=now,
+            error_code=exc.code,
         )
+        transfer_ended(self.observer, record)
 
-    def _remapped(self, path: str, kind: str, peer: Address) -> str:
-        """C{path} through the remap rules; the name rules (PROTOCOL.md 1.3) apply after.
+    def _resolve(self, name: str, kind: str, peer: Address) -> str:
+        """The requested C{name} as a path in the root: the remap rules, then the name rules.
 
-        @raise TransferError: 403 when a rule refuses the name or the rules give up.
+        The remap rules see the name as the client sent it (a leading C{/}
+        included, as tftpd-hpa's do); what they make of it is then read from
+        the TFTP root (L{from_tftp_root}: leading C{/}s dropped) and must
+        pass the name rules of PROTOCOL.md section 1.3, so a rule cannot
+        lead outside the root.
+
+        @raise TransferError: 403 when a rule refuses the name or the rules
+            give up; 400/403 when the result breaks the name rules.
         """
-        if self.remap is None:
-            return path
-        try:
-            result = self.remap.apply(
-                path, kind="read" if kind == "read" else "write", client=peer[0]
-            )
-        except RemapRefused as exc:
-            raise TransferError(403, exc.message) from None
-        except RemapGaveUp as exc:
-            log.warn("TFTP remap rules gave up on {path!r}: {why}", path=path, why=str(exc))
-            raise TransferError(403, f"remap rules gave up: {exc}") from None
-        return result.name
+        if self.remap is not None:
+            try:
+                result = self.remap.apply(
+                    name, kind="read" if kind == "read" else "write", client=peer[0]
+                )
+            except RemapRefused as exc:
+                raise TransferError(403, exc.message) from None
+            except RemapGaveUp as exc:
+                log.warn("TFTP remap rules gave up on {path!r}: {why}", path=name, why=str(exc))
+                raise TransferError(403, f"remap rules gave up: {exc}") from None
+            name = result.name
+        return validate_path(from_tftp_root(name))
 
     def _start_read(
-        self, request: ReadRequest, path: str, peer: Address
+        self, request: ReadRequest, name: str, peer: Address
     ) -> Deferred[_ServerTransfer]:
         if not self.allow_read:
             raise TransferError(403, "this server does not serve downloads")
-        path = validate_path(self._remapped(path, "read", peer))
+        path = self._resolve(name, "read", peer)
         netascii = request.mode == "netascii"
         caps = self.quirks.caps_for(peer[0], self.caps)
 
-        def found(readable: Readable) -> _ServerTransfer:
-            size = None if netascii else readable.size
-            settings = negotiate(request.options, caps, kind="read", file_size=size)
+        def opened(source: IReadSource) -> _ServerTransfer:
+            try:
+                settings = negotiate(
+                    request.options,
+                    caps,
+                    kind="read",
+                    file_size=None if netascii else source.size,
+                )
+            except BaseException:
+                source.close()
+                raise
             return _ReadTransfer(
-                self, peer, path, settings, self.timeout, self.retries, readable.handle, netascii
+                self, peer, path, settings, self.timeout, self.retries, source, netascii
             )
 
-        return self._find(path, peer, 0).addCallback(found)
+        return self._find(path, peer, 0).addCallback(opened)
 
-    def _find(self, path: str, peer: Address, index: int) -> Deferred[Readable]:
+    def _find(self, path: str, peer: Address, index: int) -> Deferred[IReadSource]:
         """Ask the sources from C{index} on for C{path}; 404 when none has it."""
         if index >= len(self.sources):
             return maybeDeferred(_not_found, path)
         source = self.sources[index]
         host = self.transport.getHost() if self.transport is not None else None
         server = (getattr(host, "host", ""), getattr(host, "port", 0))
-        asking: Deferred[Readable | None] = maybeDeferred(source.open, path, peer, server)
+        asking: Deferred[IReadSource | None] = maybeDeferred(source.open, path, peer, server)
         asking.addTimeout(self.source_timeout, self.reactor)
 
-        def answered(readable: Readable | None) -> Readable | Deferred[Readable]:
-            return self._find(path, peer, index + 1) if readable is None else readable
+        def answered(found: IReadSource | None) -> IReadSource | Deferred[IReadSource]:
+            return self._find(path, peer, index + 1) if found is NOT_MINE else found
 
         def failed(failure: Failure) -> Failure:
             if failure.check(TransferError):
@@ -618,11 +705,11 @@ class TFTPServerProtocol(DatagramProtocol):
         return asking.addCallbacks(answered, failed)
 
     def _start_write(
-        self, request: WriteRequest, path: str, peer: Address
+        self, request: WriteRequest, name: str, peer: Address
     ) -> Deferred[_ServerTransfer]:
         if not self.allow_write:
             raise TransferError(403, "this server does not accept uploads")
-        path = self._remapped(path, "write", peer)
+        path = self._resolve(name, "write", peer)
         netascii = request.mode == "netascii"
         settings = negotiate(
             request.options, self.quirks.caps_for(peer[0], self.caps), kind="write"
@@ -642,6 +729,8 @@ class TFTPServerProtocol(DatagramProtocol):
         transfer.key = (transfer.peer, request)
         self._requests[transfer.key] = transfer
         self.transfers.add(transfer)
+        transfer.announced = True
+        self.observer.transfer_started("tftp", transfer.direction)
 
         def bind(number: int) -> tuple[Any, bool]:
             return open_port(
@@ -664,29 +753,22 @@ class TFTPServerProtocol(DatagramProtocol):
             else:
                 transfer.port, transfer.gro = bind(0)
         except PortsExhausted as exc:
-            self._no_port(transfer, str(exc))
+            self._no_port(transfer, str(exc), 503)
             return
         except Exception as exc:
-            self._no_port(transfer, "the server cannot open a transfer port")
             log.warn("cannot open a TFTP transfer port: {exc}", exc=exc)
+            self._no_port(transfer, "the server cannot open a transfer port", 500)
             return
         if transfer.done:  # it ended while starting (e.g. the file could not be read)
             transfer.close()
 
-    def _no_port(self, transfer: _ServerTransfer, reason: str) -> None:
-        """No port for the transfer: ERROR 0 with C{reason}, a log line, nothing held."""
+    def _no_port(self, transfer: _ServerTransfer, reason: str, code: int) -> None:
+        """No port for the transfer: ERROR 0 with C{reason}, its record, nothing held."""
         self.forget(transfer)
         transfer.done = True
         transfer.cleanup()
         self._error(transfer.peer, NOT_DEFINED, reason)
-        log_transfer(
-            protocol=transfer.kind,
-            peer=describe_peer(transfer.peer),
-            path=transfer.path,
-            nbytes=0,
-            seconds=0.0,
-            outcome=f"refused: {reason}",
-        )
+        transfer.report(f"refused: {reason}", "refused", code)
 
     def forget_request(self, transfer: _ServerTransfer) -> None:
         """A transfer has ended: a repeat of its request is a new request."""
@@ -708,6 +790,25 @@ class TFTPServerProtocol(DatagramProtocol):
         """The listening port closed: abandon every transfer."""
         self.stop_transfers()
 
+    def pause_requests(self) -> None:
+        """Read no more requests (a drain): they wait in the socket's queue; transfers go on.
+
+        In single-port mode the transfers' datagrams arrive on the listening
+        port too, so it is still read: new requests are dropped instead (a
+        client sends its request again, to whoever listens then).
+        """
+        if self.single_port:
+            self.requests_paused = True
+            return
+        stop_reading = getattr(self.transport, "stopReading", None)
+        if stop_reading is not None:
+            stop_reading()
+
+    def in_progress(self) -> int:
+        """Transfers running, and requests the storage is still starting."""
+        starting = sum(1 for transfer in self._requests.values() if transfer is None)
+        return len(self.transfers) + starting
+
     def stop_transfers(self) -> Deferred[Any]:
         """End every running transfer; fires when their ports are closed."""
         for key in [key for key, transfer in self._requests.items() if transfer is None]:
@@ -716,5 +817,5 @@ class TFTPServerProtocol(DatagramProtocol):
         return DeferredList(closing, consumeErrors=True)
 
 
-def _not_found(path: str) -> Readable:
+def _not_found(path: str) -> IReadSource:
     raise TransferError(404, f"{path} not found")

@@ -4,9 +4,11 @@ Fleets want answers computed per client (fbtftp's handlers, the
 asynchronous backends of python-tx-tftp that MAAS uses): a boot script
 that names the machine, a configuration per phone, a file fetched from an
 HTTP server.  A read source is asked, in turn, for the requested path; it
-answers with a L{Readable} (a file object and its size) or L{NOT_MINE}, and
-then the next source is asked.  The local root is one source
-(L{RootSource}), the root with a directory per client another
+answers with an L{IReadSource} (what L{IStorage.open_read} gives: a size and
+reads in order; L{FileSource} wraps a file object) or L{NOT_MINE}, and then
+the next source is asked.  The storage is one source (L{RootSource}, the
+first by default: a local root or an S3 bucket alike), the root with a
+directory per client another
 (L{ClientRootSource}); L{filexfer.tftp.http.HTTPSource} streams missing
 files from a web server.  Name your own on the command line with
 C{--tftp-source PYTHON.PATH:FACTORY}: C{FACTORY(reactor, argument)}
@@ -22,31 +24,17 @@ from __future__ import annotations
 
 import importlib
 import io
-from typing import Any, BinaryIO
+from typing import Any
 
-import attrs
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
 from filexfer._errors import TransferError
-from filexfer.storage import IStorage
+from filexfer.storage import FileSource, IReadSource, IStorage
 from filexfer.tftp._neighbours import Mode, NeighbourTable, candidates, client_key
 
 Address = tuple[str, int]
-
-
-@attrs.frozen
-class Readable:
-    """What a source serves: an open binary file (read from its position) and its size.
-
-    @ivar handle: read with C{read(n)}; closed by the server when the
-        transfer ends.
-    @ivar size: bytes it holds, or None when unknown (no C{tsize} is
-        offered then).
-    """
-
-    handle: BinaryIO
-    size: int | None
 
 
 NOT_MINE = None
@@ -56,20 +44,22 @@ NOT_MINE = None
 class ITFTPSource(Interface):
     """A source of files for TFTP reads (in the style of L{filexfer.storage.IStorage})."""
 
-    def open(path: str, client: Address, server: Address) -> Deferred[Readable | None]:
+    def open(path: str, client: Address, server: Address) -> Deferred[IReadSource | None]:
         """The file C{path} for C{client} (host, port) that asked C{server} (host, port).
 
         C{path} has passed the remap rules and the name rules of
-        PROTOCOL.md section 1.3 (relative, no C{..}, no control characters).
+        PROTOCOL.md section 1.3 (relative to the root, no C{..}, no control
+        characters).
 
-        @return: a Deferred firing with a L{Readable}, or L{NOT_MINE}.  It
-            may fail with L{filexfer.TransferError} to refuse the request.
+        @return: a Deferred firing with an L{IReadSource} (the server closes
+            it when the transfer ends), or L{NOT_MINE}.  It may fail with
+            L{filexfer.TransferError} to refuse the request.
         """
 
 
 @implementer(ITFTPSource)
 class RootSource:
-    """The local root: files of an L{IStorage}; a missing one is not mine."""
+    """The storage's files (L{IStorage.open_read}: a local root, S3); a missing one is not mine."""
 
     def __init__(self, storage: IStorage) -> None:
         self.storage = storage
@@ -77,18 +67,18 @@ class RootSource:
     def __repr__(self) -> str:
         return "the root"
 
-    def open(self, path: str, client: Address, server: Address) -> Deferred[Readable | None]:
+    def open(self, path: str, client: Address, server: Address) -> Deferred[IReadSource | None]:
         """C{storage.open_read(path)}; 404 is L{NOT_MINE}, other refusals propagate."""
-        return maybeDeferred(self._open, path)
+        opening: Deferred[IReadSource] = maybeDeferred(self.storage.open_read, path)
+        return opening.addErrback(_missing_is_not_mine)
 
-    def _open(self, path: str) -> Readable | None:
-        try:
-            handle, size = self.storage.open_read(path)
-        except TransferError as exc:
-            if exc.code == 404:
-                return NOT_MINE
-            raise
-        return Readable(handle, size)
+
+def _missing_is_not_mine(failure: Failure) -> None:
+    """A 404 from the storage is L{NOT_MINE}; anything else still fails."""
+    exc = failure.value
+    if isinstance(exc, TransferError) and exc.code == 404:
+        return NOT_MINE
+    failure.raiseException()
 
 
 @implementer(ITFTPSource)
@@ -107,7 +97,7 @@ class ClientRootSource:
     def __repr__(self) -> str:
         return f"the per-client root ({self.mode})"
 
-    def open(self, path: str, client: Address, server: Address) -> Deferred[Readable | None]:
+    def open(self, path: str, client: Address, server: Address) -> Deferred[IReadSource | None]:
         """Try the client's directory, then the shared root."""
         if self.mode == "mac":
             looking = self.neighbours.mac_for(client[0])
@@ -121,7 +111,7 @@ class ClientRootSource:
 
     def _first(
         self, paths: list[str], client: Address, server: Address
-    ) -> Deferred[Readable | None]:
+    ) -> Deferred[IReadSource | None]:
         trying = self.root.open(paths[0], client, server)
         if len(paths) == 1:
             return trying
@@ -180,12 +170,12 @@ class TemplateSource:
             path=self.name,
         ).encode("utf-8")
 
-    def open(self, path: str, client: Address, server: Address) -> Deferred[Readable | None]:
+    def open(self, path: str, client: Address, server: Address) -> Deferred[IReadSource | None]:
         """The rendered template for C{self.name}; L{NOT_MINE} for any other path."""
         if path.lstrip("/") != self.name:
             return succeed(NOT_MINE)
         data = self.render(client, server)
-        return succeed(Readable(io.BytesIO(data), len(data)))
+        return succeed(FileSource(io.BytesIO(data), len(data)))
 
 
 def template_source(reactor: Any, argument: str | None) -> TemplateSource:

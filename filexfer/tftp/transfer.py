@@ -17,13 +17,14 @@ L{filexfer.tftp.client}, whose transfers are one of these roles each.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, BinaryIO
+from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import DatagramProtocol
 
-from filexfer.tftp._netascii import NetasciiBlocks, NetasciiDecoder
+from filexfer.storage._interfaces import IReadSource
+from filexfer.tftp._netascii import NetasciiDecoder, NetasciiEncoder
 from filexfer.tftp._packets import (
     OP_ACK,
     OP_DATA,
@@ -44,7 +45,14 @@ from filexfer.tftp._udp import (
     read_burst,
     write_to,
 )
-from filexfer.tftp._window import FileBlocks, WindowReceiver, WindowSender
+from filexfer.tftp._window import (
+    RTO_FLOOR,
+    Retransmitter,
+    RoundTrip,
+    SourceBlocks,
+    WindowReceiver,
+    WindowSender,
+)
 
 _UNKNOWN_TID = encode_error(UNKNOWN_TID, "unknown transfer ID")
 
@@ -59,6 +67,18 @@ class Transfer(DatagramProtocol):
     Subclasses say what the packets mean (L{fast_packet}, L{first_reply},
     L{packet_received}) and how the transfer ends (L{peer_error},
     L{timed_out}, L{local_error}, L{crashed}, L{cleanup}).
+
+    The retransmission timeout follows the transfer's round trips (see
+    L{filexfer.tftp._window.RoundTrip}): C{timeout} seconds before the
+    first sample, never less than C{min(RTO_FLOOR, timeout)}, and backed
+    off on each timeout up to C{ceiling} (by default C{timeout}; a server
+    passes the RFC 2349 C{timeout} its client negotiated).  The transfer
+    gives up after C{budget} seconds without progress (by default
+    C{ceiling * (retries + 1)}).
+
+    @ivar rtt: the transfer's L{RoundTrip}, shared by all its timers.
+    @ivar budget: seconds without progress before the transfer gives up.
+    @ivar timers: the L{Retransmitter}s the transfer has run.
     """
 
     noisy = False
@@ -73,17 +93,39 @@ class Transfer(DatagramProtocol):
     """Receive coalesced runs of datagrams (UDP GRO) when the port allows."""
 
     def __init__(
-        self, clock: IReactorTime, peer: Address | None, timeout: float, retries: int
+        self,
+        clock: IReactorTime,
+        peer: Address | None,
+        timeout: float,
+        retries: int,
+        ceiling: float | None = None,
+        budget: float | None = None,
     ) -> None:
         self.clock = clock
         self.peer = peer
         self.timeout = timeout
         self.retries = retries
+        ceiling = timeout if ceiling is None else ceiling
+        initial = min(timeout, ceiling)
+        self.rtt = RoundTrip(initial, min(RTO_FLOOR, initial), ceiling)
+        self.budget = ceiling * (retries + 1) if budget is None else budget
+        self.timers: list[Retransmitter] = []
         self.port: Any = None
         self.gro = False
         self.done = False
         self.send: Send = _discard
         self.send_many: SendMany | None = None
+
+    @property
+    def retransmissions(self) -> int:
+        """Datagrams this end has sent again so far (DATA, ACK, OACK or request)."""
+        return sum(timer.retransmissions for timer in self.timers)
+
+    def new_timer(self, resend: Callable[[], int], give_up: Callable[[], None]) -> Retransmitter:
+        """A new L{Retransmitter} on the transfer's round-trip estimate and budget."""
+        timer = Retransmitter(self.clock, self.rtt, self.budget, resend, give_up)
+        self.timers.append(timer)
+        return timer
 
     def pin(self, peer: Address) -> None:
         """Talk to C{peer} from now on (and only to it)."""
@@ -191,6 +233,9 @@ class Transfer(DatagramProtocol):
     def after_reading(self) -> None:
         """A burst of datagrams was handled (progress reports go here)."""
 
+    def request_repeated(self) -> None:
+        """The peer repeated what this transfer's first packet answers (its request)."""
+
     def after_done(self, datagram: bytes, addr: Any) -> None:
         """A datagram after the transfer ended; ignored unless overridden."""
 
@@ -227,11 +272,11 @@ class Sender(Transfer):
 
     fast_opcode = OP_ACK
     sender: WindowSender | None = None
-    handle: BinaryIO
+    source: IReadSource | None = None
 
     def send_file(
         self,
-        handle: BinaryIO,
+        source: IReadSource,
         netascii: bool,
         settings: Negotiated,
         *,
@@ -239,22 +284,39 @@ class Sender(Transfer):
         on_done: Callable[[], None],
         on_progress: Callable[[int], None] | None = None,
     ) -> None:
-        """Start sending C{handle}; with C{handshake} (an OACK) wait for ACK 0 first."""
-        blocks = (NetasciiBlocks if netascii else FileBlocks)(handle, settings.blksize)
+        """Start sending C{source}; with C{handshake} (an OACK) wait for ACK 0 first."""
+        self.source = source
+        blocks = SourceBlocks(
+            source, settings.blksize, transform=NetasciiEncoder().encode if netascii else None
+        )
         self.sender = WindowSender(
             clock=self.clock,
             send=self.send,
             next_block=blocks.next_block,
             blksize=settings.blksize,
             windowsize=settings.windowsize,
-            timeout=self.timeout,
-            retries=self.retries,
+            rtt=self.rtt,
+            budget=self.budget,
             on_done=on_done,
             on_timeout=self.timed_out,
             on_progress=on_progress,
             send_many=self.send_many,
         )
+        self.timers.append(self.sender.timer)
+        blocks.on_ready = self._more
         self.sender.start(handshake)
+
+    def _more(self) -> None:
+        if self.sender is not None and not self.done:
+            try:
+                self.sender.more()
+            except OSError as exc:
+                self.local_error(exc)
+
+    def request_repeated(self) -> None:
+        """The peer repeated the request this transfer answers: resend the first answer."""
+        if self.sender is not None:
+            self.sender.request_repeated()
 
     def readable(self, sock: Any, bufsize: int) -> None:
         """One ACK per window: read one datagram; an ACK from the peer goes
@@ -298,7 +360,8 @@ class Sender(Transfer):
     def cleanup(self) -> None:
         if self.sender is not None:
             self.sender.stop()
-        self.handle.close()
+        if self.source is not None:
+            self.source.close()
 
 
 class Receiver(Transfer):
@@ -333,12 +396,18 @@ class Receiver(Transfer):
             deliver=deliver,
             blksize=settings.blksize,
             windowsize=settings.windowsize,
-            timeout=self.timeout,
-            retries=self.retries,
+            rtt=self.rtt,
+            budget=self.budget,
             on_last=on_last,
             on_timeout=self.timed_out,
         )
+        self.timers.append(self.receiver.timer)
         self.receiver.start(handshake)
+
+    def request_repeated(self) -> None:
+        """The peer repeated what our handshake answers: send it again at once."""
+        if self.receiver is not None:
+            self.receiver.handshake_repeated()
 
     def netascii_tail(self) -> bytes:
         """At the end: what the netascii decoder still holds (a CR), else nothing."""
