@@ -561,8 +561,8 @@ class TFTPServerProtocol(DatagramProtocol):
         if not self.allow_write:
             raise TransferError(403, "this server does not accept uploads")
         netascii = request.mode == "netascii"
-        settings = negotiate(request.options, self.caps, kind="write")
-        size = None if netascii else settings.tsize
+        settings = negotiate(request.options, self.caps, kind="write", netascii=netascii)
+        size = settings.tsize
         starting = self.storage.begin(path, size, None, None, exact_name=True)
         return starting.addCallback(
             lambda upload: _WriteTransfer(
