@@ -54,7 +54,7 @@ from filexfer.tcp.sender import (
     describe_mode,
     send_file,
 )
-from filexfer.tftp._packets import MODES
+from filexfer.tftp._packets import MAX_BLKSIZE, MAX_WINDOWSIZE, MIN_BLKSIZE, MODES
 from filexfer.tftp._url import BadURL, format_tftp_url, parse_tftp_url
 from filexfer.tftp.client import (
     DEFAULT_CLIENT_BLKSIZE,
@@ -528,6 +528,21 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _whole_number(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: a whole number from C{low} to C{high} (a usage mistake otherwise)."""
+
+    def whole_number(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be {low}-{high}: {text!r}")
+        return value
+
+    return whole_number
+
+
 def _positive_seconds(text: str) -> float:
     """An argparse type: a finite number of seconds, more than 0."""
     value = _seconds(text)
@@ -551,19 +566,19 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     tftp = parser.add_argument_group("TFTP options")
     tftp.add_argument(
         "--blksize",
-        type=int,
+        type=_whole_number(MIN_BLKSIZE, MAX_BLKSIZE),
         default=None,
         help=f"TFTP block size, 8-65464 (default {DEFAULT_CLIENT_BLKSIZE})",
     )
     tftp.add_argument(
         "--windowsize",
-        type=int,
+        type=_whole_number(1, MAX_WINDOWSIZE),
         default=None,
         help=f"TFTP window size, 1-65535 (default {DEFAULT_CLIENT_WINDOWSIZE})",
     )
     tftp.add_argument(
         "--timeout",
-        type=float,
+        type=_positive_seconds,
         default=None,
         metavar="SECONDS",
         help="TFTP retransmission timeout (default "
@@ -890,8 +905,10 @@ async def _get(
                 f"{local} was not written (TFTP cannot resume: run the command again)",
             )
             return interrupt.status
-        if isinstance(failure.value, OSError):
-            say(err, f"{PROG}: cannot save {local}: {failure.value.strerror}")
+        if isinstance(failure.value, OSError) and not isinstance(
+            failure.value, DNSLookupError | ConnectError | ConnectionError | TimeoutError
+        ):  # the local file (the network's errors are OSErrors too)
+            say(err, f"{PROG}: cannot save {local}: {failure.value.strerror or failure.value}")
         else:
             say(err, f"{PROG}: {url}: {describe_failure(failure)}")
         return STATUS_FAILED

@@ -480,3 +480,39 @@ class TLSLibrariesTests(unittest.TestCase):
             [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
         )
         self.assertEqual(result.stdout.split(), ["None", "True"], result.stderr)
+
+
+class TFTPUsageMistakesTests(unittest.TestCase):
+    """Fresh-eyes findings on issue 10: TFTP options out of range are usage mistakes
+    (exit 2, one line naming the option), and a host that does not resolve is
+    reported as such by get, as by send, not as a local save error."""
+
+    def test_out_of_range_options_exit_2(self) -> None:
+        target = self.mktemp()
+        for command, extra in (("get", [target]), ("send", [])):
+            for option, value in (
+                ("--blksize", "0"),
+                ("--blksize", "65465"),
+                ("--windowsize", "0"),
+                ("--timeout", "0"),
+                ("--timeout", "-1"),
+                ("--timeout", "nan"),
+                ("--timeout", "inf"),
+            ):
+                args = [command, option, value]
+                if command == "send":
+                    args += [__file__, "tftp://127.0.0.1:9/x"]
+                else:
+                    args += ["tftp://127.0.0.1:9/x", *extra]
+                result = run_filexfer(*args)
+                self.assertEqual(result.returncode, 2, (args, result.stderr))
+                self.assertIn(option, result.stderr)
+                self.assertEqual(len(result.stderr.splitlines()), 1, result.stderr)
+
+    def test_get_unresolvable_host(self) -> None:
+        local = self.mktemp()
+        result = run_filexfer("get", "tftp://no-such-host.invalid:9/x", local)
+        self.assertEqual(result.returncode, 1)
+        self.assertIn("cannot resolve the host name", result.stderr)
+        self.assertNotIn("cannot save", result.stderr)
+        self.assertFalse(os.path.exists(local))

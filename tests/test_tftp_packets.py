@@ -286,6 +286,16 @@ class NegotiationTests(unittest.TestCase):
             result = p.negotiate({"tsize": zero}, self.caps, kind="write")
             self.assertEqual((result.options, result.tsize), ((("tsize", "0"),), None), zero)
 
+    def test_tsize_netascii_write_not_acknowledged(self) -> None:
+        """Fresh-eyes finding on issue 10: a netascii WRQ's tsize counts wire bytes, which
+        the server cannot hold the stored file to; it is not acknowledged (not echoed
+        and then ignored), as a netascii RRQ offers none."""
+        for value in ("5", "1200", "0"):
+            result = p.negotiate(
+                {"tsize": value, "blksize": "1024"}, self.caps, kind="write", netascii=True
+            )
+            self.assertEqual((result.options, result.tsize), ((("blksize", "1024"),), None))
+
     def test_timeout_disabled(self) -> None:
         """A server that does not honour timeout never acknowledges it."""
         caps = p.ServerCaps(allow_timeout=False, allow_tsize=False)

@@ -360,6 +360,7 @@ def negotiate(
     *,
     kind: Literal["read", "write"],
     file_size: int | None = None,
+    netascii: bool = False,
 ) -> Negotiated:
     """Decide which requested options a server accepts, and their values.
 
@@ -371,10 +372,12 @@ def negotiate(
     answered with C{file_size} (ignored when that is None, e.g. in netascii
     mode), on a write it is echoed; a write's C{tsize 0} means the size is
     unknown (curl sends it for C{-T -}; tftpd-hpa stores such uploads), so
-    L{Negotiated.tsize} is None then.  The first occurrence of a repeated
-    option counts.  Options named in C{caps.refused} are never acknowledged
-    (the transfer goes on with their RFC 1350 defaults) and are listed in
-    the result's C{refused}.
+    L{Negotiated.tsize} is None then; a C{netascii} write's C{tsize} is not
+    acknowledged (it counts bytes on the wire, not the file's, so the server
+    could not hold the upload to it: as a netascii read offers none).  The
+    first occurrence of a repeated option counts.  Options named in
+    C{caps.refused} are never acknowledged (the transfer goes on with their
+    RFC 1350 defaults) and are listed in the result's C{refused}.
     """
     accepted: dict[str, str] = {}
     refused: list[str] = []
@@ -401,6 +404,8 @@ def negotiate(
             timeout = value
             accepted[name] = str(value)
         elif name == "tsize" and caps.allow_tsize:
+            if kind == "write" and netascii:
+                continue
             if kind == "write":
                 # 0 is "size unknown" (curl -T - sends it); echoed, as tftpd-hpa does.
                 tsize = value or None

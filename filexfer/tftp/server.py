@@ -712,9 +712,12 @@ class TFTPServerProtocol(DatagramProtocol):
         path = self._resolve(name, "write", peer)
         netascii = request.mode == "netascii"
         settings = negotiate(
-            request.options, self.quirks.caps_for(peer[0], self.caps), kind="write"
+            request.options,
+            self.quirks.caps_for(peer[0], self.caps),
+            kind="write",
+            netascii=netascii,
         )
-        size = None if netascii else settings.tsize
+        size = settings.tsize
         starting = self.storage.begin(path, size, None, None, exact_name=True)
         return starting.addCallback(
             lambda upload: _WriteTransfer(
