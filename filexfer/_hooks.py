@@ -48,6 +48,10 @@ MAX_OUTPUT_LINES = 20
 def parse_command(text: str) -> list[str]:
     """The operator's C{--on-stored} text as an argument list; the program is looked up on $PATH.
 
+    The program comes back as an absolute path: hooks run in the root, so a
+    relative C{./hook.sh} is resolved against the directory the service
+    started in, where the operator meant it.
+
     @raise StartupError: empty, unbalanced quotes, or no such program.
     """
     try:
@@ -59,7 +63,7 @@ def parse_command(text: str) -> list[str]:
     program = shutil.which(argv[0])
     if program is None:
         raise StartupError(f"--on-stored: {argv[0]}: no such executable program")
-    return [program, *argv[1:]]
+    return [os.path.abspath(program), *argv[1:]]
 
 
 def hook_environment(record: TransferRecord, root: str) -> dict[str, str]:

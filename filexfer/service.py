@@ -465,6 +465,12 @@ class Options(usage.Options):
         from twisted.internet.endpoints import serverFromString
 
         if self["metrics"] is not None:
+            kind = self["metrics"].split(":", 1)[0].lower()
+            if kind not in ("tcp", "tcp6", "ssl"):
+                raise usage.UsageError(
+                    f"--metrics {self['metrics']!r}: Prometheus scrapes over TCP: "
+                    "give tcp:PORT (e.g. tcp:9100:interface=127.0.0.1), tcp6: or ssl:"
+                )
             try:
                 serverFromString(None, self["metrics"])
             except Exception as exc:

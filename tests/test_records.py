@@ -17,7 +17,7 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from filexfer._eventlog import EventLog
-from filexfer._hooks import hook_environment
+from filexfer._hooks import hook_environment, parse_command
 from filexfer._metrics import Metrics
 from filexfer._records import ITransferObserver, Observers, TransferRecord
 from filexfer.storage import DirectoryStorage
@@ -312,3 +312,20 @@ class HookEnvironmentTests(unittest.TestCase):
             ),
             ("1500", "ab" * 32, "192.0.2.7:40001", "fx/1"),
         )
+
+
+class HookCommandTests(unittest.TestCase):
+    """Fresh-eyes finding on issue 12: hooks run in the root, so a relative program
+    (C{./hook.sh}) must be resolved where the service started, not fail per upload."""
+
+    def test_relative_program_made_absolute(self) -> None:
+        here = os.path.abspath(self.mktemp())
+        os.makedirs(here)
+        hook = os.path.join(here, "hook.sh")
+        with open(hook, "w") as handle:
+            handle.write("#!/bin/sh\n")
+        os.chmod(hook, 0o755)
+        before = os.getcwd()
+        os.chdir(here)
+        self.addCleanup(os.chdir, before)
+        self.assertEqual(parse_command("./hook.sh --flag 'a b'"), [hook, "--flag", "a b"])

@@ -44,6 +44,14 @@ class OptionsTests(unittest.TestCase):
         self.assertIsNone(options["token"])
         self.assertEqual(options["allow"], [])
 
+    def test_metrics_over_tcp_only(self) -> None:
+        """Fresh-eyes finding on issue 12: --metrics unix:... started, then every scrape
+        was an HTTP 500 (Twisted's WSGI layer wants a host); it is a usage mistake now."""
+        error = self.assertRaises(usage.UsageError, parse, "--metrics", "unix:/tmp/m.sock")
+        self.assertIn("tcp:PORT", str(error))
+        for good in ("tcp:9100:interface=127.0.0.1", "tcp6:9100"):
+            self.assertEqual(parse("--metrics", good)["metrics"], good)
+
     def test_listen_repeatable(self) -> None:
         """--listen may be given several times; alone it replaces the default port."""
         options = parse("--listen", "tcp6:9000", "--listen", "unix:/tmp/fx.sock")
