@@ -11,8 +11,13 @@ value of an environment variable.
 Hooks are bounded: at most C{concurrency} run at once, at most
 L{MAX_WAITING} wait (more are dropped, with a warning), and one that runs
 past C{timeout} seconds gets C{SIGTERM}, then C{SIGKILL} L{KILL_GRACE}
-seconds later.  A hook's exit status, its output (up to L{MAX_OUTPUT_LINES}
-lines) and a timeout are logged; none of it ever holds up a transfer.
+seconds later.  Each hook starts in a session (and process group) of its
+own (through L{LAUNCHER}), and those signals go to the whole group, so
+that what the hook started (a shell script's C{sleep}) ends with it.  When
+the service stops, hooks still waiting are not run (one line names them)
+and the groups of those running get C{SIGTERM}.  A hook's exit status, its
+output (up to L{MAX_OUTPUT_LINES} lines) and a timeout are logged; none of
+it ever holds up a transfer.
 """
 
 from __future__ import annotations
@@ -22,8 +27,10 @@ import os
 import shlex
 import shutil
 import signal
+import sys
 from typing import Any
 
+from twisted.application.service import Service
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
@@ -43,6 +50,41 @@ KILL_GRACE = 5.0
 
 MAX_OUTPUT_LINES = 20
 """Lines of a hook's output logged per run; the rest is read and dropped."""
+
+MAX_NAMES_LOGGED = 10
+"""Paths named in the one line about hooks not run at stop; the rest are counted."""
+
+LAUNCHER = "import os, sys; os.setsid(); os.execv(sys.argv[1], sys.argv[1:])"
+"""Python code run with C{-c} before the hook: a new session (and process group), then exec.
+
+Twisted's C{spawnProcess} has no pre-exec hook, and C{setsid(1)} is not
+everywhere; the service's own interpreter is.
+"""
+
+
+def launch_argv(argv: list[str]) -> list[str]:
+    """The argument list that runs C{argv} (C{argv[0]} a path) in a process group of its own."""
+    return [sys.executable, "-c", LAUNCHER, *argv]
+
+
+def _killpg(pgid: int, signum: int) -> None:
+    os.killpg(pgid, signum)
+
+
+def signal_group(pid: int, signum: int) -> None:
+    """Send C{signum} to the process group C{pid} leads; to C{pid} alone if none yet.
+
+    (The launcher may not have called C{setsid} yet; a group already gone is ignored.)
+    """
+    try:
+        _killpg(pid, signum)
+    except ProcessLookupError:
+        try:
+            os.kill(pid, signum)
+        except OSError:
+            pass
+    except OSError:
+        pass
 
 
 def parse_command(text: str) -> list[str]:
@@ -97,9 +139,12 @@ class _HookRun(ProcessProtocol):
         self.timer: IDelayedCall | None = None
         self.killer: IDelayedCall | None = None
         self.timed_out = False
+        self.pid: int | None = None
+        self.exited = False
 
     def connectionMade(self) -> None:
         assert self.transport is not None
+        self.pid = getattr(self.transport, "pid", None)
         self.transport.closeStdin()
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
@@ -126,14 +171,21 @@ class _HookRun(ProcessProtocol):
         self.killer = self.hooks.reactor.callLater(KILL_GRACE, self._signal, signal.SIGKILL)
 
     def _signal(self, signum: int) -> None:
-        try:
-            assert self.transport is not None
-            self.transport.signalProcess(signum)
-        except Exception:  # already gone
-            pass
+        """Signal the hook's whole process group (what it started too)."""
+        if self.pid is not None:
+            signal_group(self.pid, signum)
+
+    def stop(self) -> None:
+        """The service stops: SIGTERM to the hook's group."""
+        if self.pid is not None and not self.exited:
+            self._signal(signal.SIGTERM)
 
     def processExited(self, reason: Failure) -> None:
-        for call in (self.timer, self.killer):
+        self.exited = True
+        self.hooks.runs.discard(self)
+        # a timed-out hook's group still gets its SIGKILL: a child may outlive the hook
+        calls = (self.timer,) if self.timed_out else (self.timer, self.killer)
+        for call in calls:
             if call is not None and call.active():
                 call.cancel()
         if self.partial:
@@ -183,12 +235,18 @@ class OnStored:
         self.timeout = timeout
         self.running = 0
         self.waiting: collections.deque[TransferRecord] = collections.deque()
+        self.runs: set[_HookRun] = set()
+        self.stopped = False
 
     def transfer_started(self, protocol: str, direction: str) -> None:
         pass
 
     def transfer_ended(self, record: TransferRecord) -> None:
         if record.outcome != "stored" or record.stored_path is None:
+            return
+        if self.stopped:
+            log.warn("--on-stored: the service is stopping: not run for {name!r}",
+                     name=record.stored_path)  # fmt: skip
             return
         if len(self.waiting) >= MAX_WAITING:
             log.warn(
@@ -215,16 +273,46 @@ class OnStored:
         env.update(hook_environment(record, self.root))
         run = _HookRun(self, record.stored_path)
         try:
+            argv = launch_argv(self.argv)
             self.reactor.spawnProcess(
-                run, self.argv[0], self.argv, env=env, path=self.root,
+                run, argv[0], argv, env=env, path=self.root,
                 childFDs={0: "w", 1: "r", 2: "r"},
             )  # fmt: skip
         except Exception as error:  # e.g. no more processes (EAGAIN)
             log.warn("--on-stored: cannot start it: {error}", error=error)
             return
         self.running += 1
+        self.runs.add(run)
         run.timer = self.reactor.callLater(self.timeout, run.time_out)
 
     def status(self) -> dict[str, Any]:
         """Running and waiting hooks (for tests and logs)."""
         return {"running": self.running, "waiting": len(self.waiting)}
+
+    def stop(self) -> None:
+        """The service stops: hooks waiting are not run (one line), running ones get SIGTERM."""
+        self.stopped = True
+        if self.waiting:
+            names = [record.stored_path for record in self.waiting]
+            self.waiting.clear()
+            shown = ", ".join(repr(name) for name in names[:MAX_NAMES_LOGGED])
+            more = len(names) - MAX_NAMES_LOGGED
+            log.warn(
+                "--on-stored: the service is stopping: {count} not run, for {names}{more}",
+                count=len(names),
+                names=shown,
+                more=f" and {more} more" if more > 0 else "",
+            )
+        for run in list(self.runs):
+            run.stop()
+
+
+class OnStoredService(Service):
+    """Stops the hooks (L{OnStored.stop}) when the service stops."""
+
+    def __init__(self, hooks: OnStored) -> None:
+        self.hooks = hooks
+
+    def stopService(self) -> None:
+        self.hooks.stop()
+        super().stopService()

@@ -14,11 +14,16 @@ C{--on-stored}), each worker sends its transfer records to the first
 process over a socket on its file descriptor L{RECORDS_FD}
 (L{RecordsToParent}), and the first process hands them to its own
 observers (L{_RecordLines}): one process counts, writes and runs hooks for
-all of them.
+all of them.  The first process also counts each worker's transfers started
+and not yet ended: when a worker's records socket closes (it was killed, or
+it ended) or the first process stops, each still open is ended with a record
+of outcome C{aborted} (detail C{worker N ended}), so that
+C{filexfer_active_transfers} and the event log stay true.
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import re
@@ -30,7 +35,7 @@ from typing import Any
 import attrs
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
-from twisted.internet.interfaces import IReactorSocket
+from twisted.internet.interfaces import IDelayedCall, IReactorSocket, IReactorTime
 from twisted.internet.protocol import ProcessProtocol, Protocol, ServerFactory, connectionDone
 from twisted.internet.task import LoopingCall
 from twisted.protocols.basic import LineReceiver
@@ -44,6 +49,9 @@ from filexfer._types import IServiceReactor
 
 _TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\S+ ")
 """The time stamp a worker puts before its log lines (ours has one already)."""
+
+CLOSE_WAIT = 1.0
+"""Seconds after a worker ended that its records socket may still be read before it is closed."""
 
 STOP_GRACE = 10.0
 """Seconds a worker has to stop after SIGTERM before it is killed."""
@@ -120,6 +128,7 @@ class WorkerProcesses(Service):
         self.observer = observer
         """Given the workers' transfer records, when the service observes transfers."""
         self._workers: list[tuple[Any, _WorkerOutput]] = []
+        self._records: list[_RecordLines] = []
 
     def startService(self) -> None:
         super().startService()
@@ -139,11 +148,19 @@ class WorkerProcesses(Service):
             observer = self.observer
             if ours is not None and theirs is not None and observer is not None:
                 theirs.close()
-                records = _Giving(_RecordLines(observer))
-                self.reactor.adoptStreamConnection(ours.fileno(), socket.AF_UNIX, records)
+                lines = _RecordLines(observer, number, self.reactor)
+                self.reactor.adoptStreamConnection(ours.fileno(), socket.AF_UNIX, _Giving(lines))
                 ours.close()  # the reactor reads its own copy
+                self._records.append(lines)
+                output.ended.addCallback(self._ended, lines)
             log.info("worker {n} started as process {pid}", n=number, pid=process.pid)
             self._workers.append((process, output))
+
+    def _ended(self, result: object, lines: _RecordLines) -> object:
+        """A worker ended: its records socket is read a little longer, then closed."""
+        if not lines.closed:
+            lines.close_wait = self.reactor.callLater(CLOSE_WAIT, lines.close)
+        return result
 
     # -- as the drain sees it (filexfer._drain.Intake) ---------------------------------
 
@@ -173,7 +190,16 @@ class WorkerProcesses(Service):
                 output.ended.addBoth(_cancel, killer)
                 waits.append(output.ended)
         self._workers = []
-        return DeferredList(waits) if waits else succeed(None)
+        records, self._records = self._records, []
+        stopped: Deferred[Any] = DeferredList(waits) if waits else succeed(None)
+        return stopped.addCallback(_close_all, records)
+
+
+def _close_all(result: object, records: list[_RecordLines]) -> object:
+    """The workers have ended: end what their records left open."""
+    for lines in records:
+        lines.close()
+    return result
 
 
 def _cancel(result: object, call: Any) -> object:
@@ -240,19 +266,67 @@ class _RecordLines(LineReceiver):
     delimiter = b"\n"
     MAX_LENGTH = 1 << 20
 
-    def __init__(self, observer: ITransferObserver) -> None:
+    def __init__(
+        self, observer: ITransferObserver, number: int = 0, clock: IReactorTime | None = None
+    ) -> None:
         self.observer = observer
+        self.number = number
+        self.clock = clock
+        self.open: collections.Counter[tuple[str, str]] = collections.Counter()
+        """The worker's transfers started and not ended yet, by (protocol, direction)."""
+        self.closed = False
+        self.close_wait: IDelayedCall | None = None
 
     def lineReceived(self, line: bytes) -> None:
+        if self.closed:
+            return
         try:
             message = json.loads(line)
             if "started" in message:
                 protocol, direction = message["started"]
                 self.observer.transfer_started(protocol, direction)
+                self.open[protocol, direction] += 1
             else:
-                self.observer.transfer_ended(TransferRecord(**message["ended"]))
+                record = TransferRecord(**message["ended"])
+                key = (record.protocol, record.direction)
+                if record.accepted and self.open[key] > 0:
+                    self.open[key] -= 1
+                self.observer.transfer_ended(record)
         except Exception:
             log.failure("a worker sent a transfer record that cannot be read")
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """The worker is gone (or the service stops): end its open transfers as aborted."""
+        if self.closed:
+            return
+        self.closed = True
+        if self.close_wait is not None and self.close_wait.active():
+            self.close_wait.cancel()
+        if self.transport is not None:
+            self.transport.loseConnection()
+        left = sorted(self.open.elements())
+        self.open.clear()
+        if not left:
+            return
+        log.warn(
+            "worker {n} ended with {count} transfers in progress: counted as aborted",
+            n=self.number,
+            count=len(left),
+        )
+        now = self.clock.seconds() if self.clock is not None else 0.0
+        for protocol, direction in left:
+            record = TransferRecord(
+                protocol=protocol, direction=direction, peer="", path="",
+                outcome="aborted", detail=f"worker {self.number} ended",
+                time=now, accepted=True,
+            )  # fmt: skip
+            try:
+                self.observer.transfer_ended(record)
+            except Exception:
+                log.failure("a transfer observer failed")
 
 
 @implementer(ITransferObserver)

@@ -24,7 +24,7 @@ from twisted.python.threadpool import ThreadPool
 from filexfer._drain import DEFAULT_GRACE, GracefulService, TCPIntake, TFTPIntake
 from filexfer._eventlog import EventLog, EventLogService
 from filexfer._guard import AccessPolicy, ConnectionLimits, parse_networks
-from filexfer._hooks import OnStored, parse_command
+from filexfer._hooks import OnStored, OnStoredService, parse_command
 from filexfer._log import describe_peer, log
 from filexfer._ports import ListeningPort, StartupError
 from filexfer._records import Observers
@@ -686,6 +686,7 @@ def _observe(
             timeout=options["on-stored-timeout"],
         )
         observers.add(hooks)
+        OnStoredService(hooks).setServiceParent(top)
 
 
 def bind_ports(top: MultiService) -> None:

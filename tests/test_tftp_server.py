@@ -1203,3 +1203,28 @@ class MainPortTests(unittest.TestCase):
         self.assertRaises(
             ValueError, TFTPServerProtocol, storage=storage, reactor=Clock(), max_windowsize=0
         )
+
+
+class DrainWhileDallyingTests(unittest.TestCase):
+    """An upload stored during a drain, lingering for the dally, does not hold the drain."""
+
+    def test_lingering_upload_counts_as_finished(self) -> None:
+        from filexfer._drain import Drain, TFTPIntake
+
+        h = Harness(self, timeout=1.0, retries=2)
+        port = h.request(p.WriteRequest(b"up", "octet"))
+        assert port is not None
+        self.assertEqual(h.server.in_progress(), 1)
+        drain = Drain(h.reactor, 30.0, [TFTPIntake(h.server)])
+        done = drain.start()
+        h.send(port, p.Data(1, b"end"))  # the last block: stored, then the dally
+        self.assertEqual(h.take(port)[-1], p.Ack(1))
+        self.assertFalse(port.closed)  # lingering
+        self.assertEqual(h.server.in_progress(), 0)
+        h.reactor.advance(0.1)  # the drain's next look
+        self.assertIsNotNone(drain.report)
+        assert drain.report is not None
+        self.assertEqual((drain.report.finished, drain.report.cut), (1, 0))
+        self.assertLess(drain.report.seconds, 1.0)
+        self.assertEqual(self.successResultOf(done), drain.report)
+        self.assertEqual(h.stored("up"), b"end")

@@ -808,9 +808,13 @@ class TFTPServerProtocol(DatagramProtocol):
             stop_reading()
 
     def in_progress(self) -> int:
-        """Transfers running, and requests the storage is still starting."""
+        """Transfers running, and requests the storage is still starting.
+
+        A transfer that has ended but still lingers on its port (the RFC 1350
+        dally after an upload's last ACK) is not counted: it is done.
+        """
         starting = sum(1 for transfer in self._requests.values() if transfer is None)
-        return len(self.transfers) + starting
+        return sum(1 for transfer in self.transfers if not transfer.done) + starting
 
     def stop_transfers(self) -> Deferred[Any]:
         """End every running transfer; fires when their ports are closed."""
