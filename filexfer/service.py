@@ -19,9 +19,11 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorFromThreads, IReactorThreads
 from twisted.internet.threads import deferToThreadPool
 from twisted.python import usage
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from filexfer._drain import DEFAULT_GRACE, GracefulService, TCPIntake, TFTPIntake
+from filexfer._errors import TransferError
 from filexfer._eventlog import EventLog, EventLogService
 from filexfer._guard import AccessPolicy, ConnectionLimits, parse_networks
 from filexfer._hooks import OnStored, OnStoredService, parse_command
@@ -588,7 +590,14 @@ def remove_stale_in(storage: DirectoryStorage | S3Storage, max_age: float) -> De
     so that the hourly timer keeps running.
     """
     removing: Deferred[Any] = storage.run_blocking(lambda: storage.remove_stale(max_age))
-    removing.addErrback(lambda failure: log.failure("removing stale partial files", failure))
+
+    def failed(failure: Failure) -> None:
+        if failure.check(TransferError):  # the store said why (e.g. S3 credentials): one line
+            log.warn("removing stale partial files: {why}", why=failure.value)
+        else:
+            log.failure("removing stale partial files", failure)
+
+    removing.addErrback(failed)
     return removing
 
 

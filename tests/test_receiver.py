@@ -336,6 +336,28 @@ class ExtendedFormTests(ReceiverTestCase):
         self.assertEqual(visible_files(self.root), [])
         self.assertEqual(state_files(self.root, "partial"), [])
 
+    def test_store_unavailable_mid_stream_keeps_partial(self) -> None:
+        """Fresh-eyes finding on issue 11: a store that fails mid-upload (503: an object
+        store answering InternalError, unreachable) is a passing trouble, so the bytes
+        held so far stay resumable; nothing gets a final name."""
+        protocol, transport = self.connect()
+        self.feed(protocol, put("flaky", size=6, mtime_ns=MTIME_NS, trailer=True))
+        self.feed(protocol, b"abc", bytewise=False)
+        upload = protocol._accepted
+        real_check = upload.check
+
+        def unavailable(additional: int) -> None:
+            real_check(additional)
+            raise TransferError(503, "the object store is unreachable")
+
+        upload.check = unavailable  # type: ignore[method-assign]
+        self.feed(protocol, b"def", bytewise=False)
+        self.assertIn(b"error 503 ", transport.value())
+        self.assertEqual(visible_files(self.root), [])
+        self.assertEqual(
+            (state_files(self.root, "tmp"), len(state_files(self.root, "partial"))), ([], 1)
+        )
+
     def test_refused_mid_stream_closes_after_linger(self) -> None:
         """After a mid-stream refusal: half-close, drain, and cut the peer off after LINGER."""
         protocol, transport = self.connect(transport_class=HalfClosingTransport)
@@ -386,7 +408,9 @@ class ExtendedFormTests(ReceiverTestCase):
         ok = b"ok 0 %s\n" % sha256_bytes(b"").encode()
         self.assertTrue(transport.value().startswith(ok + b"error 422 "), transport.value())
         self.assertEqual(visible_files(self.root), [])
-        self.assertEqual(len(state_files(self.root, "partial")), 1)
+        self.assertEqual(
+            (state_files(self.root, "tmp"), len(state_files(self.root, "partial"))), ([], 1)
+        )
         protocol.connectionLost(Failure(ConnectionDone()))
 
         protocol, transport = self.connect()
@@ -404,7 +428,9 @@ class ExtendedFormTests(ReceiverTestCase):
         self.feed(protocol, b"01234")
         protocol.connectionLost(Failure(ConnectionLost()))
         self.assertEqual(visible_files(self.root), [])
-        self.assertEqual(len(state_files(self.root, "partial")), 1)
+        self.assertEqual(
+            (state_files(self.root, "tmp"), len(state_files(self.root, "partial"))), ([], 1)
+        )
 
         protocol, transport = self.connect()
         self.feed(protocol, put("plain.bin"))
@@ -781,7 +807,9 @@ class ClientEndingTests(ReceiverTestCase):
         self.assertEqual(
             self.outcome("short.bin"), "client closed after 40 of 100 bytes (kept for resume)"
         )
-        self.assertEqual(len(state_files(self.root, "partial")), 1)
+        self.assertEqual(
+            (state_files(self.root, "tmp"), len(state_files(self.root, "partial"))), ([], 1)
+        )
 
     def test_half_close_before_the_trailer(self) -> None:
         """FIN after Size bytes but before the SHA256 line: C{error 422}, "client closed"."""
@@ -845,5 +873,7 @@ class ShutdownTests(ReceiverTestCase):
         self.assertTrue(
             lines[0].endswith(": cut by shutdown after 40 of 100 bytes (kept for resume)"), lines
         )
-        self.assertEqual(len(state_files(self.root, "partial")), 1)
+        self.assertEqual(
+            (state_files(self.root, "tmp"), len(state_files(self.root, "partial"))), ([], 1)
+        )
         self.assertEqual(self.factory.live, {idle})

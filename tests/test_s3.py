@@ -390,6 +390,9 @@ class BadStoreTests(S3TestCase):
         error = self.refused(storage.begin("u", 1, None, None), 503)
         self.assertIn("bucket", error.reason)
         self.refused(storage.check_bucket(), 503)
+        # Fresh-eyes finding: the hourly cleanup printed a botocore traceback here.
+        removing = self.assertRaises(TransferError, storage.remove_stale, 3600)
+        self.assertEqual(removing.code, 503)
 
     def test_part_rejected(self) -> None:
         """The store refusing a part: the upload fails with 503, nothing under the name."""

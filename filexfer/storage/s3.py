@@ -689,7 +689,16 @@ class S3Storage:
         without one, the upload itself) was not written since; leases are
         stale when they expired.  The equivalent bucket lifecycle rule is
         in docs/deploy.md.  @return: how many uploads and objects went.
+        @raise TransferError: the store refused or could not be reached (503).
         """
+        try:
+            return self._remove_stale(max_age, now)
+        except TransferError:
+            raise
+        except Exception as exc:  # the store's refusal in one line, not a botocore traceback
+            raise s3_error(exc, "remove stale uploads") from None
+
+    def _remove_stale(self, max_age: float, now: float | None) -> int:
         now = self._now() if now is None else now
         before = now - max_age
         client = self.client

@@ -520,7 +520,10 @@ class ReceiverProtocol(Protocol):
     def _drop_upload(self, error: TransferError) -> None:
         """After C{ok}: drop the upload, say why (the classic form: reset), log, and close."""
         self._disarm()
-        self._abort_upload(keep_partial=False)  # a no-op once finish() kept a short partial
+        # A store that is unavailable (503) is a passing trouble: what it holds
+        # stays for a resume.  Anything else drops it (a no-op once finish()
+        # kept a short partial).
+        self._abort_upload(keep_partial=error.code == 503)
         if self._client_outcome is not None:
             self._log(self._received(), self._client_outcome, "aborted", code=error.code)
         else:
