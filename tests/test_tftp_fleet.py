@@ -339,6 +339,32 @@ class PerClientRootTests(unittest.TestCase):
         assert port is not None
         self.assertEqual(_read_all(h, port, OTHER), b"shared y")
 
+    def test_other_clients_directories_refused(self) -> None:
+        """Fresh-eyes finding on issue 13: through the shared root, one client could read
+        another's directory (ROOT/127.0.0.3/who.txt asked as 127.0.0.3/who.txt); a
+        path into any per-client directory (an address, or a MAC as dnsmasq writes it)
+        is refused with ERROR 2, its own included; other transfers carry on."""
+        h = Harness(self)
+        h.server.sources = [ClientRootSource(h.storage, "ip", NeighbourTable(h.reactor))]  # type: ignore[arg-type]
+        for key in ("127.0.0.3", "127.0.0.1", "fd00::3", "52-54-00-ab-cd-ef"):
+            os.makedirs(os.path.join(h.root, key))
+            h.put_file(f"{key}/who.txt", key.encode())
+        h.put_file("shared.txt", b"shared")
+        for name in (
+            b"127.0.0.3/who.txt",
+            b"/127.0.0.3/who.txt",
+            b"127.0.0.1/who.txt",
+            b"fd00::3/who.txt",
+            b"52-54-00-AB-CD-EF/who.txt",
+        ):
+            self.assertIsNone(h.request(p.ReadRequest(name, "octet")), name)
+            (error,) = h.take(h.main)
+            self.assertIsInstance(error, p.Error)
+            self.assertEqual(error.code, 2, name)  # type: ignore[attr-defined]
+        port = h.request(p.ReadRequest(b"shared.txt", "octet"), client=OTHER)
+        assert port is not None
+        self.assertEqual(_read_all(h, port, OTHER), b"shared")
+
     def test_mac(self) -> None:
         """mac: the directory named after the MAC the neighbour table gives."""
         h = Harness(self)

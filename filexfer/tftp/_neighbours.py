@@ -91,6 +91,25 @@ def client_key(mode: Mode, host: str, mac: str | None) -> str | None:
     return mac.replace(":", "-") if mac is not None else None
 
 
+_MAC_DIRECTORY = re.compile(r"[0-9a-f]{2}(-[0-9a-f]{2}){5}", re.IGNORECASE)
+
+
+def is_client_directory(component: str) -> bool:
+    """Is C{component} a per-client directory's name (an IP address, or a MAC as dnsmasq writes it)?
+
+    Such directories belong to one client each: reached through the shared
+    root they would hand one device another's files (per-device configs
+    often hold credentials).
+    """
+    if _MAC_DIRECTORY.fullmatch(component):
+        return True
+    try:
+        ipaddress.ip_address(component)
+    except ValueError:
+        return False
+    return True
+
+
 def candidates(path: str, key: str | None) -> list[str]:
     """The paths to try for a read of C{path}, in order: the client's, then the shared one."""
     relative = path.lstrip("/")

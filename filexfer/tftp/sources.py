@@ -26,13 +26,19 @@ import importlib
 import io
 from typing import Any
 
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
 from filexfer._errors import TransferError
 from filexfer.storage import FileSource, IReadSource, IStorage
-from filexfer.tftp._neighbours import Mode, NeighbourTable, candidates, client_key
+from filexfer.tftp._neighbours import (
+    Mode,
+    NeighbourTable,
+    candidates,
+    client_key,
+    is_client_directory,
+)
 
 Address = tuple[str, int]
 
@@ -98,7 +104,16 @@ class ClientRootSource:
         return f"the per-client root ({self.mode})"
 
     def open(self, path: str, client: Address, server: Address) -> Deferred[IReadSource | None]:
-        """Try the client's directory, then the shared root."""
+        """Try the client's directory, then the shared root.
+
+        @raise TransferError: 403 for a path into a per-client directory
+            (L{is_client_directory}): each is served only as its own client's.
+        """
+        first = path.lstrip("/").split("/", 1)[0]
+        if is_client_directory(first):
+            return fail(
+                TransferError(403, "per-client directories are served only to their own client")
+            )
         if self.mode == "mac":
             looking = self.neighbours.mac_for(client[0])
         else:
