@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 # The in-memory doubles are public in filexfer.testing; re-exported for the tests
 # that import them from here.
@@ -440,3 +440,28 @@ def have_ipxe_qemu() -> bool:
     import shutil
 
     return shutil.which(QEMU) is not None and os.path.exists(IPXE_KERNEL)
+
+
+T = TypeVar("T")
+
+
+def all_at_once(work: Callable[[int], T], count: int, timeout: float = 60.0) -> list[T]:
+    """Run C{work(0)} ... C{work(count - 1)} in threads at once; their results (any order).
+
+    Each thread is joined for at most C{timeout} seconds; a result missing
+    from the list is a thread that did not finish.
+    """
+    results: list[T] = []
+    lock = threading.Lock()
+
+    def run(number: int) -> None:
+        result = work(number)
+        with lock:
+            results.append(result)
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout)
+    return results

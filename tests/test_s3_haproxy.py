@@ -11,7 +11,6 @@ import os
 import re
 import shutil
 import socket
-import threading
 
 import pytest
 
@@ -21,6 +20,7 @@ from filexfer.tcp import _wire
 from .helpers import (
     LOOPBACK,
     ServerProcess,
+    all_at_once,
     free_port,
     payload,
     read_line,
@@ -184,19 +184,12 @@ class BehindHAProxyOnS3Tests(S3ClusterTestCase):
 
     def twenty_at_once(self, policy: str, stored: int, refused: int) -> None:
         c, f = self.front("--on-conflict", policy)
-        replies: list[bytes] = []
-        lock = threading.Lock()
 
-        def send(number: int) -> None:
+        def send(number: int) -> bytes:
             answer, _ = upload_from(CLIENT, f.port, "same.txt", f"upload {number}\n".encode() * 500)
-            with lock:
-                replies.append(answer)
+            return answer
 
-        threads = [threading.Thread(target=send, args=(n,)) for n in range(20)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(60)
+        replies = all_at_once(send, 20)
         assert len(replies) == 20
         assert sum(b"\ndone " in r for r in replies) == stored, replies
         assert sum(b"error 409" in r for r in replies) == refused, replies  # at begin or placing

@@ -6,7 +6,6 @@ import hashlib
 import itertools
 import os
 import socket
-import threading
 from typing import Any
 
 import pytest
@@ -18,6 +17,7 @@ from filexfer.tcp import _wire
 from .helpers import (
     LOOPBACK,
     ServerProcess,
+    all_at_once,
     free_port,
     free_udp_port,
     payload,
@@ -199,10 +199,8 @@ class SeaweedFSNodesTests(S3ClusterTestCase):
     def twenty_at_once(self, policy: str, stored: int, refused: int) -> None:
         c = self.cluster()
         ports = [c.start_node("--on-conflict", policy)[0].port for _ in range(2)]
-        replies: list[bytes] = []
-        lock = threading.Lock()
 
-        def send(number: int) -> None:
+        def send(number: int) -> bytes:
             data = f"upload {number}\n".encode() * 1000
             sock = put(ports[number % 2], _wire.PutRequest("same.txt", len(data), sha(data), None))
             try:
@@ -214,14 +212,9 @@ class SeaweedFSNodesTests(S3ClusterTestCase):
                 line = repr(error).encode()
             finally:
                 sock.close()
-            with lock:
-                replies.append(line)
+            return line
 
-        threads = [threading.Thread(target=send, args=(n,)) for n in range(20)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(60)
+        replies = all_at_once(send, 20)
         assert len(replies) == 20
         assert sum(r.startswith(b"done ") for r in replies) == stored, replies
         assert sum(r.startswith(b"error 409") for r in replies) == refused, replies
