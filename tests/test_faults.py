@@ -145,24 +145,15 @@ class DiskFullTests(unittest.TestCase):
         root = os.path.abspath(self.mktemp())
         storage = DirectoryStorage(root)
         written = [0]
-        begin = storage.begin
+        real_pwrite = os.pwrite
 
-        def begin_on_small_disk(*args: Any, **kwargs: Any) -> Any:
-            return begin(*args, **kwargs).addCallback(small_disk)
+        def pwrite(fd: int, data: Any, offset: int) -> int:  # the disk store writes with pwrite
+            written[0] += len(data)
+            if written[0] > 4 * MiB:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real_pwrite(fd, data, offset)
 
-        def small_disk(upload: Any) -> Any:
-            real_write = upload._handle.write
-
-            def write(data: bytes) -> None:
-                written[0] += len(data)
-                if written[0] > 4 * MiB:
-                    raise OSError(errno.ENOSPC, "No space left on device")
-                real_write(data)
-
-            upload._handle.write = write  # type: ignore[attr-defined]
-            return upload
-
-        storage.begin = begin_on_small_disk  # type: ignore[method-assign]
+        self.patch(os, "pwrite", pwrite)
         closed: defer.Deferred[None] = defer.Deferred()
 
         class Factory(ReceiverFactory):

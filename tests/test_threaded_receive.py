@@ -20,7 +20,7 @@ from twisted.trial import unittest
 from filexfer._errors import TransferError
 from filexfer.storage import DirectoryStorage, IDirectUpload
 from filexfer.tcp import _wire
-from filexfer.tcp._threaded import ThreadedReceive
+from filexfer.tcp._threaded import RECEIVE_BUFFER, ThreadedReceive
 
 from .helpers import (
     LOOPBACK,
@@ -61,6 +61,47 @@ class SinkTests(unittest.TestCase):
         receipt = self.successResultOf(upload.finish(blake3_bytes(DATA)))
         with open(os.path.join(self.root, receipt.path), "rb") as handle:
             self.assertEqual(handle.read(), DATA)
+
+    def test_aligned_chunks_bypass_the_page_cache(self) -> None:
+        """Resumed at byte 1000: whole aligned chunks go direct, the odd first and last do not."""
+        import mmap
+
+        from filexfer.storage import _upload
+
+        taken: list[tuple[int, int, int]] = []
+
+        class Recording(_upload.DirectWriter):
+            def write(self, data: memoryview, offset: int) -> int:
+                written = super().write(data, offset)
+                taken.append((offset, len(data), written))
+                return written
+
+        self.patch(_upload, "DirectWriter", Recording)
+        first = self.begin()
+        first.direct()(memoryview(DATA[:1000]))
+        first.direct_done()
+        first.abort(keep_partial=True)
+        upload = self.begin()
+        self.assertEqual(upload.offset, 1000)
+        sink = upload.direct()
+        buffer = mmap.mmap(-1, RECEIVE_BUFFER)  # page-aligned, as the receiving thread's
+        whole = RECEIVE_BUFFER
+        for start, end in [(1000, whole), (whole, 2 * whole), (2 * whole, 3 * whole)]:
+            buffer[: end - start] = DATA[start:end]
+            sink(memoryview(buffer)[: end - start])
+        upload.direct_done()
+        receipt = self.successResultOf(upload.finish(sha256_bytes(DATA)))
+        with open(os.path.join(self.root, receipt.path), "rb") as handle:
+            self.assertEqual(handle.read(), DATA)
+        self.assertEqual(
+            taken,
+            [
+                (0, 1000, 0),
+                (1000, whole - 1000, 0),
+                (whole, whole, whole),
+                (2 * whole, whole, whole),
+            ],
+        )
 
     def test_writeback_started_a_window_at_a_time(self) -> None:
         """Every 16 MiB written, the disk is asked to start on them (not all at the fsync)."""
@@ -245,3 +286,47 @@ class TwistdThreadedTests(unittest.TestCase):
         self.assertEqual(done, _wire.encode_done(len(data), sha256_bytes(data), "big.bin"))
         with open(os.path.join(root, "big.bin"), "rb") as handle:
             self.assertEqual(handle.read(), data)
+
+
+class AlignedChunkTests(ThreadedReceiveTests):
+    """The chunks a receiving thread hands over end on RECEIVE_BUFFER boundaries of the file."""
+
+    def receive_from(self, start: int, count: int) -> list[int]:
+        sizes: list[int] = []
+
+        def keep(view: memoryview) -> None:
+            sizes.append(len(view))
+            self.got += view
+
+        receiver = ThreadedReceive(
+            self.calls,  # type: ignore[arg-type]
+            self.ours.fileno(),
+            count,
+            keep,
+            lambda received: None,
+            lambda *result: self.finished.append(result),
+            start=start,
+        )
+        self.addCleanup(receiver.stop)
+        return sizes
+
+    def test_resumed_at_an_odd_offset(self) -> None:
+        """From file offset 1000: the first chunk reaches the boundary, then whole ones."""
+        sender = threading.Thread(target=self.peer.sendall, args=(DATA,))
+        sender.start()
+        sizes = self.receive_from(1000, len(DATA))
+        self.assertEqual(self.run_until_finished(), (len(DATA), None, None))
+        sender.join(30)
+        whole = RECEIVE_BUFFER
+        self.assertEqual(sizes, [whole - 1000, whole, whole, 1000])
+        self.assertEqual(bytes(self.got), DATA)
+
+    def test_slow_sender_handed_over_unfilled(self) -> None:
+        """Bytes that trickle in reach the sink within about a second, not at 1 MiB."""
+        self.peer.sendall(DATA[:10])
+        sizes = self.receive_from(0, len(DATA))
+        self.calls.calls.get(timeout=30)  # the progress report after the hand-over
+        self.assertEqual((sizes, bytes(self.got)), ([10], DATA[:10]))
+        self.peer.sendall(DATA[10:])
+        self.assertEqual(self.run_until_finished(), (len(DATA), None, None))
+        self.assertEqual(sizes[:2], [10, RECEIVE_BUFFER - 10])  # back on the boundary

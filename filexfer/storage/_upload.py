@@ -24,7 +24,13 @@ from filexfer._errors import TransferError
 from filexfer._hashing import DEFAULT_DIGEST, DigestName, hash_prefix
 from filexfer._log import log
 from filexfer.storage._backlog import Backlog
-from filexfer.storage._disk import WRITEBACK_WINDOW, os_error, start_writeback, write_error
+from filexfer.storage._disk import (
+    WRITEBACK_WINDOW,
+    DirectWriter,
+    os_error,
+    start_writeback,
+    write_error,
+)
 from filexfer.storage._interfaces import BlockingRunner, IDirectUpload, IUpload, Receipt
 from filexfer.storage._rules import check_finished
 
@@ -128,6 +134,8 @@ class Upload(Backlog):
         """A direct writer has checked the free space for bytes up to here."""
         self._writeback_from = self.offset
         """Bytes before this offset have had their writeback started (L{start_writeback})."""
+        self._direct_writer: DirectWriter | None = None
+        """Writes the direct sink's aligned blocks past the page cache (L{direct})."""
 
     def check(self, additional: int) -> None:
         total = self.received + additional
@@ -165,6 +173,7 @@ class Upload(Backlog):
         assert self._in_flight is None and not self._queue, "bytes still wait to be written"
         self._in_flight = Deferred()  # finish() and abort() wait for direct_done()
         self._space_checked = self.received
+        self._direct_writer = DirectWriter(self._handle.fileno())
         return self._take
 
     def _take(self, data: memoryview) -> None:
@@ -183,9 +192,11 @@ class Upload(Backlog):
             self._storage.check_space(window, os.path.dirname(self._temp_name))
             self._space_checked = self.received + window
         try:
-            written = 0
+            # aligned blocks past the page cache; the rest (a resumed file's
+            # first bytes, the last ones) through it
+            written = self._direct_writer.write(data, self.received) if self._direct_writer else 0
             while written < size:  # a raw file may write less than asked
-                written += self._handle.write(data[written:]) or 0
+                written += os.pwrite(self._handle.fileno(), data[written:], self.received + written)
         except OSError as exc:
             raise os_error(exc, "write") from exc
         self._digest.update(data)
@@ -201,6 +212,11 @@ class Upload(Backlog):
             self._writeback_from = written
 
     def direct_done(self) -> None:
+        if self._direct_writer is not None:
+            self._direct_writer.close()
+            self._direct_writer = None
+        if not self._closed:
+            self._handle.seek(self.received)  # the sink wrote with pwrite
         self._batch_done(None)
 
     def _start_batch(self) -> None:

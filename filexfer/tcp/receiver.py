@@ -363,7 +363,13 @@ class ReceiverProtocol(Protocol):
         self._transport.pauseProducing()
         sink = IDirectUpload(upload).direct()
         self._receiving = ThreadedReceive(
-            reactor, fd, remaining, sink, self._received_in_thread, self._thread_finished
+            reactor,
+            fd,
+            remaining,
+            sink,
+            self._received_in_thread,
+            self._thread_finished,
+            start=upload.received,
         )
 
     def _received_in_thread(self, received: int) -> None:
