@@ -18,7 +18,7 @@ import stat
 import sys
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, NoReturn, TextIO
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 import attrs
 from twisted.internet.defer import Deferred, ensureDeferred
@@ -34,13 +34,11 @@ from twisted.python.failure import Failure
 
 from filexfer import __version__
 from filexfer._hashing import DIGESTS
-from filexfer._ports import StartupError
 from filexfer._progress import Progress
 from filexfer._start import interrupted_while_starting
 from filexfer._text import escape
 from filexfer._tls import keep_tls_libraries_out
 from filexfer._types import IServiceReactor
-from filexfer.service import Options, make_service
 from filexfer.tcp.sender import (
     CONNECT_TIMEOUT,
     IDLE_TIMEOUT,
@@ -62,6 +60,9 @@ from filexfer.tftp.client import (
     DEFAULT_CLIENT_TIMEOUT,
     DEFAULT_CLIENT_WINDOWSIZE,
 )
+
+if TYPE_CHECKING:
+    from filexfer.service import Options
 
 PROG = "filexfer"
 
@@ -481,23 +482,26 @@ def _build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser(
         "serve",
-        add_help=False,  # its arguments, --help included, are ServeOptions'
+        add_help=False,  # its arguments, --help included, are the service Options'
         help="run the receiver in the foreground (same options as 'twistd filexfer'; "
         "see 'filexfer serve --help')",
     )
     return parser
 
 
-class ServeOptions(Options):
-    """C{filexfer serve}: exactly the options of C{twistd filexfer}, under this name."""
+def serve_options() -> Options:
+    """C{filexfer serve}'s options: exactly those of C{twistd filexfer}, under this name."""
+    from filexfer.service import Options  # here: send and get do not load the server
 
-    synopsis = f"Usage: {PROG} serve [options]"
+    options = Options()
+    options.synopsis = f"Usage: {PROG} serve [options]"
+    return options
 
 
 def parse_command_line(argv: Sequence[str]) -> argparse.Namespace:
     """The arguments: argparse's for send and get, the service's Options for serve.
 
-    For serve, C{options} holds the parsed L{ServeOptions}, which have
+    For serve, C{options} holds the parsed L{serve_options}, which have
     already kept the TLS libraries out unless an endpoint needs them.
 
     @raise UserError: a mistake in serve's options (status 2).
@@ -509,7 +513,7 @@ def parse_command_line(argv: Sequence[str]) -> argparse.Namespace:
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
         return args
-    args.options = ServeOptions()
+    args.options = serve_options()
     try:
         args.options.parseOptions(rest)
     except usage.UsageError as error:
@@ -942,6 +946,9 @@ def _give_normal_mode(path: str) -> None:
 def _serve(reactor: IServiceReactor, options: Options, err: TextIO) -> Deferred[int]:
     from twisted.internet.error import CannotListenError
     from twisted.logger import globalLogBeginner, textFileLogObserver
+
+    from filexfer._ports import StartupError
+    from filexfer.service import make_service
 
     # --event-log - takes standard output for its JSON lines: the log goes to stderr then
     logs = sys.stderr if options["event-log"] == "-" else sys.stdout

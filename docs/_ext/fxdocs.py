@@ -61,7 +61,7 @@ def help_text(command: str) -> str:
 
     with _columns(HELP_COLUMNS):
         if command == "serve":
-            return str(cli.ServeOptions())
+            return str(cli.serve_options())
         parser = cli._build_parser()
         if not command:
             return parser.format_help()

@@ -17,21 +17,43 @@ module, beside each other:
  - C{_digests}: the cache of stored files' digests, by algorithm.
 """
 
-from filexfer.storage._conflicts import numbered_name
-from filexfer.storage._interfaces import (
-    CONFLICT_POLICIES,
-    BlockingRunner,
-    ConflictPolicy,
-    IDirectUpload,
-    IReadSource,
-    IStorage,
-    IUpload,
-    Receipt,
-    policy_for,
-)
-from filexfer.storage._sources import FileSource
-from filexfer.storage.directory import DirectoryStorage
-from filexfer.storage.s3 import S3Storage
+from typing import TYPE_CHECKING
+
+from filexfer._lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from filexfer.storage._conflicts import numbered_name
+    from filexfer.storage._interfaces import (
+        CONFLICT_POLICIES,
+        BlockingRunner,
+        ConflictPolicy,
+        IDirectUpload,
+        IReadSource,
+        IStorage,
+        IUpload,
+        Receipt,
+        policy_for,
+    )
+    from filexfer.storage._sources import FileSource
+    from filexfer.storage.directory import DirectoryStorage
+    from filexfer.storage.s3 import S3Storage
+
+_EXPORTS = {
+    "numbered_name": "filexfer.storage._conflicts",
+    "CONFLICT_POLICIES": "filexfer.storage._interfaces",
+    "BlockingRunner": "filexfer.storage._interfaces",
+    "ConflictPolicy": "filexfer.storage._interfaces",
+    "IDirectUpload": "filexfer.storage._interfaces",
+    "IReadSource": "filexfer.storage._interfaces",
+    "IStorage": "filexfer.storage._interfaces",
+    "IUpload": "filexfer.storage._interfaces",
+    "Receipt": "filexfer.storage._interfaces",
+    "policy_for": "filexfer.storage._interfaces",
+    "FileSource": "filexfer.storage._sources",
+    "DirectoryStorage": "filexfer.storage.directory",
+    "S3Storage": "filexfer.storage.s3",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 __all__ = [
     "CONFLICT_POLICIES",

@@ -9,16 +9,39 @@ L{filexfer.storage.IReadSource}; the HTTP source is
 L{filexfer.tftp.http.HTTPSource}.
 """
 
-from filexfer.tftp._url import TFTPURL, BadURL, format_tftp_url, parse_tftp_url
-from filexfer.tftp.client import TFTPError, TFTPTimeout, download, upload
-from filexfer.tftp.server import TFTPServerProtocol
-from filexfer.tftp.sources import (
-    NOT_MINE,
-    ClientRootSource,
-    ITFTPSource,
-    RootSource,
-    TemplateSource,
-)
+from typing import TYPE_CHECKING
+
+from filexfer._lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from filexfer.tftp._url import TFTPURL, BadURL, format_tftp_url, parse_tftp_url
+    from filexfer.tftp.client import TFTPError, TFTPTimeout, download, upload
+    from filexfer.tftp.server import TFTPServerProtocol
+    from filexfer.tftp.sources import (
+        NOT_MINE,
+        ClientRootSource,
+        ITFTPSource,
+        RootSource,
+        TemplateSource,
+    )
+
+_EXPORTS = {
+    "TFTPURL": "filexfer.tftp._url",
+    "BadURL": "filexfer.tftp._url",
+    "format_tftp_url": "filexfer.tftp._url",
+    "parse_tftp_url": "filexfer.tftp._url",
+    "TFTPError": "filexfer.tftp.client",
+    "TFTPTimeout": "filexfer.tftp.client",
+    "download": "filexfer.tftp.client",
+    "upload": "filexfer.tftp.client",
+    "TFTPServerProtocol": "filexfer.tftp.server",
+    "NOT_MINE": "filexfer.tftp.sources",
+    "ClientRootSource": "filexfer.tftp.sources",
+    "ITFTPSource": "filexfer.tftp.sources",
+    "RootSource": "filexfer.tftp.sources",
+    "TemplateSource": "filexfer.tftp.sources",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 __all__ = [
     "NOT_MINE",
