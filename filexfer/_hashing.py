@@ -8,8 +8,7 @@ server's digest of it (docs/protocol.md, "Receipt digests" and I1).
 BLAKE3 comes from the C{blake3} package, which wraps the reference Rust
 implementation (SIMD, and it releases the GIL for large inputs): about four
 times SHA-256's speed on one core.  It is run on one thread: each end
-hashes in the thread that moves the bytes (the receiving or sending thread
-over plain TCP, the thread pool otherwise).
+already hashes in a thread of its own beside the writer or C{sendfile}.
 """
 
 from __future__ import annotations

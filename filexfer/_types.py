@@ -39,8 +39,8 @@ class IStreamTransport(ITCPTransport, IPushProducer, IConsumer):
 class ISendingReactor(IReactorTime, IReactorThreads):
     """A clock with a thread pool: the fast path of L{filexfer.tcp.sender.send_file}.
 
-    With it a file is read, hashed and sent by one thread of the pool, and
-    a resumed prefix is hashed off the reactor thread.
+    With it a file goes out with C{sendfile} in one thread and is hashed in
+    another, and a resumed prefix is hashed off the reactor thread.
     """
 
 

@@ -1,6 +1,6 @@
-"""Plain TCP off the reactor thread: sending (read, hash and send in one thread,
-from one reused buffer) and receiving (recv_into one reused page-aligned
-buffer, handed to the upload's sink)."""
+"""Plain TCP off the reactor thread: sending (sendfile in one thread, the digest in
+another) and receiving (recv_into one reused page-aligned buffer, handed to the
+upload's sink)."""
 
 from __future__ import annotations
 
@@ -15,38 +15,27 @@ from typing import Any
 
 from twisted.internet.interfaces import IReactorFromThreads
 
+from filexfer._hashing import HASH_READ
 from filexfer._types import ISendingReactor
 
-SEND_BUFFER = 1 << 20
-"""Bytes the sending thread reads, hashes and sends at a time, from one buffer."""
+_SENDFILE_MAX = 8 << 20
+"""Bytes per C{sendfile} call (the kernel sends what the socket takes)."""
 _REPORT_EVERY = 4 << 20
 """Progress reports from the sending thread, in bytes."""
 _POLL_MS = 100
-"""How long a blocked thread waits before it checks whether to stop."""
+"""How long a blocked sending thread waits before it checks whether to stop."""
 
 
 class ThreadedSend:
     """Streams a byte range of a file to a TCP socket without TLS off the reactor thread.
 
-    One thread hashes bytes [C{hash_from}, C{start}) (a resumed upload's
-    prefix, unless the caller hashed it), then reads each chunk of [C{start},
-    C{end}) into one reused buffer, hashes it and writes it to the socket:
-    one copy out of the page cache, one into the socket.  (C{os.sendfile}
-    plus a second thread reading the file again to hash it cost more: 0.45
-    + 0.22 CPU-seconds per GiB against 0.43 for this loop, measured here
-    with 1 GiB to a loopback sink; docs/performance.md.)  The thread works
-    on its own duplicates of the descriptors, so closing the file or the
-    connection on the reactor thread never pulls a descriptor from under
-    it; it reports back with C{callFromThread}, and L{stop} makes it quit
+    One thread pushes bytes [start, end) with C{os.sendfile} (no copy through
+    Python), another hashes [0, end), so that a resumed upload's prefix is
+    hashed off the reactor thread too (hashlib releases the GIL); each works on its own
+    duplicates of the descriptors, so closing the file or the connection on
+    the reactor thread never pulls a descriptor from under a thread.  The
+    threads report back with C{callFromThread}; L{stop} makes them quit
     within L{_POLL_MS}.
-
-    @param progress: called on the reactor thread with the bytes sent so
-        far (an offset in the file), every few MiB.
-    @param finished: called once on the reactor thread as
-        C{finished(position, error)}: every byte before C{position} was
-        hashed and every one from C{start} to it sent; C{error} is what
-        ended the thread early (an C{OSError} of the socket or file), else
-        None.  C{position} is short of C{end} when the file shrank.
     """
 
     def __init__(
@@ -58,7 +47,7 @@ class ThreadedSend:
         end: int,
         digest: Any,
         progress: Callable[[int], None],
-        finished: Callable[[int, BaseException | None], None],
+        finished: Callable[[int, int, BaseException | None], None],
         hash_from: int = 0,
     ) -> None:
         self._reactor = reactor
@@ -69,53 +58,68 @@ class ThreadedSend:
         self._progress = progress
         self._finished = finished
         self._stopped = threading.Event()
-        reactor.callInThread(self._run, os.dup(sock_fd), os.dup(file_fd))
+        self._results: dict[str, int] = {}
+        self._error: BaseException | None = None
+        sock, send_file, hash_file = os.dup(sock_fd), os.dup(file_fd), os.dup(file_fd)
+        reactor.callInThread(self._send, sock, send_file)
+        reactor.callInThread(self._hash, hash_file)
 
     def stop(self) -> None:
-        """Ask the thread to quit (it closes its descriptors as it goes)."""
+        """Ask both threads to quit (they close their descriptors as they go)."""
         self._stopped.set()
 
-    def _run(self, sock: int, handle: int) -> None:
-        position = self._hash_from  # from 0, a resumed prefix too, unless it is hashed already
+    def _send(self, sock: int, handle: int) -> None:
+        position = self._start
+        reported = position
         error: BaseException | None = None
-        buffer = bytearray(SEND_BUFFER)  # one buffer, reused: no allocation per chunk
-        view = memoryview(buffer)
         try:
             poller = select.poll()
             poller.register(sock, select.POLLOUT)
-            reported = position
             while position < self._end and not self._stopped.is_set():
-                want = min(SEND_BUFFER, self._end - position)
-                if position < self._start:
-                    want = min(want, self._start - position)  # the prefix: hashed, not sent
-                got = os.preadv(handle, [view[:want]], position)
-                if not got:
+                try:
+                    sent = os.sendfile(
+                        sock, handle, position, min(_SENDFILE_MAX, self._end - position)
+                    )
+                except BlockingIOError:
+                    poller.poll(_POLL_MS)
+                    continue
+                if sent == 0:
                     break  # the file is shorter than it was
-                self._digest.update(view[:got])
-                if position >= self._start and not self._write_all(sock, view[:got], poller):
-                    break  # stopped
-                position += got
+                position += sent
                 if position - reported >= _REPORT_EVERY or position == self._end:
                     reported = position
-                    self._reactor.callFromThread(self._progress, max(position, self._start))
+                    self._reactor.callFromThread(self._progress, position)
         except BaseException as exc:  # reported on the reactor thread
             error = exc
         finally:
             os.close(sock)
             os.close(handle)
-        self._reactor.callFromThread(self._finished, position, error)
+        self._reactor.callFromThread(self._one_done, "sent", position, error)
 
-    def _write_all(self, sock: int, data: memoryview, poller: select.poll) -> bool:
-        """Write all of C{data} to the non-blocking C{sock}; False when stopped first."""
-        written = 0
-        while written < len(data):
-            if self._stopped.is_set():
-                return False
-            try:
-                written += os.write(sock, data[written:])
-            except BlockingIOError:
-                poller.poll(_POLL_MS)
-        return True
+    def _hash(self, handle: int) -> None:
+        position = self._hash_from  # from 0, a resumed prefix too, unless it is hashed already
+        error: BaseException | None = None
+        buffer = bytearray(HASH_READ)  # one buffer, reused: no allocation per chunk
+        view = memoryview(buffer)
+        try:
+            while position < self._end and not self._stopped.is_set():
+                want = min(HASH_READ, self._end - position)
+                got = os.preadv(handle, [view[:want]], position)
+                if not got:
+                    break
+                self._digest.update(view[:got])
+                position += got
+        except BaseException as exc:  # reported on the reactor thread
+            error = exc
+        finally:
+            os.close(handle)
+        self._reactor.callFromThread(self._one_done, "hashed", position, error)
+
+    def _one_done(self, what: str, position: int, error: BaseException | None) -> None:
+        self._results[what] = position
+        self._error = self._error or error
+        if len(self._results) == 2:
+            self._finished(self._results["sent"], self._results["hashed"], self._error)
 
 
 RECEIVE_BUFFER = 1 << 20

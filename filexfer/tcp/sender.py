@@ -98,7 +98,7 @@ class SenderProtocol(Protocol):
     """Sends one file: handshake, wait for C{ok}, stream, wait for C{done}.
 
     Over TCP without TLS on a reactor with threads, the bytes go out with
-    one thread that reads, hashes and sends them (L{ThreadedSend}); over
+    C{sendfile} and are hashed in a second thread (L{ThreadedSend}); over
     TLS, or in memory, a pull producer sends a chunk at a time.
 
     A connection moves through a declared state machine (the table is at the
@@ -144,7 +144,7 @@ class SenderProtocol(Protocol):
         self._producer: _FileProducer | None = None
         """Registered with the transport while pulling."""
         self._threads: ThreadedSend | None = None
-        """Running from C{threaded} until its thread has reported."""
+        """Running from C{threaded} until both threads have reported."""
         self._early_receipt: Receipt | None = None
         """The receipt held in C{confirmed_early}."""
         self.result: Deferred[Receipt] = Deferred(self._cancelled)
@@ -195,11 +195,11 @@ class SenderProtocol(Protocol):
 
     @_machine.state()
     def threaded(self) -> None:
-        """One thread reads, hashes and sends."""
+        """One thread sends with C{sendfile}, another hashes."""
 
     @_machine.state()
     def confirmed_early(self) -> None:
-        """C{done} came in while our sending thread still runs: checked when it ends."""
+        """C{done} came in while our hashing thread still runs: checked when it ends."""
 
     @_machine.state()
     def confirming(self) -> None:
@@ -221,7 +221,7 @@ class SenderProtocol(Protocol):
 
     @_machine.input()
     def offered_threads(self, offset: int, trailer: bool) -> None:
-        "The server's ok: send from offset in a thread that reads, hashes and sends."
+        "The server's ok: send from offset with sendfile and a hashing thread."
 
     @_machine.input()
     def prefix_offered(self, offset: int, theirs: str | None) -> None:
@@ -448,14 +448,14 @@ class SenderProtocol(Protocol):
         self._still_alive()
         self._report_progress()
 
-    def _threads_finished(self, position: int, error: BaseException | None) -> None:
+    def _threads_finished(self, sent: int, hashed: int, error: BaseException | None) -> None:
         self._threads = None
         if self.result.called:
             return  # stopped: the result is settled already
         if error is not None:
             self.failed(SendError(f"sending failed: {error}"))
             return
-        self._sent = position
+        self._sent = min(sent, hashed)
         self._sent_everything()
 
     def _sent_everything(self) -> None:
