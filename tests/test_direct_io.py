@@ -73,16 +73,20 @@ class DirectWriterTests(unittest.TestCase):
 
     def test_file_system_without_direct_io(self) -> None:
         """open(2) refusing O_DIRECT (EINVAL, as tmpfs did before Linux 6.6): 0 from then on."""
-        opened: list[Any] = []
+        for refusal in (errno.EINVAL, errno.ENOENT, errno.EPERM):  # no /proc; a sandbox
+            opened: list[Any] = []
 
-        def refuse(path: str, flags: int, *args: Any) -> int:
-            opened.append(path)
-            raise OSError(errno.EINVAL, "Invalid argument")
+            def refuse(
+                path: str, flags: int, *args: Any, refusal: int = refusal, opened: Any = opened
+            ) -> int:
+                opened.append(path)
+                raise OSError(refusal, os.strerror(refusal))
 
-        self.patch(_disk.os, "open", refuse)
-        self.assertEqual(self.writer.write(aligned(BLOCKS), 0), 0)
-        self.assertEqual(self.writer.write(aligned(BLOCKS), 0), 0)
-        self.assertEqual(opened, [f"/proc/self/fd/{self.fd}"])  # tried once
+            writer = DirectWriter(self.fd)
+            self.patch(_disk.os, "open", refuse)
+            self.assertEqual(writer.write(aligned(BLOCKS), 0), 0)
+            self.assertEqual(writer.write(aligned(BLOCKS), 0), 0)
+            self.assertEqual(opened, [f"/proc/self/fd/{self.fd}"])  # tried once
 
     def test_disk_refusal_raised(self) -> None:
         """A write the disk refuses (ENOSPC) is an error, not a silent fallback."""

@@ -106,10 +106,14 @@ class DirectWriter:
         """
         if not self._usable or offset % DIRECT_ALIGN or len(data) % DIRECT_ALIGN:
             return 0
+        if self._fd is None:
+            try:
+                self._fd = os.open(f"/proc/self/fd/{self._source}", os.O_WRONLY | os.O_DIRECT)
+            except OSError:  # no /proc, no O_DIRECT here, a sandbox's refusal: nothing lost
+                self._usable = False
+                return 0
         written = 0
         try:
-            if self._fd is None:
-                self._fd = os.open(f"/proc/self/fd/{self._source}", os.O_WRONLY | os.O_DIRECT)
             while written < len(data) and written % DIRECT_ALIGN == 0:
                 written += os.pwrite(self._fd, data[written:], offset + written)
         except OSError as exc:
@@ -125,8 +129,9 @@ class DirectWriter:
             self._fd = None
 
 
-_NO_DIRECT_IO = frozenset({errno.EINVAL, errno.ENOENT, errno.EOPNOTSUPP, errno.EACCES})
-"""What open(2) or write(2) answer where direct I/O cannot be used."""
+_NO_DIRECT_IO = frozenset({errno.EINVAL, errno.EOPNOTSUPP})
+"""What write(2) answers where a direct write cannot be made (a buffer or
+disk with other alignment, a file system without it)."""
 
 
 def write_error(failure: Failure) -> TransferError:
