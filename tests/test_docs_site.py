@@ -34,6 +34,7 @@ PICTURES = (
     "bench-tftp.svg",
     "bench-concurrent.svg",
     "bench-resume.svg",
+    "bench-peers.svg",
 )
 
 

@@ -120,6 +120,9 @@ CHARTS = {
         r, "TCP, one file over loopback: filexfer (FX/1, verified) and socat", p
     ),
     "tftp": lambda r, p: chart_comparisons(r, "TFTP downloads over loopback: clients + servers", p),
+    "peers": lambda r, p: chart_comparisons(
+        r, "One verified file, then four at once: filexfer, rsync, socat + sync, wormhole", p
+    ),
     "concurrent": chart_concurrent,
     "resume": chart_resume,
 }
