@@ -421,7 +421,7 @@ def _build_parser() -> argparse.ArgumentParser:
     send.add_argument(
         "--digest",
         choices=DIGESTS,
-        default="blake3",
+        default=None,
         help="receipt digest to ask the server for (default blake3, about 4x faster than "
         "sha256; a server that does not offer it answers with sha256, and the success line "
         "names the one verified); sha256 asks nothing, as clients before BLAKE3; FX/1 only",
@@ -626,6 +626,9 @@ async def _send(
     _check_remote_dir(dest)
     if dest.scheme != "tftp" and args.mode is not None:
         raise UserError("--mode is a TFTP option: the TCP push sends bytes as they are", 2)
+    if args.digest is not None and (args.plain or dest.scheme == "tftp"):
+        form = "TFTP" if dest.scheme == "tftp" else "the classic form (--plain)"
+        raise UserError(f"--digest is for FX/1 receipts: {form} has no receipt to verify", 2)
     skipped: list[str] = []
     if dest.scheme == "tftp":
         plan = _tftp_plan(args, dest, skipped)
@@ -766,7 +769,7 @@ def _tcp_transport(
             connect_timeout=args.connect_timeout,
             reply_timeout=args.reply_timeout,
             idle_timeout=args.idle_timeout,
-            digest=args.digest,
+            digest=args.digest or "blake3",
         )
         if args.plain:
             return Sent(receipt.path, receipt.size)

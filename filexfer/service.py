@@ -26,6 +26,7 @@ from filexfer._drain import DEFAULT_GRACE, GracefulService, TCPIntake, TFTPIntak
 from filexfer._errors import TransferError
 from filexfer._eventlog import EventLog, EventLogService
 from filexfer._guard import AccessPolicy, ConnectionLimits, parse_networks
+from filexfer._hashing import DEFAULT_DIGEST, DIGESTS, DigestName, digest_name
 from filexfer._hooks import OnStored, OnStoredService, parse_command
 from filexfer._log import describe_peer, log
 from filexfer._ports import ListeningPort, StartupError
@@ -73,6 +74,29 @@ def _size(text: str) -> int:
     scale = _UNITS[match["unit"]]
     fraction = int((match["fraction"] or "").ljust(9, "0"))
     return int(match["whole"]) * scale + fraction * scale // 10**9
+
+
+def _digest_list(text: str) -> tuple[DigestName, ...]:
+    """C{"sha256,blake3"} -> the digests offered, SHA-256 first and always.
+
+    SHA-256 is what a client that does not ask gets (docs/protocol.md,
+    "Receipt digests"), so it cannot be withdrawn; the list only says
+    which others a client may ask for.
+
+    @raise usage.UsageError: a name that is not one of L{DIGESTS}.
+    """
+    offered: list[DigestName] = [DEFAULT_DIGEST]
+    for word in text.split(","):
+        if not word.strip():
+            continue
+        name = digest_name(word)
+        if name is None:
+            raise usage.UsageError(
+                f"--digests: unknown digest {_shown(word.strip())}; known: {', '.join(DIGESTS)}"
+            )
+        if name not in offered:
+            offered.append(name)
+    return tuple(offered)
 
 
 def _positive(kind: type[int] | type[float], most: float | None = None) -> Any:
@@ -171,6 +195,13 @@ class Options(usage.Options):
             None,
             "rename",
             "when the name exists: rename (keep both, 'name (1).ext'), overwrite, refuse (409)",
+        ],
+        [
+            "digests",
+            None,
+            ",".join(DIGESTS),
+            "receipt digests FX/1 clients may ask for, comma-separated; sha256 is always "
+            "offered (--digests sha256 keeps FILEXFER_SHA256 set for every --on-stored hook)",
         ],
         [
             "partial-max-age",
@@ -415,6 +446,7 @@ class Options(usage.Options):
                 f"--on-conflict: must be one of {', '.join(CONFLICT_POLICIES)}, "
                 f"not {_shown(self['on-conflict'])}"
             )
+        self["digests"] = _digest_list(self["digests"])
         if self["storage"] is not None:
             from filexfer.storage.s3 import parse_s3_url
 
@@ -837,6 +869,7 @@ def make_service(options: Options, reactor: IServiceReactor) -> GracefulService:
     else:
         pool = HashingPool(reactor)
         storage = _open_storage(options, reactor, pool)
+    storage.digests = tuple(name for name in storage.digests if name in options["digests"])
     log.info("storing into {root}", root=storage.root)
     access = AccessPolicy(options["allow"])
     top = GracefulService(reactor, options["grace"], relayed=options["worker-of"] is not None)

@@ -185,7 +185,7 @@ class DescribeFailureTests(unittest.TestCase):
             (DNSLookupError("nowhere"), "resolve"),
             (TimeoutError(), "timed out"),
             (ServerRefused(409, "a.txt already exists"), "409 a.txt already exists"),
-            (SendError("connection closed before the server confirmed"), "before the server"),
+            (SendError("connection closed before confirming the upload"), "before confirming"),
             (UserError("x: no such file"), "no such file"),
             (RuntimeError("multi\nline\n  text"), "multi line text"),
             (KeyError(), "KeyError"),

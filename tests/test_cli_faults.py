@@ -638,6 +638,16 @@ class FreshTesterTests(Base):
         result = run_filexfer("send", "--mode", "netascii", local, "127.0.0.1:9")
         self.assertOneLine(result, 2, "--mode", "TFTP")
 
+    def test_digest_without_a_receipt(self) -> None:
+        """Fresh-eyes finding on issue 16: --plain --digest blake3 was accepted and
+        nothing was verified; --digest with --plain or TFTP is one usage line."""
+        local = write_file(os.path.join(self.base, "f.txt"), b"f")
+        for digest in ("blake3", "sha256"):
+            result = run_filexfer("send", "--plain", "--digest", digest, local, "127.0.0.1:9")
+            self.assertOneLine(result, 2, "--digest", "classic form (--plain) has no receipt")
+            result = run_filexfer("send", "--digest", digest, local, "tftp://127.0.0.1:9/")
+            self.assertOneLine(result, 2, "--digest", "TFTP has no receipt")
+
     def test_mode_contradicting_the_url(self) -> None:
         """--mode octet with ;mode=netascii in the URL is one usage line, nothing sent."""
         result = run_filexfer("get", "--mode", "octet", "tftp://127.0.0.1:9/f;mode=netascii")

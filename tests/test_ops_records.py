@@ -221,6 +221,33 @@ class HookProcessTests(unittest.TestCase):
         self.assertTrue(facts["FILEXFER_PEER"].startswith(f"{LOOPBACK}:"))
         self.assertEqual(facts["argv"], ["two words", "$HOME"])  # no shell expanded anything
 
+    def test_server_declines_blake3_for_its_hooks(self) -> None:
+        """Fresh-eyes finding on issue 16: a hook that checks FILEXFER_SHA256 got an
+        empty value once clients asked for BLAKE3; with --digests sha256 the server
+        declines, the default client verifies SHA-256 and says so, the hook gets it."""
+        out = os.path.abspath(self.mktemp())
+        script = _hook_script(
+            self,
+            "import json, os\n"
+            "facts = {k: v for k, v in os.environ.items() if k.startswith('FILEXFER_')}\n"
+            f"open({out!r}, 'w').write(json.dumps(facts))\n",
+        )
+        root = os.path.abspath(self.mktemp())
+        server = start_twistd(self, root, "--on-stored", script, "--digests", "sha256")
+        data = payload(4321)
+        local = write_file(os.path.join(self.mktemp(), "d.bin"), data)
+        sent = run_filexfer("send", local, f"{LOOPBACK}:{server.port}")
+        self.assertEqual(sent.returncode, 0, sent.stderr)
+        self.assertIn("verified with SHA-256", sent.stdout)
+        wait_until(
+            lambda: os.path.exists(out) and os.path.getsize(out) > 0, 15, "the hook's output"
+        )
+        with open(out) as handle:
+            facts = json.load(handle)
+        self.assertEqual(
+            (facts["FILEXFER_SHA256"], facts["FILEXFER_BLAKE3"]), (sha256_bytes(data), "")
+        )
+
     def test_failing_and_hanging_hooks(self) -> None:
         """A failing hook is logged; a hanging one is stopped at the timeout; uploads go on."""
         script = _hook_script(

@@ -823,6 +823,24 @@ class ClientEndingTests(ReceiverTestCase):
             "client closed before the SHA256 trailer (kept for resume)",
         )
 
+    def test_half_close_before_a_blake3_trailer(self) -> None:
+        """Fresh-eyes finding on issue 16: with BLAKE3 negotiated the messages named
+        the SHA256 trailer; they name the trailer the client owes."""
+        data = payload(100)
+        protocol, transport = self.connect(transport_class=HalfClosingTransport)
+        self.feed(
+            protocol,
+            put("b3.bin", size=len(data), mtime_ns=MTIME_NS, trailer=True, digest="blake3"),
+        )
+        self.feed(protocol, data, bytewise=False)
+        protocol.readConnectionLost()
+        self.assertIn(
+            b"error 422 the connection ended before the BLAKE3 trailer\n", transport.value()
+        )
+        self.assertEqual(
+            self.outcome("b3.bin"), "client closed before the BLAKE3 trailer (kept for resume)"
+        )
+
     def test_reset_mid_stream(self) -> None:
         """A reset after 40 bytes: "client aborted", the partial kept (FX/1) or not (classic)."""
         protocol, _ = self.fx1("reset.bin", payload(100))

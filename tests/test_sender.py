@@ -270,7 +270,9 @@ class ConnectionLossTests(unittest.TestCase):
         h.protocol.connectionLost(Failure(ConnectionDone()))
         (failure,) = h.results
         self.assertIs(type(failure.value), SendError)
-        self.assertIn("before the server confirmed", str(failure.value))
+        self.assertIn(
+            "the server closed the connection before confirming the upload", str(failure.value)
+        )
 
     def test_lost_during_handshake(self) -> None:
         """The connection closing before C{ok} is a SendError."""

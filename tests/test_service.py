@@ -76,6 +76,17 @@ class OptionsTests(unittest.TestCase):
             self.assertEqual(parse("--on-conflict", policy)["on-conflict"], policy)
         self.assertRaises(usage.UsageError, parse, "--on-conflict", "clobber")
 
+    def test_digests(self) -> None:
+        """Fresh-eyes finding on issue 16: --digests sha256 declines BLAKE3 (so every
+        --on-stored hook gets FILEXFER_SHA256); SHA-256 is always offered; unknown
+        names are usage errors."""
+        self.assertEqual(parse()["digests"], ("sha256", "blake3"))
+        self.assertEqual(parse("--digests", "sha256")["digests"], ("sha256",))
+        self.assertEqual(parse("--digests", "BLAKE3")["digests"], ("sha256", "blake3"))
+        self.assertEqual(parse("--digests", "blake3, sha256")["digests"], ("sha256", "blake3"))
+        error = self.assertRaises(usage.UsageError, parse, "--digests", "sha256,md5")
+        self.assertIn("unknown digest 'md5'", str(error))
+
     def test_sizes(self) -> None:
         """Sizes accept plain bytes and K/M/G/T suffixes (with optional B or iB)."""
         self.assertEqual(parse("--max-size", "10G")["max-size"], 10 << 30)
@@ -199,7 +210,7 @@ class MakeServiceTests(unittest.TestCase):
             "--listen", "tcp:0", "--no-tftp", "--root", self.root, "--token", "t",
             "--idle-timeout", "7", "--handshake-timeout", "3", "--max-connections", "5",
             "--max-per-ip", "2", "--on-conflict", "refuse", "--max-size", "1K",
-            "--allow", "10.0.0.0/8",
+            "--allow", "10.0.0.0/8", "--digests", "sha256",
         )  # fmt: skip
         top = make_service(options, reactor)
         (listener,) = [c for c in top if isinstance(c, internet.StreamServerEndpointService)]
@@ -210,6 +221,7 @@ class MakeServiceTests(unittest.TestCase):
         self.assertEqual((factory.limits.max_connections, factory.limits.max_per_ip), (5, 2))
         self.assertEqual(factory.storage.on_conflict, "refuse")
         self.assertEqual(factory.storage.max_size, 1024)
+        self.assertEqual(factory.storage.digests, ("sha256",))
         self.assertFalse(factory.access.allows("192.0.2.1"))
 
     def test_tftp_child(self) -> None:

@@ -527,7 +527,7 @@ class SenderProtocol(Protocol):
 
     @_machine.output()
     def _lost_unconfirmed(self, reason: Failure) -> None:
-        self._connection_failed(reason, "before the server confirmed")
+        self._connection_failed(reason, "before confirming the upload")
 
     @_machine.output()
     def _lost_after_sending(self, reason: Failure) -> None:
@@ -535,7 +535,7 @@ class SenderProtocol(Protocol):
             # the classic form's only confirmation is the server's clean close
             self._succeed(Receipt(self._size, self._digest.hexdigest(), self._request_path))
         else:
-            self._connection_failed(reason, "before the server confirmed")
+            self._connection_failed(reason, "before confirming the upload")
 
     def _connection_failed(self, reason: Failure, stage: str) -> None:
         self._stop_sending()
