@@ -138,6 +138,18 @@ class WireTests(unittest.TestCase):
         sha_line = _wire.encode_trailer(sha256_bytes(b"abc"))[:-1]
         self.assertRaises(TransferError, _wire.parse_trailer, sha_line, "blake3")
 
+    def test_trailer_that_is_not_text(self) -> None:
+        """Fresh-eyes finding on issue 16: bytes that are not UTF-8 after Size were
+        reported as "handshake is not valid UTF-8"; the error says which line it expected."""
+        for digest, field in (("sha256", "SHA256"), ("blake3", "BLAKE3")):
+            error = self.assertRaises(
+                TransferError, _wire.parse_trailer, b"\xff\xfe" + b"0" * 64, digest
+            )
+            self.assertEqual(
+                (error.code, error.reason),
+                (400, f"expected the trailer line '{field}: <64 hex digits>'"),
+            )
+
 
 class NegotiationTests(IntegrityTestCase):
     def test_blake3_byte_by_byte(self) -> None:

@@ -212,7 +212,8 @@ def parse_trailer(line: bytes, digest: DigestName = DEFAULT_DIGEST) -> str:
     """
     if line.endswith(b"\r"):
         line = line[:-1]
-    name, colon, value = _text(line).partition(":")
+    # bytes that are not text are no trailer line either: say what was expected
+    name, colon, value = line.decode("ascii", "replace").partition(":")
     hexdigest = _parse_hex256(value.strip()) if colon else None
     field = digest.upper()
     if name.strip().upper() != field or hexdigest is None:
