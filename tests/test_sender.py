@@ -108,6 +108,19 @@ class HandshakeTests(unittest.TestCase):
         self.assertEqual(h.take(), b"FX/1 PUT file.bin\nSize: 3\nMtime: 1.5\nToken: t\n\n")
         self.assertIsNone(h.transport.producer)
 
+    def test_nagle_off(self) -> None:
+        """Fresh-eyes finding on issue 16: the trailer waited ~40 ms for the server's
+        delayed ACK (Nagle), so each small file took ~50 ms; TCP_NODELAY is set."""
+        calls: list[bool] = []
+        transport = StringTransport()
+        transport.setTcpNoDelay = calls.append  # type: ignore[attr-defined]
+        protocol = SenderProtocol(
+            io.BytesIO(b"abc"), 3, _wire.PutRequest("f", 3), None, Clock(), IDLE
+        )
+        protocol.makeConnection(transport)
+        self.assertEqual(calls, [True])
+        harness(b"abc")  # a transport without TCP options (UNIX, in memory) is left as it is
+
     def test_plain_handshake_bytes(self) -> None:
         """The classic handshake is the bare name: no terminator."""
         h = harness(b"abc", plain=True)

@@ -94,6 +94,24 @@ class _FileProducer:
         self._protocol.stop_streaming()
 
 
+def _no_delay(transport: object) -> None:
+    """Turn Nagle's algorithm off on a TCP C{transport} (others are left as they are).
+
+    The trailer (73 bytes) follows the last data segment at once; with Nagle
+    on it waited for the server's delayed ACK of that segment, about 40 ms on
+    Linux, so every file cost that much more (found by a tester sending 200
+    small files: 57 ms per file). The data itself goes out in full segments
+    either way.
+    """
+    set_no_delay = getattr(transport, "setTcpNoDelay", None)
+    if set_no_delay is None:
+        return
+    try:
+        set_no_delay(True)
+    except OSError:
+        pass  # a socket that refuses it still sends, as before
+
+
 class SenderProtocol(Protocol):
     """Sends one file: handshake, wait for C{ok}, stream, wait for C{done}.
 
@@ -165,6 +183,7 @@ class SenderProtocol(Protocol):
             self._timer = self._clock.callLater(self._reply_timeout, self._no_reply)
         if hasattr(self._transport, "bufferSize"):
             self._transport.bufferSize = CHUNK_SIZE
+        _no_delay(self.transport)
         if isinstance(self._request, _wire.ClassicRequest):
             self._transport.write(self._request.name.encode("utf-8"))
         else:
