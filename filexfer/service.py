@@ -83,16 +83,16 @@ def _digest_list(text: str) -> tuple[DigestName, ...]:
     "Receipt digests"), so it cannot be withdrawn; the list only says
     which others a client may ask for.
 
-    @raise usage.UsageError: a name that is not one of L{DIGESTS}.
+    @raise usage.UsageError: a name that is not one of L{DIGESTS}, or an
+        empty one (C{""}, C{"sha256,"}).
     """
     offered: list[DigestName] = [DEFAULT_DIGEST]
     for word in text.split(","):
-        if not word.strip():
-            continue
         name = digest_name(word)
         if name is None:
+            what = f"unknown digest {_shown(word.strip())}" if word.strip() else "an empty name"
             raise usage.UsageError(
-                f"--digests: unknown digest {_shown(word.strip())}; known: {', '.join(DIGESTS)}"
+                f"--digests: {what}; give names from {', '.join(DIGESTS)}, comma-separated"
             )
         if name not in offered:
             offered.append(name)

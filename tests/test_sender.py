@@ -361,6 +361,26 @@ class StringEndpoint:
         return succeed(self.protocol)
 
 
+class DigestArgumentTests(unittest.TestCase):
+    def test_unknown_digest_is_a_value_error(self) -> None:
+        """Fresh-eyes finding on issue 16: send_file(digest="md5") quietly got a SHA-256
+        receipt and digest="BLAKE3" failed as a request that "would not read back";
+        both are a ValueError naming the choices, before anything connects."""
+        path = write_file(os.path.join(os.path.abspath(self.mktemp()), "f.bin"), b"abc")
+        endpoint = StringEndpoint()
+        for bad in ("md5", "BLAKE3", ""):
+            error = self.assertRaises(
+                ValueError,
+                send_file,
+                Clock(),
+                endpoint,
+                path,
+                digest=bad,  # type: ignore[arg-type]
+            )
+            self.assertIn("'sha256', 'blake3'", str(error))
+        self.assertIsNone(endpoint.protocol)
+
+
 class MtimeHeaderTests(unittest.TestCase):
     """send_file announces the file's own modification time, before 1970 too."""
 

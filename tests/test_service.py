@@ -86,6 +86,9 @@ class OptionsTests(unittest.TestCase):
         self.assertEqual(parse("--digests", "blake3, sha256")["digests"], ("sha256", "blake3"))
         error = self.assertRaises(usage.UsageError, parse, "--digests", "sha256,md5")
         self.assertIn("unknown digest 'md5'", str(error))
+        for empty in ("", "sha256,", "sha256,,blake3", " "):
+            error = self.assertRaises(usage.UsageError, parse, "--digests", empty)
+            self.assertIn("--digests: an empty name", str(error))
 
     def test_sizes(self) -> None:
         """Sizes accept plain bytes and K/M/G/T suffixes (with optional B or iB)."""

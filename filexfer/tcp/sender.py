@@ -29,7 +29,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from filexfer._hashing import DEFAULT_DIGEST, DigestName, new_hasher
+from filexfer._hashing import DEFAULT_DIGEST, DIGESTS, DigestName, new_hasher
 from filexfer._mtime import NS_MAX, NS_MIN
 from filexfer._progress import Progress as Progress
 from filexfer._receipt import Receipt
@@ -797,7 +797,9 @@ def send_file(
     @param digest: the receipt digest to ask for (FX/1 C{Digest:}):
         C{"blake3"} asks, and the server may decline (then SHA-256 is used);
         C{"sha256"} (the default) asks nothing, as clients before BLAKE3 did.
-        The receipt's C{algorithm} says which one was verified.
+        The receipt's C{algorithm} says which one was verified.  The
+        classic form (C{plain}) has no receipt and asks for none.
+    @raise ValueError: C{digest} is not one of L{DIGESTS} (lower case).
     @return: a Deferred firing with the server's L{Receipt}, verified
         against the client's own digest of the file, or failing with L{SendError}
         (L{ServerRefused} for an C{error} reply, the last one when the
@@ -807,6 +809,8 @@ def send_file(
         connecting.  Cancelling it stops the send and drops the connection;
         the server keeps the bytes it has for a resume (FX/1).
     """
+    if digest not in DIGESTS:
+        raise ValueError(f"digest must be one of {', '.join(map(repr, DIGESTS))}, not {digest!r}")
     timeouts = _Timeouts(idle_timeout, connect_timeout, reply_timeout)
     once = partial(
         _send_once, reactor, endpoint, path, name, plain, token, progress, timeouts, digest
