@@ -203,6 +203,11 @@ def _parse_resume(value: str | None) -> bool:
     raise TransferError(400, "Resume must be yes or no")
 
 
+def trailer_field(digest: DigestName = DEFAULT_DIGEST) -> str:
+    """The trailer line's name for C{digest}: C{SHA256}, C{BLAKE3} (the name in capitals)."""
+    return digest.upper()
+
+
 def parse_trailer(line: bytes, digest: DigestName = DEFAULT_DIGEST) -> str:
     """Parse the trailer line C{SHA256: <64 hex>} (C{BLAKE3: <64 hex>} when C{digest}
     is BLAKE3) without its newline.
@@ -215,7 +220,7 @@ def parse_trailer(line: bytes, digest: DigestName = DEFAULT_DIGEST) -> str:
     # bytes that are not text are no trailer line either: say what was expected
     name, colon, value = line.decode("ascii", "replace").partition(":")
     hexdigest = _parse_hex256(value.strip()) if colon else None
-    field = digest.upper()
+    field = trailer_field(digest)
     if name.strip().upper() != field or hexdigest is None:
         raise TransferError(400, f"expected the trailer line '{field}: <64 hex digits>'")
     return hexdigest
@@ -223,7 +228,7 @@ def parse_trailer(line: bytes, digest: DigestName = DEFAULT_DIGEST) -> str:
 
 def encode_trailer(hexdigest: str, digest: DigestName = DEFAULT_DIGEST) -> bytes:
     """The client's trailer: its whole-file digest after the data (C{SHA256: <hex>})."""
-    return f"{digest.upper()}: {hexdigest}\n".encode()
+    return f"{trailer_field(digest)}: {hexdigest}\n".encode()
 
 
 def _parse_size(value: str | None) -> int | None:

@@ -467,9 +467,8 @@ class ReceiverProtocol(Protocol):
     def _refuse_short(self) -> None:
         self._abort_upload(keep_partial=True)
         self._client_outcome = self._client_ended("client closed")
-        self._drop_upload(
-            TransferError(422, f"the connection ended before the {self._trailer_field()} trailer")
-        )
+        field = _wire.trailer_field(self._digest or DEFAULT_DIGEST)
+        self._drop_upload(TransferError(422, f"the connection ended before the {field} trailer"))
 
     @_machine.output()
     def _finish(self) -> None:
@@ -698,17 +697,14 @@ class ReceiverProtocol(Protocol):
         upload = self._accepted
         held, size = upload.received, upload.expected_size
         if self._trailer and size is not None and held >= size:
-            where = f"before the {self._trailer_field()} trailer"
+            field = _wire.trailer_field(self._digest or DEFAULT_DIGEST)
+            where = f"before the {field} trailer"
         elif size is not None:
             where = f"after {held} of {size} bytes"
         else:
             where = f"after {held} bytes"
         kept = "kept for resume" if getattr(upload, "resumable", False) and held else "discarded"
         return f"{how} {where} ({kept})"
-
-    def _trailer_field(self) -> str:
-        """The trailer line's name: C{SHA256}, or the negotiated digest's (C{BLAKE3})."""
-        return (self._digest or DEFAULT_DIGEST).upper()
 
     def _received(self) -> int:
         """Bytes of the accepted upload that arrived on this connection."""
